@@ -1,0 +1,1 @@
+"""lstm-train: a from-scratch LSTM and a Hydra-configured training CLI."""

@@ -1,0 +1,67 @@
+"""One constructor for the three recurrent backends a config can choose between.
+
+``fast`` and ``reference`` are our LSTM's two implementations; ``torch`` is torch.nn.LSTM behind the
+same interface (``lengths=`` packs for it), initialised the same way, so that one config compares
+them side by side and differences come from the implementation alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .cell import init_lstm_weights_
+from .lstm import LSTM
+
+BACKENDS = ("fast", "reference", "torch")
+
+
+class TorchLSTM(nn.LSTM):
+    """torch.nn.LSTM with our initialisation and our ``forward(..., lengths=...)`` signature."""
+
+    def __init__(self, *args, forget_bias: float = 1.0, **kwargs) -> None:
+        self.forget_bias = forget_bias  # read by reset_parameters, which nn.LSTM's constructor calls
+        super().__init__(*args, **kwargs)
+
+    def reset_parameters(self) -> None:
+        if not hasattr(self, "forget_bias"):  # nn.LSTM's constructor runs before ours has set it
+            return
+        directions = 2 if self.bidirectional else 1
+        for layer in range(self.num_layers):
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                params = [getattr(self, n + suffix) if self.bias or n.startswith("w") else None for n in names]
+                init_lstm_weights_(*params, self.forget_bias)
+
+    def forward(
+        self,
+        input: Tensor,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        lengths: Tensor | Sequence[int] | None = None,
+        return_gates: bool = False,
+    ):
+        if return_gates:
+            raise ValueError("return_gates needs our LSTM (backend fast or reference): torch.nn.LSTM hides its gates")
+        if lengths is None:
+            return super().forward(input, hx)
+        total = input.shape[1 if self.batch_first else 0]
+        packed = pack_padded_sequence(
+            input, torch.as_tensor(lengths).cpu(), batch_first=self.batch_first, enforce_sorted=False
+        )
+        out, state = super().forward(packed, hx)
+        out, _ = pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)
+        return out, state
+
+
+def build_lstm(backend: str, *args, **kwargs) -> nn.Module:
+    """An LSTM of the given backend; the arguments are those of :class:`lstm_train.nn.LSTM`."""
+    if backend == "torch":
+        return TorchLSTM(*args, **kwargs)
+    if backend in ("fast", "reference"):
+        return LSTM(*args, impl=backend, **kwargs)
+    raise ValueError(f"unknown LSTM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
