@@ -1,0 +1,185 @@
+"""Benchmark our LSTM against torch.nn.LSTM: forward and forward+backward, medians and ratios.
+
+All variants run in one process, interleaved round by round, with the same dtype, thread count,
+shapes and weights, so the ratios are fair even on a noisy machine. Read the ratios, not the ms.
+
+    python scripts/bench_lstm.py                   # the table, then time per step at T = 32, 128, 512
+    python scripts/bench_lstm.py --json            # the same as JSON, for machines
+    python scripts/bench_lstm.py --profile         # where the fast implementation spends its time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from lstm_train.nn import LSTM
+
+# (batch, time, input, hidden, layers, bidirectional)
+SHAPES = [
+    (64, 30, 10, 128, 2, False),
+    (64, 128, 64, 256, 2, False),
+    (32, 100, 128, 512, 1, False),
+    (64, 50, 64, 128, 2, True),
+]
+STEP_SHAPE = (32, 64, 256, 1)  # (batch, input, hidden, layers) for the time-per-step table
+STEP_LENGTHS = (32, 128, 512)
+
+
+def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    _, _, inp, hidden, layers, bidir = shape
+    models: dict[str, torch.nn.Module] = {"torch": torch.nn.LSTM(inp, hidden, layers, bidirectional=bidir)}
+    for impl in impls:
+        models[impl] = LSTM(inp, hidden, layers, bidirectional=bidir, impl=impl)
+        models[impl].load_state_dict(models["torch"].state_dict())
+    return {name: m.to(dtype) for name, m in models.items()}
+
+
+def time_rounds(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Run every function once per round, in turn, and return each one's seconds per round."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmup: int) -> dict:
+    batch, steps, inp = shape[:3]
+    models = make_models(shape, impls, dtype)
+    x = torch.randn(steps, batch, inp, dtype=dtype)
+
+    def forward(model):
+        def run():
+            with torch.no_grad():
+                model(x)
+
+        return run
+
+    def train_step(model):
+        xg = x.clone().requires_grad_()
+
+        def run():
+            out, (h, c) = model(xg)
+            (out.sum() + h.sum() + c.sum()).backward()
+
+        return run
+
+    fwd = time_rounds({n: forward(m) for n, m in models.items()}, repeats, warmup)
+    both = time_rounds({n: train_step(m) for n, m in models.items()}, repeats, warmup)
+    row = {"shape": dict(zip(("batch", "time", "input", "hidden", "layers", "bidirectional"), shape, strict=True))}
+    for kind, times in (("forward", fwd), ("forward_backward", both)):
+        medians = {n: statistics.median(t) for n, t in times.items()}
+        row[kind] = {
+            n: {"median_ms": 1e3 * med, "ratio": med / medians["torch"]} for n, med in medians.items()
+        }
+    return row
+
+
+def bench_steps(impls: list[str], dtype: torch.dtype, repeats: int, warmup: int) -> list[dict]:
+    batch, inp, hidden, layers = STEP_SHAPE
+    rows = []
+    for steps in STEP_LENGTHS:
+        models = make_models((batch, steps, inp, hidden, layers, False), impls, dtype)
+        x = torch.randn(steps, batch, inp, dtype=dtype, requires_grad=True)
+
+        def train_step(model):
+            def run():
+                out, _ = model(x)
+                out.sum().backward()
+
+            return run
+
+        times = time_rounds({n: train_step(m) for n, m in models.items()}, repeats, warmup)
+        rows.append({"time": steps, **{n: 1e6 * statistics.median(t) / steps for n, t in times.items()}})
+    return rows
+
+
+def profile(shape, dtype: torch.dtype) -> None:
+    model = make_models(shape, ["fast"], dtype)["fast"]
+    x = torch.randn(shape[1], shape[0], shape[2], dtype=dtype, requires_grad=True)
+    for _ in range(2):
+        model(x)[0].sum().backward()
+    with torch.profiler.profile() as prof:
+        out, _ = model(x)
+        out.sum().backward()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="first shape only, 5 rounds: a smoke run")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--profile", action="store_true", help="profile the fast implementation on each shape")
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    shapes, repeats = (SHAPES[:1], 5) if args.quick else (SHAPES, args.repeats)
+
+    if args.profile:
+        for shape in shapes:
+            print(f"== fast, shape {shape}")
+            profile(shape, dtype)
+        return 0
+
+    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats}
+    rows = []
+    for shape in shapes:
+        rows.append(bench_shape(shape, args.impls, dtype, repeats, args.warmup))
+        if not args.json:
+            print_row(rows[-1], header=len(rows) == 1, env=env)
+    steps = [] if args.quick else bench_steps(args.impls, dtype, max(3, repeats // 3), 1)
+    if args.json:
+        json.dump({"env": env, "shapes": rows, "time_per_step_us": steps}, sys.stdout, indent=2)
+        print()
+    elif steps:
+        print_steps(steps, args.impls)
+    return 0
+
+
+def print_row(row: dict, header: bool, env: dict) -> None:
+    impls = [n for n in row["forward"] if n != "torch"]
+    if header:
+        print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, median of {env['repeats']} rounds")
+        cols = ["(B, T, I, H, layers, bidir)", "torch fwd ms", "torch f+b ms"]
+        cols += [f"{n} {k}" for n in impls for k in ("fwd ratio", "f+b ratio")]
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "---|" * len(cols))
+    s = row["shape"]
+    shape = f"({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}, {s['layers']}, {'bi' if s['bidirectional'] else 'uni'})"
+    cells = [shape, f"{row['forward']['torch']['median_ms']:.1f}", f"{row['forward_backward']['torch']['median_ms']:.1f}"]
+    cells += [f"{row[k][n]['ratio']:.2f}" for n in impls for k in ("forward", "forward_backward")]
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def print_steps(rows: list[dict], impls: list[str]) -> None:
+    b, i, h, layers = STEP_SHAPE
+    print(f"\nforward+backward time per step (us), batch {b}, input {i}, hidden {h}, {layers} layer")
+    names = ["torch", *impls]
+    print("| T | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for row in rows:
+        print(f"| {row['time']} | " + " | ".join(f"{row[n]:.0f}" for n in names) + " |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
