@@ -1,4 +1,4 @@
-"""Benchmark our LSTM against torch.nn.LSTM: forward and forward+backward, medians and ratios.
+"""Benchmark our LSTM against torch.nn.LSTM: forward (no grad) and forward+backward, medians and ratios.
 
 All variants run in one process, interleaved round by round, with the same dtype, thread count,
 shapes and weights, so the ratios are fair even on a noisy machine. Read the ratios, not the ms.
@@ -94,7 +94,7 @@ def bench_steps(impls: list[str], dtype: torch.dtype, repeats: int, warmup: int)
         models = make_models((batch, steps, inp, hidden, layers, False), impls, dtype)
         x = torch.randn(steps, batch, inp, dtype=dtype, requires_grad=True)
 
-        def train_step(model):
+        def train_step(model, x=x):
             def run():
                 out, _ = model(x)
                 out.sum().backward()
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--shape", type=int, nargs="+", choices=range(len(SHAPES)), help="only these shapes (0-based)")
+    parser.add_argument("--no-steps", action="store_true", help="skip the time-per-step table")
     parser.add_argument("--quick", action="store_true", help="first shape only, 5 rounds: a smoke run")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--profile", action="store_true", help="profile the fast implementation on each shape")
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     shapes, repeats = (SHAPES[:1], 5) if args.quick else (SHAPES, args.repeats)
+    if args.shape:
+        shapes = [SHAPES[i] for i in args.shape]
 
     if args.profile:
         for shape in shapes:
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_shape(shape, args.impls, dtype, repeats, args.warmup))
         if not args.json:
             print_row(rows[-1], header=len(rows) == 1, env=env)
-    steps = [] if args.quick else bench_steps(args.impls, dtype, max(3, repeats // 3), 1)
+    steps = [] if args.quick or args.no_steps else bench_steps(args.impls, dtype, max(3, repeats // 3), 1)
     if args.json:
         json.dump({"env": env, "shapes": rows, "time_per_step_us": steps}, sys.stdout, indent=2)
         print()
@@ -165,8 +169,10 @@ def print_row(row: dict, header: bool, env: dict) -> None:
         print("| " + " | ".join(cols) + " |")
         print("|" + "---|" * len(cols))
     s = row["shape"]
-    shape = f"({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}, {s['layers']}, {'bi' if s['bidirectional'] else 'uni'})"
-    cells = [shape, f"{row['forward']['torch']['median_ms']:.1f}", f"{row['forward_backward']['torch']['median_ms']:.1f}"]
+    direction = "bi" if s["bidirectional"] else "uni"
+    shape = f"({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}, {s['layers']}, {direction})"
+    torch_ms = (row["forward"]["torch"]["median_ms"], row["forward_backward"]["torch"]["median_ms"])
+    cells = [shape, *(f"{ms:.1f}" for ms in torch_ms)]
     cells += [f"{row[k][n]['ratio']:.2f}" for n in impls for k in ("forward", "forward_backward")]
     print("| " + " | ".join(cells) + " |", flush=True)
 

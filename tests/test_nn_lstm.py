@@ -69,6 +69,21 @@ def test_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_st
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
+def test_gradients_when_only_one_output_is_used(impl, used):
+    """A classifier reads h_n only, a tagger the output only: the unused outputs get no gradient at all."""
+    torch.manual_seed(16)
+    theirs, ours = twins(impl, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 4, 3, dtype=torch.double, requires_grad=True)
+    pick = {"output": lambda r: r[0], "h_n": lambda r: r[1][0], "c_n": lambda r: r[1][1]}[used]
+    for lengths in (None, [6, 2, 1, 4]):
+        expected = grads((pick(run_torch(theirs, x, None, lengths)),), [x, *theirs.parameters()])
+        actual = grads((pick(ours(x, lengths=lengths)),), [x, *ours.parameters()])
+        for a, b in zip(expected, actual, strict=True):
+            torch.testing.assert_close(b, a, **TOL)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_padding_shorter_than_tensor_and_padding_values_ignored(impl):
     """All sequences shorter than the padded length; garbage in the padding changes nothing."""
     torch.manual_seed(1)

@@ -22,57 +22,64 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 # Activation derivatives times a partner, in one pass: grad * s * (1 - s) and grad * (1 - t^2).
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 
 
 class _Recurrence(torch.autograd.Function):
-    """h_t, c_t over time for pre-projected gates ``xp`` (T, B, 4H) in internal (o, i, f, g) order."""
+    """One layer and direction: the input projection, then h_t, c_t over time; gate rows in (o, i, f, g)."""
 
     @staticmethod
-    def forward(ctx, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, batch_sizes: list[int] | None):
-        T, B, G = xp.shape
-        H = G // 4
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias, batch_sizes: list[int] | None):
+        T, B, I = x.shape
+        H = w_hh.shape[1]
+        flat = x.reshape(T * B, I)
+        gates = (flat @ w_ih.t() if bias is None else torch.addmm(bias, flat, w_ih.t())).view(T, B, 4 * H)
         # Rows past their length must hold zeros (outputs are zero there; the backward reads them).
-        new = xp.new_empty if batch_sizes is None else xp.new_zeros
-        gates, hs, cs, tanh_cs = new(T, B, G), new(T, B, H), new(T, B, H), new(T, B, H)
+        new = x.new_empty if batch_sizes is None else x.new_zeros
+        hs, cs, tanh_cs = new(T, B, H), new(T, B, H), new(T, B, H)
+        # 0-dim tensors, not Python numbers: a Python scalar costs a conversion per op (twice the op here).
+        one, two = x.new_ones(()), x.new_full((), 2.0)
         w_t = w_hh.t()
         h, c = h0, c0
-        for t, (x_t, a, h_t, c_t, tc) in enumerate(
-            zip(xp.unbind(0), gates.unbind(0), hs.unbind(0), cs.unbind(0), tanh_cs.unbind(0), strict=True)
-        ):
-            if batch_sizes is not None and batch_sizes[t] < B:
+        # Views of every step made once, not indexed inside the loop (each indexing is Python overhead).
+        steps = zip(gates.unbind(0), *(part.unbind(0) for part in gates.split(H, dim=2)),
+                    hs.unbind(0), cs.unbind(0), tanh_cs.unbind(0), strict=True)
+        for t, (a, o, i, f, g, h_t, c_t, tc) in enumerate(steps):
+            if batch_sizes is not None and batch_sizes[t] < B:  # finished sequences drop out of the batch
                 b = batch_sizes[t]
-                x_t, a, h_t, c_t, tc, h, c = x_t[:b], a[:b], h_t[:b], c_t[:b], tc[:b], h[:b], c[:b]
-            torch.addmm(x_t, h, w_t, out=a)
-            o, i, f, g = a.split(H, dim=1)
+                a, o, i, f, g, h_t, c_t, tc, h, c = (v[:b] for v in (a, o, i, f, g, h_t, c_t, tc, h, c))
+            a.addmm_(h, w_t)  # pre-activations: the projected input plus W_hh h_{t-1}
             # tanh(x) = 2 sigmoid(2x) - 1: on CPU torch.tanh is ~5x slower than torch.sigmoid per element
             # and goes multi-threaded from 2048 elements, which costs more than it saves at these sizes.
-            g.mul_(2)
+            g.mul_(two)
             a.sigmoid_()
-            g.mul_(2).sub_(1)
+            g.mul_(two).sub_(one)
             torch.mul(f, c, out=c_t)
             c_t.addcmul_(i, g)
-            torch.mul(c_t, 2, out=tc).sigmoid_().mul_(2).sub_(1)
+            torch.add(c_t, c_t, out=tc).sigmoid_().mul_(two).sub_(one)
             torch.mul(o, tc, out=h_t)
             h, c = h_t, c_t
         if batch_sizes is None:
             h_n, c_n = hs[-1].clone(), cs[-1].clone()
         else:  # row j runs while j < batch_sizes[t]: its last step is the count of such t, minus one
-            rows = torch.arange(B, device=xp.device)
-            last = (torch.tensor(batch_sizes, device=xp.device).unsqueeze(1) > rows).sum(0) - 1
+            sizes = torch.tensor(batch_sizes, device=x.device).unsqueeze(1)
+            rows = torch.arange(B, device=x.device)
+            running = sizes > rows  # (T, B)
+            gates.mul_(running.unsqueeze(2))  # past a length: zeros, not the projected padding
+            last = running.sum(0) - 1
             h_n, c_n = hs[last, rows], cs[last, rows]
         ctx.batch_sizes = batch_sizes
-        ctx.save_for_backward(gates, hs, cs, tanh_cs, h0, c0, w_hh)
+        ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
+        ctx.save_for_backward(x, gates, hs, cs, tanh_cs, h0, c0, w_ih, w_hh)
         ctx.mark_non_differentiable(gates)
         return hs, h_n, c_n, gates
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_hs: Tensor, d_hn: Tensor, d_cn: Tensor, _d_gates: Tensor):
-        gates, hs, cs, tanh_cs, h0, c0, w_hh = ctx.saved_tensors
+        x, gates, hs, cs, tanh_cs, h0, c0, w_ih, w_hh = ctx.saved_tensors
         batch_sizes = ctx.batch_sizes
         T, B, G = gates.shape
         H = G // 4
@@ -89,24 +96,42 @@ class _Recurrence(torch.autograd.Function):
         dh_to_dc = _tanh_backward(o, tanh_cs, grad_input=torch.empty_like(o))  # dc += dh * o * tanh'(c)
 
         d_pre = torch.zeros_like(gates) if batch_sizes is not None else torch.empty_like(gates)
+        if d_hs is None:
+            d_hs = torch.zeros_like(hs)
+        if d_hn is None:
+            d_hn = torch.zeros_like(h0)
         dh_buf = d_hs[-1] + d_hn  # a row's d h_n and d c_n enter when the loop reaches its last step
-        dc_buf = d_cn.clone()
+        dc_buf = torch.zeros_like(c0) if d_cn is None else d_cn.clone()
+        steps = list(zip(d_pre.unbind(0), d_pre[..., :H].unbind(0), d_pre[..., H:].view(T, B, 3, H).unbind(0),
+                         coef_o.unbind(0), coef[..., H:].view(T, B, 3, H).unbind(0), dh_to_dc.unbind(0),
+                         f.unbind(0), strict=True))
+        d_hs_steps = d_hs.unbind(0)
         for t in range(T - 1, -1, -1):
+            dp, dp_o, dp_ifg, k_o, k_ifg, k_c, f_t = steps[t]
+            dh, dc = dh_buf, dc_buf
             b = B if batch_sizes is None else batch_sizes[t]
-            dh, dc, dp = dh_buf[:b], dc_buf[:b], d_pre[t, :b]
-            dc.addcmul_(dh, dh_to_dc[t, :b])
-            torch.mul(dh, coef_o[t, :b], out=dp[:, :H])
-            torch.mul(dc.unsqueeze(1), coef[t, :b, H:].view(b, 3, H), out=dp[:, H:].view(b, 3, H))
-            dc.mul_(f[t, :b])  # now dc_{t-1}
+            if b < B:
+                dp, dp_o, dp_ifg, k_o, k_ifg, k_c, f_t, dh, dc = (
+                    v[:b] for v in (dp, dp_o, dp_ifg, k_o, k_ifg, k_c, f_t, dh, dc)
+                )
+            dc.addcmul_(dh, k_c)
+            torch.mul(dh, k_o, out=dp_o)
+            torch.mul(dc.unsqueeze(1), k_ifg, out=dp_ifg)
+            dc.mul_(f_t)  # now dc_{t-1}
             if t > 0:
-                torch.addmm(d_hs[t - 1, :b], dp, w_hh, out=dh)  # dh_{t-1}
+                torch.addmm(d_hs_steps[t - 1][:b] if b < B else d_hs_steps[t - 1], dp, w_hh, out=dh)  # dh_{t-1}
                 if batch_sizes is not None and batch_sizes[t - 1] > b:  # sequences whose last step is t-1
                     ending = slice(b, batch_sizes[t - 1])
                     torch.add(d_hs[t - 1, ending], d_hn[ending], out=dh_buf[ending])
+        flat_d = d_pre.view(T * B, G)
+        need = ctx.needs_input_grad
+        d_x = (flat_d @ w_ih).view(x.shape) if need[0] else None
         dh0 = d_pre[0] @ w_hh
+        d_w_ih = flat_d.t() @ x.reshape(T * B, -1) if need[3] else None
         # d W_hh = sum over t of d_pre[t]^T h_{t-1}: one GEMM over all steps (plus step 0's, from h0)
         d_w_hh = torch.addmm(d_pre[0].t() @ h0, d_pre[1:].reshape(-1, G).t(), hs[:-1].reshape(-1, H))
-        return d_pre, dh0, dc_buf, d_w_hh, None
+        d_bias = flat_d.sum(0) if need[5] else None
+        return d_x, dh0, dc_buf, d_w_ih, d_w_hh, d_bias, None
 
 
 def reverse_within_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -134,7 +159,7 @@ def fast_layer(
     With ``lengths``, rows must be sorted longest first (the LSTM module sorts them).
     """
     w_ih, w_hh, b_ih, b_hh = weights
-    T, B, _ = x.shape
+    T = x.shape[0]
     H = w_hh.shape[1]
     if reverse:
         x = reverse_within_lengths(x, lengths)
@@ -142,13 +167,12 @@ def fast_layer(
     def roll(w: Tensor) -> Tensor:  # gate rows (i, f, g, o) -> (o, i, f, g)
         return w.roll(H, dims=0)
 
-    flat = x.reshape(T * B, x.shape[2])
-    xp = flat @ roll(w_ih).t() if b_ih is None else torch.addmm(roll(b_ih + b_hh), flat, roll(w_ih).t())
+    bias = None if b_ih is None else roll(b_ih + b_hh)
     batch_sizes = None if lengths is None else (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
-    out, h_n, c_n, gates = _Recurrence.apply(xp.view(T, B, 4 * H), h0, c0, roll(w_hh), batch_sizes)
+    out, h_n, c_n, gates = _Recurrence.apply(x, h0, c0, roll(w_ih), roll(w_hh), bias, batch_sizes)
     gate_acts = None
     if return_gates:
-        gate_acts = gates.view(T, B, 4, H)[:, :, [1, 2, 3, 0]]  # back to i, f, g, o
+        gate_acts = gates.view(*gates.shape[:2], 4, H)[:, :, [1, 2, 3, 0]]  # back to i, f, g, o
     if reverse:
         out = reverse_within_lengths(out, lengths)
         gate_acts = None if gate_acts is None else reverse_within_lengths(gate_acts, lengths)

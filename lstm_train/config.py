@@ -1,0 +1,323 @@
+"""Config schemas: the type and the allowed values of every key; the values themselves live in conf/.
+
+Each config group has one dataclass per option, registered in Hydra's ConfigStore as ``schema_<group>_<name>``
+(outside the groups, so schemas never show up as options) and pulled into its YAML file by
+``/schema_<group>_<name>@_here_``.
+Hydra then rejects wrong types and unknown keys while composing; :func:`validate` checks the values
+(sizes, ranges, choices) before anything is built. Every failure is a :class:`ConfigError` naming the key.
+
+Fields have no defaults here on purpose: the YAML files hold the one copy of each value, and a key a YAML
+file forgets is reported as missing instead of silently taking a second default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lstm_train.nn import BACKENDS
+
+# The repository root: run dirs go to its outputs/ wherever lstm-train is launched from.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. ``str(error)`` is one line that starts with the dotted key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+# Value checks, attached to schema fields as metadata. Each returns an error message or None.
+Check = Callable[[Any], "str | None"]
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else f"must be >= 0, got {v}"
+
+
+def _probability(v: Any) -> str | None:  # dropout-like: 1.0 would zero everything
+    return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
+
+
+def _unit_interval(v: Any) -> str | None:
+    return None if 0.0 <= v <= 1.0 else f"must be in [0, 1], got {v}"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
+
+    return check
+
+
+def _device(v: str) -> str | None:
+    ok = v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
+    return None if ok else f"must be auto, cpu, cuda, cuda:N or mps; got {v!r}"
+
+
+def _monitor(v: str) -> str | None:
+    return None if v.startswith("val/") else f"must name a validation metric such as val/acc; got {v!r}"
+
+
+def _finite(v: Any) -> str | None:
+    return None if math.isfinite(v) else f"must be finite, got {v}"
+
+
+def value(check: Check | None = None) -> Any:
+    """A schema field: mandatory (its value comes from YAML), checked by ``check`` when not null."""
+    return field(default=MISSING, metadata={"check": check})
+
+
+# ---- model/ -------------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    """What every model shares: the recurrent stack."""
+
+    name: str = value()
+    backend: str = value(_one_of(*BACKENDS))
+    hidden_size: int = value(_positive)
+    num_layers: int = value(_positive)
+    dropout: float = value(_probability)  # between LSTM layers, as torch.nn.LSTM
+    bidirectional: bool = value()
+    forget_bias: float = value(_finite)
+    embedding_dim: int = value(_positive)  # used when the task's inputs are tokens
+
+
+@dataclass
+class ClassifierConfig(ModelConfig):
+    pass
+
+
+@dataclass
+class TaggerConfig(ModelConfig):
+    pass
+
+
+@dataclass
+class CharConfig(ModelConfig):
+    tie_weights: bool = value()  # output layer shares the embedding matrix (needs hidden == embedding)
+
+
+@dataclass
+class Seq2SeqConfig(ModelConfig):
+    attention: bool = value()
+    teacher_forcing_ratio: float = value(_unit_interval)
+
+
+# ---- task/ --------------------------------------------------------------------------------------------
+@dataclass
+class TaskConfig:
+    name: str = value()
+    data_seed: int = value()  # fixes val/test (and a non-fresh train set); trainer.seed does the rest
+
+
+@dataclass
+class FirstLastConfig(TaskConfig):
+    seq_len: int = value(_positive)
+    input_size: int = value(_positive)
+    num_classes: int = value(lambda v: None if v >= 2 else f"must be >= 2, got {v}")
+    train_size: int = value(_positive)  # per epoch; with fresh=true an epoch is this many new sequences
+    val_size: int = value(_positive)
+    test_size: int = value(_positive)
+    fresh: bool = value()  # draw new training sequences every epoch instead of reusing one fixed set
+
+
+# ---- optim/ (torch.optim classes, built by hydra.utils.instantiate with _partial_) -------------------
+@dataclass
+class OptimConfig:
+    _target_: str = value()
+    _partial_: bool = value()
+    lr: float = value(_positive)
+    weight_decay: float = value(_non_negative)
+
+
+@dataclass
+class AdamConfig(OptimConfig):
+    betas: list[float] = field(default=MISSING)  # no value check; a list fits field(), not value()
+    eps: float = value(_positive)
+    amsgrad: bool = value()
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    pass
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    momentum: float = value(_non_negative)
+    dampening: float = value(_non_negative)
+    nesterov: bool = value()
+
+
+@dataclass
+class RMSpropConfig(OptimConfig):
+    alpha: float = value(_unit_interval)
+    eps: float = value(_positive)
+    momentum: float = value(_non_negative)
+    centered: bool = value()
+
+
+# ---- scheduler/ (built by lstm_train.optim.build_scheduler) ------------------------------------------
+@dataclass
+class SchedulerConfig:
+    _target_: str | None = value()  # null: constant learning rate
+    _partial_: bool = value()
+    # When the trainer calls scheduler.step(): after each optimizer step, each epoch, or each evaluation
+    # (with the monitored metric, for plateau).
+    interval: str = value(_one_of("step", "epoch", "eval"))
+
+
+@dataclass
+class NoSchedulerConfig(SchedulerConfig):
+    pass
+
+
+@dataclass
+class StepConfig(SchedulerConfig):
+    step_size: int = value(_positive)
+    gamma: float = value(_positive)
+
+
+@dataclass
+class CosineConfig(SchedulerConfig):
+    warmup_steps: int = value(_non_negative)
+    total_steps: int | None = value(_positive)  # null: the whole run (in units of `interval`)
+    min_lr_ratio: float = value(_unit_interval)
+
+
+@dataclass
+class PlateauConfig(SchedulerConfig):  # its mode (min or max) follows trainer.monitor
+    factor: float = value(lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}")
+    patience: int = value(_non_negative)
+    threshold: float = value(_non_negative)
+    min_lr: float = value(_non_negative)
+
+
+# ---- trainer/ -----------------------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    seed: int = value()  # model init, training data order or draws, dropout
+    max_epochs: int | None = value(_positive)  # the run ends at whichever of the two comes first
+    max_steps: int | None = value(_positive)
+    batch_size: int = value(_positive)
+    eval_batch_size: int = value(_positive)
+    eval_every_n_steps: int | None = value(_positive)  # null: at the end of every epoch
+    log_every_n_steps: int = value(_positive)  # train/* and grad_norm/* scalars
+    clip_grad_norm: float | None = value(_non_negative)  # 0 or null: no clipping
+    monitor: str = value(_monitor)  # picks best.pt, drives early stopping and the plateau scheduler
+    monitor_mode: str = value(_one_of("auto", "min", "max"))  # auto: the metric's own direction
+    early_stopping_patience: int | None = value(_positive)  # evaluations without improvement
+    test_checkpoint: str = value(_one_of("best", "last"))  # which weights the final test uses
+    device: str = value(_device)
+    deterministic: bool = value()  # torch.use_deterministic_algorithms
+    resume: str | None = value()  # path to a last.pt (or best.pt) to continue from
+    progress_bar: bool = value()  # tqdm; shown only on a terminal in any case
+
+
+# ---- the whole config ---------------------------------------------------------------------------------
+@dataclass
+class Config:
+    name: str = value()  # part of the run dir's name
+    model: Any = MISSING  # typed by the schema each group option pulls in
+    task: Any = MISSING
+    optim: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"classifier": ClassifierConfig, "tagger": TaggerConfig, "char": CharConfig, "seq2seq": Seq2SeqConfig},
+    "task": {"first_last": FirstLastConfig},
+    "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig, "rmsprop": RMSpropConfig},
+    "scheduler": {"none": NoSchedulerConfig, "step": StepConfig, "cosine": CosineConfig, "plateau": PlateauConfig},
+}
+
+
+def _register() -> None:
+    # Top-level names, not a group: Hydra would list a schema group among the options in --help.
+    cs = ConfigStore.instance()
+    cs.store(name="schema_config", node=Config)
+    for group, options in SCHEMAS.items():
+        for name, schema in options.items():
+            cs.store(name=f"schema_{group}_{name}", node=schema)
+
+
+_register()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first missing or impossible value, walking the schemas."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], "missing value (every key needs a value; see conf/)")
+    _check_node(cfg, "")
+    t = cfg.trainer
+    if t.max_epochs is None and t.max_steps is None:
+        raise ConfigError("trainer.max_steps", "set trainer.max_steps or trainer.max_epochs (both are null)")
+    if cfg.optim._target_.rsplit(".", 1)[-1] == "SGD" and cfg.optim.nesterov and (
+        cfg.optim.momentum <= 0 or cfg.optim.dampening != 0
+    ):
+        raise ConfigError("optim.nesterov", "Nesterov momentum needs optim.momentum > 0 and optim.dampening = 0")
+    if cfg.model.name == "char" and cfg.model.tie_weights and cfg.model.hidden_size != cfg.model.embedding_dim:
+        raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim")
+
+
+def _check_node(node: DictConfig, prefix: str) -> None:
+    schema = OmegaConf.get_type(node)
+    checks = {}
+    if dataclasses.is_dataclass(schema):
+        checks = {f.name: f.metadata.get("check") for f in dataclasses.fields(schema)}
+    for key in node:
+        child = node[key]
+        path = f"{prefix}{key}"
+        if checks and key not in checks:  # appended with +key=value: Hydra lets it into a schema node
+            raise ConfigError(path, f"unknown key; the keys here are: {', '.join(checks)}")
+        if isinstance(child, DictConfig):
+            _check_node(child, path + ".")
+        elif child is not None and checks.get(key) is not None:
+            problem = checks[key](child)
+            if problem:
+                raise ConfigError(path, problem)
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain dicts and lists: what checkpoints and HParams store."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def describe_config_error(error: BaseException) -> str | None:
+    """One line naming the key for a config mistake found by Hydra, OmegaConf or us; None for other errors."""
+    if isinstance(error, ConfigError):
+        return str(error)
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}"
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        message = str(getattr(cause, "msg", "") or cause).splitlines()[0]
+        schema = getattr(cause, "object_type", None)
+        if message.startswith("Key ") and " not in " in message and dataclasses.is_dataclass(schema):
+            known = ", ".join(f.name for f in dataclasses.fields(schema))
+            message = f"unknown key; the keys here are: {known}"
+        return f"{cause.full_key}: {message}"
+    if isinstance(error, HydraException | OmegaConfBaseException):
+        return str(error).splitlines()[0]
+    return None

@@ -1,0 +1,96 @@
+"""Optimizers and learning-rate schedulers from conf/optim/ and conf/scheduler/."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import partial
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from lstm_train.config import ConfigError, to_container
+
+
+def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> Optimizer:
+    try:
+        # _convert_="all": plain lists in the optimizer's state dict, which torch.load(weights_only=True) reads.
+        return instantiate(cfg, _convert_="all")(params)
+    except (InstantiationException, TypeError, ValueError) as e:
+        raise _instantiation_error("optim", e) from e
+
+
+def _instantiation_error(group: str, error: Exception) -> ConfigError:
+    message = str(error).splitlines()[0].split(", set env var HYDRA_FULL_ERROR")[0]
+    return ConfigError(f"{group}._target_" if message.startswith("Error locating target") else group, message)
+
+
+class WarmupCosineLR(LRScheduler):
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` x the base lr at ``total_steps``.
+
+    A closed form of the step count, so resuming from a state dict lands on exactly the same values.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+class Scheduler:
+    """A learning-rate scheduler and when the trainer steps it (``interval``: step, epoch or eval)."""
+
+    def __init__(self, cfg: DictConfig, optimizer: Optimizer, run_length: dict[str, int], mode: str = "min") -> None:
+        """``run_length``: the run's steps, epochs and evaluations; ``mode``: min or max, the direction of the
+        monitored metric (for ReduceLROnPlateau)."""
+        kwargs = to_container(cfg)
+        self.interval: str = kwargs.pop("interval")
+        self.scheduler: LRScheduler | ReduceLROnPlateau | None = None
+        if kwargs["_target_"] is None:
+            return
+        if "total_steps" in kwargs and kwargs["total_steps"] is None:
+            kwargs["total_steps"] = run_length[self.interval]  # null: the whole run
+        try:
+            make = instantiate(kwargs)  # a functools.partial of the scheduler class
+            if issubclass(make.func, ReduceLROnPlateau):
+                make = partial(make, mode=mode)
+            self.scheduler = make(optimizer)
+        except (InstantiationException, TypeError, ValueError) as e:
+            raise _instantiation_error("scheduler", e) from e
+
+    def step(self, interval: str, metric: float | None = None) -> None:
+        if self.scheduler is None or interval != self.interval:
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict | None:
+        return None if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scheduler is not None and state is not None:
+            self.scheduler.load_state_dict(state)

@@ -1,0 +1,21 @@
+"""Tasks: one per config option in conf/task/, built from config by :func:`build_task`."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from lstm_train.config import ConfigError
+
+from .base import Batch, Inputs, Metrics, Split, Task, TaskKind, derive_seed
+from .first_last import FirstLast
+
+TASKS: dict[str, type[Task]] = {"first_last": FirstLast}
+
+
+def build_task(cfg: DictConfig) -> Task:
+    if cfg.name not in TASKS:
+        raise ConfigError("task.name", f"unknown task {cfg.name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[cfg.name](cfg)
+
+
+__all__ = ["TASKS", "Batch", "Inputs", "Metrics", "Split", "Task", "TaskKind", "build_task", "derive_seed"]

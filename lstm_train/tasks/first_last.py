@@ -1,0 +1,68 @@
+"""first_last: the label of a gaussian sequence depends only on its first and last steps.
+
+x is (T, input_size) standard normal; s = x[0, 0] + x[-1, 0]; the label is the bucket of s among
+``num_classes`` equally likely buckets (quantiles of s's normal distribution). With two classes that is
+the seed's ``s > 0``. Everything between the first and last step is noise the model must carry its memory
+of x[0, 0] through, which is what makes the task a test of long-range memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from .base import Batch, Inputs, Split, derive_seed
+from .classification import ClassificationTask
+
+
+class FirstLast(ClassificationTask):
+    name = "first_last"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.seq_len = cfg.seq_len
+        self.inputs = Inputs(features=cfg.input_size)
+        self.num_outputs = cfg.num_classes
+        self.train_size = cfg.train_size
+        self.fresh = cfg.fresh
+        self.data_seed = cfg.data_seed
+        # s is N(0, 2) (N(0, 4) when the first step is also the last); cut it at its quantiles.
+        std = 2.0 if self.seq_len == 1 else math.sqrt(2.0)
+        k = torch.arange(1, self.num_outputs, dtype=torch.float64) / self.num_outputs
+        self.thresholds = (std * torch.special.ndtri(k)).float()
+        # val and test depend on data_seed only, so runs with different trainer seeds share them.
+        self.splits = {split: self.sample(size, self._generator(split)) for split, size in
+                       (("val", cfg.val_size), ("test", cfg.test_size))}
+        self.fixed_train = None if self.fresh else self.sample(self.train_size, self._generator("train"))
+
+    def _generator(self, *parts: object) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.name, self.data_seed, *parts))
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n sequences (n, T, input_size) and their labels (n,)."""
+        x = torch.randn(n, self.seq_len, self.inputs.features, generator=generator)
+        s = x[:, 0, 0] + x[:, -1, 0]
+        return x, torch.bucketize(s, self.thresholds)  # bucket k: thresholds[k-1] < s <= thresholds[k]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.train_size / batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
+        if self.fixed_train is None:  # new sequences every batch: the same as a new set every epoch
+            for start in range(0, self.train_size, batch_size):
+                yield Batch(*self.sample(min(batch_size, self.train_size - start), generator))
+        else:
+            x, y = self.fixed_train
+            order = torch.randperm(self.train_size, generator=generator)
+            for start in range(0, self.train_size, batch_size):
+                index = order[start : start + batch_size]
+                yield Batch(x[index], y[index])
+
+    def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
+        x, y = self.splits[split]
+        for start in range(0, len(y), batch_size):
+            yield Batch(x[start : start + batch_size], y[start : start + batch_size])

@@ -1,0 +1,52 @@
+"""The one place that writes TensorBoard: scalars during training, and the run's HParams entry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+class Tracker:
+    """A SummaryWriter on the run dir. Tag names are the contract of the README's table."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir), max_queue=1000, flush_secs=30)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def hparams(self, config: Mapping[str, Any], metric_tags: list[str]) -> None:
+        """Register the run in TensorBoard's HParams tab.
+
+        The metric columns read the latest value of the named scalar tags (val/acc, test/acc, ...), so this
+        is written once at the start (running runs appear at once) and the metrics fill in as they are
+        logged. Unlike SummaryWriter.add_hparams, it adds no duplicate scalars and no second event file.
+        """
+        flat = {k: _hparam_value(v) for k, v in _flatten(config).items()}
+        for summary in hparams(flat, dict.fromkeys(metric_tags, 0.0)):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _hparam_value(value: Any) -> bool | int | float | str:
+    # HParams takes bool, number or string only: show null and lists as the YAML would.
+    if isinstance(value, bool | int | float | str):
+        return value
+    return "null" if value is None else str(value)

@@ -1,0 +1,74 @@
+"""The command line itself, in subprocesses: a 2x2 multirun, and one-line errors for bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))  # the console script next to this python
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+
+
+def test_multirun_2x2(tmp_path):
+    # The console script, from another working directory.
+    proc = run(LSTM_TRAIN, "-m", "debug=fast", "optim.lr=1e-3,3e-3", "model.hidden_size=8,16",
+               f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert [p.name for p in jobs] == [
+        "0_model.hidden_size=8,optim.lr=0.001",
+        "1_model.hidden_size=16,optim.lr=0.001",
+        "2_model.hidden_size=8,optim.lr=0.003",
+        "3_model.hidden_size=16,optim.lr=0.003",
+    ]
+    for job in jobs:
+        assert list(job.glob("events.out.tfevents.*")), job
+        assert (job / "checkpoints/last.pt").is_file() and (job / ".hydra/config.yaml").is_file()
+        assert (job / "train.log").is_file()
+        assert json.loads((job / "metrics.json").read_text())["step"] == 16
+    assert "Traceback" not in proc.stderr
+
+
+# (overrides, the one line expected on stderr); run concurrently to keep the suite quick.
+BAD = [
+    (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["model.hiden_size=3"], "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size,"),
+    (["model=nope"], "model=nope: no such option; choose one of char, classifier, seq2seq, tagger"),
+    (["model.hidden_size=-3"], "model.hidden_size: must be > 0, got -3"),
+    (["model.dropout=1.5"], "model.dropout: must be in [0, 1), got 1.5"),
+    (["model.backend=cudnn"], "model.backend: must be one of fast, reference, torch; got 'cudnn'"),
+    (["model=tagger"], "model: model=tagger is a tagging model and does not fit task=first_last"),
+    (["trainer.resume=/nonexistent/last.pt"], "trainer.resume: no checkpoint file at /nonexistent/last.pt"),
+]
+
+
+def test_bad_configs_fail_with_one_line(tmp_path):
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "lstm_train.train", "debug=fast", *overrides,
+                          f"hydra.run.dir={tmp_path / str(i)}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        for i, (overrides, _) in enumerate(BAD)
+    ]
+    for proc, (overrides, expected) in zip(procs, BAD, strict=True):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (overrides, stderr[-2000:])
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, (overrides, stderr[-2000:])
+        assert lines[0].startswith(f"lstm-train: error: {expected}"), (overrides, lines[0])
+
+
+@pytest.mark.parametrize("module", [True, False], ids=["python -m", "console script"])
+def test_help_lists_the_groups(module):
+    proc = run(*([sys.executable, "-m", "lstm_train.train"] if module else [LSTM_TRAIN]), "--help")
+    assert proc.returncode == 0, proc.stderr
+    for group in ("model", "task", "optim", "scheduler", "trainer", "debug", "experiment"):
+        assert f"{group}:" in proc.stdout

@@ -1,0 +1,149 @@
+"""Every config composes and validates; every bad value is a one-line ConfigError naming its key."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from lstm_train.config import PROJECT_ROOT, SCHEMAS, ConfigError, describe_config_error, validate
+from lstm_train.models import KINDS, build_model, count_parameters
+from lstm_train.tasks import build_task
+from lstm_train.trainer import Trainer
+
+CONF = PROJECT_ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_option_has_a_schema_and_the_reverse():
+    for group, schemas in SCHEMAS.items():
+        assert options(group) == sorted(schemas), group
+    assert sorted(KINDS) == options("model")
+
+
+# An experiment picks its own options (a group option given with it on the command line wins over the
+# experiment's choice, as Hydra does, so it is not combined with them here).
+COMBINATIONS = [
+    [f"model={m}", f"task={t}", f"optim={o}", f"scheduler={s}", *extra]
+    for m, t, o, s in itertools.product(*(options(g) for g in ("model", "task", "optim", "scheduler")))
+    for extra in ([], *([f"debug={d}"] for d in options("debug")))
+] + [
+    [f"experiment={e}", *extra]
+    for e in options("experiment")
+    for extra in ([], *([f"debug={d}"] for d in options("debug")))
+]
+
+
+def test_compose_every_combination(compose_cfg, tmp_path):
+    built, tasks = 0, {}
+    for overrides in COMBINATIONS:
+        cfg = compose_cfg(*overrides)
+        validate(cfg)
+        key = OmegaConf.to_yaml(cfg.task)
+        task_ = tasks[key] = tasks.get(key) or build_task(cfg.task)
+        if KINDS[cfg.model.name] != task_.kind:
+            with pytest.raises(ConfigError, match=r"^model: model=\w+ is a .* does not fit task="):
+                build_model(cfg.model, task_)
+            continue
+        model_ = build_model(cfg.model, task_)
+        Trainer(cfg, task_, model_, tmp_path, torch.device("cpu"))  # builds optimizer and scheduler
+        built += 1
+    assert built > 0
+
+
+def test_run_dirs_are_under_the_project_outputs(compose_cfg):
+    cfg = compose_cfg(return_hydra_config=True)
+    outputs = PROJECT_ROOT / "outputs"
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        path = Path(OmegaConf.select(cfg, key))
+        assert path.parent.parent == outputs, key
+
+
+def test_seed_experiment_is_the_seed_protocol(compose_cfg):
+    cfg = compose_cfg("experiment=seed_first_last")
+    validate(cfg)
+    task = build_task(cfg.task)
+    model = build_model(cfg.model, task)
+    assert count_parameters(model) == 204_290
+    assert (cfg.task.train_size, cfg.task.test_size, cfg.task.seq_len, cfg.task.input_size) == (5000, 1000, 30, 10)
+    assert not cfg.task.fresh
+    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3
+    assert cfg.scheduler._target_.endswith("StepLR") and (cfg.scheduler.step_size, cfg.scheduler.gamma) == (20, 0.5)
+    assert cfg.scheduler.interval == "epoch"
+    assert (cfg.trainer.max_epochs, cfg.trainer.clip_grad_norm) == (100, 1.0)
+    assert (cfg.model.hidden_size, cfg.model.num_layers) == (128, 2)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "message"),
+    [
+        ("model.hidden_size=-3", "model.hidden_size", "must be > 0"),
+        ("model.num_layers=0", "model.num_layers", "must be > 0"),
+        ("model.dropout=1.0", "model.dropout", r"must be in \[0, 1\)"),
+        ("model.dropout=-0.1", "model.dropout", r"must be in \[0, 1\)"),
+        ("model.backend=cudnn", "model.backend", "must be one of fast, reference, torch"),
+        ("task.seq_len=0", "task.seq_len", "must be > 0"),
+        ("task.num_classes=1", "task.num_classes", "must be >= 2"),
+        ("trainer.batch_size=-1", "trainer.batch_size", "must be > 0"),
+        ("trainer.clip_grad_norm=-1", "trainer.clip_grad_norm", "must be >= 0"),
+        ("trainer.device=tpu", "trainer.device", "must be auto, cpu"),
+        ("trainer.monitor=acc", "trainer.monitor", "must name a validation metric"),
+        ("optim.lr=0", "optim.lr", "must be > 0"),
+        ("scheduler.interval=week", "scheduler.interval", "must be one of step, epoch, eval"),
+        ("trainer.max_steps=null", "trainer.max_steps", "set trainer.max_steps or trainer.max_epochs"),
+        ("+model.hidden=3", "model.hidden", "unknown key; the keys here are: name, backend, hidden_size"),
+    ],
+)
+def test_bad_values_name_their_key(compose_cfg, override, key, message):
+    cfg = compose_cfg(override)
+    with pytest.raises(ConfigError, match=rf"^{key}: {message}") as info:
+        validate(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_model_that_does_not_fit_the_task(compose_cfg):
+    cfg = compose_cfg("model=tagger")
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"^model: model=tagger is a tagging model and does not fit task=first_last"):
+        build_model(cfg.model, build_task(cfg.task))
+
+
+def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
+    cfg = compose_cfg("debug=fast", "trainer.monitor=val/f1")
+    validate(cfg)
+    task = build_task(cfg.task)
+    with pytest.raises(ConfigError, match=r"^trainer\.monitor: task first_last has no metric val/f1; it has val/loss"):
+        Trainer(cfg, task, build_model(cfg.model, task), tmp_path, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
+        (["model.hiden_size=3"], "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size"),
+        (["trainer.lr=3"], "trainer.lr: unknown key; the keys here are: seed, max_epochs"),
+        (["model=nope"], "model=nope: no such option; choose one of char, classifier, seq2seq, tagger"),
+        (["optim.lr=fast"], "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    ],
+)
+def test_composition_errors_become_one_line(compose_cfg, overrides, expected):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(*overrides)
+    message = describe_config_error(info.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_missing_yaml_value_is_reported(compose_cfg):
+    cfg = compose_cfg()
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.hidden_size = "???"
+    with pytest.raises(ConfigError, match=r"^model\.hidden_size: missing value"):
+        validate(cfg)

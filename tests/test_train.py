@@ -1,0 +1,141 @@
+"""Whole runs in a tmp dir: event tags, HParams, checkpoints, metrics.json, resume, early stopping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from lstm_train.config import ConfigError
+from lstm_train.tasks.first_last import FirstLast
+from lstm_train.train import resolve_device, train
+from lstm_train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PARAMS = [
+    f"encoder.lstm.{kind}_l{layer}" for layer in (0, 1) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+] + ["head.weight", "head.bias"]
+
+
+def events(run_dir) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "time"}
+
+
+def test_short_run_writes_events_checkpoints_and_metrics(compose_cfg, tmp_path):
+    cfg = compose_cfg("debug=fast", "trainer.log_every_n_steps=1")
+    result = train(cfg, tmp_path)
+
+    acc = events(tmp_path)
+    tags = set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/grad_norm", "train/lr", "train/clipped", "train/acc", "val/loss", "val/acc",
+                "test/loss", "test/acc"} | {f"grad_norm/{p}" for p in PARAMS}
+    assert expected == tags
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == list(range(1, 17))  # 2 epochs of 256 / 32, logged every step
+    assert [e.step for e in acc.Scalars("val/acc")] == [8, 16]
+    assert all(e.value in (0.0, 1.0) for e in acc.Scalars("train/clipped"))
+    # train/grad_norm is the total of the per-parameter norms, before clipping
+    total = acc.Scalars("train/grad_norm")[0].value
+    parts = torch.tensor([acc.Scalars(f"grad_norm/{p}")[0].value for p in PARAMS])
+    assert total == pytest.approx(parts.norm().item(), rel=1e-5)
+
+    hparams = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/loss", "val/acc", "test/loss", "test/acc"}
+    session = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    recorded = session.session_start_info.hparams
+    assert recorded["model.hidden_size"].number_value == 16
+    assert recorded["optim._target_"].string_value == "torch.optim.Adam"
+    assert recorded["num_params"].number_value == result["num_params"]
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result))
+    assert set(metrics["test"]) == set(metrics["val"]) == {"loss", "acc"}
+    assert metrics["step"] == 16 and metrics["epoch"] == 2 and not metrics["stopped_early"]
+    assert metrics["test"]["acc"] == acc.Scalars("test/acc")[0].value
+
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "progress", "rng", "config", "task", "num_params"} <= set(state)
+        assert state["config"]["model"]["hidden_size"] == 16 and isinstance(state["config"], dict)
+        assert isinstance(state["rng"]["torch"], torch.Tensor)
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["progress"]["step"] == 16 and last["scheduler"]["last_epoch"] == 16
+    assert last["progress"]["best"]["step"] == metrics["best"]["step"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # the default recipe's parts: fresh data, warmup + cosine; a checkpoint in mid-epoch
+        ["trainer.eval_every_n_steps=3"],
+        # a fixed, reshuffled training set, dropout (global RNG), a per-epoch scheduler, best != last
+        ["task.fresh=false", "model.dropout=0.3", "scheduler=step", "scheduler.step_size=1", "optim=sgd",
+         "trainer.test_checkpoint=best"],
+    ],
+    ids=["fresh-cosine-midepoch", "fixed-dropout-step"],
+)
+def test_resume_ends_like_an_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, overrides):
+    cfg = compose_cfg("debug=fast", *overrides)
+    uninterrupted = train(cfg, tmp_path / "a")
+
+    # The same run, killed right after its first checkpoint...
+    save = Trainer._save
+
+    def save_then_crash(self, improved):
+        save(self, improved)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b")
+    monkeypatch.setattr(Trainer, "_save", save)
+    assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["progress"]["step"] < 16
+
+    # ...and resumed, in a new run dir, from its last.pt.
+    resumed_cfg = compose_cfg("debug=fast", *overrides, f"trainer.resume={tmp_path / 'b/checkpoints/last.pt'}")
+    resumed = train(resumed_cfg, tmp_path / "c")
+    assert without_time(resumed) == without_time(uninterrupted)
+    a = events(tmp_path / "a").Scalars("train/loss")
+    c = events(tmp_path / "c").Scalars("train/loss")
+    assert [(e.step, e.value) for e in a if e.step >= c[0].step] == [(e.step, e.value) for e in c]
+
+
+def test_early_stopping(compose_cfg, tmp_path):
+    # An lr too small to move a float32 weight: the val loss never improves after the first evaluation.
+    cfg = compose_cfg("debug=fast", "optim.lr=1e-12", "trainer.monitor=val/loss", "trainer.early_stopping_patience=1",
+                      "trainer.eval_every_n_steps=2")
+    result = train(cfg, tmp_path)
+    assert result["stopped_early"] and result["step"] == 4 and result["best"]["step"] == 2
+
+
+def test_clipping_off_and_every_optimizer_trains(compose_cfg, tmp_path):
+    for i, (optim, scheduler) in enumerate([("adamw", "none"), ("rmsprop", "plateau"), ("sgd", "cosine")]):
+        cfg = compose_cfg("debug=fast", f"optim={optim}", f"scheduler={scheduler}", "trainer.clip_grad_norm=0",
+                          "trainer.max_epochs=1")
+        result = train(cfg, tmp_path / str(i))
+        assert result["step"] == 8
+        assert all(e.value == 0.0 for e in events(tmp_path / str(i)).Scalars("train/clipped"))
+
+
+def test_divergence_is_one_clear_error(compose_cfg, tmp_path, monkeypatch):
+    loss = FirstLast.loss
+    monkeypatch.setattr(FirstLast, "loss", lambda self, output, batch: loss(self, output, batch) * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"^training diverged: train/loss is nan at step 2; try a lower"):
+        train(compose_cfg("debug=fast"), tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(ConfigError, match=r"^trainer\.device: cuda requested but this torch sees no CUDA device"):
+        resolve_device("cuda")
