@@ -27,6 +27,7 @@ SHAPES = [
     (64, 128, 64, 256, 2, False),
     (32, 100, 128, 512, 1, False),
     (64, 50, 64, 128, 2, True),
+    (128, 30, 10, 64, 2, False),  # the default lstm-train model (classifier on first_last)
 ]
 STEP_SHAPE = (32, 64, 256, 1)  # (batch, input, hidden, layers) for the time-per-step table
 STEP_LENGTHS = (32, 128, 512)
