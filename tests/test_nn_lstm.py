@@ -42,6 +42,7 @@ def grads(outputs, inputs, seed: int = 1):
 def assert_parity(theirs, ours, x, hx=None, lengths=None):
     o1, (h1, c1) = run_torch(theirs, x, hx, lengths)
     o2, (h2, c2) = ours(x, hx, lengths=lengths)
+    assert o2.is_contiguous()
     for a, b in ((o1, o2), (h1, h2), (c1, c2)):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, **TOL)

@@ -181,7 +181,7 @@ class LSTM(nn.Module):
             out, h_n, c_n = out.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
             gates = [g.squeeze(1) for g in gates] if return_gates else gates
         elif self.batch_first and packed is None:
-            out = out.transpose(0, 1)
+            out = out.transpose(0, 1).contiguous()  # contiguous as torch.nn.LSTM's, so .view() works on it
             gates = [g.transpose(0, 1) for g in gates] if return_gates else gates
         if return_gates:
             return out, (h_n, c_n), gates
