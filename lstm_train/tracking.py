@@ -20,6 +20,11 @@ class Tracker:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    def text(self, values: Mapping[str, str], step: int, markdown: bool = False) -> None:
+        """Text in the text tab: Markdown as it is, or plain text (a sample) indented to show verbatim."""
+        for tag, value in values.items():
+            self.writer.add_text(tag, value if markdown else "    " + value.replace("\n", "\n    "), step)
+
     def hparams(self, config: Mapping[str, Any], metric_tags: list[str]) -> None:
         """Register the run in TensorBoard's HParams tab.
 

@@ -279,6 +279,7 @@ class Trainer:
         tracker.scalars({f"val/{k}": v for k, v in val.items()}, self.step)
         # train/loss is logged per step; the other train metrics are means since the last evaluation.
         tracker.scalars({f"train/{k}": v for k, v in self.last_train.items() if k != "loss"}, self.step)
+        tracker.text(self.task.samples(self.model), self.step)
         value = val[self.monitor]
         self.scheduler.step("eval", value)
         best = self.best["value"] if self.best else None
@@ -300,7 +301,7 @@ class Trainer:
         return improved
 
     def evaluate(self, split: Split) -> dict[str, float]:
-        metrics = self.task.new_metrics()
+        metrics = self._eval_metrics = self.task.new_metrics()  # kept: the test also logs its tables
         self.model.eval()
         with torch.inference_mode():
             for batch in self.task.eval_batches(split, self.t.eval_batch_size):
@@ -319,6 +320,7 @@ class Trainer:
                 log.warning("no best.pt (no evaluation happened): testing the last weights")
         test = self.evaluate("test")
         tracker.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
+        tracker.text({f"test/{k}": v for k, v in self._eval_metrics.tables().items()}, self.step, markdown=True)
         return test
 
 

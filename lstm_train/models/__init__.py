@@ -10,18 +10,19 @@ from torch import nn
 from lstm_train.config import ConfigError
 from lstm_train.tasks import Task, TaskKind
 
+from .char import CharLM
 from .classifier import Classifier
 from .encoder import Encoder
 
 # The kind of task each model is made for. A model listed here without a builder has its config group
-# and schema already; its code comes with a later issue (tagger and seq2seq: #5, char: #4).
+# and schema already; its code comes with a later issue (tagger and seq2seq: #5).
 KINDS: dict[str, TaskKind] = {
     "classifier": "classification",
     "tagger": "tagging",
     "char": "language_model",
     "seq2seq": "seq2seq",
 }
-BUILDERS: dict[str, Callable[[DictConfig, Task], nn.Module]] = {"classifier": Classifier}
+BUILDERS: dict[str, Callable[[DictConfig, Task], nn.Module]] = {"classifier": Classifier, "char": CharLM}
 
 
 def build_model(cfg: DictConfig, task: Task) -> nn.Module:
@@ -45,4 +46,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["BUILDERS", "KINDS", "Classifier", "Encoder", "build_model", "count_parameters"]
+__all__ = ["BUILDERS", "KINDS", "CharLM", "Classifier", "Encoder", "build_model", "count_parameters"]

@@ -8,8 +8,10 @@ from lstm_train.config import ConfigError
 
 from .base import Batch, Inputs, Metrics, Split, Task, TaskKind, derive_seed
 from .first_last import FirstLast
+from .text import CharVocab, TextChar
+from .text_cls import TextCls
 
-TASKS: dict[str, type[Task]] = {"first_last": FirstLast}
+TASKS: dict[str, type[Task]] = {"first_last": FirstLast, "text_char": TextChar, "text_cls": TextCls}
 
 
 def build_task(cfg: DictConfig) -> Task:
@@ -18,4 +20,7 @@ def build_task(cfg: DictConfig) -> Task:
     return TASKS[cfg.name](cfg)
 
 
-__all__ = ["TASKS", "Batch", "Inputs", "Metrics", "Split", "Task", "TaskKind", "build_task", "derive_seed"]
+__all__ = [
+    "TASKS", "Batch", "CharVocab", "Inputs", "Metrics", "Split", "Task", "TaskKind", "TextChar", "TextCls",
+    "build_task", "derive_seed",
+]

@@ -53,6 +53,10 @@ class Metrics(ABC):
     def compute(self) -> dict[str, float]:
         """Metric name (``loss``, ``acc``, ...) -> value; empty if nothing was added."""
 
+    def tables(self) -> dict[str, str]:
+        """Markdown for TensorBoard's text tab after the test (name -> table, e.g. a confusion matrix)."""
+        return {}
+
 
 class Task(ABC):
     kind: ClassVar[TaskKind]
@@ -85,6 +89,11 @@ class Task(ABC):
 
     @abstractmethod
     def new_metrics(self) -> Metrics: ...
+
+    def samples(self, model: nn.Module) -> dict[str, str]:
+        """Text to log at each evaluation (tag -> text), e.g. what a language model generates; none by default.
+        Must leave the global RNG alone (draw from an own generator), so that runs resume to the same numbers."""
+        return {}
 
     def state_dict(self) -> dict:
         """What a checkpoint must carry to use the model later (a vocabulary, say); plain containers only."""

@@ -1,0 +1,103 @@
+"""``lstm-generate``: sample text from a char-model checkpoint, streaming characters as they come.
+
+The checkpoint carries everything needed: the resolved config rebuilds the model, the task state holds the
+vocabulary, so the training text need not be present. Mistakes are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from lstm_train.checkpoint import load_checkpoint
+from lstm_train.config import ConfigError
+from lstm_train.models import CharLM, build_model
+from lstm_train.tasks import TASKS
+from lstm_train.tasks.text import UNK, read_text
+
+
+class UsageError(Exception):
+    pass
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[CharLM, object]:
+    """The model and its task (vocabulary only, no data) from a checkpoint written by lstm-train."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"no checkpoint file at {path}")
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except Exception as e:  # unpickling and format errors alike
+        raise UsageError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    cfg = OmegaConf.create(state["config"])
+    if cfg.task.name != "text_char" or cfg.model.name != "char":
+        raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs model=char "
+                         "task=text_char")
+    task = TASKS[cfg.task.name](cfg.task, state=state["task"])
+    model = build_model(cfg.model, task)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), task
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lstm-generate", description="Sample text from a char-model checkpoint.")
+    p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt of a model=char task=text_char run")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="\n", help="text to start from, fed through once (default: a newline)")
+    prompt.add_argument("--prompt-file", help="a UTF-8 file whose text is the prompt")
+    p.add_argument("--length", type=int, default=500, help="characters to generate per sample (default 500)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0: greedy argmax; < 1 surer, > 1 wilder")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters only")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="makes the samples reproducible (default: random)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.length < 0 or args.num_samples <= 0:
+        raise UsageError("--length must be >= 0 and --num-samples > 0")
+    if args.temperature < 0 or (args.top_k is not None and args.top_k <= 0):
+        raise UsageError("--temperature must be >= 0 and --top-k > 0")
+    try:
+        prompt = read_text(args.prompt_file, "--prompt-file") if args.prompt_file else args.prompt
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    if not prompt:
+        raise UsageError("--prompt is empty; give at least one character")
+    model, task = load_model(args.checkpoint, args.device)
+    vocab = task.vocab
+    unknown = sorted(set(prompt) - set(vocab.chars))
+    if unknown:
+        print(f"lstm-generate: warning: not in the vocabulary, read as {UNK}: {''.join(unknown)!r}", file=sys.stderr)
+    generator = torch.Generator()
+    generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
+    ids = vocab.encode(prompt)
+    for n in range(args.num_samples):
+        if n:
+            sys.stdout.write("\n---\n")
+        sys.stdout.write(prompt)
+        for token in model.stream(ids, args.length, args.temperature, args.top_k, generator):
+            sys.stdout.write(vocab.chars[token])
+            sys.stdout.flush()  # stream: one character at a time, as it is sampled
+    sys.stdout.write("\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, ValueError, ConfigError, RuntimeError) as e:  # RuntimeError: a device torch lacks
+        print(f"lstm-generate: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

