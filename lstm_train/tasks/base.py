@@ -10,7 +10,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,10 @@ class Metrics(ABC):
 
     def tables(self) -> dict[str, str]:
         """Markdown for TensorBoard's text tab after the test (name -> table, e.g. a confusion matrix)."""
+        return {}
+
+    def figures(self) -> dict[str, Any]:
+        """matplotlib figures for TensorBoard's images tab after the test (name -> figure)."""
         return {}
 
 

