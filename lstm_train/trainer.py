@@ -35,7 +35,7 @@ from lstm_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, s
 from lstm_train.config import ConfigError, to_container
 from lstm_train.models import count_parameters
 from lstm_train.optim import Scheduler, build_optimizer
-from lstm_train.tasks import Batch, Split, Task
+from lstm_train.tasks import Batch, Metrics, Split, Task
 from lstm_train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class Trainer:
 
     def _validate(self, tracker: Tracker) -> bool:
         """Evaluate on val, log, update best and early stopping; True if the monitored metric improved."""
-        val = self.evaluate("val")
+        val = self.evaluate("val").compute()
         self.last_val = val
         self.last_train = self._train_metrics.compute()
         self._train_metrics = self.task.new_metrics()
@@ -300,8 +300,9 @@ class Trainer:
         )
         return improved
 
-    def evaluate(self, split: Split) -> dict[str, float]:
-        metrics = self._eval_metrics = self.task.new_metrics()  # kept: the test also logs its tables
+    def evaluate(self, split: Split) -> Metrics:
+        """The split's accumulated metrics: ``.compute()`` for the numbers, tables and figures for the test."""
+        metrics = self.task.new_metrics()
         self.model.eval()
         with torch.inference_mode():
             for batch in self.task.eval_batches(split, self.t.eval_batch_size):
@@ -309,7 +310,7 @@ class Trainer:
                 output = self.task.forward(self.model, batch)
                 metrics.update(output, batch, self.task.loss(output, batch))
         self.model.train()
-        return metrics.compute()
+        return metrics
 
     def _test(self, tracker: Tracker) -> dict[str, float]:
         best = self.checkpoints / "best.pt"
@@ -318,10 +319,11 @@ class Trainer:
                 self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
             else:
                 log.warning("no best.pt (no evaluation happened): testing the last weights")
-        test = self.evaluate("test")
+        metrics = self.evaluate("test")
+        test = metrics.compute()
         tracker.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
-        tracker.text({f"test/{k}": v for k, v in self._eval_metrics.tables().items()}, self.step, markdown=True)
-        tracker.figures({f"test/{k}": v for k, v in self._eval_metrics.figures().items()}, self.step)
+        tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, self.step, markdown=True)
+        tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, self.step)
         return test
 
 
