@@ -23,6 +23,7 @@ starts its first batch from zeros). Evaluation always starts every chunk from ze
 
 from __future__ import annotations
 
+import bz2
 import importlib.resources
 import json
 import math
@@ -92,11 +93,17 @@ def _codepoints(text: str) -> Tensor:
 
 
 def read_text(path: str | Path, key: str = "task.path") -> str:
-    """A UTF-8 file's text; a one-line :class:`ConfigError` if it is missing, empty or not UTF-8."""
+    """A UTF-8 file's text (bz2-compressed if its name ends in .bz2); a one-line :class:`ConfigError` if it
+    is missing, empty, not UTF-8 or not valid bz2."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(key, f"no file at {path}")
     data = path.read_bytes()
+    if path.suffix.lower() == ".bz2":
+        try:
+            data = bz2.decompress(data)
+        except (OSError, ValueError) as e:
+            raise ConfigError(key, f"{path} is not bz2-compressed ({e})") from None
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not text
     except UnicodeDecodeError as e:

@@ -16,7 +16,6 @@ Metrics: loss, accuracy, macro-F1 (over the classes present in the targets or th
 
 from __future__ import annotations
 
-import bz2
 import csv
 import importlib.metadata
 import io
@@ -51,7 +50,7 @@ def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     kind = Path(path.stem if compressed else path.name).suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "jsonl"):
         raise ConfigError("task.path", f"{path}: the name must end in .csv, .tsv or .jsonl (optionally + .bz2)")
-    text = read_bz2_text(path) if compressed else read_text(path)
+    text = read_text(path)
     if kind == "jsonl":
         records = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -71,16 +70,6 @@ def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
             known = ", ".join(str(k) for k in records[missing - 1] if k is not None)
             raise ConfigError(f"task.{key}", f"{path} record {missing} has no {column!r}; it has: {known}")
     return [(str(r[cfg.text_column]), str(r[cfg.label_column])) for r in records]
-
-
-def read_bz2_text(path: Path) -> str:
-    """A bz2-compressed UTF-8 file's text; a one-line :class:`ConfigError` if it is missing or unreadable."""
-    if not path.is_file():
-        raise ConfigError("task.path", f"no file at {path}")
-    try:
-        return bz2.decompress(path.read_bytes()).decode("utf-8").removeprefix("\ufeff")
-    except (OSError, ValueError) as e:
-        raise ConfigError("task.path", f"{path} is not bz2-compressed UTF-8 text ({e})") from None
 
 
 def rotten_tomatoes_path() -> Path:
