@@ -102,6 +102,7 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("trainer.batch_size=-1", "trainer.batch_size", "must be > 0"),
         ("trainer.clip_grad_norm=-1", "trainer.clip_grad_norm", "must be >= 0"),
         ("trainer.device=tpu", "trainer.device", "must be auto, cpu"),
+        ("trainer.num_threads=0", "trainer.num_threads", "must be > 0"),
         ("trainer.monitor=acc", "trainer.monitor", "must name a validation metric"),
         ("optim.lr=0", "optim.lr", "must be > 0"),
         ("scheduler.interval=week", "scheduler.interval", "must be one of step, epoch, eval"),
