@@ -27,10 +27,29 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint's dict; a one-line ValueError for any file that is not an lstm-train checkpoint."""
+    try:  # read onto the CPU, so that every failure here is the file's; moved to the device below
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # torch.load fails on foreign files with anything from KeyError('101') on a text file to a
+        # 20-line "Weights only load failed" on a pickle of arbitrary objects: none of it helps the user.
+        why = "truncated or not a torch file" if "Weights only" not in str(e) else "it holds arbitrary Python objects"
+        raise ValueError(f"{path} is not an lstm-train checkpoint ({why})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an lstm-train checkpoint (format {FORMAT})")
-    return state
+    device = torch.device(map_location)
+    # RNG states stay on the CPU: torch.set_rng_state and cuda.set_rng_state_all take CPU byte tensors.
+    return {k: v if k == "rng" else _to_device(v, device) for k, v in state.items()}
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_to_device(v, device) for v in tree)
+    return tree
 
 
 def rng_state() -> dict[str, Any]:
