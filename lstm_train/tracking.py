@@ -1,4 +1,4 @@
-"""The one place that writes TensorBoard: scalars during training, and the run's HParams entry."""
+"""The one place that writes TensorBoard: scalars, histograms and figures during training, and HParams."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -19,6 +20,10 @@ class Tracker:
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+
+    def histograms(self, values: Mapping[str, Tensor], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_histogram(tag, value.detach().float().cpu(), step)
 
     def text(self, values: Mapping[str, str], step: int, markdown: bool = False) -> None:
         """Text in the text tab: Markdown as it is, or plain text (a sample) indented to show verbatim."""

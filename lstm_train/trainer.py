@@ -9,6 +9,8 @@ resumed run end with the same numbers):
    the eval-interval scheduler, best and early-stopping bookkeeping;
 4. at the end of an epoch, the epoch-interval scheduler steps;
 5. after an evaluation, checkpoints/last.pt (and best.pt if it improved) hold the state as it is now.
+Between 2 and 3, every ``probe_every_n_steps`` steps, the gate probe (lstm_train/probe.py) logs gates, cell
+states and dL/dh_t per step on a fixed val batch; it works on a copy of the model and changes nothing else.
 
 Only the cheap part of logging runs every step: the loss and the clipping flag accumulate as tensors
 (no host sync); norms per parameter, the one sync and the TensorBoard writes happen on logging steps.
@@ -35,6 +37,7 @@ from lstm_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, s
 from lstm_train.config import ConfigError, to_container
 from lstm_train.models import count_parameters
 from lstm_train.optim import Scheduler, build_optimizer
+from lstm_train.probe import Probe
 from lstm_train.tasks import Batch, Metrics, Split, Task
 from lstm_train.tracking import Tracker
 
@@ -86,6 +89,12 @@ class Trainer:
         self._train_metrics = task.new_metrics()  # since the last evaluation
         self._lr = self.optimizer.param_groups[0]["lr"]
         self._reset_log_interval()
+        self.probe = None
+        if t.probe_every_n_steps:
+            try:
+                self.probe = Probe(task, model, t.probe_size, device)
+            except ValueError as e:
+                raise ConfigError("trainer.probe_every_n_steps", str(e)) from e
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -205,6 +214,11 @@ class Trainer:
             bar.update(1)
             if log_now:
                 self._log_train(tracker, bar)
+            if self.probe is not None and step % t.probe_every_n_steps == 0:
+                summary = self.probe(self.model)
+                tracker.histograms(summary.histograms, step)
+                tracker.scalars(summary.scalars, step)
+                tracker.figures(summary.figures, step)
             improved = False
             if evaluate:
                 toc = time.perf_counter()

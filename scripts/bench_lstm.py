@@ -6,6 +6,9 @@ shapes and weights, so the ratios are fair even on a noisy machine. Read the rat
     python scripts/bench_lstm.py                   # the table, then time per step at T = 32, 128, 512
     python scripts/bench_lstm.py --json            # the same as JSON, for machines
     python scripts/bench_lstm.py --profile         # where the fast implementation spends its time
+    python scripts/bench_lstm.py --step            # inference: one T=1 call at a time, carrying (h, c)
+    python scripts/bench_lstm.py --step --profile  # where a T=1 call of the fast implementation goes
+    python scripts/bench_lstm.py --sample          # chars/s of CharLM.stream (what lstm-generate runs)
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ SHAPES = [
 ]
 STEP_SHAPE = (32, 64, 256, 1)  # (batch, input, hidden, layers) for the time-per-step table
 STEP_LENGTHS = (32, 128, 512)
+# (batch, input, hidden, layers) for --step: a char LM (batch 1) and beam search (batch 5)
+INFER_SHAPES = [(1, 64, 128, 1), (1, 64, 256, 2), (5, 64, 128, 2), (5, 64, 256, 2)]
+INFER_CALLS = 50  # T=1 calls per timed round, each from the previous call's (h, c)
 
 
 def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.nn.Module]:
@@ -82,9 +88,7 @@ def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmu
     row = {"shape": dict(zip(("batch", "time", "input", "hidden", "layers", "bidirectional"), shape, strict=True))}
     for kind, times in (("forward", fwd), ("forward_backward", both)):
         medians = {n: statistics.median(t) for n, t in times.items()}
-        row[kind] = {
-            n: {"median_ms": 1e3 * med, "ratio": med / medians["torch"]} for n, med in medians.items()
-        }
+        row[kind] = {n: {"median_ms": 1e3 * med, "ratio": med / medians["torch"]} for n, med in medians.items()}
     return row
 
 
@@ -118,6 +122,84 @@ def profile(shape, dtype: torch.dtype) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def bench_infer(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmup: int) -> dict:
+    """Microseconds per T=1 call under inference_mode, the state carried from call to call (as decoding does)."""
+    batch, inp, hidden, layers = shape
+    models = make_models((batch, 1, inp, hidden, layers, False), impls, dtype)
+    xs = torch.randn(INFER_CALLS, 1, batch, inp, dtype=dtype).unbind(0)
+
+    def decode(model):
+        def run():
+            with torch.inference_mode():
+                state = None
+                for x in xs:
+                    _, state = model(x, state)
+
+        return run
+
+    times = time_rounds({n: decode(m) for n, m in models.items()}, repeats, warmup)
+    us = {n: 1e6 * statistics.median(t) / INFER_CALLS for n, t in times.items()}
+    return {
+        "shape": dict(zip(("batch", "input", "hidden", "layers"), shape, strict=True)),
+        "us_per_call": us,
+        "ratio": {n: v / us["torch"] for n, v in us.items()},
+    }
+
+
+def profile_infer(shape, dtype: torch.dtype) -> None:
+    batch, inp, hidden, layers = shape
+    model = make_models((batch, 1, inp, hidden, layers, False), ["fast"], dtype)["fast"]
+    x = torch.randn(1, batch, inp, dtype=dtype)
+    with torch.inference_mode():
+        state = None
+        for _ in range(20):
+            _, state = model(x, state)
+        with torch.profiler.profile() as prof:
+            for _ in range(INFER_CALLS):
+                _, state = model(x, state)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def bench_sample(impls: list[str], repeats: int, length: int = 1000) -> dict[str, float]:
+    """Characters per second of CharLM.stream (embedding 64, 2x256 LSTM, 63 symbols, random weights)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lstm_train.models.char import CharLM
+    from lstm_train.tasks import Inputs
+
+    task = SimpleNamespace(inputs=Inputs(vocab_size=63), num_outputs=63)
+    models = {}
+    for backend in ["torch", *impls]:
+        cfg = OmegaConf.create(
+            {
+                "backend": backend,
+                "hidden_size": 256,
+                "num_layers": 2,
+                "dropout": 0.1,
+                "bidirectional": False,
+                "forget_bias": 1.0,
+                "embedding_dim": 64,
+                "tie_weights": False,
+                "cell": "lstm",
+            }
+        )
+        torch.manual_seed(0)
+        models[backend] = CharLM(cfg, task)
+        if backend != "torch":
+            models[backend].load_state_dict(models["torch"].state_dict())
+
+    def sample(model):
+        def run():
+            model.generate([1, 2, 3], length, generator=torch.Generator().manual_seed(0))
+
+        return run
+
+    times = time_rounds({n: sample(m) for n, m in models.items()}, repeats, 1)
+    return {n: length / statistics.median(t) for n, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
@@ -130,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="first shape only, 5 rounds: a smoke run")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--profile", action="store_true", help="profile the fast implementation on each shape")
+    parser.add_argument("--step", action="store_true", help="inference: us per T=1 call, state carried over")
+    parser.add_argument("--sample", action="store_true", help="chars/s of sampling 1000 chars from a 2x256 CharLM")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
@@ -140,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.shape:
         shapes = [SHAPES[i] for i in args.shape]
 
+    if args.step or args.sample:
+        return run_inference(args, dtype)
     if args.profile:
         for shape in shapes:
             print(f"== fast, shape {shape}")
@@ -158,6 +244,40 @@ def main(argv: list[str] | None = None) -> int:
         print()
     elif steps:
         print_steps(steps, args.impls)
+    return 0
+
+
+def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
+    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": args.repeats}
+    result: dict = {"env": env}
+    if args.step and args.profile:
+        for shape in INFER_SHAPES:
+            print(f"== fast, T=1 calls, (batch, input, hidden, layers) = {shape}")
+            profile_infer(shape, dtype)
+        return 0
+    if args.step:
+        result["step"] = [bench_infer(shape, args.impls, dtype, args.repeats, args.warmup) for shape in INFER_SHAPES]
+    if args.sample:
+        result["sample_chars_per_s"] = bench_sample(args.impls, max(1, args.repeats // 5))
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, median of {args.repeats} rounds")
+    if args.step:
+        names = ["torch", *args.impls]
+        print(f"\nus per T=1 call under inference_mode ({INFER_CALLS} calls a round, (h, c) carried over)")
+        cols = ["(B, I, H, layers)", *(f"{n} us" for n in names), *(f"{n} ratio" for n in args.impls)]
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "---|" * len(cols))
+        for row in result["step"]:
+            cells = ["({batch}, {input}, {hidden}, {layers})".format(**row["shape"])]
+            cells += [f"{row['us_per_call'][n]:.0f}" for n in names]
+            cells += [f"{row['ratio'][n]:.2f}" for n in args.impls]
+            print("| " + " | ".join(cells) + " |", flush=True)
+    if args.sample:
+        chars = result["sample_chars_per_s"]
+        print("\nCharLM.stream, 1000 chars, 2x256 LSTM: " + ", ".join(f"{n} {v:.0f} chars/s" for n, v in chars.items()))
     return 0
 
 

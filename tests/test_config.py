@@ -49,11 +49,18 @@ COMBINATIONS = [
 ]
 
 
+# Tasks whose data the user brings (conll: file paths; brown_pos: a corpus fetched by a script) cannot be
+# built from their defaults; tests/test_tagging.py builds them from files it writes.
+NEEDS_DATA = {"conll", "brown_pos"}
+
+
 def test_compose_every_combination(compose_cfg, tmp_path):
     built, tasks = 0, {}
     for overrides in COMBINATIONS:
         cfg = compose_cfg(*overrides)
         validate(cfg)
+        if cfg.task.name in NEEDS_DATA:
+            continue
         key = OmegaConf.to_yaml(cfg.task)
         task_ = tasks[key] = tasks.get(key) or build_task(cfg.task)
         if KINDS[cfg.model.name] != task_.kind:

@@ -13,6 +13,8 @@ from lstm_train.tasks import Task, TaskKind
 from .char import CharLM
 from .classifier import Classifier
 from .encoder import Encoder
+from .seq2seq import Seq2Seq
+from .tagger import Tagger
 
 # The kind of task each model is made for. A model listed here without a builder has its config group
 # and schema already; its code comes with a later issue (tagger and seq2seq: #5).
@@ -22,7 +24,9 @@ KINDS: dict[str, TaskKind] = {
     "char": "language_model",
     "seq2seq": "seq2seq",
 }
-BUILDERS: dict[str, Callable[[DictConfig, Task], nn.Module]] = {"classifier": Classifier, "char": CharLM}
+BUILDERS: dict[str, Callable[[DictConfig, Task], nn.Module]] = {
+    "classifier": Classifier, "char": CharLM, "seq2seq": Seq2Seq, "tagger": Tagger,
+}
 
 
 def build_model(cfg: DictConfig, task: Task) -> nn.Module:
@@ -46,4 +50,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["BUILDERS", "KINDS", "CharLM", "Classifier", "Encoder", "build_model", "count_parameters"]
+__all__ = [
+    "BUILDERS", "KINDS", "CharLM", "Classifier", "Encoder", "Seq2Seq", "Tagger", "build_model", "count_parameters",
+]

@@ -1,4 +1,8 @@
-"""The part every model shares: the input layer the task needs, then the configured LSTM stack."""
+"""The part every model shares: the input layer the task needs, then the configured LSTM stack.
+
+``model.cell`` swaps the LSTM for torch's GRU or vanilla RNN (baselines with the LSTM's interface); the
+attribute stays ``lstm`` whatever the cell, so the models and checkpoints read the same.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.nn import build_lstm
+from lstm_train.nn import build_recurrent
 from lstm_train.tasks import Inputs
 
 
@@ -25,7 +29,8 @@ class Encoder(nn.Module):
         else:
             self.embedding = None
             input_size = inputs.features
-        self.lstm = build_lstm(
+        self.lstm = build_recurrent(
+            cfg.get("cell", "lstm"),  # .get: checkpoints written before model.cell existed hold LSTMs
             cfg.backend,
             input_size,
             cfg.hidden_size,

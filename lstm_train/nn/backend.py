@@ -1,8 +1,13 @@
-"""One constructor for the three recurrent backends a config can choose between.
+"""One constructor for the three recurrent backends a config can choose between, and the baselines.
 
 ``fast`` and ``reference`` are our LSTM's two implementations; ``torch`` is torch.nn.LSTM behind the
 same interface (``lengths=`` packs for it), initialised the same way, so that one config compares
 them side by side and differences come from the implementation alone.
+
+:func:`build_recurrent` adds torch's GRU and vanilla (tanh) RNN as baselines behind the LSTM's interface:
+``forward(x, (h0, c0), lengths=...) -> (output, (h_n, c_n))``, where c is all zeros (they have no cell
+state), so every model runs them unchanged. They keep torch's own initialisation; the backend choice
+applies to the LSTM only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from .cell import init_lstm_weights_
 from .lstm import LSTM
 
 BACKENDS = ("fast", "reference", "torch")
+CELLS = ("lstm", "gru", "rnn")
 
 
 class TorchLSTM(nn.LSTM):
@@ -47,15 +53,43 @@ class TorchLSTM(nn.LSTM):
     ):
         if return_gates:
             raise ValueError("return_gates needs our LSTM (backend fast or reference): torch.nn.LSTM hides its gates")
-        if lengths is None:
-            return super().forward(input, hx)
-        total = input.shape[1 if self.batch_first else 0]
-        packed = pack_padded_sequence(
-            input, torch.as_tensor(lengths).cpu(), batch_first=self.batch_first, enforce_sorted=False
-        )
-        out, state = super().forward(packed, hx)
-        out, _ = pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)
-        return out, state
+        return _run_padded(super().forward, input, hx, lengths, self.batch_first)
+
+
+class _Baseline:
+    """A torch.nn.GRU or torch.nn.RNN that takes and returns LSTM-shaped states (see the module docstring)."""
+
+    def forward(
+        self,
+        input: Tensor,
+        hx: tuple[Tensor, Tensor] | None = None,
+        *,
+        lengths: Tensor | Sequence[int] | None = None,
+        return_gates: bool = False,
+    ):
+        if return_gates:
+            raise ValueError(f"return_gates needs an LSTM: a {type(self).__name__} has no gates")
+        out, h_n = _run_padded(super().forward, input, None if hx is None else hx[0], lengths, self.batch_first)
+        return out, (h_n, torch.zeros_like(h_n))
+
+
+class TorchGRU(_Baseline, nn.GRU):
+    pass
+
+
+class TorchRNN(_Baseline, nn.RNN):  # tanh nonlinearity, torch's default
+    pass
+
+
+def _run_padded(forward, input: Tensor, hx, lengths: Tensor | Sequence[int] | None, batch_first: bool):
+    """A torch RNN module's forward on a right-padded batch: packed in, padded back to the input's length."""
+    if lengths is None:
+        return forward(input, hx)
+    total = input.shape[1 if batch_first else 0]
+    packed = pack_padded_sequence(input, torch.as_tensor(lengths).cpu(), batch_first=batch_first, enforce_sorted=False)
+    out, state = forward(packed, hx)
+    out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=total)
+    return out, state
 
 
 def build_lstm(backend: str, *args, **kwargs) -> nn.Module:
@@ -65,3 +99,14 @@ def build_lstm(backend: str, *args, **kwargs) -> nn.Module:
     if backend in ("fast", "reference"):
         return LSTM(*args, impl=backend, **kwargs)
     raise ValueError(f"unknown LSTM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def build_recurrent(cell: str, backend: str, *args, forget_bias: float = 1.0, **kwargs) -> nn.Module:
+    """An LSTM of ``backend`` (``cell="lstm"``), or torch's GRU or tanh RNN baseline (the backend is unused)."""
+    if cell == "lstm":
+        return build_lstm(backend, *args, forget_bias=forget_bias, **kwargs)
+    if cell == "gru":
+        return TorchGRU(*args, **kwargs)
+    if cell == "rnn":
+        return TorchRNN(*args, **kwargs)
+    raise ValueError(f"unknown recurrent cell {cell!r}; choose one of {', '.join(CELLS)}")

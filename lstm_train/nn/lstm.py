@@ -8,7 +8,8 @@ dropout between layers only, both directions' outputs concatenated, variable len
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -16,11 +17,14 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .cell import init_lstm_weights_
-from .fast import fast_layer
+from .fast import fast_layer, prepare_weights
+from .record import Recording
 from .reference import reference_layer
 
 Impl = Literal["fast", "reference"]
 IMPLS = {"fast": fast_layer, "reference": reference_layer}
+# Per impl, what its layer can take precomputed (``prepared=``): the LSTM caches it for calls without autograd.
+PREPARE = {"fast": prepare_weights}
 
 
 class LSTM(nn.Module):
@@ -39,6 +43,9 @@ class LSTM(nn.Module):
     - ``forward(..., return_gates=True)`` also returns the gate activations (detached), one tensor per
       layer and direction in the order of ``h_n`` (layer-major, forward before reverse), each
       (T, B, 4, H) with gates in i, f, g, o order ((B, T, 4, H) if ``batch_first``), zero past lengths.
+    - ``with lstm.recording(grads=True) as calls:`` records every forward inside it (gates, cell states,
+      and after a backward the gradient dL/dh_t of every step) without changing what forward returns,
+      so the LSTM can be probed inside any model; see :class:`lstm_train.nn.record.Recording`.
     """
 
     def __init__(
@@ -78,6 +85,10 @@ class LSTM(nn.Module):
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
         self._weight_names: list[tuple[str, str, str | None, str | None]] = []
+        self._recordings: list[Recording] | None = None  # set while recording()
+        self._record_grads = False
+        # layer-direction index -> (the weights' identity and versions, their prepared form): see _prepared
+        self._prepared_cache: dict[int, tuple] = {}
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * directions
             for direction in range(directions):
@@ -100,6 +111,37 @@ class LSTM(nn.Module):
 
     def flatten_parameters(self) -> None:
         """No-op, so code written for torch.nn.LSTM (which calls this for cuDNN) runs unchanged."""
+
+    @contextmanager
+    def recording(self, grads: bool = False) -> Iterator[list[Recording]]:
+        """Record every forward call made inside the block; ``grads``: also dL/dh_t of every step."""
+        if self._recordings is not None:
+            raise RuntimeError("this LSTM is already being recorded")
+        self._recordings, self._record_grads = [], grads
+        try:
+            yield self._recordings
+        finally:
+            self._recordings, self._record_grads = None, False
+
+    def _prepared(self, index: int, weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None]):
+        """The impl's prepared weights of one layer and direction, made again only when a weight has changed.
+
+        A weight has changed if its tensor (address) or version counter (bumped by every in-place update:
+        optimiser steps, load_state_dict, init) has. The cache keeps the old tensors, so their memory cannot
+        be reused by new weights at the same address. Used only with grad mode off (the prepared tensors are
+        not differentiable); a forward with autograd drops the cache.
+        """
+        key = tuple((w.data_ptr(), w._version) for w in weights if w is not None), weights[0].device
+        entry = self._prepared_cache.get(index)
+        if entry is None or entry[0] != key:
+            kept = [w.detach() for w in weights if w is not None]
+            entry = self._prepared_cache[index] = (key, PREPARE[self.impl](weights), kept)
+        return entry[1]
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # a copy of __dict__
+        state["_prepared_cache"] = {}  # a copy's weights are new tensors whose versions restart: never reuse
+        return state
 
     def _weights(self, index: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         return tuple(None if name is None else getattr(self, name) for name in self._weight_names[index])
@@ -138,9 +180,9 @@ class LSTM(nn.Module):
                 if tuple(s.shape) != (L * D, B, H):
                     raise ValueError(f"LSTM: {name} has shape {tuple(s.shape)}, expected {(L * D, B, H)}")
 
-        order = None
+        order = lengths_in = None
         if lengths is not None:
-            lengths = _check_lengths(lengths, T, B)
+            lengths = lengths_in = _check_lengths(lengths, T, B)  # lengths_in: the caller's order, for a recording
             if int(lengths.min()) == T:
                 lengths = None  # nothing is padded: the plain path is exact and faster
             else:  # sort longest first once, for every layer and direction; undone at the end
@@ -150,39 +192,62 @@ class LSTM(nn.Module):
                 x = x[: int(lengths[0])].index_select(1, dev_order)
                 h0, c0 = h0.index_select(1, dev_order), c0.index_select(1, dev_order)
 
+        recordings = self._recordings
+        acts = return_gates or recordings is not None
+        sinks = None
+        if recordings is not None and self._record_grads and torch.is_grad_enabled():
+            sinks = [x.new_zeros(x.shape[0], B, H) for _ in range(L * D)]  # filled by the backward
         run = IMPLS[self.impl]
-        out, h_n, c_n, gates = x, [], [], []
+        cached = self.impl in PREPARE and not torch.is_grad_enabled()
+        if not cached and self._prepared_cache:
+            self._prepared_cache.clear()  # training: the weights are about to change anyway; free the memory
+        out, h_n, c_n, gates, cells = x, [], [], [], []
         for layer in range(L):
             if layer > 0 and self.dropout > 0:
                 out = nn.functional.dropout(out, self.dropout, self.training)
             outs = []
             for direction in range(D):
                 k = layer * D + direction
-                o, h, c, g = run(out, h0[k], c0[k], self._weights(k), lengths, direction == 1, return_gates)
+                sink = None if sinks is None else sinks[k]
+                weights = self._weights(k)
+                extra = {"prepared": self._prepared(k, weights)} if cached else {}
+                o, h, c, g, cs = run(out, h0[k], c0[k], weights, lengths, direction == 1, acts, sink, **extra)
                 outs.append(o)
                 h_n.append(h)
                 c_n.append(c)
                 gates.append(g)
+                cells.append(cs)
             out = outs[0] if D == 1 else torch.cat(outs, dim=-1)
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)
 
-        if order is not None:
-            inverse = torch.argsort(order).to(x.device)
-            out, h_n, c_n = (t.index_select(1, inverse) for t in (out, h_n, c_n))
-            gates = [g.index_select(1, inverse) for g in gates] if return_gates else gates
-        if out.shape[0] < T:  # the longest sequence is shorter than the padding: pad the output back
-            pad = (0, 0, 0, 0, 0, T - out.shape[0])
-            out = nn.functional.pad(out, pad)
-            gates = [nn.functional.pad(g, (0, 0, *pad)) for g in gates] if return_gates else gates
+        inverse = None if order is None else torch.argsort(order).to(x.device)
+        transpose = self.batch_first and packed is None and not unbatched
+
+        def restore(t: Tensor) -> Tensor:
+            """A per-step (T', B, ...) tensor of the sorted batch -> the caller's order, length and layout."""
+            if inverse is not None:
+                t = t.index_select(1, inverse)
+            if t.shape[0] < T:  # the longest sequence is shorter than the padding: pad back with zeros
+                t = torch.cat([t, t.new_zeros(T - t.shape[0], *t.shape[1:])])
+            if unbatched:
+                return t.squeeze(1)
+            return t.transpose(0, 1) if transpose else t
+
+        if inverse is not None:
+            h_n, c_n = (t.index_select(1, inverse) for t in (h_n, c_n))
+        out = restore(out)
         if packed is not None:
             out = _repack(out, packed)
-
+        elif transpose:
+            out = out.contiguous()  # contiguous as torch.nn.LSTM's, so .view() works on it
         if unbatched:
-            out, h_n, c_n = out.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
-            gates = [g.squeeze(1) for g in gates] if return_gates else gates
-        elif self.batch_first and packed is None:
-            out = out.transpose(0, 1).contiguous()  # contiguous as torch.nn.LSTM's, so .view() works on it
-            gates = [g.transpose(0, 1) for g in gates] if return_gates else gates
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        if acts:
+            gates = [restore(g) for g in gates]
+        if recordings is not None:
+            names = [f"l{k // D}" + ("_reverse" if k % D else "") for k in range(L * D)]
+            recordings.append(Recording(names, gates, [restore(c) for c in cells], lengths_in, transpose, sinks,
+                                        restore))
         if return_gates:
             return out, (h_n, c_n), gates
         return out, (h_n, c_n)

@@ -7,6 +7,8 @@ sequence's state stops at its true end and the reverse direction starts at its l
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -21,10 +23,13 @@ def reference_layer(
     lengths: Tensor | None,
     reverse: bool,
     return_gates: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Run (T, B, I) input through one direction. Returns ``(out, h_n, c_n, gates)``.
+    dh_sink: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Run (T, B, I) input through one direction. Returns ``(out, h_n, c_n, gates, cells)``.
 
-    ``out`` is (T, B, H), zero past each length; ``gates`` is (T, B, 4, H) in i, f, g, o order, or None.
+    ``out`` is (T, B, H), zero past each length; with ``return_gates``, ``gates`` is (T, B, 4, H) in
+    i, f, g, o order and ``cells`` the cell states c_t, (T, B, H), both detached and zero past each length
+    (else None). ``dh_sink``, a (T, B, H) tensor, receives dL/dh_t of every step during the backward.
     """
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     xs = x.unbind(0)  # never index x[t] in the loop: its backward would write a full-size zero grad each step
@@ -34,8 +39,12 @@ def reference_layer(
     h, c = h0, c0
     outs: list[Tensor] = [x] * len(xs)
     gates: list[Tensor] = [x] * len(xs)
+    cells: list[Tensor] = [x] * len(xs)
     for t in steps:
         h_new, c_new, g = lstm_cell(xs[t], h, c, *weights)
+        if dh_sink is not None and h_new.requires_grad:
+            # h_new's total gradient (past a length the masks make it zero) is dL/dh_t
+            h_new.register_hook(partial(_store, dh_sink, t))
         if lengths is None:
             h, c = h_new, c_new
             outs[t] = h
@@ -46,7 +55,14 @@ def reference_layer(
             outs[t] = h_new * m
         if return_gates:
             gates[t] = torch.stack(g, dim=-2)
+            cells[t] = c_new
             if lengths is not None:
                 gates[t] = gates[t] * m.unsqueeze(-1)
-    gate_acts = torch.stack(gates).detach() if return_gates else None
-    return torch.stack(outs), h, c, gate_acts
+                cells[t] = c_new * m
+    if not return_gates:
+        return torch.stack(outs), h, c, None, None
+    return torch.stack(outs), h, c, torch.stack(gates).detach(), torch.stack(cells).detach()
+
+
+def _store(sink: Tensor, t: int, grad: Tensor) -> None:
+    sink[t] = grad

@@ -7,11 +7,20 @@ from omegaconf import DictConfig
 from lstm_train.config import ConfigError
 
 from .base import Batch, Inputs, Metrics, Split, Task, TaskKind, derive_seed
+from .brown import BrownPos
+from .conll import Conll
 from .first_last import FirstLast
+from .g2p import G2P
+from .synthetic_seq import Copy, Reverse, Sort
+from .tag_synthetic import TagSynthetic
 from .text import CharVocab, TextChar
 from .text_cls import TextCls
 
-TASKS: dict[str, type[Task]] = {"first_last": FirstLast, "text_char": TextChar, "text_cls": TextCls}
+TASKS: dict[str, type[Task]] = {
+    "first_last": FirstLast, "text_char": TextChar, "text_cls": TextCls,
+    "reverse": Reverse, "sort": Sort, "copy": Copy, "g2p": G2P,
+    "tag_synthetic": TagSynthetic, "conll": Conll, "brown_pos": BrownPos,
+}
 
 
 def build_task(cfg: DictConfig) -> Task:

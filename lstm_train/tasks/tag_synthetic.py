@@ -1,0 +1,63 @@
+"""tag_synthetic: random token sequences whose tags need memory across the sequence; for tests and quick runs.
+
+Words are the numbers ``0`` .. ``vocab_size - 1`` drawn uniformly; lengths are uniform in
+[``min_len``, ``seq_len``], so batches are padded. ``rule`` says what each token's tag is:
+
+- ``first``: ``same`` if the token equals the sentence's first token, else ``other`` (the first token is
+  ``same``). The forward direction must carry the first token to the end.
+- ``seen``: ``seen`` if the token occurred earlier in the sentence, else ``new``: a set to remember.
+
+Validation and test sets are fixed by ``data_seed``; training sentences are new every epoch (drawn from
+trainer.seed and the epoch, so a resumed run replays them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from .base import Batch, derive_seed
+from .tagging import PAD, UNK, TaggingTask, bucketed
+
+TAGS = {"first": ["other", "same"], "seen": ["new", "seen"]}
+
+
+class TagSynthetic(TaggingTask):
+    name = "tag_synthetic"
+
+    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
+        self.cfg = cfg
+        super().__init__(cfg, state)
+
+    def _load(self, cfg: DictConfig) -> None:
+        self.words = [PAD, UNK, *map(str, range(cfg.vocab_size))]  # UNK: words outside the range, in prediction
+        self.tags, self.scheme = TAGS[cfg.rule], "none"
+        self.data = {
+            split: self.sample(size, torch.Generator().manual_seed(derive_seed(self.name, cfg.data_seed, split)))
+            for split, size in (("val", cfg.val_size), ("test", cfg.test_size))
+        }
+
+    def sample(self, n: int, generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
+        """n (word ids, tag ids) pairs."""
+        cfg = self.cfg
+        lengths = torch.randint(cfg.min_len, cfg.seq_len + 1, (n,), generator=generator).tolist()
+        pairs = []
+        for length in lengths:
+            tokens = torch.randint(cfg.vocab_size, (length,), generator=generator)
+            if cfg.rule == "first":
+                tags = (tokens == tokens[0]).long()
+            else:  # seen: an earlier position holds the same token
+                tags = (tokens[:, None] == tokens[None, :]).tril(-1).any(1).long()
+            pairs.append((tokens + 2, tags))  # ids 0 and 1: padding and the unknown word
+        return pairs
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.cfg.train_size / batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
+        return bucketed(self.sample(self.cfg.train_size, generator), batch_size, generator)

@@ -1,0 +1,288 @@
+"""What every tagging task shares: a tag per token, loss and metrics over real tokens, span F1 for BIO/BIOES.
+
+Data. A tagging task hands :class:`TaggingTask` its sentences, ``(words, tags)`` pairs per split. Sentences
+longer than ``task.seq_len`` are split into consecutive pieces of at most ``seq_len`` tokens (no token is
+dropped, so the metrics cover every token; a piece starts without the context of the one before).
+The vocabulary is the training words seen ``min_count`` times or more (lowercased with ``lowercase``), by
+frequency; id 0 pads, id 1 is the unknown word. The tag set is every tag of the three splits, sorted (tags
+are targets, never inputs: a tag that only val or test holds still needs an output to be scored). Both
+travel in :meth:`TaggingTask.state_dict`, so a checkpoint tags new text without the data.
+
+Batches: ``x`` (B, T) word ids right-padded with 0, ``y`` (B, T) tag ids padded with :data:`IGNORE`,
+``lengths`` (B,). Training batches hold sentences of similar length (shuffled, then sorted within pools
+of 50 batches), which cuts the padding the LSTM runs over; evaluation batches go by length too.
+
+Metrics: ``loss`` (cross-entropy per real token), ``acc`` (token accuracy); with a BIO or BIOES tag set
+(``task.scheme``: auto detects it from the tags) also span ``precision``, ``recall`` and ``f1``, counted by
+conlleval's chunk rules (:func:`chunk_counts`), each sentence (piece) on its own. At each evaluation the
+first val sentences, as the model tags them, go to TensorBoard's text tab (:meth:`TaggingTask.samples`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from lstm_train.config import ConfigError
+
+from .base import Batch, Inputs, Metrics, Split, Task, derive_seed
+
+IGNORE = -100  # the tag id of padding: F.cross_entropy's default ignore_index
+PAD, UNK = "<pad>", "<unk>"
+Sentence = tuple[list[str], list[str]]  # (words, tags), one tag per word
+POOL = 50  # training batches sorted by length together
+NUM_SAMPLES = 3  # val sentences tagged into TensorBoard's text tab at each evaluation
+
+
+# ---- conlleval's chunk rules ---------------------------------------------------------------------------
+def split_tag(tag: str) -> tuple[str, str]:
+    """``B-PER`` -> (``B``, ``PER``); a tag without a dash (``O``) has the empty type, as in conlleval."""
+    prefix, dash, kind = tag.partition("-")
+    return (prefix, kind) if dash else (tag, "")
+
+
+def chunk_ends(prev: str, prev_type: str, tag: str, kind: str) -> bool:
+    """Whether a chunk ended at the previous token, given the previous and the current tag (conlleval)."""
+    if prev in ("E", "S") or (prev in ("B", "I") and tag in ("B", "O")):
+        return True
+    return prev not in ("O", ".") and prev_type != kind
+
+
+def chunk_starts(prev: str, prev_type: str, tag: str, kind: str) -> bool:
+    """Whether a chunk starts at the current token (conlleval)."""
+    if tag in ("B", "S") or (prev in ("E", "O") and tag in ("E", "I")):
+        return True
+    return tag not in ("O", ".") and prev_type != kind
+
+
+def chunk_counts(gold: Sequence[str], guess: Sequence[str]) -> tuple[int, int, int]:
+    """(correct, gold, guessed) chunk counts of one sentence, exactly as conlleval counts them.
+
+    A guessed chunk is correct when it starts where a gold chunk starts, with the same type, and both end
+    at the same token. conlleval's rules are followed to the letter, quirks included: an ``I-`` without a
+    ``B-`` starts a chunk; a ``B-X S-X`` pair counts two gold chunks but can only be one correct one.
+    """
+    correct = found_gold = found_guess = 0
+    in_correct = False
+    last_gold, last_gold_type, last_guess, last_guess_type = "O", "", "O", ""
+    for g, p in zip([*gold, "O"], [*guess, "O"], strict=True):  # a final O closes open chunks
+        g, g_type = split_tag(g)
+        p, p_type = split_tag(p)
+        if in_correct:
+            gold_end = chunk_ends(last_gold, last_gold_type, g, g_type)
+            guess_end = chunk_ends(last_guess, last_guess_type, p, p_type)
+            if gold_end and guess_end and last_guess_type == last_gold_type:
+                in_correct = False
+                correct += 1
+            elif gold_end != guess_end or g_type != p_type:
+                in_correct = False
+        gold_start = chunk_starts(last_gold, last_gold_type, g, g_type)
+        guess_start = chunk_starts(last_guess, last_guess_type, p, p_type)
+        if gold_start and guess_start and g_type == p_type:
+            in_correct = True
+        found_gold += gold_start
+        found_guess += guess_start
+        last_gold, last_gold_type, last_guess, last_guess_type = g, g_type, p, p_type
+    return correct, found_gold, found_guess
+
+
+SCHEME_PREFIXES = {"bio": "BI", "bioes": "BIES"}
+
+
+def detect_scheme(tags: Sequence[str]) -> str:
+    """``bio`` or ``bioes`` if every tag is ``O`` or a prefix from that scheme plus ``-TYPE``; else ``none``."""
+    prefixes = set()
+    for tag in tags:
+        if tag != "O":
+            match = re.fullmatch(r"([BIES])-(.+)", tag)
+            if match is None:
+                return "none"
+            prefixes.add(match.group(1))
+    if not prefixes:
+        return "none"
+    return "bio" if prefixes <= set(SCHEME_PREFIXES["bio"]) else "bioes"
+
+
+# ---- metrics -------------------------------------------------------------------------------------------
+class TaggingMetrics(Metrics):
+    """Token loss and accuracy over real tokens (padding never counts); span P/R/F1 with a chunk scheme."""
+
+    def __init__(self, tags: Sequence[str], spans: bool) -> None:
+        self.tags, self.spans = list(tags), spans
+        self.loss_sum: Tensor | float = 0.0
+        self.correct: Tensor | int = 0
+        self.count: Tensor | int = 0
+        self.chunks = [0, 0, 0]  # correct, gold, guessed
+
+    def update(self, output: Tensor, batch: Batch, loss: Tensor) -> None:
+        real = batch.y != IGNORE
+        n = real.sum()
+        predicted = output.detach().argmax(-1)
+        self.loss_sum = self.loss_sum + loss.detach() * n
+        self.correct = self.correct + (predicted == batch.y)[real].sum()
+        self.count = self.count + n
+        if self.spans:  # chunks need the tag strings: one copy to the CPU per batch
+            lengths = real.sum(1).tolist()
+            for gold, guess, length in zip(batch.y.tolist(), predicted.tolist(), lengths, strict=True):
+                counts = chunk_counts([self.tags[i] for i in gold[:length]], [self.tags[i] for i in guess[:length]])
+                self.chunks = [a + b for a, b in zip(self.chunks, counts, strict=True)]
+
+    def compute(self) -> dict[str, float]:
+        count = int(self.count)
+        if not count:
+            return {}
+        result = {"loss": float(self.loss_sum) / count, "acc": float(self.correct) / count}
+        if self.spans:
+            correct, gold, guessed = self.chunks
+            precision = correct / guessed if guessed else 0.0
+            recall = correct / gold if gold else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            result |= {"precision": precision, "recall": recall, "f1": f1}
+        return result
+
+
+# ---- the task ------------------------------------------------------------------------------------------
+class TaggingTask(Task):
+    """A tag per token. Subclasses implement :meth:`read` (the sentences of each split)."""
+
+    kind = "tagging"
+    metric_names: tuple[str, ...] = ("loss", "acc")
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "loss": False,
+        "acc": True,
+        "precision": True,
+        "recall": True,
+        "f1": True,
+    }
+
+    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
+        self.lowercase, self.seq_len = cfg.get("lowercase", False), cfg.seq_len  # synthetic words: no case
+        if state is not None:  # from a checkpoint: vocabulary, tags and scheme only
+            self.words, self.tags, self.scheme = state["words"], state["tags"], state["scheme"]
+            self.data: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        else:
+            self._load(cfg)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.inputs = Inputs(vocab_size=len(self.words))
+        self.num_outputs = len(self.tags)
+        if self.scheme != "none":
+            self.metric_names = ("loss", "acc", "precision", "recall", "f1")
+
+    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+        """The sentences of train, val and test."""
+        raise NotImplementedError
+
+    def _load(self, cfg: DictConfig) -> None:
+        sentences = self.read(cfg)
+        sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
+        for split, size in sizes.items():
+            pieces = [piece for sentence in sentences[split] for piece in self.pieces(sentence)]
+            sentences[split] = pieces[:size] if size else pieces
+            if not sentences[split]:
+                raise ConfigError("task", f"the {split} split has no sentences")
+        self.tags = sorted({t for split in sentences.values() for _, tags in split for t in tags})
+        self.scheme = self._scheme(cfg.scheme, self.tags)
+        counts = Counter(w for words, _ in sentences["train"] for w in self.normalize(words))
+        counts.pop(PAD, None), counts.pop(UNK, None)  # a text's own "<unk>" is read as the unknown word
+        kept = sorted((w for w, n in counts.items() if n >= cfg.min_count), key=lambda w: (-counts[w], w))
+        self.words = [PAD, UNK, *kept]
+        self.index = {w: i for i, w in enumerate(self.words)}
+        tag_id = {t: i for i, t in enumerate(self.tags)}
+        self.data = {
+            split: [(self.encode(words), torch.tensor([tag_id[t] for t in tags])) for words, tags in part]
+            for split, part in sentences.items()
+        }
+
+    @staticmethod
+    def _scheme(scheme: str, tags: list[str]) -> str:
+        found = detect_scheme(tags)
+        if scheme == "auto":
+            return found
+        if scheme != "none" and (found == "none" or found not in ("bio", scheme)):
+            odd = next((t for t in tags if t != "O" and split_tag(t)[0] not in set(SCHEME_PREFIXES[scheme])), tags[0])
+            raise ConfigError(
+                "task.scheme",
+                f"{scheme} needs tags O or {'/'.join(SCHEME_PREFIXES[scheme])}-TYPE; "
+                f"the data has {odd!r} (use scheme=auto or none)",
+            )
+        return scheme
+
+    def pieces(self, sentence: Sentence) -> list[Sentence]:
+        words, tags = sentence
+        return [(words[i : i + self.seq_len], tags[i : i + self.seq_len]) for i in range(0, len(words), self.seq_len)]
+
+    def normalize(self, words: Sequence[str]) -> list[str]:
+        return [w.lower() for w in words] if self.lowercase else list(words)
+
+    def encode(self, words: Sequence[str]) -> Tensor:
+        """Word ids of a sentence (unknown words: 1), any length."""
+        return torch.tensor([self.index.get(w, 1) for w in self.normalize(words)], dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        return {"words": self.words, "tags": self.tags, "scheme": self.scheme}
+
+    def samples(self, model: nn.Module) -> dict[str, str]:
+        """The first val sentences as the model tags them, ``word/TAG``, a wrong tag followed by ``(gold=TAG)``.
+        Run in eval mode (no dropout), so the global RNG is untouched; the model's mode is restored."""
+        pairs = self.data.get("val", [])[:NUM_SAMPLES]
+        if not pairs:
+            return {}
+        batch = pad_tagged(pairs)
+        training = model.training
+        model.eval()
+        with torch.no_grad():
+            predicted = model(batch.x.to(next(model.parameters()).device), batch.lengths).argmax(-1).tolist()
+        model.train(training)
+        lines = []
+        for (x, y), guess in zip(pairs, predicted, strict=True):
+            tokens = [
+                f"{self.words[w]}/{self.tags[p]}" + ("" if p == g else f"(gold={self.tags[g]})")
+                for w, g, p in zip(x.tolist(), y.tolist(), guess, strict=False)
+            ]
+            lines.append(" ".join(tokens))
+        return {"samples": "\n".join(lines)}
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(output.flatten(0, 1), batch.y.flatten(), ignore_index=IGNORE)
+
+    def new_metrics(self) -> Metrics:
+        return TaggingMetrics(self.tags, spans=self.scheme != "none")
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.data["train"]) / batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
+        return bucketed(self.data["train"], batch_size, generator)
+
+    def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
+        data = sorted(self.data[split], key=lambda pair: len(pair[0]))  # stable: a fixed order
+        for start in range(0, len(data), batch_size):
+            yield pad_tagged(data[start : start + batch_size])
+
+
+def bucketed(data: Sequence[tuple[Tensor, Tensor]], batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    """Shuffled batches of similar lengths: shuffle, sort pools of POOL batches by length, shuffle the batches."""
+    order = torch.randperm(len(data), generator=generator).tolist()
+    batches = []
+    for start in range(0, len(order), batch_size * POOL):
+        pool = sorted(order[start : start + batch_size * POOL], key=lambda i: len(data[i][0]))
+        batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+    for b in torch.randperm(len(batches), generator=generator).tolist():
+        yield pad_tagged([data[i] for i in batches[b]])
+
+
+def pad_tagged(pairs: Sequence[tuple[Tensor, Tensor]]) -> Batch:
+    """Words right-padded with 0, tags with :data:`IGNORE`, and the true lengths (on the CPU)."""
+    xs, ys = zip(*pairs, strict=True)
+    x = torch.nn.utils.rnn.pad_sequence(list(xs), batch_first=True)
+    y = torch.nn.utils.rnn.pad_sequence(list(ys), batch_first=True, padding_value=IGNORE)
+    return Batch(x, y, torch.tensor([len(t) for t in xs]))

