@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
-from lstm_train.checkpoint import load_checkpoint
 from lstm_train.config import ConfigError
-from lstm_train.models import CharLM, build_model
-from lstm_train.tasks import TASKS
+from lstm_train.models import CharLM, load_trained
 from lstm_train.tasks.text import UNK, read_text
 
 
@@ -27,21 +25,17 @@ class UsageError(Exception):
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[CharLM, object]:
     """The model and its task (vocabulary only, no data) from a checkpoint written by lstm-train."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"no checkpoint file at {path}")
+
+    def check(cfg: DictConfig) -> None:
+        if cfg.task.name != "text_char" or cfg.model.name != "char":
+            raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs model=char "
+                             "task=text_char")
+
     try:
-        state = load_checkpoint(path, map_location=device)
-    except Exception as e:  # unpickling and format errors alike
-        raise UsageError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-    cfg = OmegaConf.create(state["config"])
-    if cfg.task.name != "text_char" or cfg.model.name != "char":
-        raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs model=char "
-                         "task=text_char")
-    task = TASKS[cfg.task.name](cfg.task, state=state["task"])
-    model = build_model(cfg.model, task)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), task
+        _, task, model = load_trained(path, device, check)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return model, task
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

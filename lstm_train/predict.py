@@ -23,13 +23,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from lstm_train.checkpoint import load_checkpoint
 from lstm_train.config import ConfigError
-from lstm_train.models import build_model
-from lstm_train.tasks import TASKS, Task
+from lstm_train.models import load_trained
+from lstm_train.tasks import Task
 from lstm_train.tasks.seq2seq import transduce_line
 
 
@@ -58,24 +57,19 @@ PREDICTORS: dict[str, Predictor] = {"tagger": tag_line, "seq2seq": transduce_lin
 
 def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Task, str]:
     """The model (eval mode), its task (vocabulary only, no data) and the model's name, from a checkpoint."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"no checkpoint file at {path}")
+
+    def check(cfg: DictConfig) -> None:
+        if cfg.model.name not in PREDICTORS:
+            raise UsageError(
+                f"{Path(path).expanduser()} holds a {cfg.model.name} model; lstm-predict handles "
+                f"{', '.join(PREDICTORS)} models (char models: lstm-generate)"
+            )
+
     try:
-        state = load_checkpoint(path, map_location=device)
+        cfg, task, model = load_trained(path, device, check)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    cfg = OmegaConf.create(state["config"])
-    name = cfg.model.name
-    if name not in PREDICTORS:
-        raise UsageError(
-            f"{path} holds a {name} model; lstm-predict handles {', '.join(PREDICTORS)} models "
-            "(char models: lstm-generate)"
-        )
-    task = TASKS[cfg.task.name](cfg.task, state=state["task"])
-    model = build_model(cfg.model, task)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), task, name
+    return model, task, cfg.model.name
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

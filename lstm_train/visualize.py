@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import inspect
 import math
 import sys
 from collections.abc import Sequence
@@ -27,12 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.checkpoint import load_checkpoint
 from lstm_train.config import ConfigError
-from lstm_train.models import build_model
+from lstm_train.models import load_trained
 from lstm_train.nn import Recording
 from lstm_train.probe import (
     GATES,
@@ -44,7 +42,7 @@ from lstm_train.probe import (
     grad_norms_per_step,
     record,
 )
-from lstm_train.tasks import TASKS, Batch, Task
+from lstm_train.tasks import Batch, Task
 
 KINDS = (*GATES, "cell")  # what a unit can be coloured by: a gate's activation or the cell state
 SHORT = {"i": "input", "f": "forget", "g": "candidate", "o": "output", "c": "cell"}
@@ -67,27 +65,13 @@ class Example:
 
 def load(path: str | Path, device: str = "cpu") -> tuple[DictConfig, Task, nn.Module]:
     """The config, the task (from its checkpoint state when it has one; no data needed) and the model."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"no checkpoint file at {path}")
     try:
-        state = load_checkpoint(path, map_location=device)
+        cfg, task, model = load_trained(path, device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    cfg = OmegaConf.create(state["config"])
-    task_cls = TASKS.get(cfg.task.name)
-    if task_cls is None:
-        raise UsageError(f"{path}: unknown task {cfg.task.name!r}")
-    if "state" in inspect.signature(task_cls).parameters:
-        task = task_cls(cfg.task, state=state["task"])
-    else:  # built from config (first_last): keep its fixed val and test sets tiny, they are not needed here
-        task_cfg = OmegaConf.merge(cfg.task, {k: 1 for k in ("val_size", "test_size") if k in cfg.task})
-        task = task_cls(task_cfg)
-    model = build_model(cfg.model, task)
-    model.load_state_dict(state["model"])
     if not find_lstms(model):
         raise UsageError(f"{path} is a model.cell={cfg.model.get('cell', 'lstm')} model: only an LSTM has gates")
-    return cfg, task, model.to(device).eval()
+    return cfg, task, model
 
 
 def make_example(task: Task, text: str | None = None, seed: int = 0) -> Example:
