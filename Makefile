@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 ARGS  ?=
 
-.PHONY: setup train test bench lint clean
+.PHONY: setup train test test-all bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-all: setup  # the default suite plus the slow tests
+	$(PY) -m pytest -q -m ""
 
 bench: setup
 	$(PY) scripts/bench_lstm.py $(ARGS)
