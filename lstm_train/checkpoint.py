@@ -3,7 +3,8 @@
 Keys (written by :meth:`lstm_train.trainer.Trainer.state_dict`): ``format``, ``model``, ``optimizer``,
 ``scheduler``, ``progress`` (step, epoch, batch in epoch, best, early stopping), ``rng``, ``config`` (the
 resolved config as plain dicts), ``task`` (what the task needs to rebuild itself, e.g. a vocabulary),
-``num_params``, ``metrics`` (the last evaluation).
+``num_params``, ``interval`` (what the steps since the last evaluation accumulated: log sums, train
+metrics, a task's carried state), so that a run stopped at any step resumes to the same numbers.
 """
 
 from __future__ import annotations
@@ -64,3 +65,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old, new) for every value that differs between two resolved configs (resume itself aside)."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    keys = sorted((flat_old.keys() | flat_new.keys()) - {"trainer.resume"})
+    return {k: (flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

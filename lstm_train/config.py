@@ -13,6 +13,7 @@ file forgets is reported as missing instead of silently taking a second default.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lstm_train.nn import BACKENDS, CELLS
 
-# The repository root: run dirs go to its outputs/ wherever lstm-train is launched from.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+# The configs: the repository's conf/, installed as the package lstm_train.conf (see pyproject.toml).
+CONFIG_PACKAGE = "lstm_train.conf"
+CONF_DIR = Path(str(importlib.resources.files(CONFIG_PACKAGE)))
 
 
 class ConfigError(ValueError):

@@ -63,9 +63,6 @@ def table(results: dict[tuple[str, int], list[float]]) -> str:
 
 def plot(results: dict[tuple[str, int], list[float]], path: str | Path) -> None:
     """Test accuracy against sequence length (log x), one line per cell, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.5, 4.2), dpi=100, layout="constrained")

@@ -149,9 +149,6 @@ def summarize(calls: dict[str, list[Recording]]) -> Summary:
 
 def grad_highway_figure(norms: dict[str, Tensor], title: str):
     """||dL/dh_t|| against t, log y, one line per layer and direction: a matplotlib Figure (no pyplot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4), dpi=100, layout="constrained")

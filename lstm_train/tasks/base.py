@@ -61,6 +61,13 @@ class Metrics(ABC):
         """matplotlib figures for TensorBoard's images tab after the test (name -> figure)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated sums (tensors and plain values), for a checkpoint taken between evaluations."""
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
 
 class Task(ABC):
     kind: ClassVar[TaskKind]
@@ -102,6 +109,14 @@ class Task(ABC):
     def state_dict(self) -> dict:
         """What a checkpoint must carry to use the model later (a vocabulary, say); plain containers only."""
         return {}
+
+    def train_state(self) -> dict:
+        """What training carries from one batch to the next (a language model's state), for a checkpoint
+        taken at any step; tensors and plain containers only."""
+        return {}
+
+    def load_train_state(self, state: dict) -> None:  # noqa: B027 (most tasks carry nothing: a no-op default)
+        """Restore :meth:`train_state` in a resumed run."""
 
 
 def derive_seed(*parts: object) -> int:

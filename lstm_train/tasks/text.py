@@ -17,8 +17,8 @@ chunks (the last one shorter), the first ``val_size`` / ``test_size`` chunks of 
 Truncated BPTT (``bptt: true``): row b of every training batch continues row b of the previous one (each
 row reads the training text, circularly, from its own random start of the epoch), and :meth:`TextChar.forward`
 starts each batch from the previous batch's final (h, c), detached: gradients stop at the chunk boundary,
-the memory does not. The state is reset at each epoch's start (and is not in checkpoints: a resumed run
-starts its first batch from zeros). Evaluation always starts every chunk from zeros.
+the memory does not. The state is reset at each epoch's start and goes into checkpoints, so a resumed run
+carries on with it. Evaluation always starts every chunk from zeros.
 """
 
 from __future__ import annotations
@@ -205,6 +205,12 @@ class TextChar(Task):
 
     def state_dict(self) -> dict:
         return {"vocab": self.vocab.state_dict()}
+
+    def train_state(self) -> dict:
+        return {"carried": self._state}
+
+    def load_train_state(self, state: dict) -> None:
+        self._state = state["carried"]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(self.train_size / batch_size)

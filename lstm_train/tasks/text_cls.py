@@ -132,9 +132,6 @@ class F1Metrics(ClassificationMetrics):
         """The confusion matrix as an image: row-normalised colours, counts and row shares in the cells."""
         if not self.count:
             return {}
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, never a display
         from matplotlib.figure import Figure
 
         c = torch.as_tensor(self.confusion).cpu().view(self.num_classes, self.num_classes).double()
