@@ -330,6 +330,7 @@ class TrainerConfig:
     early_stopping_patience: int | None = value(_positive)  # evaluations without improvement
     test_checkpoint: str = value(_one_of("best", "last"))  # which weights the final test uses
     device: str = value(_device)
+    devices: int = value(_positive)  # processes training one model data-parallel (one per GPU on CUDA)
     num_threads: int | None = value(_positive)  # torch.set_num_threads; null: torch's default (all cores)
     deterministic: bool = value()  # torch.use_deterministic_algorithms
     resume: str | None = value()  # path to a last.pt (or best.pt) to continue from

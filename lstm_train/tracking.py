@@ -15,27 +15,38 @@ from torch.utils.tensorboard.summary import hparams
 class Tracker:
     """A SummaryWriter on the run dir. Tag names are the contract of the README's table."""
 
-    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
-        """``purge_step``: TensorBoard hides the events of earlier files in ``log_dir`` from that step on (a run
+    def __init__(self, log_dir: str | Path | None, purge_step: int | None = None) -> None:
+        """``log_dir`` None: a tracker that writes nothing (the ranks > 0 of a data-parallel run).
+        ``purge_step``: TensorBoard hides the events of earlier files in ``log_dir`` from that step on (a run
         resumed from a step before the one its killed process had logged up to)."""
-        self.writer = SummaryWriter(log_dir=str(log_dir), max_queue=1000, flush_secs=30, purge_step=purge_step)
+        self.writer = None if log_dir is None else SummaryWriter(
+            log_dir=str(log_dir), max_queue=1000, flush_secs=30, purge_step=purge_step
+        )
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
     def histograms(self, values: Mapping[str, Tensor], step: int) -> None:
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_histogram(tag, value.detach().float().cpu(), step)
 
     def text(self, values: Mapping[str, str], step: int, markdown: bool = False) -> None:
         """Text in the text tab: Markdown as it is, or plain text (a sample) indented to show verbatim."""
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_text(tag, value if markdown else "    " + value.replace("\n", "\n    "), step)
 
     def figures(self, values: Mapping[str, Any], step: int) -> None:
         """matplotlib Figures as images. Drawn on an Agg canvas here: SummaryWriter.add_figure imports pyplot,
         which would pick a GUI backend for the whole process (a user's notebook included)."""
+        if self.writer is None:
+            return
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         for tag, figure in values.items():
@@ -52,11 +63,15 @@ class Tracker:
         is written once at the start (running runs appear at once) and the metrics fill in as they are
         logged. Unlike SummaryWriter.add_hparams, it adds no duplicate scalars and no second event file.
         """
+        if self.writer is None:
+            return
         flat = {k: _hparam_value(v) for k, v in _flatten(config).items()}
         for summary in hparams(flat, dict.fromkeys(metric_tags, 0.0)):
             self.writer.file_writer.add_summary(summary)
 
     def close(self) -> None:
+        if self.writer is None:
+            return
         self.writer.close()
 
 

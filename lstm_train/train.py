@@ -18,9 +18,11 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, validate
+from lstm_train import distributed
+from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, to_container, validate
+from lstm_train.distributed import World
 from lstm_train.interrupt import Interrupted, raise_on_signals
 from lstm_train.models import build_model
 from lstm_train.tasks import build_task
@@ -29,16 +31,18 @@ from lstm_train.trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[str, Any]:  # noqa: B008 (frozen)
     """Train, evaluate and test as ``cfg`` says, writing events, checkpoints and metrics.json to ``out_dir``.
 
+    ``world``: this process's rank among the processes that train the model together (lstm_train/distributed.py).
     Returns the content of metrics.json. Raises :class:`ConfigError` for a config that cannot work, and
     :class:`~lstm_train.interrupt.Interrupted` after saving last.pt when a SIGINT or SIGTERM stops it.
     """
     validate(cfg)
     out_dir = Path(out_dir)
     resume = resume_path(cfg.trainer.resume, out_dir)
-    device = resolve_device(cfg.trainer.device)
+    device = distributed.rank_device(resolve_device(cfg.trainer.device), world)
+    distributed.init(world)
     if cfg.trainer.num_threads:
         # Small models spend most of their time in tiny ops; with more threads than free cores each parallel
         # op waits for a scheduler slice (~8 ms measured here), so parallel jobs want one thread each.
@@ -47,7 +51,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     torch.manual_seed(cfg.trainer.seed)  # model init; data has its own generators (see tasks.base)
     task = build_task(cfg.task)
     model = build_model(cfg.model, task).to(device)
-    trainer = Trainer(cfg, task, model, out_dir, device)
+    trainer = Trainer(cfg, task, model, out_dir, device, world)
     if resume is not None:
         trainer.resume(resume)
     return trainer.fit()
@@ -101,9 +105,21 @@ def set_deterministic(on: bool) -> None:
 def hydra_main(cfg: DictConfig) -> float | None:
     """One Hydra job. Returns the best monitored value, for sweepers that optimise it (Optuna)."""
     out_dir = HydraConfig.get().runtime.output_dir
+    world = World.from_env()
+    if not world.main:  # a submitit task of rank > 0 ran Hydra too: it follows rank 0, writing nothing
+        follow(world)
+        return None
     log.info("run dir: %s", out_dir)
     try:
-        metrics = train(cfg, out_dir)
+        if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
+            check_devices(cfg, world)
+            distributed.init(world)
+            distributed.announce({"config": to_container(cfg), "out_dir": out_dir})
+            metrics = train(cfg, out_dir, world)
+        elif cfg.trainer.devices > 1:
+            metrics = spawn(cfg, out_dir)
+        else:
+            metrics = train(cfg, out_dir)
     except (ConfigError, FloatingPointError) as e:
         # SystemExit passes through Hydra's job runner, which would add a line of its own to an Exception.
         fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
@@ -115,6 +131,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         message = f"{e}; resume with: {resume_command(e.checkpoint)}"
         log_to_file(message)
         raise Interrupted(e.signum, message, e.checkpoint) from None
+    finally:
+        distributed.announce(None)  # if rank 0 failed before announcing, the other ranks stop too
+        distributed.finish()
     log.info("done: %s/metrics.json; to watch it: tensorboard --logdir %s", out_dir, out_dir)
     return metrics["best"]["value"] if metrics["best"] else None
 
@@ -124,7 +143,85 @@ def resume_command(checkpoint: Path) -> str:
     overrides = HydraConfig.get().overrides
     kept = [o for o in overrides.task if not o.startswith("trainer.resume=")]
     kept += [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]  # the same dir, if the user chose it
-    return shlex.join(["lstm-train", *kept, f"trainer.resume={checkpoint.resolve()}"])
+    program = "lstm-train" if World.from_env().size == 1 else "<your torchrun/srun command> lstm_train.train"
+    return shlex.join([program, *kept, f"trainer.resume={checkpoint.resolve()}"])
+
+
+def check_devices(cfg: DictConfig, world: World) -> None:
+    if cfg.trainer.devices not in (1, world.size):
+        raise ConfigError("trainer.devices", f"{cfg.trainer.devices}, but the launcher started {world.size} "
+                          "processes (WORLD_SIZE); leave trainer.devices at 1 when torchrun or srun starts them")
+
+
+# ---- data-parallel processes ----------------------------------------------------------------------------
+def spawn(cfg: DictConfig, out_dir: str) -> dict[str, Any]:
+    """trainer.devices=N: start N workers on this machine with torch's elastic launcher (torchrun's engine),
+    wait for them and return rank 0's metrics. The workers report their own errors; their exit status is ours."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    validate(cfg)  # before starting N processes that would each report the same mistake
+    resume_path(cfg.trainer.resume, Path(out_dir))
+    if resolve_device(cfg.trainer.device).type == "cuda" and torch.cuda.device_count() < cfg.trainer.devices:
+        raise ConfigError("trainer.devices", f"{cfg.trainer.devices} processes on CUDA need as many GPUs; this "
+                          f"machine has {torch.cuda.device_count()}")
+    launch = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=cfg.trainer.devices, run_id=f"lstm-train-{os.getpid()}",
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
+        shutdown_timeout=300,  # a stopped worker finishes its step and saves before it exits
+    )
+    payload = {"config": to_container(cfg), "out_dir": out_dir,
+               "resume": resume_command(Path(out_dir) / "checkpoints" / "last.pt")}
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # the launcher's own progress notes
+    try:
+        return elastic_launch(launch, spawned_worker)(payload)[0]
+    except SignalException as e:  # the workers got the signal too, stopped cleanly and said so
+        sys.exit(128 + int(e.sigval))
+    except ChildFailedError as e:  # rank 0 printed why
+        code = min(e.failures.items())[1].exitcode
+        sys.exit(128 - code if code < 0 else code)
+
+
+def spawned_worker(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """A process started by :func:`spawn` (its rank and the rendezvous are in the environment)."""
+    world = World.from_env()
+    raise_on_signals()
+    distributed.setup_worker_logging(world, payload["out_dir"])
+    cfg = OmegaConf.create(payload["config"])
+    if cfg.trainer.num_threads is None:  # the cores shared out, as torchrun's OMP_NUM_THREADS=1 does for 2
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return run_worker(cfg, payload["out_dir"], world, payload["resume"])
+
+
+def follow(world: World) -> None:
+    """A rank > 0 started from outside: train what rank 0 announces, into rank 0's run dir."""
+    distributed.init(world)
+    distributed.setup_worker_logging(world, None)
+    payload = distributed.receive()
+    if payload is None:  # rank 0 stopped before training, and said why
+        distributed.finish()
+        sys.exit(1)
+    run_worker(OmegaConf.create(payload["config"]), payload["out_dir"], world, None)
+
+
+def run_worker(cfg: DictConfig, out_dir: str, world: World, resume: str | None) -> dict[str, Any] | None:
+    """Train as one rank; rank 0 reports an error or an interruption on one line, every rank exits with it."""
+    try:
+        return train(cfg, out_dir, world)
+    except (ConfigError, FloatingPointError) as e:
+        if world.main:
+            fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except Interrupted as e:
+        if world.main:
+            message = f"lstm-train: {e}" + (f"; resume with: {resume}" if e.checkpoint and resume else "")
+            print(message, file=sys.stderr)
+            log_to_file(message)
+        sys.exit(e.exit_code)
+    finally:
+        distributed.finish()
 
 
 def fail(message: str, status: int) -> None:
@@ -152,6 +249,15 @@ def main() -> None:
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     raise_on_signals()
+    world = World.from_env()
+    if world.size > 1:  # torchrun / srun: only rank 0 runs Hydra; the others follow it
+        distributed.init(world)
+        if not world.main:
+            try:
+                follow(world)
+            except Interrupted as e:
+                sys.exit(e.exit_code)
+            return
     try:
         hydra_main()
     except Interrupted as e:
@@ -163,6 +269,9 @@ def main() -> None:
             raise
         print(f"lstm-train: error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:  # rank 0 of a world started from outside, stopped before it announced what to train
+        distributed.announce(None)
+        distributed.finish()
 
 
 def describe_override_error(error: BaseException, args: list[str]) -> str | None:

@@ -18,6 +18,7 @@ Only the cheap part of logging runs every step: the loss and the clipping flag a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -35,13 +36,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from lstm_train import distributed
 from lstm_train.checkpoint import config_changes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lstm_train.config import ConfigError, to_container
+from lstm_train.distributed import World
 from lstm_train.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
 from lstm_train.models import count_parameters
 from lstm_train.optim import Scheduler, build_optimizer
 from lstm_train.probe import Probe
-from lstm_train.tasks import Batch, Metrics, Split, Task
+from lstm_train.tasks import Batch, Metrics, Split, Task, derive_seed
 from lstm_train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,23 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, task: Task, model: nn.Module, out_dir: str | Path, device: torch.device):
+    """Trains ``model`` on ``task`` as ``cfg`` says, alone or as one rank of a data-parallel ``world``
+    (see lstm_train/distributed.py: every rank runs the same loop on its share of each batch; rank 0 alone
+    writes the run dir)."""
+
+    def __init__(
+        self, cfg: DictConfig, task: Task, model: nn.Module, out_dir: str | Path, device: torch.device,
+        world: World = World(),  # noqa: B008 (frozen: one process)
+    ):
         self.cfg = cfg
         self.t = t = cfg.trainer
         self.task = task
         self.model = model
+        self.world = world
+        # Training calls go through DDP (it all-reduces the gradients); evaluation uses the model itself.
+        self.train_model = model if world.size == 1 else nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
         self.device = device
         self.out_dir = Path(out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
@@ -113,10 +128,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": dataclasses.asdict(self.progress),
-            # What a step between two evaluations has accumulated: a run interrupted there resumes exactly.
+            # What the steps since the last evaluation accumulated, summed over the ranks (rank 0 carries the
+            # sums on), and each rank's own carried state and RNG: a run stopped there resumes exactly.
             "interval": {
-                "loss_sum": self._loss_sum, "clipped": self._clipped, "steps": self._steps,
-                "train_metrics": self._train_metrics.state_dict(), "task": self.task.train_state(),
+                "loss_sum": self._global_loss_sum(), "clipped": self._clipped, "steps": self._steps,
+                "train_metrics": distributed.reduce_metrics(copy.deepcopy(self._train_metrics)).state_dict(),
+                "ranks": distributed.gather({"rng": rng_state(), "task": self.task.train_state()}),
             },
             "rng": rng_state(),
             "config": self.config,
@@ -144,15 +161,22 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
         interval = state.get("interval")  # checkpoints written before interruption support have none
         if interval is not None:
-            self._loss_sum, self._clipped, self._steps = interval["loss_sum"], interval["clipped"], interval["steps"]
-            self._train_metrics.load_state_dict(interval["train_metrics"])
-            self.task.load_train_state(interval["task"])
-        set_rng_state(state["rng"])
+            self._clipped, self._steps = interval["clipped"], interval["steps"]
+            if self.world.main:  # the sums over all ranks; the other ranks start theirs from zero
+                self._loss_sum = interval["loss_sum"]
+                self._train_metrics.load_state_dict(interval["train_metrics"])
+            ranks = interval["ranks"]
+            if len(ranks) == self.world.size:  # each rank goes on with its own rows' state and RNG
+                set_rng_state(ranks[self.world.rank]["rng"])
+                self.task.load_train_state(ranks[self.world.rank]["task"])
+            elif not self.world.main:  # another world size: rank 0 goes on from rank 0's, the others afresh
+                torch.manual_seed(derive_seed("rank", self.t.seed, self.progress.step, self.world.rank))
         self.resumed_at = self.progress.step
         best = path.with_name("best.pt")
-        if best.is_file() and best.resolve() != (self.checkpoints / "best.pt").resolve():
+        if self.world.main and best.is_file() and best.resolve() != (self.checkpoints / "best.pt").resolve():
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             shutil.copy2(best, self.checkpoints / "best.pt")
         log.info("resumed from %s at step %d (epoch %d)", path, self.progress.step, self.progress.epoch)
@@ -183,10 +207,11 @@ class Trainer:
             ) from e
 
     def _save(self, improved: bool) -> Path:
-        state = self.state_dict()
-        save_checkpoint(self.checkpoints / "last.pt", state)
-        if improved:
-            save_checkpoint(self.checkpoints / "best.pt", state)
+        state = self.state_dict()  # on every rank: it gathers what each holds
+        if self.world.main:
+            save_checkpoint(self.checkpoints / "last.pt", state)
+            if improved:
+                save_checkpoint(self.checkpoints / "best.pt", state)
         return self.checkpoints / "last.pt"
 
     # ---- the loop -----------------------------------------------------------------------------------
@@ -204,7 +229,8 @@ class Trainer:
         )
         # purge_step: a run resumed into its own dir hides the events a killed process logged after last.pt
         # (those up to the checkpoint's step were logged before it was saved).
-        tracker = Tracker(self.out_dir, purge_step=None if self.resumed_at is None else self.resumed_at + 1)
+        tracker = Tracker(self.out_dir if self.world.main else None,
+                          purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         metric_tags = [f"{split}/{m}" for split in ("val", "test") for m in self.task.metric_names]
         tracker.hparams({**self.config, "num_params": self.num_params}, metric_tags)
         clock = {"train": 0.0, "eval": 0.0}
@@ -213,7 +239,7 @@ class Trainer:
         try:
             with deferred_signals() as stop, logging_redirect_tqdm(), tqdm(
                 total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
-                disable=None if t.progress_bar else True, mininterval=1.0,
+                disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
                 while p.step < self.total_steps and not p.stopped_early and stop.signum is None:
                     self._run_epoch(tracker, bar, clock, stop)
@@ -236,7 +262,8 @@ class Trainer:
             # wall time of this process (a resumed run counts its own part only)
             "time": {"total_s": total, "train_s": clock["train"], "eval_s": clock["eval"]},
         }
-        (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        if self.world.main:
+            (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.info("test: %s", _fmt({f"test/{k}": v for k, v in test.items()}))
         return result
 
@@ -256,11 +283,11 @@ class Trainer:
             every = t.eval_every_n_steps
             evaluate = finished or (end_of_epoch if every is None else step % every == 0)
             log_now = evaluate or step % t.log_every_n_steps == 0
-            self._train_step(batch.to(self.device), log_now)
+            self._train_step(batch, log_now)
             bar.update(1)
             if log_now:
                 self._log_train(tracker, bar)
-            if self.probe is not None and step % t.probe_every_n_steps == 0:
+            if self.probe is not None and self.world.main and step % t.probe_every_n_steps == 0:
                 summary = self.probe(self.model)
                 tracker.histograms(summary.histograms, step)
                 tracker.scalars(summary.scalars, step)
@@ -278,15 +305,29 @@ class Trainer:
                 self._save(improved)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
+            if self.world.size > 1:  # a signal may reach one process first: all stop at the same step
+                stop.signum = distributed.agreed_signal(stop.signum)
             if finished or end_of_epoch or p.stopped_early or stop.signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
 
     def _train_step(self, batch: Batch, log_now: bool) -> None:
-        output = self.task.forward(self.model, batch)
-        loss = self.task.loss(output, batch)
+        """One optimizer step on the global ``batch`` (on the CPU), of which this rank computes its share."""
+        local, real = distributed.shard(batch, self.world)
+        # This rank's share of the batch's loss weight (samples, or real tokens), counted on the CPU
+        share = self.task.loss_weight(local) / self.task.loss_weight(batch) if real and self.world.size > 1 else 0.0
+        local = local.to(self.device)
+        output = self.task.forward(self.train_model, local)
+        loss = self.task.loss(output, local)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.world.size == 1:
+            loss.backward()
+            part = loss.detach()
+        else:
+            # The loss times its share, times N: DDP averages the gradients over the N ranks, which makes them
+            # the gradient of the global batch's mean loss (over samples, or over real tokens).
+            (loss * (share * self.world.size)).backward()
+            part = loss.detach() * share  # summed over the ranks when logged: the global batch's mean
         if log_now:  # before clipping: grad_norm/* are the norms clipping sees
             self._param_norms = self._grad_norms()
         if self.clip > 0:
@@ -297,16 +338,17 @@ class Trainer:
         self.scheduler.step("step")
         self.progress.step += 1
         self.progress.batch_in_epoch += 1
-        self._loss_sum += loss.detach()
+        self._loss_sum += part
         self._steps += 1
-        self._train_metrics.update(output, batch, loss)
+        if real:
+            self._train_metrics.update(output, local, loss)
 
     def _log_train(self, tracker: Tracker, bar: tqdm) -> None:
         """train/loss and train/clipped: means since the last log; grad norms and lr: this step's."""
         names, norms = self._param_norms
         norms_t = torch.stack(norms)
         total = torch.linalg.vector_norm(norms_t)  # the same total clip_grad_norm_ computes
-        values = torch.cat([(self._loss_sum / self._steps).view(1), total.view(1),
+        values = torch.cat([(self._global_loss_sum() / self._steps).view(1), total.view(1),
                             (self._clipped / self._steps).view(1), norms_t]).tolist()  # one host sync
         loss, grad_norm, clipped = values[:3]
         if not math.isfinite(loss):
@@ -324,6 +366,9 @@ class Trainer:
         named = [(name, p.grad) for name, p in self.params if p.grad is not None]
         return [n for n, _ in named], torch._foreach_norm([g for _, g in named])  # one fused kernel for all
 
+    def _global_loss_sum(self) -> Tensor:
+        return self._loss_sum if self.world.size == 1 else distributed.all_reduce_sum(self._loss_sum)
+
     def _reset_log_interval(self) -> None:
         self._loss_sum = torch.zeros((), device=self.device)
         self._clipped = torch.zeros((), device=self.device)
@@ -335,12 +380,13 @@ class Trainer:
         p = self.progress
         val = self.evaluate("val").compute()
         p.last_val = val
-        p.last_train = self._train_metrics.compute()
+        p.last_train = distributed.reduce_metrics(self._train_metrics).compute()
         self._train_metrics = self.task.new_metrics()
         tracker.scalars({f"val/{k}": v for k, v in val.items()}, p.step)
         # train/loss is logged per step; the other train metrics are means since the last evaluation.
         tracker.scalars({f"train/{k}": v for k, v in p.last_train.items() if k != "loss"}, p.step)
-        tracker.text(self.task.samples(self.model), p.step)
+        if self.world.main:
+            tracker.text(self.task.samples(self.model), p.step)
         value = val[self.monitor]
         self.scheduler.step("eval", value)
         best = p.best["value"] if p.best else None
@@ -362,18 +408,22 @@ class Trainer:
         return improved
 
     def evaluate(self, split: Split) -> Metrics:
-        """The split's accumulated metrics: ``.compute()`` for the numbers, tables and figures for the test."""
+        """The split's accumulated metrics: ``.compute()`` for the numbers, tables and figures for the test.
+        Data-parallel, each rank evaluates its share of every batch and the sums are added up."""
         metrics = self.task.new_metrics()
         self.model.eval()
         with torch.inference_mode():
             for batch in self.task.eval_batches(split, self.t.eval_batch_size):
-                batch = batch.to(self.device)
-                output = self.task.forward(self.model, batch)
-                metrics.update(output, batch, self.task.loss(output, batch))
+                local, real = distributed.shard(batch, self.world)
+                if real:
+                    local = local.to(self.device)
+                    output = self.task.forward(self.model, local)
+                    metrics.update(output, local, self.task.loss(output, local))
         self.model.train()
-        return metrics
+        return distributed.reduce_metrics(metrics)
 
     def _test(self, tracker: Tracker) -> dict[str, float]:
+        distributed.barrier()  # rank 0 has written best.pt
         best = self.checkpoints / "best.pt"
         if self.t.test_checkpoint == "best":
             if best.is_file():

@@ -32,8 +32,12 @@ class CharLM(nn.Module):
         if cfg.tie_weights:
             self.head.weight = self.encoder.embedding.weight
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None) -> Tensor:
-        return self.step(x, state, lengths)[0]
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, state: State | None = None, return_state: bool = False
+    ) -> Tensor | tuple[Tensor, State]:
+        """Logits (B, T, V); with ``return_state`` also the final (h, c) (truncated BPTT carries it on)."""
+        logits, new_state = self.step(x, state, lengths)
+        return (logits, new_state) if return_state else logits
 
     def step(self, x: Tensor, state: State | None = None, lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """Logits (B, T, V) and the final (h, c), to continue from: the one call sampling makes per step."""

@@ -43,7 +43,12 @@ class Inputs:
 
 
 class Metrics(ABC):
-    """Accumulates a split's metrics over batches, on the model's device (no sync per batch)."""
+    """Accumulates a split's metrics over batches, on the model's device (no sync per batch).
+
+    Its attributes that are numbers, tensors or lists of numbers must be sums over the batches (counts,
+    loss times count, a confusion matrix): a data-parallel run adds them up over its processes
+    (lstm_train.distributed.reduce_metrics). Flags and names (bools, strings) are left alone.
+    """
 
     @abstractmethod
     def update(self, output: Tensor, batch: Batch, loss: Tensor) -> None:
@@ -97,6 +102,11 @@ class Task(ABC):
     @abstractmethod
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         """The mean training loss of a batch."""
+
+    def loss_weight(self, batch: Batch) -> float:
+        """How many terms :meth:`loss` averages over: the samples (the default), or the real tokens of
+        per-step targets. A data-parallel run weights each process's share of a batch by it."""
+        return len(batch)
 
     @abstractmethod
     def new_metrics(self) -> Metrics: ...

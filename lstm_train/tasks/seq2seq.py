@@ -195,6 +195,9 @@ class Seq2SeqTask(Task):
         logits = output.logits if isinstance(output, Seq2SeqOutput) else output
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1), ignore_index=PAD)
 
+    def loss_weight(self, batch: Batch) -> float:
+        return int((batch.y != PAD).sum())
+
     def new_metrics(self) -> Metrics:
         return Seq2SeqMetrics(per="per" in self.metric_names)
 

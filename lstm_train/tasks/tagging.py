@@ -253,6 +253,9 @@ class TaggingTask(Task):
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(output.flatten(0, 1), batch.y.flatten(), ignore_index=IGNORE)
 
+    def loss_weight(self, batch: Batch) -> float:
+        return int((batch.y != IGNORE).sum())
+
     def new_metrics(self) -> Metrics:
         return TaggingMetrics(self.tags, spans=self.scheme != "none")
 

@@ -248,7 +248,7 @@ class TextChar(Task):
         if not (self.bptt and model.training and isinstance(batch, StreamBatch)):
             return model(batch.x, batch.lengths)
         state = None if batch.reset or self._state is None or self._state[0].shape[1] != len(batch) else self._state
-        logits, state = model.step(batch.x, state)
+        logits, state = model(batch.x, state=state, return_state=True)  # a call, not .step: DDP sees it
         self._state = (state[0].detach(), state[1].detach())  # truncate: no gradient into earlier chunks
         return logits
 
@@ -263,6 +263,9 @@ class TextChar(Task):
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), batch.y.reshape(-1))
+
+    def loss_weight(self, batch: Batch) -> float:
+        return batch.y.numel()
 
     def new_metrics(self) -> Metrics:
         return LMMetrics()
