@@ -2,8 +2,8 @@
 
 During training the first signal only raises a flag: the loop finishes the step it is in, saves last.pt at
 that step and raises :class:`Interrupted`, which the CLI turns into one line and exit status 128 + signal
-(130 for SIGINT, 143 for SIGTERM). A second signal, or one outside the training loop, raises
-:class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
+(130 for SIGINT, 143 for SIGTERM). A second signal (a second or more after the first), or one outside the
+training loop, raises :class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
 ``except Exception`` on the way (Hydra's job runner included) swallows it.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A Ctrl-C reaches the workers of a data-parallel run twice: from the terminal (the whole process group) and
+# from the launcher, which passes it on. A signal this soon after the first is the same request.
+ECHO_SECONDS = 1.0
 
 
 class Interrupted(BaseException):
@@ -61,6 +65,7 @@ class StopRequest:
     """Set by the first signal inside :func:`deferred_signals`; the training loop polls it between steps."""
 
     signum: int | None = None
+    at: float = 0.0  # when (time.monotonic) the first signal came
 
 
 @contextmanager
@@ -73,8 +78,10 @@ def deferred_signals() -> Iterator[StopRequest]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if request.signum is not None:
+            if time.monotonic() - request.at < ECHO_SECONDS:
+                return  # the same stop, delivered twice (terminal and launcher): not a second request
             raise Interrupted(signum, f"interrupted again ({signal_name(signum)}): stopped at once, mid-step")
-        request.signum = signum
+        request.signum, request.at = signum, time.monotonic()
         log.warning("%s received: stopping after this step (send it again to stop at once)", signal_name(signum))
 
     previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,22 +153,25 @@ def test_a_checkpoint_resumes_in_another_world_size(compose_cfg, tmp_path, first
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_rank_and_the_run_resumes(compose_cfg, tmp_path):
-    import signal
-    import time
-
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["kill -TERM launcher", "Ctrl-C"])
+def test_a_signal_stops_every_rank_and_the_run_resumes(compose_cfg, tmp_path, signum):
     args = ["debug=fast", "task.train_size=4096", "trainer.progress_bar=false"]
     single = train(compose_cfg(*args), tmp_path / "one")
     run = subprocess.Popen([str(BIN / "lstm-train"), *args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'b'}"],
-                           cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
     deadline = time.monotonic() + 300
     while not (tmp_path / "b/checkpoints/last.pt").exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    run.send_signal(signal.SIGTERM)  # to the launching process only, as `kill` does: it passes it on
+    if signum == signal.SIGTERM:
+        run.send_signal(signum)  # to the launching process only, as `kill` does: it passes it on
+    else:
+        os.killpg(run.pid, signum)  # to every process, as a terminal's Ctrl-C does
     _, stderr = run.communicate(timeout=300)
-    assert run.returncode == 143, stderr[-3000:]
+    assert run.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
-    line = [line for line in stderr.splitlines() if line.startswith("lstm-train: interrupted (SIGTERM)")]
+    name = signal.Signals(signum).name
+    line = [line for line in stderr.splitlines() if line.startswith(f"lstm-train: interrupted ({name}) at step")]
     assert len(line) == 1, stderr[-3000:]
     rest = cli(*args, "trainer.devices=2", "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]

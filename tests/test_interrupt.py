@@ -182,8 +182,8 @@ def test_sigterm_from_outside_then_the_printed_command_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_sigint_stops_at_once(tmp_path):
-    # A long evaluation (100k val sequences) is where a user presses Ctrl-C twice.
-    args = ["debug=fast", "task.val_size=200000", "trainer.eval_batch_size=200000", "trainer.progress_bar=false",
+    # A long evaluation (500k val sequences) is where a user presses Ctrl-C twice.
+    args = ["debug=fast", "task.val_size=500000", "trainer.eval_batch_size=50000", "trainer.progress_bar=false",
             f"hydra.run.dir={tmp_path}"]
     run = subprocess.Popen([LSTM_TRAIN, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -192,7 +192,7 @@ def test_a_second_sigint_stops_at_once(tmp_path):
         time.sleep(0.05)
     time.sleep(0.5)  # in the first steps or the first evaluation
     run.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    time.sleep(1.5)  # a second press, not the echo of the first (lstm_train.interrupt.ECHO_SECONDS)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130, stderr[-2000:]
