@@ -238,7 +238,9 @@ def test_column_reader(tmp_path):
         (CONLLU.replace("4\t.\t.\tPUNCT", "4\t.\tPUNCT"), "auto", 8, "expected 10 tab-separated fields"),
         (CONLLU.replace("3\tgo", "x\tgo"), "conllu", 6, "the ID field is 'x'"),
         (CONLLU.replace("AUX", "_"), "auto", 4, "no tag"),
-        ("EU NNP B-ORG\nrejects\n", "columns", 2, "1 columns, but the tag column is 3"),
+        ("EU NNP\nrejects VBZ\n", "columns", 1, "2 columns, but the tag column is 3"),
+        ("EU NNP B-ORG\nrejects\n", "columns", 2, "1 columns, line 1 has 3; every token line needs the same"),
+        ("EU NNP B-ORG\nNew York NNP B-LOC\n", "columns", 2, "4 columns, line 1 has 3"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, text, fmt, line, problem):

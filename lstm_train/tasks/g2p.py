@@ -38,7 +38,7 @@ from lstm_train.config import ConfigError
 
 from .base import Batch, derive_seed
 from .seq2seq import Seq2SeqTask, Vocab, make_batch
-from .text import read_text
+from .text import read_text, split_fields, text_lines
 
 ENTRY = re.compile(r"^(?P<word>\S+?)(?:\((?P<variant>\d+)\))?$")
 WORD = re.compile(r"^[a-z']+$")
@@ -58,20 +58,20 @@ def read_cmudict(path: str | Path, stress: bool = False) -> dict[str, list[tuple
     """word -> its pronunciations (primary first), from a cmudict-format file; see the module docstring."""
     words: dict[str, list[tuple[str, ...]]] = {}
     known: dict[str, str] = {}  # phoneme as written -> as kept (stress digit stripped or not)
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(text_lines(read_text(path)), 1):
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith(";;;"):  # ;;; : the comment marker of older cmudict releases
             continue
-        head, *phones = line.split()
+        head, *phones = split_fields(line)
         match = ENTRY.match(head)
         if not phones or match is None:
-            raise ConfigError("task.path", f"{path} line {n}: expected 'word PH1 PH2 ...', got {line[:60]!r}")
+            raise ConfigError("task.path", f"{path}:{n}: expected 'word PH1 PH2 ...', got {line[:60]!r}")
         if not known.keys() >= set(phones):  # a few dozen distinct phonemes: check each once, not 800 k times
             bad = next((p for p in phones if not PHONEME.match(p)), None)
             if bad is not None:
                 raise ConfigError(
                     "task.path",
-                    f"{path} line {n}: {bad!r} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
+                    f"{path}:{n}: {bad!r} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
                 )
             known.update({p: p if stress else p.rstrip("012") for p in phones})
         word = match["word"].lower()
