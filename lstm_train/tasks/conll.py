@@ -64,7 +64,8 @@ def read_conll(
     def field(fields: list[str], n: int, column: int, what: str) -> str:
         index = column - 1 if column > 0 else column
         if not -len(fields) <= index < len(fields):
-            raise fail(n, f"{len(fields)} columns, but the {what} column is {column}")
+            raise fail(n, f"{len(fields)} columns, but the {what} column is {column}; set task.{what}_column to "
+                       "one the file has (from 1; negative: from the end)")
         return fields[index]
 
     width = None  # (fields, line) of the first token line of a column file: every other one must match it

@@ -82,7 +82,8 @@ def read_cmudict(path: str | Path, stress: bool = False) -> dict[str, list[tuple
         if pron not in options:
             options.append(pron)
     if not words:
-        raise ConfigError("task.path", f"{path} has no entries of letters and apostrophes")
+        raise ConfigError("task.path", f"{path} has no entries of letters and apostrophes (cmudict format: one "
+                          "'word PH1 PH2 ...' per line)")
     return words
 
 
@@ -103,7 +104,8 @@ class G2P(Seq2SeqTask):
         if state is not None:  # from a checkpoint: vocabularies only
             self.set_vocabs(Vocab(state["source_vocab"]), Vocab(state["target_vocab"]))
             return
-        words = read_cmudict(cfg.path if cfg.path is not None else cmudict_path(), cfg.stress)
+        path = Path(cfg.path).expanduser() if cfg.path is not None else cmudict_path()
+        words = read_cmudict(path, cfg.stress)
         if cfg.seq_len is not None:
             words = {w: p for w, p in words.items() if len(w) <= cfg.seq_len}
         parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -114,7 +116,9 @@ class G2P(Seq2SeqTask):
                 rng = random.Random(derive_seed("g2p", split, cfg.data_seed))
                 parts[split] = sorted(rng.sample(parts[split], min(size, len(parts[split]))))
             if not parts[split]:
-                raise ConfigError("task.path", f"the {split} split is empty ({len(words)} words in all)")
+                fix = f"a larger task.{split}_fraction" if split != "train" else "smaller val/test fractions"
+                raise ConfigError("task.path", f"{path}: no word falls in the {split} split ({len(words)} in all); "
+                                  f"give more words, or {fix}")
         letters = sorted({c for w in parts["train"] for c in w})
         phonemes = sorted({p for w in parts["train"] for pron in words[w] for p in pron})
         self.set_vocabs(Vocab(letters), Vocab(phonemes))

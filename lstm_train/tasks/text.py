@@ -185,8 +185,9 @@ def split_text(cfg: DictConfig) -> dict[str, str]:
     splits = {"train": text[:n_train], "val": text[n_train : n_train + n_val], "test": text[n_train + n_val :]}
     for split, part in splits.items():
         if len(part) < 2:  # one input and one target at least
-            raise ConfigError("task.path", f"{cfg.path}: its {split} split has {len(part)} characters; "
-                              "needs >= 2 (a longer file, or larger task.val_fraction / task.test_fraction)")
+            path = Path(cfg.path).expanduser()
+            raise ConfigError("task.path", f"{path}: its {split} split has {len(part)} characters; needs >= 2"
+                              " (a longer file, or larger task.val_fraction / task.test_fraction)")
     return splits
 
 
@@ -241,8 +242,10 @@ class TextChar(Task):
             self.vocab = CharVocab(splits["train"])
             self.ids = {split: self.vocab.encode(text) for split, text in splits.items()}
             if len(self.ids["train"]) <= self.seq_len:
+                source = f"{Path(cfg.path).expanduser()}'s" if cfg.path is not None else "the"
                 raise ConfigError("task.seq_len", f"{self.seq_len} needs a training text longer than that; "
-                                  f"it has {len(self.ids['train'])} characters")
+                                  f"{source} training split has {len(self.ids['train'])} characters (a smaller "
+                                  "task.seq_len, or a longer file)")
         self.inputs = Inputs(vocab_size=len(self.vocab))
         self.num_outputs = len(self.vocab)
 

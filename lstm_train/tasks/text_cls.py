@@ -73,7 +73,7 @@ def read_jsonl(path: Path, lines: list[str]) -> list[Record]:
             raise ConfigError("task.path", f"{path}:{n}: not JSON ({getattr(e, 'msg', e)}); "
                               "write one JSON object per line") from None
         except RecursionError:
-            raise ConfigError("task.path", f"{path}:{n}: JSON nested too deeply to read") from None
+            raise ConfigError("task.path", f"{path}:{n}: JSON nested too deeply to read; flatten it") from None
         if not isinstance(record, dict):
             raise ConfigError("task.path", f"{path}:{n}: a JSON {type(record).__name__}, not an object; "
                               'write one object per line: {"text": ..., "label": ...}')
@@ -274,7 +274,7 @@ class TextCls(ClassificationTask):
             ids = ids[: sizes[split]].tolist() if sizes[split] else ids.tolist()
             if not ids:
                 fix = f"a larger task.{split}_fraction" if split != "train" else "smaller val/test fractions"
-                raise ConfigError("task.path", f"{source}the {split} split is empty ({len(rows)} texts in all); "
+                raise ConfigError("task.path", f"{source}no text falls in the {split} split ({len(rows)} in all); "
                                   f"give more rows, or {fix}")
             xs = [torch.tensor([index.get(t, 1) for t in rows[i][0]]) for i in ids]
             self.data[split] = (xs, torch.tensor([label_id[rows[i][1]] for i in ids]))
