@@ -154,6 +154,8 @@ CASES = [
          "; fetch them with: python scripts/fetch_brown.py --dest", extra={"files": 0}),
     Case("brown: too few files", "brown", {"corpus": DIR}, "task.path",
          "holds 3 Brown corpus files; the split needs 10 or more", extra={"files": 3}),
+    Case("brown: blank corpus files", "brown", {"corpus": DIR}, "task.path",
+         ": the train split's corpus files hold no sentences", extra={"files": 10, "content": b"\t\n"}),
     Case("brown: token not word/tag", "brown", {"corpus/ca03": b"\tThe/at jury/nn\n\tbroken ./.\n"}, "task.path",
          ":2: token 'broken' is not word/tag"),
     Case("brown: not UTF-8", "brown", {"corpus/ca02": b"\tcaf\xe9/nn\n"}, "task.path", ":1: not UTF-8 text"),
@@ -191,7 +193,7 @@ def write_case(case: Case, root: Path) -> Path | None:
         if content is DIR:
             path.mkdir(exist_ok=True)
             for i in range(case.extra.get("files", 0)):
-                (path / f"ca{i + 1:02d}").write_bytes(GOOD["brown"])
+                (path / f"ca{i + 1:02d}").write_bytes(case.extra.get("content", GOOD["brown"]))
         elif content is not None:
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(content)

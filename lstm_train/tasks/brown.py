@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from lstm_train.config import ConfigError
 
 from .tagging import Sentence, TaggingTask
-from .text import read_text, split_fields, text_lines
+from .text import read_text, shown, split_fields, text_lines
 
 FETCH = "python scripts/fetch_brown.py"
 DEFAULT_DATA = "~/.cache/lstm-train"
@@ -108,7 +108,7 @@ def read_brown(root: Path, key: str = "task.path") -> dict[str, list[Sentence]]:
             for token in split_fields(line):
                 word, slash, tag = token.rpartition("/")
                 if not (slash and word and tag):
-                    raise ConfigError(key, f"{path}:{n}: token {token!r} is not word/tag")
+                    raise ConfigError(key, f"{path}:{n}: token {shown(token)} is not word/tag")
                 words.append(word)
                 tags.append(tag)
             if words:
@@ -125,7 +125,9 @@ class BrownPos(TaggingTask):
         if len(files := corpus_files(root)) < 10:  # each tenth file is val, the next test
             raise ConfigError("task.path", f"{root} holds {len(files)} Brown corpus files; the split needs 10 or more "
                               f"(the corpus has 500): fetch them again with: {fetch_command(root)}")
-        return {
-            split: [(words, [mapping(t) for t in tags]) for words, tags in sentences]
-            for split, sentences in read_brown(root).items()
-        }
+        splits = read_brown(root)
+        for split, sentences in splits.items():
+            if not sentences:
+                raise ConfigError("task.path", f"{root}: the {split} split's corpus files hold no sentences (one "
+                                  "sentence of word/tag tokens per line)")
+        return {split: [(words, [mapping(t) for t in tags]) for words, tags in part] for split, part in splits.items()}

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from lstm_train.config import ConfigError
 
 from .tagging import Sentence, TaggingTask
-from .text import read_text, split_fields, text_lines
+from .text import read_text, shown, split_fields, text_lines
 
 DEFAULT_COLUMNS = {"conllu": (2, 4), "columns": (1, -1)}  # (word, tag), 1-based
 
@@ -84,7 +84,7 @@ def read_conll(
             if re.fullmatch(r"\d+[-.]\d+", fields[0]):  # a multiword token or an empty node
                 continue
             if not fields[0].isdigit():
-                raise fail(n, f"the ID field is {fields[0]!r}, not a number")
+                raise fail(n, f"the ID field is {shown(fields[0])}, not a number")
         else:
             fields = split_fields(line)
             if fields[0] == "-DOCSTART-":
@@ -95,7 +95,7 @@ def read_conll(
                            "same columns (a word cannot hold a space)")
         word, tag = field(fields, n, columns[0], "word"), field(fields, n, columns[1], "tag")
         if tag in ("", "_"):
-            raise fail(n, f"no tag (the tag column {columns[1]} holds {tag!r})")
+            raise fail(n, f"no tag (the tag column {columns[1]} holds {shown(tag)})")
         words.append(word)
         tags.append(tag)
     if not sentences:

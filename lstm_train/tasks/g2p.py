@@ -38,7 +38,7 @@ from lstm_train.config import ConfigError
 
 from .base import Batch, derive_seed
 from .seq2seq import Seq2SeqTask, Vocab, make_batch
-from .text import read_text, split_fields, text_lines
+from .text import read_text, shown, split_fields, text_lines
 
 ENTRY = re.compile(r"^(?P<word>\S+?)(?:\((?P<variant>\d+)\))?$")
 WORD = re.compile(r"^[a-z']+$")
@@ -65,13 +65,13 @@ def read_cmudict(path: str | Path, stress: bool = False) -> dict[str, list[tuple
         head, *phones = split_fields(line)
         match = ENTRY.match(head)
         if not phones or match is None:
-            raise ConfigError("task.path", f"{path}:{n}: expected 'word PH1 PH2 ...', got {line[:60]!r}")
+            raise ConfigError("task.path", f"{path}:{n}: expected 'word PH1 PH2 ...', got {shown(line)}")
         if not known.keys() >= set(phones):  # a few dozen distinct phonemes: check each once, not 800 k times
             bad = next((p for p in phones if not PHONEME.match(p)), None)
             if bad is not None:
                 raise ConfigError(
                     "task.path",
-                    f"{path}:{n}: {bad!r} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
+                    f"{path}:{n}: {shown(bad)} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
                 )
             known.update({p: p if stress else p.rstrip("012") for p in phones})
         word = match["word"].lower()

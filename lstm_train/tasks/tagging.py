@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from lstm_train.config import ConfigError
 
 from .base import Batch, Inputs, Metrics, Split, Task, derive_seed
+from .text import shown
 
 IGNORE = -100  # the tag id of padding: F.cross_entropy's default ignore_index
 PAD, UNK = "<pad>", "<unk>"
@@ -235,7 +236,7 @@ class TaggingTask(Task):
         allowed, prefixes = set(SCHEME_PREFIXES[scheme]), tag_prefixes(tags)
         if prefixes is None or not prefixes <= allowed:
             odd = next(t for t in tags if t != "O" and not allowed >= (tag_prefixes([t]) or {"?"}))
-            problem = f"{scheme} needs tags O or {'/'.join(SCHEME_PREFIXES[scheme])}-TYPE; the data has {odd!r}"
+            problem = f"{scheme} needs tags O or {'/'.join(SCHEME_PREFIXES[scheme])}-TYPE; the data has {shown(odd)}"
             raise ConfigError("task.scheme", f"{problem} (use scheme=auto or none)")
         if not prefixes:
             raise ConfigError("task.scheme", "every tag is O: there are no chunks to score (use scheme=none)")

@@ -145,6 +145,18 @@ def read_text(path: str | Path, key: str = "task.path") -> str:
     return text
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a huge field keeps the message readable."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_all(values: Sequence[object], limit: int = 8) -> str:
+    """The first ``limit`` values, :func:`shown`, comma-separated; how many there are if that is not all."""
+    more = f", ... ({len(values)} in all)" if len(values) > limit else ""
+    return ", ".join(shown(v) for v in values[:limit]) + more
+
+
 def text_lines(text: str) -> list[str]:
     """The lines of a file's text, split at \\n, \\r\\n or \\r (as ``open`` reads them), and nowhere else:
     ``str.splitlines`` also breaks at \\x0b, \\x0c, \\x1c-\\x1e, \\x85, U+2028 and U+2029, which a field may hold."""

@@ -34,7 +34,7 @@ from lstm_train.config import ConfigError
 
 from .base import Batch, Inputs, Metrics, Split, derive_seed
 from .classification import ClassificationMetrics, ClassificationTask
-from .text import KJV_BOOKS, kjv_chapters, read_text, text_lines
+from .text import KJV_BOOKS, kjv_chapters, read_text, shown, shown_all, text_lines
 
 # Book groups in canonical order: (group, number of books).
 KJV_GROUPS = (("law", 5), ("history", 12), ("poetry", 5), ("prophets", 17), ("gospels", 4), ("history", 1),
@@ -94,7 +94,7 @@ def read_table(path: Path, lines: list[str], kind: str, columns: dict[str, str])
     for key, column in columns.items():
         if header.count(column) != 1:
             problem = f"names {column!r} twice" if column in header else f"has no column {column!r}"
-            names = ", ".join(map(repr, header))
+            names = shown_all(header)
             separator = "comma" if kind == "csv" else "tab"
             hint = f" (one column: is the file {separator}-separated?)" if len(header) == 1 else ""
             raise ConfigError(f"task.{key}", f"{path}:{header_line}: the header {problem}; it has {names}{hint}")
@@ -133,7 +133,7 @@ def iter_csv(path: Path, lines: list[str]) -> Iterator[tuple[int, list[str]]]:
 def value(path: Path, line: int, record: dict[str, Any], key: str, column: str) -> str:
     """A record's text or label as a string; a missing, null, nested or (for the label) empty one is an error."""
     if column not in record:
-        names = ", ".join(map(repr, record))
+        names = shown_all(list(record))
         raise ConfigError(f"task.{key}", f"{path}:{line}: no {column!r} in this record; it has {names}")
     v = record[column]
     if v is None or isinstance(v, (list, dict)):
@@ -257,7 +257,7 @@ class TextCls(ClassificationTask):
         self.labels = sorted({label for _, label in rows})
         source = f"{Path(cfg.path).expanduser()}: " if cfg.path is not None else ""
         if len(self.labels) < 2:
-            found = f"found only {self.labels[0]!r}" if self.labels else "found no text with a token"
+            found = f"found only {shown(self.labels[0])}" if self.labels else "found no text with a token"
             raise ConfigError("task.label_column", f"{source}needs >= 2 different labels; {found}")
         generator = torch.Generator().manual_seed(derive_seed(self.name, cfg.data_seed))
         order = torch.randperm(len(rows), generator=generator)
