@@ -57,8 +57,8 @@ def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     records = read_jsonl(path, lines) if kind == "jsonl" else read_table(path, lines, kind, columns)
     if not records:
         raise ConfigError("task.path", f"{path} holds a header and no rows")
-    return [(value(path, n, record, "text_column", cfg.text_column), value(path, n, record, "label_column",
-             cfg.label_column)) for n, record in records]
+    text, label = columns["text_column"], columns["label_column"]  # plain strings: cfg access is slow per row
+    return [(value(path, n, r, "text_column", text), value(path, n, r, "label_column", label)) for n, r in records]
 
 
 def read_jsonl(path: Path, lines: list[str]) -> list[Record]:
