@@ -75,7 +75,8 @@ def read_jsonl(path: Path, lines: list[str]) -> list[Record]:
         except RecursionError:
             raise ConfigError("task.path", f"{path}:{n}: JSON nested too deeply to read; flatten it") from None
         if not isinstance(record, dict):
-            raise ConfigError("task.path", f"{path}:{n}: a JSON {type(record).__name__}, not an object; "
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(record), "number")
+            raise ConfigError("task.path", f"{path}:{n}: a JSON {kind}, not an object; "
                               'write one object per line: {"text": ..., "label": ...}')
         records.append((n, record))
     if not records:
@@ -120,13 +121,16 @@ def iter_csv(path: Path, lines: list[str]) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as e:
-            problem = str(e)
-            if "end of data" in problem or "field limit" in problem:
+            problem, fix = str(e), 'a field that holds a " must be quoted whole, with that " doubled: "say ""hi"""'
+            if "end of data" in problem:
                 problem = f"a field opened with a quote (\") is never closed ({problem})"
             elif "expected after" in problem:
                 problem = f"text after a field's closing quote ({problem})"
-            raise ConfigError("task.path", f'{path}:{start}: {problem}; a field that holds a " must be quoted '
-                              'whole, with that " doubled: "say ""hi"""') from None
+            elif "field limit" in problem:
+                limit = csv.field_size_limit()
+                problem = f"a field longer than {limit} characters, csv's limit (a quote never closed?)"
+                fix = "close the quote, or cut the text (.jsonl has no such limit)"
+            raise ConfigError("task.path", f"{path}:{start}: {problem}; {fix}") from None
         yield start, fields
 
 
