@@ -227,3 +227,17 @@ def test_bad_data_file_is_one_clear_line(compose_cfg, tmp_path, case):
 def test_the_catalogue_covers_every_reader_and_many_mistakes():
     assert {c.task for c in CASES} == set(TASK_OVERRIDES)
     assert len(CASES) >= 50 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_unreadable_file(compose_cfg, tmp_path, monkeypatch):
+    """chmod 000 does not stop root (CI runs as root), so the refusal is simulated where the file is read."""
+    path = tmp_path / "d.csv"
+    path.write_bytes(GOOD["csv"])
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    cfg = compose_cfg(*(o.format(target=path) for o in TASK_OVERRIDES["text_cls"]))
+    with pytest.raises(ConfigError, match=rf"^task\.path: cannot read {path}: Permission denied$"):
+        build_task(cfg.task)
