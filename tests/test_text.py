@@ -76,7 +76,7 @@ def test_metrics_bpc_and_perplexity(compose_cfg, text_file):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (None, "no file at"), (b"", "is empty"), (b"ab\xff\xfecd", "is not UTF-8 text"),
+    (None, "no file at"), (b"", "is empty"), (b"ab\xff\xfecd", "1: not UTF-8 text"),
 ])
 def test_bad_files_are_one_line_config_errors(compose_cfg, tmp_path, content, message):
     path = tmp_path / "bad.txt"

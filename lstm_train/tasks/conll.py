@@ -5,8 +5,8 @@ fields starting with a number, are CoNLL-U; everything else is columns):
 
 - ``conllu``: 10 tab-separated fields per token line; ``#`` comment lines, multiword-token lines (ID
   ``1-2``) and empty nodes (ID ``1.1``) are skipped; a blank line ends a sentence.
-- ``columns`` (CoNLL-2000/2003 style): whitespace-separated fields per token line, a blank line ends a
-  sentence, ``-DOCSTART-`` lines are skipped.
+- ``columns`` (CoNLL-2000/2003 style): fields separated by spaces or tabs, as many on every token line; a
+  blank line ends a sentence, ``-DOCSTART-`` lines are skipped.
 
 Columns are numbered from 1 as in the CoNLL-U spec; negative numbers count from the end (-1: the last).
 ``word_column`` / ``tag_column`` null: FORM (2) and UPOS (4) for CoNLL-U, the first and the last column
@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from lstm_train.config import ConfigError
 
 from .tagging import Sentence, TaggingTask
-from .text import read_text
+from .text import read_text, shown, split_fields, text_lines
 
 DEFAULT_COLUMNS = {"conllu": (2, 4), "columns": (1, -1)}  # (word, tag), 1-based
 
@@ -33,8 +33,8 @@ DEFAULT_COLUMNS = {"conllu": (2, 4), "columns": (1, -1)}  # (word, tag), 1-based
 def detect_format(path: Path, text: str) -> str:
     if path.suffix.lower() == ".conllu":
         return "conllu"
-    first = next((line for line in text.splitlines() if line.strip() and not line.startswith("#")), "")
-    fields = first.rstrip("\n").split("\t")
+    first = next((line for line in text_lines(text) if line.strip() and not line.startswith("#")), "")
+    fields = first.split("\t")
     return "conllu" if len(fields) == 10 and re.fullmatch(r"\d+([-.]\d+)?", fields[0]) else "columns"
 
 
@@ -64,10 +64,12 @@ def read_conll(
     def field(fields: list[str], n: int, column: int, what: str) -> str:
         index = column - 1 if column > 0 else column
         if not -len(fields) <= index < len(fields):
-            raise fail(n, f"{len(fields)} columns, but the {what} column is {column}")
+            raise fail(n, f"{len(fields)} columns, but the {what} column is {column}; set task.{what}_column to "
+                       "one the file has (from 1; negative: from the end)")
         return fields[index]
 
-    for n, line in enumerate([*text.splitlines(), ""], 1):  # a final blank line ends the last sentence
+    width = None  # (fields, line) of the first token line of a column file: every other one must match it
+    for n, line in enumerate([*text_lines(text), ""], 1):  # a final blank line ends the last sentence
         if not line.strip():
             if words:
                 sentences.append((words, tags))
@@ -82,18 +84,22 @@ def read_conll(
             if re.fullmatch(r"\d+[-.]\d+", fields[0]):  # a multiword token or an empty node
                 continue
             if not fields[0].isdigit():
-                raise fail(n, f"the ID field is {fields[0]!r}, not a number")
+                raise fail(n, f"the ID field is {shown(fields[0])}, not a number")
         else:
-            fields = line.split()
+            fields = split_fields(line)
             if fields[0] == "-DOCSTART-":
                 continue
+            width = width or (len(fields), n)
+            if len(fields) != width[0]:
+                raise fail(n, f"{len(fields)} columns, line {width[1]} has {width[0]}; every token line needs the "
+                           "same columns (a word cannot hold a space)")
         word, tag = field(fields, n, columns[0], "word"), field(fields, n, columns[1], "tag")
         if tag in ("", "_"):
-            raise fail(n, f"no tag (the tag column {columns[1]} holds {tag!r})")
+            raise fail(n, f"no tag (the tag column {columns[1]} holds {shown(tag)})")
         words.append(word)
         tags.append(tag)
     if not sentences:
-        raise ConfigError(key, f"{path} holds no sentences")
+        raise ConfigError(key, f"{path} holds no sentences, only blank, comment or -DOCSTART- lines")
     return sentences
 
 

@@ -38,7 +38,7 @@ from lstm_train.config import ConfigError
 
 from .base import Batch, derive_seed
 from .seq2seq import Seq2SeqTask, Vocab, make_batch
-from .text import read_text
+from .text import read_text, shown, split_fields, text_lines
 
 ENTRY = re.compile(r"^(?P<word>\S+?)(?:\((?P<variant>\d+)\))?$")
 WORD = re.compile(r"^[a-z']+$")
@@ -58,20 +58,20 @@ def read_cmudict(path: str | Path, stress: bool = False) -> dict[str, list[tuple
     """word -> its pronunciations (primary first), from a cmudict-format file; see the module docstring."""
     words: dict[str, list[tuple[str, ...]]] = {}
     known: dict[str, str] = {}  # phoneme as written -> as kept (stress digit stripped or not)
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(text_lines(read_text(path)), 1):
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith(";;;"):  # ;;; : the comment marker of older cmudict releases
             continue
-        head, *phones = line.split()
+        head, *phones = split_fields(line)
         match = ENTRY.match(head)
         if not phones or match is None:
-            raise ConfigError("task.path", f"{path} line {n}: expected 'word PH1 PH2 ...', got {line[:60]!r}")
+            raise ConfigError("task.path", f"{path}:{n}: expected 'word PH1 PH2 ...', got {shown(line)}")
         if not known.keys() >= set(phones):  # a few dozen distinct phonemes: check each once, not 800 k times
             bad = next((p for p in phones if not PHONEME.match(p)), None)
             if bad is not None:
                 raise ConfigError(
                     "task.path",
-                    f"{path} line {n}: {bad!r} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
+                    f"{path}:{n}: {shown(bad)} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
                 )
             known.update({p: p if stress else p.rstrip("012") for p in phones})
         word = match["word"].lower()
@@ -82,7 +82,8 @@ def read_cmudict(path: str | Path, stress: bool = False) -> dict[str, list[tuple
         if pron not in options:
             options.append(pron)
     if not words:
-        raise ConfigError("task.path", f"{path} has no entries of letters and apostrophes")
+        raise ConfigError("task.path", f"{path} has no entries of letters and apostrophes (cmudict format: one "
+                          "'word PH1 PH2 ...' per line)")
     return words
 
 
@@ -103,7 +104,8 @@ class G2P(Seq2SeqTask):
         if state is not None:  # from a checkpoint: vocabularies only
             self.set_vocabs(Vocab(state["source_vocab"]), Vocab(state["target_vocab"]))
             return
-        words = read_cmudict(cfg.path if cfg.path is not None else cmudict_path(), cfg.stress)
+        path = Path(cfg.path).expanduser() if cfg.path is not None else cmudict_path()
+        words = read_cmudict(path, cfg.stress)
         if cfg.seq_len is not None:
             words = {w: p for w, p in words.items() if len(w) <= cfg.seq_len}
         parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -114,7 +116,9 @@ class G2P(Seq2SeqTask):
                 rng = random.Random(derive_seed("g2p", split, cfg.data_seed))
                 parts[split] = sorted(rng.sample(parts[split], min(size, len(parts[split]))))
             if not parts[split]:
-                raise ConfigError("task.path", f"the {split} split is empty ({len(words)} words in all)")
+                fix = f"a larger task.{split}_fraction" if split != "train" else "smaller val/test fractions"
+                raise ConfigError("task.path", f"{path}: no word falls in the {split} split ({len(words)} in all); "
+                                  f"give more words, or {fix}")
         letters = sorted({c for w in parts["train"] for c in w})
         phonemes = sorted({p for w in parts["train"] for pron in words[w] for p in pron})
         self.set_vocabs(Vocab(letters), Vocab(phonemes))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
-import io
 import json
 import math
 import re
@@ -35,7 +34,7 @@ from lstm_train.config import ConfigError
 
 from .base import Batch, Inputs, Metrics, Split, derive_seed
 from .classification import ClassificationMetrics, ClassificationTask
-from .text import KJV_BOOKS, kjv_chapters, read_text
+from .text import KJV_BOOKS, kjv_chapters, read_text, shown, shown_all, text_lines
 
 # Book groups in canonical order: (group, number of books).
 KJV_GROUPS = (("law", 5), ("history", 12), ("poetry", 5), ("prophets", 17), ("gospels", 4), ("history", 1),
@@ -43,33 +42,112 @@ KJV_GROUPS = (("law", 5), ("history", 12), ("poetry", 5), ("prophets", 17), ("go
 WORD = re.compile(r"\w+|[^\w\s]")
 
 
+Record = tuple[int, dict[str, Any]]  # (line number, fields by column name)
+
+
 def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
-    """(text, label) pairs of the configured file; one-line :class:`ConfigError` for any problem with it."""
+    """(text, label) pairs of the configured file; a one-line :class:`ConfigError` for any problem with it."""
     path = Path(cfg.path).expanduser()
     compressed = path.suffix.lower() == ".bz2"
     kind = Path(path.stem if compressed else path.name).suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "jsonl"):
         raise ConfigError("task.path", f"{path}: the name must end in .csv, .tsv or .jsonl (optionally + .bz2)")
-    text = read_text(path)
-    if kind == "jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ConfigError("task.path", f"{path} line {n} is not JSON: {e.msg}") from None
-                if not isinstance(records[-1], dict):
-                    raise ConfigError("task.path", f"{path} line {n} is not a JSON object")
-    else:
-        records = list(csv.DictReader(io.StringIO(text), delimiter="," if kind == "csv" else "\t"))
-    for key in ("text_column", "label_column"):
-        column = cfg[key]
-        missing = next((n for n, r in enumerate(records, 1) if r.get(column) is None), None)
-        if missing is not None:
-            known = ", ".join(str(k) for k in records[missing - 1] if k is not None)
-            raise ConfigError(f"task.{key}", f"{path} record {missing} has no {column!r}; it has: {known}")
-    return [(str(r[cfg.text_column]), str(r[cfg.label_column])) for r in records]
+    lines = text_lines(read_text(path))
+    columns = {"text_column": cfg.text_column, "label_column": cfg.label_column}
+    records = read_jsonl(path, lines) if kind == "jsonl" else read_table(path, lines, kind, columns)
+    if not records:
+        raise ConfigError("task.path", f"{path} holds a header and no rows")
+    text, label = columns["text_column"], columns["label_column"]  # plain strings: cfg access is slow per row
+    return [(value(path, n, r, "text_column", text), value(path, n, r, "label_column", label)) for n, r in records]
+
+
+def read_jsonl(path: Path, lines: list[str]) -> list[Record]:
+    """One JSON object per line; blank lines skipped."""
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:  # JSONDecodeError, or an integer too long to convert
+            raise ConfigError("task.path", f"{path}:{n}: not JSON ({getattr(e, 'msg', e)}); "
+                              "write one JSON object per line") from None
+        except RecursionError:
+            raise ConfigError("task.path", f"{path}:{n}: JSON nested too deeply to read; flatten it") from None
+        if not isinstance(record, dict):
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(record), "number")
+            raise ConfigError("task.path", f"{path}:{n}: a JSON {kind}, not an object; "
+                              'write one object per line: {"text": ..., "label": ...}')
+        records.append((n, record))
+    if not records:
+        raise ConfigError("task.path", f"{path} holds only blank lines; a .jsonl needs one JSON object per line")
+    return records
+
+
+def read_table(path: Path, lines: list[str], kind: str, columns: dict[str, str]) -> list[Record]:
+    """A header row, then rows of as many fields: CSV with its quoting (strict: a quote that does not close a
+    field is an error, not text), TSV split at tabs with no quoting at all. Blank lines skipped."""
+    rows = iter_csv(path, lines) if kind == "csv" else ((n, line.split("\t")) for n, line in enumerate(lines, 1))
+    rows = ((n, fields) for n, fields in rows if fields and any(f.strip() for f in fields))
+    header_line, header = next(rows, (0, []))
+    if not header:
+        raise ConfigError("task.path", f"{path} holds only blank lines; a .{kind} needs a header row, then rows")
+    for key, column in columns.items():
+        if header.count(column) != 1:
+            problem = f"names {column!r} twice" if column in header else f"has no column {column!r}"
+            names = shown_all(header)
+            separator = "comma" if kind == "csv" else "tab"
+            hint = f" (one column: is the file {separator}-separated?)" if len(header) == 1 else ""
+            raise ConfigError(f"task.{key}", f"{path}:{header_line}: the header {problem}; it has {names}{hint}")
+    separated = "field{}" if kind == "csv" else "tab-separated field{}"
+    fix = 'quote a field that holds a comma: "a, b"' if kind == "csv" else "a .tsv field cannot hold a tab (no quoting)"
+    records = []
+    for n, fields in rows:
+        if len(fields) != len(header):
+            count = f"{len(fields)} {separated.format('' if len(fields) == 1 else 's')}"
+            raise ConfigError("task.path", f"{path}:{n}: {count}, the header has {len(header)}; "
+                              + (fix if len(fields) > len(header) else "give every row all the header's columns"))
+        records.append((n, dict(zip(header, fields, strict=True))))
+    return records
+
+
+def iter_csv(path: Path, lines: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of each CSV record; csv's errors become one-line ConfigErrors."""
+    reader = csv.reader((line + "\n" for line in lines), strict=True)  # "\n": kept in a multi-line field
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            problem, fix = str(e), 'a field that holds a " must be quoted whole, with that " doubled: "say ""hi"""'
+            if "end of data" in problem:
+                problem = f"a field opened with a quote (\") is never closed ({problem})"
+            elif "expected after" in problem:
+                problem = f"text after a field's closing quote ({problem})"
+            elif "field limit" in problem:
+                limit = csv.field_size_limit()
+                problem = f"a field longer than {limit} characters, csv's limit (a quote never closed?)"
+                fix = "close the quote, or cut the text (.jsonl has no such limit)"
+            raise ConfigError("task.path", f"{path}:{start}: {problem}; {fix}") from None
+        yield start, fields
+
+
+def value(path: Path, line: int, record: dict[str, Any], key: str, column: str) -> str:
+    """A record's text or label as a string; a missing, null, nested or (for the label) empty one is an error."""
+    if column not in record:
+        names = shown_all(list(record))
+        raise ConfigError(f"task.{key}", f"{path}:{line}: no {column!r} in this record; it has {names}")
+    v = record[column]
+    if v is None or isinstance(v, (list, dict)):
+        what = "null" if v is None else f"a JSON {'array' if isinstance(v, list) else 'object'}"
+        raise ConfigError(f"task.{key}", f"{path}:{line}: {column!r} is {what}; give a string or a number")
+    v = str(v)
+    if key == "label_column" and not v.strip():
+        raise ConfigError("task.label_column", f"{path}:{line}: the label {column!r} is empty; label the row or "
+                          "remove it")
+    return v
 
 
 def rotten_tomatoes_path() -> Path:
@@ -178,8 +256,10 @@ class TextCls(ClassificationTask):
             rows = rotten_tomatoes_rows(cfg) if cfg.dataset == "rotten_tomatoes" else kjv_rows()
         rows = [(toks, label) for text, label in rows if (toks := self.tokenize(text))]
         self.labels = sorted({label for _, label in rows})
+        source = f"{Path(cfg.path).expanduser()}: " if cfg.path is not None else ""
         if len(self.labels) < 2:
-            raise ConfigError("task.label_column", f"needs >= 2 different labels; found {len(self.labels)}")
+            found = f"found only {shown(self.labels[0])}" if self.labels else "found no text with a token"
+            raise ConfigError("task.label_column", f"{source}needs >= 2 different labels; {found}")
         generator = torch.Generator().manual_seed(derive_seed(self.name, cfg.data_seed))
         order = torch.randperm(len(rows), generator=generator)
         n_val, n_test = round(len(rows) * cfg.val_fraction), round(len(rows) * cfg.test_fraction)
@@ -194,7 +274,9 @@ class TextCls(ClassificationTask):
         for split, ids in parts.items():
             ids = ids[: sizes[split]].tolist() if sizes[split] else ids.tolist()
             if not ids:
-                raise ConfigError("task.path", f"the {split} split is empty ({len(rows)} texts in all)")
+                fix = f"a larger task.{split}_fraction" if split != "train" else "smaller val/test fractions"
+                raise ConfigError("task.path", f"{source}no text falls in the {split} split ({len(rows)} in all); "
+                                  f"give more rows, or {fix}")
             xs = [torch.tensor([index.get(t, 1) for t in rows[i][0]]) for i in ids]
             self.data[split] = (xs, torch.tensor([label_id[rows[i][1]] for i in ids]))
 
