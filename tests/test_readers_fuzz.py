@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lstm_train.config import PROJECT_ROOT, ConfigError
+from lstm_train.config import CONF_DIR, ConfigError
 from lstm_train.tasks import build_task
 
 # A few valid lines per format: the mutations start from these.
@@ -84,7 +84,7 @@ def configs(tmp_path_factory):
     """One composed config per reader (composing is the slow part), its data path in a fresh directory."""
     root = tmp_path_factory.mktemp("fuzz")
     made = {}
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for name, (file, _, overrides) in READERS.items():
             path = root / name / file
             path.parent.mkdir()
