@@ -9,7 +9,10 @@ metrics, a task's carried state), so that a run stopped at any step resumes to t
 
 from __future__ import annotations
 
+import io
 import os
+import pickletools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +33,34 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint's dict; a one-line ValueError for any file that is not an lstm-train checkpoint."""
     try:  # read onto the CPU, so that every failure here is the file's; moved to the device below
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": our one line says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         # torch.load fails on foreign files with anything from KeyError('101') on a text file to a
         # 20-line "Weights only load failed" on a pickle of arbitrary objects: none of it helps the user.
-        why = "truncated or not a torch file" if "Weights only" not in str(e) else "it holds arbitrary Python objects"
+        refused = "Weights only load failed" in str(e) and _is_pickle(path)
+        why = "it holds arbitrary Python objects" if refused else "truncated or not a torch file"
         raise ValueError(f"{path} is not an lstm-train checkpoint ({why})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an lstm-train checkpoint (format {FORMAT})")
     device = torch.device(map_location)
     # RNG states stay on the CPU: torch.set_rng_state and cuda.set_rng_state_all take CPU byte tensors.
     return {k: v if k == "rng" else _to_device(v, device) for k, v in state.items()}
+
+
+def _is_pickle(path: str | Path) -> bool:
+    """A whole torch file (a zip) or a whole pickle stream: what torch's safe loader refuses for what it holds,
+    not for how it is cut. Reading the opcodes runs nothing."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return True
+        f.seek(0)
+        try:
+            pickletools.dis(f, out=io.StringIO())
+        except Exception:
+            return False
+    return True
 
 
 def _to_device(tree: Any, device: torch.device) -> Any:

@@ -76,6 +76,13 @@ def _monitor(v: str) -> str | None:
     return None if v.startswith("val/") else f"must name a validation metric such as val/acc; got {v!r}"
 
 
+def _learning_rate(v: Any) -> str | None:
+    # An lr past float32's range overflows inside the optimizer's update with a traceback, not a message.
+    if not 0 < v <= 3.4e38:
+        return f"must be > 0 and at most 3.4e38 (float32's range), got {v}"
+    return None
+
+
 def _finite(v: Any) -> str | None:
     return None if math.isfinite(v) else f"must be finite, got {v}"
 
@@ -247,7 +254,7 @@ class BrownPosConfig(TaggedTextConfig):
 class OptimConfig:
     _target_: str = value()
     _partial_: bool = value()
-    lr: float = value(_positive)
+    lr: float = value(_learning_rate)
     weight_decay: float = value(_non_negative)
 
 

@@ -8,10 +8,12 @@ instead of a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except (ConfigError, FloatingPointError) as e:
         # SystemExit passes through Hydra's job runner, which would add a line of its own to an Exception.
         fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
+    except OSError as e:  # a full disk or a run dir gone read-only: the checkpoints saved so far are intact
+        fail(f"lstm-train: error: {describe_os_error(e)}", 1)
     except Interrupted as e:
         if e.checkpoint is None:
             log_to_file(str(e))
@@ -214,6 +218,10 @@ def run_worker(cfg: DictConfig, out_dir: str, world: World, resume: str | None) 
         if world.main:
             fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except OSError as e:
+        if world.main:
+            fail(f"lstm-train: error: {describe_os_error(e)}", 1)
+        sys.exit(1)
     except Interrupted as e:
         if world.main:
             message = f"lstm-train: {e}" + (f"; resume with: {resume}" if e.checkpoint and resume else "")
@@ -247,7 +255,25 @@ def main() -> None:
     yourself, you get Hydra's full traceback as usual.
     """
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    with _hydra_full_error():
+        _main(wants_traceback)
+
+
+@contextlib.contextmanager
+def _hydra_full_error() -> Iterator[None]:
+    """HYDRA_FULL_ERROR=1 while Hydra runs, so that its errors reach us as exceptions; put back afterwards."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def _main(wants_traceback: bool) -> None:
     raise_on_signals()
     world = World.from_env()
     if world.size > 1:  # torchrun / srun: only rank 0 runs Hydra; the others follow it
@@ -265,13 +291,23 @@ def main() -> None:
         sys.exit(e.exit_code)
     except Exception as e:
         message = None if wants_traceback else describe_override_error(e, sys.argv[1:]) or describe_config_error(e)
+        status = 2
+        if message is None and not wants_traceback and isinstance(e, OSError):  # Hydra could not make the run dir
+            message, status = describe_os_error(e), 1
         if message is None:
             raise
         print(f"lstm-train: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(status)
     finally:  # rank 0 of a world started from outside, stopped before it announced what to train
         distributed.announce(None)
         distributed.finish()
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a file the run could not write (or make), saying what to check."""
+    where = f"{error.filename}: " if error.filename else ""
+    return (f"{where}{error.strerror or error}; the run dir must be writable with free space: free some, or "
+            "choose another with hydra.run.dir=DIR (checkpoints already saved are intact)")
 
 
 def describe_override_error(error: BaseException, args: list[str]) -> str | None:

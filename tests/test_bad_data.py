@@ -153,7 +153,7 @@ CASES = [
     Case("brown: no corpus", "brown", {"corpus": DIR}, "task.path",
          "no Brown corpus files (ca01 .. cr09) in", extra={"files": 0}),
     Case("brown: a file, not the corpus dir", "brown", {"corpus": b"x"}, "task.path",
-         "; fetch them with: python scripts/fetch_brown.py --dest", extra={"files": 0}),
+         "; fetch them with: .venv/bin/python scripts/fetch_brown.py --dest", extra={"files": 0}),
     Case("brown: too few files", "brown", {"corpus": DIR}, "task.path",
          "holds 3 Brown corpus files; the split needs 10 or more", extra={"files": 3}),
     Case("brown: blank corpus files", "brown", {"corpus": DIR}, "task.path",

@@ -314,7 +314,7 @@ def test_brown_reader_splits_by_file_and_maps_tags(compose_cfg, tmp_path):
 
 def test_brown_errors(compose_cfg, tmp_path):
     cfg = compose_cfg("model=tagger", "task=brown_pos", f"task.path={tmp_path / 'none'}")
-    with pytest.raises(ConfigError, match=r"fetch them with: python scripts/fetch_brown.py --dest .*none$"):
+    with pytest.raises(ConfigError, match=r"fetch them with: .venv/bin/python scripts/fetch_brown.py --dest .*none$"):
         build_task(cfg.task)
     root = fake_brown(tmp_path / "b", ["a/at b/nn"] * 4 + ["a/at broken b/nn"] + ["a/at"] * 5)
     with pytest.raises(ConfigError, match=r"^task.path: .*ca05:3: token 'broken' is not word/tag$"):

