@@ -236,3 +236,32 @@ def test_the_readme_table_lists_every_case():
     for case, what, _, _, expected, _ in CASES:
         shown = re.sub(r"\{(d|cls|char)\}", "…", expected)
         assert f"| {what} |" in table and shown in table, case
+
+
+FULL_DISK = """
+import errno, sys, torch
+from lstm_train import train
+real, calls = torch.save, []
+def save(obj, f, *args, **kwargs):  # the disk fills up after the first checkpoint
+    calls.append(f)
+    if len(calls) > 2:  # after the first evaluation's last.pt and best.pt
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    return real(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = ["lstm-train", *sys.argv[1:]]
+train.main()
+"""
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoint_saved_before(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, "debug=fast", f"hydra.run.dir={tmp_path}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"lstm-train: error: {tmp_path}/checkpoints/last.pt.tmp: No space left on device; the run dir must be "
+        "writable with free space: free some, or choose another with hydra.run.dir=DIR (checkpoints already "
+        "saved are intact)"
+    ]
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["progress"]["step"] == 8
+    assert "No space left on device" in (tmp_path / "train.log").read_text()
