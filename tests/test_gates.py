@@ -116,6 +116,13 @@ def test_visualiser_gates_are_the_models_and_plots_are_pngs(compose_cfg, tmp_pat
     assert png_size(written[0]) == (round(100 * width), round(100 * height)) == (800, 860)
     assert png_size(written[2]) == (760, 390)  # two panels of 3.6 x 3.4 inches, plus margins
 
+    # Without --out, the plots go beside the run's checkpoints/, not into the working directory.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "ck.pt").rename(run / "checkpoints/best.pt")
+    visualize.main([str(run / "checkpoints/best.pt"), "--seed", "7"])
+    assert sorted(p.name for p in (run / "gates").iterdir()) == sorted(names)
+
 
 def test_char_model_text_colouring_ranking_and_errors(compose_cfg, tmp_path, capsys):
     text_file = tmp_path / "t.txt"
