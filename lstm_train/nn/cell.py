@@ -3,6 +3,8 @@
 Weights are stacked as torch.nn.LSTMCell stacks them: ``weight_ih`` is (4H, input_size) and
 ``weight_hh`` is (4H, H), their row blocks being the input (i), forget (f), cell-candidate (g) and
 output (o) gates, in that order. The same names, shapes and order make state dicts interchangeable.
+With a projection (torch.nn.LSTM's ``proj_size`` P), ``weight_hr`` (P, H) maps o * tanh(c) to h, so h
+has P features and ``weight_hh`` is (4H, P).
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ def lstm_cell(
     weight_hh: Tensor,
     bias_ih: Tensor | None = None,
     bias_hh: Tensor | None = None,
+    weight_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """One LSTM step. Returns ``(h_new, c_new, (i, f, g, o))``, the last being the gate activations."""
+    """One LSTM step. Returns ``(h_new, c_new, (i, f, g, o))``, the last being the gate activations.
+
+    Either bias may be None (the fast implementation's backward passes their sum as ``bias_ih``)."""
     pre = x @ weight_ih.t() + h @ weight_hh.t()
-    if bias_ih is not None:
-        pre = pre + bias_ih + bias_hh
+    for b in (bias_ih, bias_hh):
+        if b is not None:
+            pre = pre + b
     i, f, g, o = pre.chunk(4, dim=-1)
     i = torch.sigmoid(i)  # input gate: how much of the candidate to write
     f = torch.sigmoid(f)  # forget gate: how much of the old cell state to keep
@@ -33,6 +39,8 @@ def lstm_cell(
     o = torch.sigmoid(o)  # output gate: how much of the cell state to expose
     c_new = f * c + i * g  # the additive update: the gradient highway
     h_new = o * torch.tanh(c_new)
+    if weight_hr is not None:
+        h_new = h_new @ weight_hr.t()  # the projection: h has proj_size features
     return h_new, c_new, (i, f, g, o)
 
 
@@ -42,8 +50,10 @@ def init_lstm_weights_(
     bias_ih: Tensor | None,
     bias_hh: Tensor | None,
     forget_bias: float,
+    weight_hr: Tensor | None = None,
 ) -> None:
-    """Xavier-uniform weights per gate block; zero biases except the forget gate's.
+    """Xavier-uniform weights per gate block (and for the projection ``weight_hr``); zero biases except the
+    forget gate's.
 
     Each gate is its own map from the input (or hidden state) to H units, as in the seed's code with
     one Linear layer per gate, so Xavier's fan-out is H, not 4H. The whole forget bias goes into
@@ -51,11 +61,14 @@ def init_lstm_weights_(
     only thing the maths sees) is exactly ``forget_bias``. The seed's code sets both halves to 1.0,
     an effective 2.0, although its text says 1.0; we follow the text (Jozefowicz et al., 2015).
     """
-    hidden = weight_hh.shape[1]
+    hidden = weight_hh.shape[0] // 4
     with torch.no_grad():
         for w in (weight_ih, weight_hh):
             bound = math.sqrt(6.0 / (w.shape[1] + hidden))
             w.uniform_(-bound, bound)
+        if weight_hr is not None:  # (P, H): a plain linear map from H to P units
+            bound = math.sqrt(6.0 / (weight_hr.shape[0] + weight_hr.shape[1]))
+            weight_hr.uniform_(-bound, bound)
         if bias_ih is not None:
             bias_ih.zero_()
             bias_hh.zero_()
