@@ -49,8 +49,11 @@ def assert_same_bits(a, b) -> None:
 @pytest.mark.parametrize("mode", list(NO_GRAD))
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"num_layers": 2}, {"batch_first": True}, {"bidirectional": True, "num_layers": 2}],
-    ids=["1layer", "2layers", "batch_first", "bi2layers"],
+    [
+        {}, {"num_layers": 2}, {"batch_first": True}, {"bidirectional": True, "num_layers": 2},
+        {"bidirectional": True, "num_layers": 2, "proj_size": 2},
+    ],
+    ids=["1layer", "2layers", "batch_first", "bi2layers", "bi2layers_projected"],
 )
 @pytest.mark.parametrize("lengths", [None, [5, 1, 3]], ids=["full", "padded"])
 @pytest.mark.parametrize("steps", [1, 5])
@@ -59,7 +62,7 @@ def test_no_grad_path_gives_the_training_paths_bits(impl, mode, kwargs, lengths,
     B, D = 3, 2 if lstm.bidirectional else 1
     lengths = None if lengths is None else [min(n, steps) for n in lengths]
     x = torch.randn((B, steps, 3) if lstm.batch_first else (steps, B, 3), dtype=torch.double)
-    hx = tuple(torch.randn(lstm.num_layers * D, B, 4, dtype=torch.double) for _ in range(2))
+    hx = tuple(torch.randn(lstm.num_layers * D, B, n, dtype=torch.double) for n in (lstm.proj_size or 4, 4))
     for state in (None, hx):
         expected = run(lstm, x, state, lengths, return_gates=True)
         assert expected[0].requires_grad  # really the autograd path

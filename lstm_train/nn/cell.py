@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .checks import check_bool, check_int
+
 
 def lstm_cell(
     x: Tensor,
@@ -78,8 +80,9 @@ def init_lstm_weights_(
 class LSTMCell(nn.Module):
     """A drop-in for torch.nn.LSTMCell: same constructor, parameters and ``forward(x, state) -> (h, c)``.
 
-    Unbatched input (a 1-D ``x``) is accepted as torch does. ``forget_bias`` sets the effective
-    forget-gate bias at initialisation (see :func:`init_lstm_weights_`).
+    Unbatched input (a 1-D ``x``) is accepted as torch does, and wrong shapes raise what torch raises (a
+    state is never broadcast). ``forget_bias`` sets the effective forget-gate bias at initialisation (see
+    :func:`init_lstm_weights_`).
     """
 
     def __init__(
@@ -93,8 +96,9 @@ class LSTMCell(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if input_size <= 0 or hidden_size <= 0:
-            raise ValueError(f"input_size and hidden_size must be positive, got {input_size} and {hidden_size}")
+        check_int("input_size", input_size)
+        check_int("hidden_size", hidden_size)
+        check_bool("bias", bias)
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -114,7 +118,20 @@ class LSTMCell(nn.Module):
         init_lstm_weights_(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.forget_bias)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        # torch.nn.LSTMCell's checks and exception types: ValueError for a rank, RuntimeError for a size
+        if x.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {x.dim()}D instead")
+        for k, s in enumerate(state or ()):
+            if s.dim() not in (1, 2):
+                raise ValueError(f"LSTMCell: Expected hx[{k}] to be 1D or 2D, got {s.dim()}D instead")
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(f"LSTMCell: input has {x.shape[-1]} features, expected input_size={self.input_size}")
         unbatched = x.dim() == 1
+        expected = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
+        for k, s in enumerate(state or ()):
+            if tuple(s.shape) != expected:
+                raise RuntimeError(f"LSTMCell: hx[{k}] has shape {tuple(s.shape)}, expected {expected}"
+                                   f" ({'' if unbatched else 'batch, '}hidden_size)")
         if unbatched:
             x = x.unsqueeze(0)
             state = None if state is None else (state[0].unsqueeze(0), state[1].unsqueeze(0))

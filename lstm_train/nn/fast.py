@@ -288,13 +288,14 @@ def _differentiable_backward(ctx, d_hs: Tensor | None, d_hn: Tensor | None, d_cn
 
 def fast_layer_applies() -> bool:
     """Whether the hand-written path can serve the current call. Not under torch.func transforms (grad, vmap,
-    jacrev, jvp...), forward-mode AD or torch.compile/torch.export tracing: its autograd.Function has no
-    forward derivative or batching rule, and its in-place loop is not what a traced graph should hold. There
-    the LSTM runs the reference's plain autograd maths, which all of them support."""
+    jacrev, jvp...), forward-mode AD or tracing (torch.compile, torch.export, torch.jit.trace): its
+    autograd.Function has no forward derivative or batching rule, and its in-place loop is not what a traced
+    graph should hold. There the LSTM runs the reference's plain autograd maths, which all of them support."""
     return not (
         torch._C._are_functorch_transforms_active()
         or forward_ad._current_level >= 0  # inside a forward_ad.dual_level()
         or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
     )
 
 
