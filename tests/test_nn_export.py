@@ -1,6 +1,6 @@
-"""Inference export: torch.export of the LSTM and of a trained classifier for a fixed sequence length, ONNX via
-torch.onnx.export run by onnxruntime; every exported program is checked against eager. (torch.jit.script is
-not supported: TorchScript is in maintenance upstream.)"""
+"""Inference export: torch.export of the LSTM and of a trained classifier for a fixed sequence length,
+torch.jit.trace, and ONNX via torch.onnx.export run by onnxruntime; every exported program is checked against
+eager. (torch.jit.script is not supported: TorchScript is in maintenance upstream.)"""
 
 from __future__ import annotations
 
@@ -20,16 +20,27 @@ def flat(result) -> list[torch.Tensor]:
     return [t.detach() for t in (out, h, c)]
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_torch_export_of_the_lstm_for_a_fixed_length(impl):
+def test_torch_export_of_the_lstm_for_a_fixed_length():
+    """Both impls export the same graph: tracing runs the reference maths (see fast.fast_layer_applies)."""
     torch.manual_seed(0)
-    lstm = LSTM(3, 6, 2, batch_first=True, bidirectional=True, proj_size=2, impl=impl).eval()
-    x, other = torch.randn(2, 2, 4, 3)
-    hx = tuple(torch.randn(4, 2, n) for n in (2, 6))
+    lstm = LSTM(3, 6, 1, batch_first=True, bidirectional=True, proj_size=2).eval()
+    x, other = torch.randn(2, 2, 3, 3)
+    hx = tuple(torch.randn(2, 2, n) for n in (2, 6))
     program = torch.export.export(lstm, (x, hx))
     for inp in (x, other):  # new values of the traced shapes
         for a, b in zip(flat(program.module()(inp, hx)), flat(lstm(inp, hx)), strict=True):
             torch.testing.assert_close(a, b, **TOL)
+
+
+def test_jit_trace():
+    """torch.jit.trace records the reference maths (plain ops) and replays them on new values."""
+    torch.manual_seed(1)
+    lstm = LSTM(3, 4, 1, bidirectional=True).eval()
+    x = torch.randn(3, 2, 3)
+    traced = torch.jit.trace(lstm, (x,), check_trace=False)  # checked below, on other values
+    other = torch.randn_like(x)
+    for a, b in zip(flat(traced(other)), flat(lstm(other)), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ What makes it fast (measured in scripts/bench_lstm.py; see also shared notes on 
 - The loop runs inside an autograd.Function with a hand-written backward (BPTT), so autograd records
   one node per layer instead of a dozen per step, and the weight gradient is one GEMM over all steps.
 - The weights are used as the module holds them, in torch's gate order (i, f, g, o): nothing is copied or
-  cached, so a result can never be stale. One sigmoid call covers all four gates (tanh g is computed as
-  2 sigmoid(2g) - 1), and i, f, g, whose gradients are all "dc times something", are contiguous (one
+  cached, so a result can never be stale. One sigmoid call covers all four gates (g's tanh through a
+  sigmoid, below), and i, f, g, whose gradients are all "dc times something", are contiguous (one
   broadcast multiply in the backward).
 - Per step, every op writes into preallocated buffers (``out=`` and in-place), no per-step allocation.
 - tanh is computed as 2 sigmoid(2x) - 1 (see the loop); in the backward, every factor that does not
@@ -37,7 +37,7 @@ from torch.autograd import forward_ad
 
 from .reference import LayerWeights, reference_layer
 
-# Called by the backward with dL/dh_t of every step, (T, B, H) in the loop's time and batch order.
+# Called by the backward with dL/dh_t of every step, (T, B, P) in the loop's time and batch order (P: h's size).
 DhCallback = Callable[[Tensor], None]
 
 # Activation derivatives times a partner, in one pass: grad * s * (1 - s) and grad * (1 - t^2).
