@@ -1,4 +1,4 @@
-"""Property-based parity: random shapes, layers, directions and lengths, fast LSTM against torch.nn.LSTM."""
+"""Property-based parity: random shapes, layers, directions, projections and lengths, against torch.nn.LSTM."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ def cases(draw):
     B = draw(st.integers(1, 5))
     padded = draw(st.booleans())
     lengths = draw(st.lists(st.integers(1, T), min_size=B, max_size=B)) if padded else None
+    hidden = draw(st.integers(1, 6))
     return {
         "T": T,
         "B": B,
         "input_size": draw(st.integers(1, 6)),
-        "hidden": draw(st.integers(1, 6)),
+        "hidden": hidden,
+        "proj_size": draw(st.integers(0, hidden - 1)),
         "num_layers": draw(st.integers(1, 3)),
         "bidirectional": draw(st.booleans()),
         "batch_first": draw(st.booleans()),
@@ -34,7 +36,7 @@ def cases(draw):
 @given(cases())
 def test_random_shapes_match_torch(case):
     torch.manual_seed(case["seed"])
-    kwargs = {k: case[k] for k in ("num_layers", "bidirectional", "batch_first")}
+    kwargs = {k: case[k] for k in ("num_layers", "bidirectional", "batch_first", "proj_size")}
     theirs = torch.nn.LSTM(case["input_size"], case["hidden"], **kwargs).double()
     ours = LSTM(case["input_size"], case["hidden"], impl=case["impl"], **kwargs).double()
     ours.load_state_dict(theirs.state_dict())

@@ -35,13 +35,10 @@ class TorchLSTM(nn.LSTM):
     def reset_parameters(self) -> None:
         if not hasattr(self, "forget_bias"):  # nn.LSTM's constructor runs before ours has set it
             return
-        directions = 2 if self.bidirectional else 1
-        for layer in range(self.num_layers):
-            for direction in range(directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                params = [getattr(self, n + suffix) if self.bias or n.startswith("w") else None for n in names]
-                init_lstm_weights_(*params, self.forget_bias)
+        for names in self._all_weights:  # per layer and direction, e.g. weight_ih_l0, ..., weight_hr_l0
+            by_kind = {name.rsplit("_l", 1)[0]: getattr(self, name) for name in names}
+            kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            init_lstm_weights_(*(by_kind.get(k) for k in kinds), self.forget_bias, by_kind.get("weight_hr"))
 
     def forward(
         self,
