@@ -87,6 +87,12 @@ def _finite(v: Any) -> str | None:
     return None if math.isfinite(v) else f"must be finite, got {v}"
 
 
+def _forget_bias(v: Any) -> str | None:
+    if v == "chrono" or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+        return None
+    return f"must be a number (the forget gate's bias at init) or chrono; got {v!r}"
+
+
 def value(check: Check | None = None) -> Any:
     """A schema field: mandatory (its value comes from YAML), checked by ``check`` when not null."""
     return field(default=MISSING, metadata={"check": check})
@@ -103,7 +109,8 @@ class ModelConfig:
     num_layers: int = value(_positive)
     dropout: float = value(_probability)  # between LSTM layers, as torch.nn.LSTM
     bidirectional: bool = value()
-    forget_bias: float = value(_finite)
+    forget_bias: Any = value(_forget_bias)  # a number, or chrono (Tallec & Ollivier 2018: needs chrono_max_len)
+    chrono_max_len: int | None = value(lambda v: None if v >= 2 else f"must be >= 2, got {v}")  # chrono's T_max
     embedding_dim: int = value(_positive)  # used when the task's inputs are tokens
     cell: str = value(_one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
 
@@ -392,6 +399,13 @@ def validate(cfg: DictConfig) -> None:
         cfg.optim.momentum <= 0 or cfg.optim.dampening != 0
     ):
         raise ConfigError("optim.nesterov", "Nesterov momentum needs optim.momentum > 0 and optim.dampening = 0")
+    if cfg.model.forget_bias == "chrono":
+        if cfg.model.chrono_max_len is None:
+            raise ConfigError("model.chrono_max_len", "model.forget_bias=chrono needs the longest dependency to "
+                              "learn, e.g. model.chrono_max_len=${task.seq_len}")
+        if cfg.model.cell != "lstm":
+            raise ConfigError("model.forget_bias", f"chrono initialises an LSTM's gates; model.cell={cfg.model.cell} "
+                              "keeps torch's own init: set a number (it is not used) or model.cell=lstm")
     if cfg.model.name == "char" and cfg.model.tie_weights and cfg.model.hidden_size != cfg.model.embedding_dim:
         raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim "
                           f"({cfg.model.hidden_size} != {cfg.model.embedding_dim})")

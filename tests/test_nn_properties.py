@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,3 +46,22 @@ def test_random_shapes_match_torch(case):
     shape = (case["B"], case["T"]) if case["batch_first"] else (case["T"], case["B"])
     x = torch.randn(*shape, case["input_size"], dtype=torch.double, requires_grad=True)
     assert_parity(theirs, ours, x, None, case["lengths"])
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference", "torch"])
+def test_chrono_init_spreads_forget_biases_and_mirrors_them_in_the_input_gate(impl):
+    from lstm_train.nn import Chrono, build_lstm
+
+    torch.manual_seed(0)
+    lstm = build_lstm(impl, 3, 500, num_layers=2, forget_bias=Chrono(200))
+    H = 500
+    for layer in range(2):
+        b = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+        i, f, g, o = b.detach().split(H)
+        assert torch.equal(i, -f) and not g.any() and not o.any()
+        assert 0.0 <= float(f.min()) and float(f.max()) <= math.log(199) + 1e-6
+        # log of U(1, 199): its mean is E[log u] = (199 log 199 - 199 - (1 log 1 - 1)) / 198
+        expected = (199 * math.log(199) - 199 + 1) / 198
+        assert float(f.mean()) == pytest.approx(expected, abs=0.15)
+    with pytest.raises(ValueError, match="max_len must be an integer >= 2"):
+        Chrono(1)

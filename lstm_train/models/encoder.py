@@ -11,8 +11,15 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.nn import build_recurrent
+from lstm_train.nn import Chrono, build_recurrent
 from lstm_train.tasks import Inputs
+
+
+def forget_bias(cfg: DictConfig) -> float | Chrono:
+    """The LSTM's ``forget_bias`` from model.forget_bias: a number, or chrono up to model.chrono_max_len."""
+    if cfg.forget_bias == "chrono":
+        return Chrono(cfg.chrono_max_len)
+    return float(cfg.forget_bias)
 
 
 class Encoder(nn.Module):
@@ -38,7 +45,7 @@ class Encoder(nn.Module):
             batch_first=True,
             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,  # between layers only: none to apply
             bidirectional=cfg.bidirectional,
-            forget_bias=cfg.forget_bias,
+            forget_bias=forget_bias(cfg),
         )
         self.output_size = cfg.hidden_size * (2 if cfg.bidirectional else 1)
         self.state_size = self.output_size * cfg.num_layers  # all layers' final h, concatenated

@@ -35,7 +35,7 @@ from lstm_train.nn import build_lstm
 from lstm_train.tasks import Task
 from lstm_train.tasks.seq2seq import BOS, EOS, PAD
 
-from .encoder import Encoder
+from .encoder import Encoder, forget_bias
 
 State = tuple[Tensor, Tensor]
 
@@ -88,7 +88,7 @@ class Seq2Seq(nn.Module):
             num_layers=L,
             batch_first=True,
             dropout=cfg.dropout if L > 1 else 0.0,
-            forget_bias=cfg.forget_bias,
+            forget_bias=forget_bias(cfg),
         )
         self.attention = Attention(H, D * H) if cfg.attention else None
         self.head = nn.Linear(H, task.num_outputs)

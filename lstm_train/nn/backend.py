@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .cell import init_lstm_weights_
+from .cell import Chrono, init_lstm_weights_
 from .lstm import LSTM
 
 BACKENDS = ("fast", "reference", "torch")
@@ -28,7 +28,7 @@ CELLS = ("lstm", "gru", "rnn")
 class TorchLSTM(nn.LSTM):
     """torch.nn.LSTM with our initialisation and our ``forward(..., lengths=...)`` signature."""
 
-    def __init__(self, *args, forget_bias: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, forget_bias: float | Chrono = 1.0, **kwargs) -> None:
         self.forget_bias = forget_bias  # read by reset_parameters, which nn.LSTM's constructor calls
         super().__init__(*args, **kwargs)
 
@@ -98,7 +98,7 @@ def build_lstm(backend: str, *args, **kwargs) -> nn.Module:
     raise ValueError(f"unknown LSTM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def build_recurrent(cell: str, backend: str, *args, forget_bias: float = 1.0, **kwargs) -> nn.Module:
+def build_recurrent(cell: str, backend: str, *args, forget_bias: float | Chrono = 1.0, **kwargs) -> nn.Module:
     """An LSTM of ``backend`` (``cell="lstm"``), or torch's GRU or tanh RNN baseline (the backend is unused)."""
     if cell == "lstm":
         return build_lstm(backend, *args, forget_bias=forget_bias, **kwargs)

@@ -10,6 +10,7 @@ has P features and ``weight_hh`` is (4H, P).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -46,16 +47,32 @@ def lstm_cell(
     return h_new, c_new, (i, f, g, o)
 
 
+@dataclass(frozen=True)
+class Chrono:
+    """Chrono initialisation of the gate biases (Tallec and Ollivier, ICLR 2018), a ``forget_bias`` value:
+    each unit's forget bias is log(u), u ~ U(1, max_len - 1), and its input bias the negative of that.
+
+    A unit with forget bias b keeps its cell state for about 1 + e^b steps, so the units' memory spans are
+    spread from 1 step to ``max_len`` (the longest dependency to learn) instead of all being about 1 + e^1.
+    """
+
+    max_len: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 2:
+            raise ValueError(f"Chrono.max_len must be an integer >= 2, got {self.max_len!r}")
+
+
 def init_lstm_weights_(
     weight_ih: Tensor,
     weight_hh: Tensor,
     bias_ih: Tensor | None,
     bias_hh: Tensor | None,
-    forget_bias: float,
+    forget_bias: float | Chrono,
     weight_hr: Tensor | None = None,
 ) -> None:
     """Xavier-uniform weights per gate block (and for the projection ``weight_hr``); zero biases except the
-    forget gate's.
+    forget gate's (and, with :class:`Chrono`, the input gate's).
 
     Each gate is its own map from the input (or hidden state) to H units, as in the seed's code with
     one Linear layer per gate, so Xavier's fan-out is H, not 4H. The whole forget bias goes into
@@ -74,7 +91,12 @@ def init_lstm_weights_(
         if bias_ih is not None:
             bias_ih.zero_()
             bias_hh.zero_()
-            bias_ih[hidden : 2 * hidden].fill_(forget_bias)
+            if isinstance(forget_bias, Chrono):
+                chrono = torch.log(bias_ih.new_empty(hidden).uniform_(1.0, max(forget_bias.max_len - 1, 1)))
+                bias_ih[hidden : 2 * hidden] = chrono
+                bias_ih[:hidden] = -chrono
+            else:
+                bias_ih[hidden : 2 * hidden].fill_(forget_bias)
 
 
 class LSTMCell(nn.Module):
@@ -91,7 +113,7 @@ class LSTMCell(nn.Module):
         hidden_size: int,
         bias: bool = True,
         *,
-        forget_bias: float = 1.0,
+        forget_bias: float | Chrono = 1.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .cell import init_lstm_weights_
+from .cell import Chrono, init_lstm_weights_
 from .checks import check_bool, check_dropout, check_int
 from .fast import fast_layer, fast_layer_applies
 from .record import Recording
@@ -35,7 +35,8 @@ class LSTM(nn.Module):
     ``.data``, ``torch.nn.utils.weight_norm`` and parametrizations are always seen.
 
     Beyond torch.nn.LSTM:
-    - ``forget_bias`` (default 1.0): the effective forget-gate bias at initialisation; weights are
+    - ``forget_bias`` (default 1.0): the effective forget-gate bias at initialisation, or :class:`Chrono`
+      (chrono initialisation of the forget and input biases, for dependencies up to a length); weights are
       Xavier-uniform (see :func:`lstm_train.nn.cell.init_lstm_weights_`).
     - ``impl``: ``"fast"`` (default; hand-written backward) or ``"reference"`` (the equations step by
       step under autograd). Both give the same numbers. Where the hand-written backward cannot serve
@@ -65,7 +66,7 @@ class LSTM(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        forget_bias: float = 1.0,
+        forget_bias: float | Chrono = 1.0,
         impl: Impl = "fast",
     ) -> None:
         super().__init__()
