@@ -59,7 +59,7 @@ def test_chrono_init_spreads_forget_biases_and_mirrors_them_in_the_input_gate(im
         b = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
         i, f, g, o = b.detach().split(H)
         assert torch.equal(i, -f) and not g.any() and not o.any()
-        assert 0.0 <= float(f.min()) and float(f.max()) <= math.log(199) + 1e-6
+        assert float(f.min()) >= 0.0 and float(f.max()) <= math.log(199) + 1e-6
         # log of U(1, 199): its mean is E[log u] = (199 log 199 - 199 - (1 log 1 - 1)) / 198
         expected = (199 * math.log(199) - 199 + 1) / 198
         assert float(f.mean()) == pytest.approx(expected, abs=0.15)
