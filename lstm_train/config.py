@@ -109,7 +109,8 @@ class ModelConfig:
     num_layers: int = value(_positive)
     dropout: float = value(_probability)  # between LSTM layers, as torch.nn.LSTM
     bidirectional: bool = value()
-    forget_bias: Any = value(_forget_bias)  # a number, or chrono (Tallec & Ollivier 2018: needs chrono_max_len)
+    # a number, or chrono (Tallec & Ollivier 2018: needs chrono_max_len); Any: OmegaConf 2.3 has no float | str
+    forget_bias: Any = value(_forget_bias)  # noqa: RUF009
     chrono_max_len: int | None = value(lambda v: None if v >= 2 else f"must be >= 2, got {v}")  # chrono's T_max
     embedding_dim: int = value(_positive)  # used when the task's inputs are tokens
     cell: str = value(_one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
