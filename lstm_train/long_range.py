@@ -1,8 +1,9 @@
 """The long-range sweep's results: test accuracy against first_last's sequence length, one line per cell.
 
-Reads a multirun dir of ``lstm-train -m experiment=long_range``: every job dir holding a metrics.json and
-the job's .hydra/config.yaml. Jobs with the same cell and length (several seeds) are averaged.
-``python scripts/plot_long_range.py SWEEP_DIR [--out PNG]`` prints the table and writes the plot.
+Reads multirun dirs of ``lstm-train -m experiment=long_range`` (and ``long_range_chrono``): every job dir
+holding a metrics.json and the job's .hydra/config.yaml. Jobs with the same model and length (several seeds)
+are averaged. ``python scripts/plot_long_range.py SWEEP_DIR... [--out PNG]`` prints the table and writes the
+plot.
 """
 
 from __future__ import annotations
@@ -26,12 +27,22 @@ class UsageError(Exception):
     pass
 
 
-def collect(sweep_dir: str | Path) -> dict[tuple[str, int], list[float]]:
-    """(cell, seq_len) -> the test accuracies of the sweep's finished first_last jobs."""
-    sweep_dir = Path(sweep_dir).expanduser()
-    if not sweep_dir.is_dir():
-        raise UsageError(f"no directory at {sweep_dir}")
+def collect(*sweep_dirs: str | Path) -> dict[tuple[str, int], list[float]]:
+    """(model label, seq_len) -> the test accuracies of the sweeps' finished first_last jobs. The label is the
+    cell, with " chrono" for an LSTM with chrono initialisation (experiment=long_range_chrono)."""
     results: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for sweep_dir in map(Path, sweep_dirs):
+        sweep_dir = sweep_dir.expanduser()
+        if not sweep_dir.is_dir():
+            raise UsageError(f"no directory at {sweep_dir}")
+        _collect_one(sweep_dir, results)
+    if not results:
+        dirs = ", ".join(map(str, sweep_dirs))
+        raise UsageError(f"{dirs} holds no finished first_last job (<job>/metrics.json and <job>/.hydra/)")
+    return dict(results)
+
+
+def _collect_one(sweep_dir: Path, results: dict[tuple[str, int], list[float]]) -> None:
     for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
         config_file = metrics_file.parent / ".hydra" / "config.yaml"
         if not config_file.is_file():
@@ -40,10 +51,8 @@ def collect(sweep_dir: str | Path) -> dict[tuple[str, int], list[float]]:
         if cfg.task.name != "first_last":
             continue
         metrics = json.loads(metrics_file.read_text())
-        results[(cfg.model.get("cell", "lstm"), int(cfg.task.seq_len))].append(float(metrics["test"]["acc"]))
-    if not results:
-        raise UsageError(f"{sweep_dir} holds no finished first_last job (<job>/metrics.json and <job>/.hydra/)")
-    return dict(results)
+        label = cfg.model.get("cell", "lstm") + (" chrono" if cfg.model.forget_bias == "chrono" else "")
+        results[(label, int(cfg.task.seq_len))].append(float(metrics["test"]["acc"]))
 
 
 def table(results: dict[tuple[str, int], list[float]]) -> str:
@@ -87,18 +96,18 @@ def plot(results: dict[tuple[str, int], list[float]], path: str | Path) -> None:
 
 
 def _cell_order(cell: str) -> tuple[int, str]:
-    order = ("lstm", "gru", "rnn")
+    order = ("lstm chrono", "lstm", "gru", "rnn")
     return (order.index(cell) if cell in order else len(order), cell)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="plot_long_range.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", help="the multirun dir of lstm-train -m experiment=long_range")
-    p.add_argument("--out", help="the PNG to write (default: SWEEP_DIR/long_range.png)")
+    p.add_argument("sweep_dir", nargs="+", help="multirun dirs of lstm-train -m experiment=long_range[_chrono]")
+    p.add_argument("--out", help="the PNG to write (default: long_range.png in the first SWEEP_DIR)")
     args = p.parse_args(argv)
     try:
-        results = collect(args.sweep_dir)
-        out = Path(args.out) if args.out else Path(args.sweep_dir) / "long_range.png"
+        results = collect(*args.sweep_dir)
+        out = Path(args.out) if args.out else Path(args.sweep_dir[0]) / "long_range.png"
         print(table(results))
         plot(results, out)
     except (UsageError, OSError) as e:
