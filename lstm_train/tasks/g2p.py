@@ -109,8 +109,10 @@ class G2P(Seq2SeqTask):
         if cfg.seq_len is not None:
             words = {w: p for w, p in words.items() if len(w) <= cfg.seq_len}
         parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        # config values read once: an OmegaConf attribute costs ~70 us, times 135k words
+        seed, val_fraction, test_fraction = cfg.data_seed, cfg.val_fraction, cfg.test_fraction
         for word in sorted(words):
-            parts[split_of(word, cfg.data_seed, cfg.val_fraction, cfg.test_fraction)].append(word)
+            parts[split_of(word, seed, val_fraction, test_fraction)].append(word)
         for split, size in (("train", cfg.train_size), ("val", cfg.val_size), ("test", cfg.test_size)):
             if size is not None:  # a seeded sample, not the alphabet's start
                 rng = random.Random(derive_seed("g2p", split, cfg.data_seed))
@@ -123,9 +125,8 @@ class G2P(Seq2SeqTask):
         phonemes = sorted({p for w in parts["train"] for pron in words[w] for p in pron})
         self.set_vocabs(Vocab(letters), Vocab(phonemes))
         enc_src, enc_tgt = self.source_vocab.encode, self.target_vocab.encode
-        train = [
-            (w, pron) for w in parts["train"] for pron in (words[w] if cfg.train_alternates == "all" else words[w][:1])
-        ]
+        alternates = cfg.train_alternates == "all"
+        train = [(w, pron) for w in parts["train"] for pron in (words[w] if alternates else words[w][:1])]
         self.data["train"] = ([enc_src(w) for w, _ in train], [enc_tgt(p) for _, p in train], None)
         for split in ("val", "test"):
             ws = parts[split]

@@ -44,11 +44,12 @@ class TagSynthetic(TaggingTask):
     def sample(self, n: int, generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
         """n (word ids, tag ids) pairs."""
         cfg = self.cfg
+        vocab_size, first = cfg.vocab_size, cfg.rule == "first"  # read once: an OmegaConf attribute is slow
         lengths = torch.randint(cfg.min_len, cfg.seq_len + 1, (n,), generator=generator).tolist()
         pairs = []
         for length in lengths:
-            tokens = torch.randint(cfg.vocab_size, (length,), generator=generator)
-            if cfg.rule == "first":
+            tokens = torch.randint(vocab_size, (length,), generator=generator)
+            if first:
                 tags = (tokens == tokens[0]).long()
             else:  # seen: an earlier position holds the same token
                 tags = (tokens[:, None] == tokens[None, :]).tril(-1).any(1).long()
