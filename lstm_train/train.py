@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lstm_train.config import PROJECT_ROOT, ConfigError, describe_config_error, validate
@@ -69,6 +70,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg, HydraConfig.get().runtime.output_dir)
     except (ConfigError, FloatingPointError) as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One job of a sweep: Hydra records it as failed and the sweep goes on (a SystemExit would end the
+            # whole sweep, and kill the jobs running beside it); main() reports it when the sweep is over.
+            raise
         # SystemExit passes through Hydra's job runner, which would add a line of its own to an Exception.
         print(f"lstm-train: error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
@@ -86,6 +91,11 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
+    except (ConfigError, FloatingPointError) as e:  # a sweep's failed job: Hydra re-raises it after the sweep
+        if wants_traceback:
+            raise
+        print(f"lstm-train: error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
     except Exception as e:
         message = None if wants_traceback else describe_config_error(e)
         if message is None:
