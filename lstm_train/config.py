@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,12 +34,47 @@ if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 
+def threads_per_job() -> int | None:
+    """The default of trainer.num_threads (``${threads_per_job:}``): None (torch's own choice, all cores) in
+    a single run and in a serial sweep; in a job that a launcher runs beside others, the launcher's
+    ``cpus_per_task`` if it has one (SLURM), else 1, so that parallel jobs never fight over cores."""
+    if not HydraConfig.initialized():  # compose() in tests and scripts: no launcher
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
+        return None
+    return hydra_cfg.launcher.get("cpus_per_task") or 1
+
+
+def monitor_direction(monitor: str, mode: str, task: str) -> str:
+    """Optuna's direction for trainer.monitor (``${monitor_direction:...}`` in conf/hydra/sweeper/):
+    maximize or minimize, from trainer.monitor_mode or, with auto, the task's own ``higher_is_better``."""
+    from lstm_train.tasks import TASKS  # here: the tasks import this module
+
+    if mode == "auto":
+        metric = monitor.removeprefix("val/")
+        known = TASKS[task].higher_is_better if task in TASKS else {}
+        if metric not in known:
+            raise ConfigError("trainer.monitor", f"task {task} has no metric {monitor}; it has "
+                              + ", ".join(f"val/{m}" for m in known))
+        mode = "max" if known[metric] else "min"
+    return "maximize" if mode == "max" else "minimize"
+
+
+for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
+
+
 class ConfigError(ValueError):
     """A config value that cannot work. ``str(error)`` is one line that starts with the dotted key."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message
+
+    def __reduce__(self) -> tuple:  # pickled back from a sweep's job process (joblib, submitit)
+        return type(self), (self.key, self.message)
 
 
 # Value checks, attached to schema fields as metadata. Each returns an error message or None.
