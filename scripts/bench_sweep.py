@@ -1,0 +1,57 @@
+"""A 4-job sweep run serially (Hydra's basic launcher) against the same sweep on joblib, from the command line.
+
+    python scripts/bench_sweep.py [--steps 300] [--repeats 3] [overrides ...]
+
+Both run ``lstm-train -m trainer.seed=0,1,2,3 trainer.max_steps=STEPS`` as a user would (a subprocess each,
+wall time from start to exit, Hydra's start-up included), the serial one with torch's default threads, the
+joblib one with its default n_jobs (one job per core) and one thread per job. They alternate, so that a
+busy machine slows both alike; the ratio printed is the median over repeats. Needs the `sweep` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
+
+
+def run_sweep(launcher: list[str], steps: int, overrides: list[str], sweep_dir: str) -> float:
+    """Seconds from start to exit of one 4-job sweep."""
+    args = [LSTM_TRAIN, "-m", *launcher, "trainer.seed=0,1,2,3", f"trainer.max_steps={steps}",
+            "trainer.progress_bar=false", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"bench_sweep.py: {' '.join(launcher) or 'serial'} sweep failed:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for lstm-train")
+    args = parser.parse_args()
+    variants = {"serial": [], "joblib": ["hydra/launcher=joblib"]}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    print(f"{os.cpu_count()} CPUs; 4 jobs of {args.steps} steps; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for name, launcher in variants.items():
+                seconds = run_sweep(launcher, args.steps, args.overrides, f"{tmp}/{name}{r}")
+                times[name].append(seconds)
+                print(f"round {r}: {name:6s} {seconds:6.1f} s", flush=True)
+    serial, parallel = (statistics.median(times[n]) for n in variants)
+    print(f"median: serial {serial:.1f} s, joblib {parallel:.1f} s; speed-up {serial / parallel:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
