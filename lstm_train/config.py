@@ -458,8 +458,11 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 def describe_config_error(error: BaseException) -> str | None:
     """One line naming the key for a config mistake found by Hydra, OmegaConf or us; None for other errors."""
-    if isinstance(error, ConfigError):
-        return str(error)
+    cause: BaseException | None = error
+    while cause is not None:  # ours, also when raised by a resolver (Optuna's direction) inside Hydra's errors
+        if isinstance(cause, ConfigError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         return f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}"

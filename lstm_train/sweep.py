@@ -128,7 +128,7 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 
 def _read_job(job_dir: Path) -> Job:
     hydra_dir = job_dir / ".hydra"
-    overrides = dict(o.split("=", 1) for o in OmegaConf.load(hydra_dir / "overrides.yaml"))
+    overrides = dict(o.partition("=")[::2] for o in OmegaConf.load(hydra_dir / "overrides.yaml"))  # ~key: ""
     num = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.num
     job = Job(num=int(num), dir=job_dir, status="unknown", overrides=overrides)
     try:

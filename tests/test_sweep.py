@@ -17,11 +17,12 @@ import optuna
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from hydra_plugins.lstm_train_sweeper import ResumableOptunaSweeper
-from lstm_train.config import ConfigError, monitor_direction, threads_per_job
+from lstm_train.config import ConfigError, describe_config_error, monitor_direction, threads_per_job
 from lstm_train.sweep import STATUS_FILE, collect, main, write_summary
 
 LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
@@ -169,6 +170,12 @@ def test_hparams_search_configs_compose(compose_cfg):
     assert (cfg.model.name, cfg.task.name, cfg.hydra.sweeper.direction) == ("char", "text_char", "minimize")
     # debug=fast comes after the search: a whole search in seconds
     assert compose_cfg("hparams_search=first_last", "debug=fast").trainer.max_steps is None
+    # a monitor the task lacks: lstm-train's one line, raised while Hydra builds the sweeper
+    cfg = compose_cfg("hparams_search=first_last", "trainer.monitor=val/bpc", return_hydra_config=True)
+    with pytest.raises(Exception) as error:
+        _ = cfg.hydra.sweeper.direction
+    assert describe_config_error(error.value) == (
+        "trainer.monitor: task first_last has no metric val/bpc; it has val/loss, val/acc")
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm", "slurm"])
@@ -205,16 +212,19 @@ def test_threads_per_job(compose_cfg):
 
 # ---- the resumable Optuna sweeper, on a stand-in launcher ---------------------------------------------
 class Launcher:
-    """Records (first job number, overrides) of each launch; raises KeyboardInterrupt at launch kill_at."""
+    """Records (first job number, overrides) of each launch; raises KeyboardInterrupt at launch kill_at; its
+    jobs return x, or fail."""
 
-    def __init__(self, kill_at: int | None = None) -> None:
+    def __init__(self, kill_at: int | None = None, fail: bool = False) -> None:
         self.launches: list[tuple[int, list]] = []
-        self.kill_at = kill_at
+        self.kill_at, self.fail = kill_at, fail
 
     def launch(self, overrides, initial_job_idx):
         if len(self.launches) == self.kill_at:
             raise KeyboardInterrupt
         self.launches.append((initial_job_idx, list(overrides)))
+        if self.fail:
+            return [JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom")) for _ in overrides]
         return [JobReturn(status=JobStatus.COMPLETED, _return_value=float(dict(o.split("=") for o in ov)["x"]))
                 for ov in overrides]
 
@@ -247,6 +257,14 @@ def test_a_killed_study_continues_with_the_missing_trials_only(tmp_path):
     assert third.launches == []
     run_sweeper(sweep_dir, fourth := Launcher(), n_trials=5)  # a bigger budget: two more
     assert [idx for idx, _ in fourth.launches] == [4, 5]
+
+
+def test_a_study_without_a_completed_trial_ends_with_one_line(tmp_path):
+    with pytest.raises(HydraException, match=r"^no trial of study s completed: the errors are in the sweep summary"):
+        run_sweeper(tmp_path, Launcher(fail=True), n_trials=2)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # recorded; the search went on
+    assert describe_config_error(HydraException("x\ny")) == "x"  # how lstm-train prints it
 
 
 # ---- a multirun with a failed job, from the command line --------------------------------------------------

@@ -91,9 +91,11 @@ def test_optuna_study_killed_and_continued(tmp_path):
     assert len(after) == len(before) + 3 - finished
     assert sum(t.state.name == "COMPLETE" for t in after) == 3
     assert [t.number for t in after[len(before):]] == list(range(len(before), len(after)))
-    # every trial that ran has its job dir, numbered as the trial; the summary lists them all
+    # every trial that ran has its job dir, numbered as the trial; the summary lists them all. A job may have
+    # completed after the study last heard of it (killed between the two): its trial stays RUNNING.
     rows = summary(tmp_path)
-    completed = sorted(int(r["job"]) for r in rows if r["status"] == "completed")
-    assert completed == [t.number for t in after if t.state.name == "COMPLETE"]
+    completed = {int(r["job"]) for r in rows if r["status"] == "completed"}
+    complete_trials = {t.number for t in after if t.state.name == "COMPLETE"}
+    assert complete_trials <= completed and completed - complete_trials <= {t.number for t in before}
     # the job cut off, if its dir was made: died (or unknown, killed before its status file was written)
     assert {r["status"] for r in rows} <= {"completed", "died", "unknown"}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.errors import HydraException
+
 log = logging.getLogger(__name__)
 
 try:
@@ -28,19 +30,27 @@ if OptunaSweeper is not None:
             optuna.logging.disable_default_handler()  # Optuna's lines go to Hydra's log, in its format
             optuna.logging.enable_propagation()
             impl = self.sweeper  # the plugin's OptunaSweeperImpl, set up by Hydra
-            if impl.storage is not None:
-                Path(str(impl.sweep_dir)).mkdir(parents=True, exist_ok=True)  # the SQLite file lives there
-                study = optuna.create_study(
-                    study_name=impl.study_name, storage=impl.storage, directions=impl._get_directions(),
-                    load_if_exists=True,
+            if impl.storage is None:  # in memory: a fresh study each time, nothing to continue
+                return super().sweep(arguments)
+            Path(str(impl.sweep_dir)).mkdir(parents=True, exist_ok=True)  # the SQLite file lives there
+            study = optuna.create_study(
+                study_name=impl.study_name, storage=impl.storage, directions=impl._get_directions(),
+                load_if_exists=True,
+            )
+            finished = sum(t.state.is_finished() for t in study.trials)
+            if study.trials:
+                log.info(
+                    "Continuing study %s: %d of %d trials finished, %d to run (jobs from #%d on)",
+                    study.study_name, finished, impl.n_trials, max(impl.n_trials - finished, 0), len(study.trials),
                 )
-                finished = sum(t.state.is_finished() for t in study.trials)
-                if study.trials:
-                    log.info(
-                        "Continuing study %s: %d of %d trials finished, %d to run (jobs from #%d on)",
-                        study.study_name, finished, impl.n_trials, max(impl.n_trials - finished, 0),
-                        len(study.trials),
-                    )
-                impl.n_trials = max(impl.n_trials - finished, 0)
-                impl.job_idx = len(study.trials)  # trials cut off by a kill keep their numbers (and job dirs)
-            return super().sweep(arguments)
+            impl.n_trials = max(impl.n_trials - finished, 0)
+            impl.job_idx = len(study.trials)  # trials cut off by a kill keep their numbers (and job dirs)
+            try:
+                return super().sweep(arguments)
+            except ValueError as e:  # the plugin's study.best_trial at the end, when no trial completed
+                if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                    raise
+                raise HydraException(
+                    f"no trial of study {study.study_name} completed: the errors are in the sweep summary, "
+                    f"{impl.sweep_dir}/sweep_summary.md"
+                ) from e
