@@ -260,6 +260,7 @@ def plot(jobs: list[Job], path: Path, title: str = "sweep") -> bool:
     if not keys or not scored:
         return False
     from matplotlib.figure import Figure  # a Figure of its own: never touches pyplot's backend
+    from matplotlib.ticker import NullFormatter
 
     cols = min(len(keys), 3)
     rows = math.ceil(len(keys) / cols)
@@ -272,12 +273,15 @@ def plot(jobs: list[Job], path: Path, title: str = "sweep") -> bool:
         numbers = _numbers(values)
         if numbers is not None:
             x = dict(zip((j.num for j in jobs), numbers, strict=True))
-            present = sorted({v for v in numbers if v is not None})
+            written = dict(zip(numbers, values, strict=True))  # as on the command line: 0.003, not 3e-3 ticks
+            present = sorted(v for v in written if v is not None)
             if present[0] > 0 and present[-1] / present[0] >= 10:
                 ax.set_xscale("log")
-            if len(present) <= 6 and all(v.is_integer() for v in present):  # choice(32, 64, 128): a tick each
-                ax.set_xticks(present, [str(int(v)) for v in present])
+            if len(present) <= 6 and all(len(written[v]) <= 6 for v in present):  # a list or choice: a tick each
+                ax.set_xticks(present, [written[v] for v in present])
                 ax.minorticks_off()
+            else:
+                ax.xaxis.set_minor_formatter(NullFormatter())  # log axes label minor ticks too: they overlap
         else:
             labels = sorted({v for v in values if v is not None}, key=str)
             x = {j.num: labels.index(j.overrides[key]) if key in j.overrides else None for j in jobs}

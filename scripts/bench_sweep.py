@@ -2,12 +2,12 @@
 
     python scripts/bench_sweep.py [--steps 300] [--repeats 3] [overrides ...]
 
-Both run ``lstm-train -m trainer.seed=0,1,2,3 trainer.max_steps=STEPS`` as a user would (a subprocess each,
-wall time from start to exit, Hydra's start-up included), the serial one with torch's default threads, the
-joblib one with its default n_jobs (one job per core) and one thread per job. They alternate, so that a
-busy machine slows both alike; the ratio printed is the median over repeats. The CPU seconds (of the sweep
-and all its processes, joblib's workers included) show what the threads cost besides the wall time.
-Needs the `sweep` extra.
+Each variant runs ``lstm-train -m trainer.seed=0,1,2,3 trainer.max_steps=STEPS`` as a user would (a
+subprocess, wall time from start to exit, Hydra's start-up included): serial with torch's default threads
+(what ``-m`` alone does), serial with one thread, and joblib with its default n_jobs (one job per core) and
+one thread per job. They alternate, so that a busy machine slows all alike; the ratios printed are of the
+medians over repeats. The CPU seconds (of the sweep and all its processes, joblib's workers included) show
+what the threads cost besides the wall time. Needs the `sweep` extra.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_sweep(launcher: list[str], steps: int, overrides: list[str], sweep_dir: str) -> tuple[float, float]:
+def run_sweep(variant: list[str], steps: int, overrides: list[str], sweep_dir: str) -> tuple[float, float]:
     """Wall and CPU seconds from start to exit of one 4-job sweep."""
-    args = [LSTM_TRAIN, "-m", *launcher, "trainer.seed=0,1,2,3", f"trainer.max_steps={steps}",
+    args = [LSTM_TRAIN, "-m", *variant, "trainer.seed=0,1,2,3", f"trainer.max_steps={steps}",
             "trainer.progress_bar=false", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     cpu, start = cpu_seconds(), time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"bench_sweep.py: {' '.join(launcher) or 'serial'} sweep failed:\n{proc.stderr[-2000:]}")
+        sys.exit(f"bench_sweep.py: {' '.join(variant) or 'serial'} sweep failed:\n{proc.stderr[-2000:]}")
     return seconds, cpu_seconds() - cpu
 
 
@@ -49,21 +49,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for lstm-train")
     args = parser.parse_args()
-    variants = {"serial": [], "joblib": ["hydra/launcher=joblib"]}
+    variants = {"serial": [], "serial, 1 thread": ["trainer.num_threads=1"], "joblib": ["hydra/launcher=joblib"]}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     print(f"{os.cpu_count()} CPUs; 4 jobs of {args.steps} steps; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
           f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for name, launcher in variants.items():
-                wall, cpu = run_sweep(launcher, args.steps, args.overrides, f"{tmp}/{name}{r}")
+            for i, (name, variant) in enumerate(variants.items()):
+                wall, cpu = run_sweep(variant, args.steps, args.overrides, f"{tmp}/round{r}-variant{i}")
                 times[name].append((wall, cpu))
-                print(f"round {r}: {name:6s} {wall:6.1f} s wall, {cpu:6.1f} s CPU; load average "
+                print(f"round {r}: {name:16s} {wall:6.1f} s wall, {cpu:6.1f} s CPU; load average "
                       f"{os.getloadavg()[0]:.1f}", flush=True)
-    (serial, serial_cpu), (parallel, parallel_cpu) = (
-        (statistics.median(w for w, _ in times[n]), statistics.median(c for _, c in times[n])) for n in variants)
-    print(f"median: serial {serial:.1f} s ({serial_cpu:.1f} s CPU), joblib {parallel:.1f} s ({parallel_cpu:.1f} s CPU);"
-          f" speed-up {serial / parallel:.2f}x")
+    medians = {n: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for n, t in times.items()}
+    joblib_wall = medians["joblib"][0]
+    print("medians:")
+    for name, (wall, cpu) in medians.items():
+        print(f"  {name:16s} {wall:6.1f} s wall, {cpu:6.1f} s CPU; {wall / joblib_wall:.2f}x joblib's wall time")
 
 
 if __name__ == "__main__":
