@@ -13,6 +13,7 @@ file forgets is reported as missing instead of silently taking a second default.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -465,7 +466,7 @@ def describe_config_error(error: BaseException) -> str | None:
         cause = cause.__cause__ or cause.__context__
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}"
+        return _plugin_hint(f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}")
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = str(getattr(cause, "msg", "") or cause).splitlines()[0]
@@ -475,5 +476,17 @@ def describe_config_error(error: BaseException) -> str | None:
             message = f"unknown key; the keys here are: {known}"
         return f"{cause.full_key}: {message}"
     if isinstance(error, HydraException | OmegaConfBaseException):
-        return str(error).splitlines()[0]
+        return _plugin_hint(str(error).splitlines()[0])
     return None
+
+
+SWEEP_PLUGINS = ("hydra_joblib_launcher", "hydra_submitit_launcher", "hydra_optuna_sweeper")
+
+
+def _plugin_hint(message: str) -> str:
+    """A launcher or sweeper that is not there: Hydra's plugins come with an extra, which may be missing."""
+    about_plugins = "hydra/launcher" in message or "hydra/sweeper" in message
+    if about_plugins and not all(importlib.util.find_spec(f"hydra_plugins.{name}") for name in SWEEP_PLUGINS):
+        return f"{message.rstrip('.')}; Hydra's launcher and sweeper plugins come with the sweep extra: " \
+               "pip install -e '.[sweep]'"
+    return message

@@ -5,6 +5,7 @@ a failed job from the command line. tests/test_sweep_launchers.py runs the real 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import optuna
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -176,6 +177,15 @@ def test_hparams_search_configs_compose(compose_cfg):
         _ = cfg.hydra.sweeper.direction
     assert describe_config_error(error.value) == (
         "trainer.monitor: task first_last has no metric val/bpc; it has val/loss, val/acc")
+
+
+def test_a_missing_plugin_names_the_sweep_extra(monkeypatch):
+    error = MissingConfigException("", missing_cfg_file="hydra/launcher/joblib", options=["basic", "slurm"])
+    assert describe_config_error(error) == "hydra/launcher=joblib: no such option; choose one of basic, slurm"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as without the sweep extra
+    assert describe_config_error(error) == (
+        "hydra/launcher=joblib: no such option; choose one of basic, slurm; Hydra's launcher and sweeper plugins "
+        "come with the sweep extra: pip install -e '.[sweep]'")
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm", "slurm"])
