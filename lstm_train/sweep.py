@@ -185,6 +185,8 @@ def write_summary(sweep_dir: str | Path) -> list[Path]:
     png = out.with_suffix(".png")
     if plot(jobs, png, sweep_dir.name):
         paths.append(png)
+    else:
+        png.unlink(missing_ok=True)  # an earlier summary's plot would no longer match the table
     return paths
 
 
