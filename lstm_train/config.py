@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,12 +35,47 @@ CONFIG_PACKAGE = "lstm_train.conf"
 CONF_DIR = Path(str(importlib.resources.files(CONFIG_PACKAGE)))
 
 
+def threads_per_job() -> int | None:
+    """The default of trainer.num_threads (``${threads_per_job:}``): None (torch's own choice, all cores) in
+    a single run and in a serial sweep; in a job that a launcher runs beside others, the launcher's
+    ``cpus_per_task`` if it has one (SLURM), else 1, so that parallel jobs never fight over cores."""
+    if not HydraConfig.initialized():  # compose() in tests and scripts: no launcher
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
+        return None
+    return hydra_cfg.launcher.get("cpus_per_task") or 1
+
+
+def monitor_direction(monitor: str, mode: str, task: str) -> str:
+    """Optuna's direction for trainer.monitor (``${monitor_direction:...}`` in conf/hydra/sweeper/):
+    maximize or minimize, from trainer.monitor_mode or, with auto, the task's own ``higher_is_better``."""
+    from lstm_train.tasks import TASKS  # here: the tasks import this module
+
+    if mode == "auto":
+        metric = monitor.removeprefix("val/")
+        known = TASKS[task].higher_is_better if task in TASKS else {}
+        if metric not in known:
+            raise ConfigError("trainer.monitor", f"task {task} has no metric {monitor}; it has "
+                              + ", ".join(f"val/{m}" for m in known))
+        mode = "max" if known[metric] else "min"
+    return "maximize" if mode == "max" else "minimize"
+
+
+for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
+
+
 class ConfigError(ValueError):
     """A config value that cannot work. ``str(error)`` is one line that starts with the dotted key."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message
+
+    def __reduce__(self) -> tuple:  # pickled back from a sweep's job process (joblib, submitit)
+        return type(self), (self.key, self.message)
 
 
 # Value checks, attached to schema fields as metadata. Each returns an error message or None.
@@ -444,11 +482,14 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 def describe_config_error(error: BaseException) -> str | None:
     """One line naming the key for a config mistake found by Hydra, OmegaConf or us; None for other errors."""
-    if isinstance(error, ConfigError):
-        return str(error)
+    cause: BaseException | None = error
+    while cause is not None:  # ours, also when raised by a resolver (Optuna's direction) inside Hydra's errors
+        if isinstance(cause, ConfigError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}"
+        return _plugin_hint(f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}")
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = str(getattr(cause, "msg", "") or cause).splitlines()[0]
@@ -458,5 +499,17 @@ def describe_config_error(error: BaseException) -> str | None:
             message = f"unknown key; the keys here are: {known}"
         return f"{cause.full_key}: {message}"
     if isinstance(error, HydraException | OmegaConfBaseException):
-        return str(error).splitlines()[0]
+        return _plugin_hint(str(error).splitlines()[0])
     return None
+
+
+SWEEP_PLUGINS = ("hydra_joblib_launcher", "hydra_submitit_launcher", "hydra_optuna_sweeper")
+
+
+def _plugin_hint(message: str) -> str:
+    """A launcher or sweeper that is not there: Hydra's plugins come with an extra, which may be missing."""
+    about_plugins = "hydra/launcher" in message or "hydra/sweeper" in message
+    if about_plugins and not all(importlib.util.find_spec(f"hydra_plugins.{name}") for name in SWEEP_PLUGINS):
+        return f"{message.rstrip('.')}; Hydra's launcher and sweeper plugins come with the sweep extra: " \
+               "pip install -e '.[sweep]'"
+    return message

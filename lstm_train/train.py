@@ -20,6 +20,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_train import distributed
@@ -123,6 +124,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
         else:
             metrics = train(cfg, out_dir)
     except (ConfigError, FloatingPointError) as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One job of a sweep: Hydra records it as failed and the sweep goes on (a SystemExit would end the
+            # whole sweep, and kill the jobs running beside it); main() reports it when the sweep is over.
+            log_to_file(f"lstm-train: error: {e}")
+            raise
         # SystemExit passes through Hydra's job runner, which would add a line of its own to an Exception.
         fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
     except OSError as e:  # a full disk or a run dir gone read-only: the checkpoints saved so far are intact
@@ -289,6 +295,11 @@ def _main(wants_traceback: bool) -> None:
     except Interrupted as e:
         print(f"lstm-train: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except (ConfigError, FloatingPointError) as e:  # a sweep's failed job: Hydra re-raises it after the sweep
+        if wants_traceback:
+            raise
+        print(f"lstm-train: error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
     except Exception as e:
         message = None if wants_traceback else describe_override_error(e, sys.argv[1:]) or describe_config_error(e)
         status = 2
