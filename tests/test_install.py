@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_installs_and_trains_from_any_directory(tmp_path):
     # Build from a copy, so that the checkout gets no build/ and the wheel holds only what is packaged.
     source = tmp_path / "source"
-    for name in ("conf", "lstm_train"):
+    for name in ("conf", "lstm_train", "hydra_plugins"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
