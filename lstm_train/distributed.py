@@ -170,13 +170,13 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return total
 
 
-def agreed_signal(signum: int | None) -> int | None:
-    """The stop signal any rank has received (the highest number if several), on every rank: a signal may
-    reach one process before the others, and all must stop after the same step."""
+def agreed_request(signum: int | None, save: bool) -> tuple[int | None, bool]:
+    """A stop signal (the highest number if several) and a save request, if any rank has one, on every rank:
+    a signal may reach one process before the others, and all must act on it after the same step."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return signum
-    signals = gather_tensor(torch.tensor([signum or 0]))
-    return int(signals.max()) or None
+        return signum, save
+    requests = gather_tensor(torch.tensor([signum or 0, int(save)])).amax(0).tolist()
+    return requests[0] or None, bool(requests[1])
 
 
 def gather_tensor(tensor: Tensor) -> Tensor:

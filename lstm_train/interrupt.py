@@ -10,10 +10,11 @@ training loop, raises :class:`Interrupted` at once. It derives from BaseExceptio
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,21 +63,42 @@ def raise_on_signals() -> None:
 
 @dataclass
 class StopRequest:
-    """Set by the first signal inside :func:`deferred_signals`; the training loop polls it between steps."""
+    """Set by signals inside :func:`deferred_signals`; the training loop acts on it between steps."""
 
-    signum: int | None = None
-    at: float = 0.0  # when (time.monotonic) the first signal came
+    signum: int | None = None  # stop after this step
+    at: float = 0.0  # when (time.monotonic) the first stop signal came
+    save: bool = False  # save last.pt after this step, and go on
+    then: Callable[[], None] | None = None  # to call after that save (submitit's checkpoint-and-requeue)
+
+
+def submitit_signal() -> int | None:
+    """The signal submitit requeues this job on (USR2 unless SUBMITIT_PREEMPT_SIGNAL says), or None when this
+    process is not a submitit job."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").removeprefix("SIG"), None)
 
 
 @contextmanager
 def deferred_signals() -> Iterator[StopRequest]:
-    """In the block, the first SIGINT or SIGTERM sets the request's ``signum``; a second raises at once."""
+    """In the block, the first SIGINT or SIGTERM sets the request's ``signum``; a second raises at once.
+
+    In a submitit job (SLURM, or submitit's local executor) a preempted job is requeued, not stopped: SLURM's
+    SIGTERM only asks for last.pt to be saved at the step reached (training goes on until the end comes), and
+    submitit's requeue signal (USR2) saves last.pt, then lets submitit requeue the job; the requeued job
+    continues from that last.pt with ``trainer.resume=auto``.
+    """
     request = StopRequest()
     if not _in_main_thread():
         yield request
         return
+    requeue = submitit_signal()
 
     def handle(signum: int, frame: FrameType | None) -> None:
+        if requeue is not None and signum == signal.SIGTERM:
+            request.save = True
+            log.warning("SIGTERM received in a submitit job: saving last.pt after this step, then going on")
+            return
         if request.signum is not None:
             if time.monotonic() - request.at < ECHO_SECONDS:
                 return  # the same stop, delivered twice (terminal and launcher): not a second request
@@ -84,7 +106,19 @@ def deferred_signals() -> Iterator[StopRequest]:
         request.signum, request.at = signum, time.monotonic()
         log.warning("%s received: stopping after this step (send it again to stop at once)", signal_name(signum))
 
-    previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
+    handlers: dict[int, Callable] = dict.fromkeys(SIGNALS, handle)
+    if requeue is not None:
+        submitit_handler = signal.getsignal(requeue)
+
+        def handle_requeue(signum: int, frame: FrameType | None) -> None:
+            request.save = True
+            if callable(submitit_handler):
+                request.then = lambda: submitit_handler(signum, None)
+            log.warning("%s received from submitit: saving last.pt after this step, then requeueing",
+                        signal_name(signum))
+
+        handlers[requeue] = handle_requeue
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield request
     finally:

@@ -267,6 +267,14 @@ class Trainer:
         log.info("test: %s", _fmt({f"test/{k}": v for k, v in test.items()}))
         return result
 
+    def _save_on_request(self, stop: StopRequest) -> None:
+        """A scheduler's warning (submitit: SLURM's SIGTERM, its requeue signal): last.pt now, then what it asks."""
+        path = self._save(improved=False)
+        log.info("saved %s at step %d", path, self.progress.step)
+        stop.save, then, stop.then = False, stop.then, None
+        if then is not None:
+            then()  # submitit requeues the job and exits; the requeued job resumes with trainer.resume=auto
+
     def _stop(self, signum: int) -> None:
         path = self._save(improved=False)
         raise Interrupted(signum, f"interrupted ({signal_name(signum)}) at step {self.progress.step}/"
@@ -305,8 +313,10 @@ class Trainer:
                 self._save(improved)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
-            if self.world.size > 1:  # a signal may reach one process first: all stop at the same step
-                stop.signum = distributed.agreed_signal(stop.signum)
+            if self.world.size > 1:  # a signal may reach one process first: all act on it at the same step
+                stop.signum, stop.save = distributed.agreed_request(stop.signum, stop.save)
+            if stop.save and stop.signum is None:
+                self._save_on_request(stop)
             if finished or end_of_epoch or p.stopped_early or stop.signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic

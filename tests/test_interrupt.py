@@ -198,3 +198,35 @@ def test_a_second_sigint_stops_at_once(tmp_path):
     assert run.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("lstm-train: interrupted again (SIGINT): stopped at once")
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_same_numbers(compose_cfg, tmp_path):
+    # submitit's local executor requeues a job the way SLURM does: its preemption signal (USR2) makes the
+    # job save last.pt and exit for a requeue, and the requeued job continues with trainer.resume=auto.
+    args = ["debug=fast", "task.train_size=4096", "trainer.progress_bar=false"]
+    single = train(compose_cfg(*args), tmp_path / "one")
+    sweep = tmp_path / "sweep"
+    run = subprocess.Popen([LSTM_TRAIN, "-m", "hydra/launcher=submitit_local", *args, "trainer.resume=auto",
+                            f"hydra.sweep.dir={sweep}"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 300
+    while not list(sweep.glob("0_*/checkpoints/last.pt")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    jobs = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_submitit_job(p, sweep)]
+    assert len(jobs) == 1, jobs
+    os.kill(jobs[0], signal.SIGUSR2)
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr[-3000:]
+    (job,) = sweep.glob("0_*")
+    log = (job / "train.log").read_text()
+    assert "saving last.pt after this step, then requeueing" in log and "resumed from" in log
+    assert without_time(json.loads((job / "metrics.json").read_text())) == without_time(single)
+
+
+def _is_submitit_job(proc: Path, sweep: Path) -> bool:
+    try:
+        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return "submitit.core._submit" in command and str(sweep) in command
