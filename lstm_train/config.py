@@ -28,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lstm_train.errors import ConfigError
 from lstm_train.nn import BACKENDS, CELLS
 
 # The configs: the repository's conf/, installed as the package lstm_train.conf (see pyproject.toml).
@@ -65,17 +66,6 @@ def monitor_direction(monitor: str, mode: str, task: str) -> str:
 for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work. ``str(error)`` is one line that starts with the dotted key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key, self.message = key, message
-
-    def __reduce__(self) -> tuple:  # pickled back from a sweep's job process (joblib, submitit)
-        return type(self), (self.key, self.message)
 
 
 # Value checks, attached to schema fields as metadata. Each returns an error message or None.

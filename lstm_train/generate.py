@@ -14,13 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError, UsageError
 from lstm_train.models import CharLM, load_trained
 from lstm_train.tasks.text import UNK, read_text
-
-
-class UsageError(Exception):
-    pass
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[CharLM, object]:

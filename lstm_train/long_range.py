@@ -18,13 +18,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lstm_train.errors import UsageError
+
 # With two classes, the last step alone predicts sign(x0 + xT) as sign(xT) 3/4 of the time: accuracy above
 # that needs a memory of the first step.
 LAST_STEP_ONLY = 0.75
 
-
-class UsageError(Exception):
-    pass
 
 
 def collect(*sweep_dirs: str | Path) -> dict[tuple[str, int], list[float]]:

@@ -26,14 +26,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError, UsageError
 from lstm_train.models import load_trained
 from lstm_train.tasks import Task
 from lstm_train.tasks.seq2seq import transduce_line
-
-
-class UsageError(Exception):
-    pass
 
 
 def tag_line(model: nn.Module, task: Task, line: str, args: argparse.Namespace) -> str:

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError, UsageError
 from lstm_train.models import load_trained
 from lstm_train.nn import Recording
 from lstm_train.probe import (
@@ -48,9 +48,6 @@ KINDS = (*GATES, "cell")  # what a unit can be coloured by: a gate's activation 
 SHORT = {"i": "input", "f": "forget", "g": "candidate", "o": "output", "c": "cell"}
 FEATURES = ("line_position", "inside_quotes", "inside_parens")  # text features units are ranked against
 
-
-class UsageError(Exception):
-    pass
 
 
 @dataclass
