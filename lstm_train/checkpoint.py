@@ -5,6 +5,9 @@ Keys (written by :meth:`lstm_train.trainer.Trainer.state_dict`): ``format``, ``m
 resolved config as plain dicts), ``task`` (what the task needs to rebuild itself, e.g. a vocabulary),
 ``num_params``, ``interval`` (what the steps since the last evaluation accumulated: log sums, train
 metrics, a task's carried state), so that a run stopped at any step resumes to the same numbers.
+
+A checkpoint written by an older version has an older config: :func:`migrate_config` brings it up to today's
+keys as it is read (the one place that knows the keys' history), so everything downstream reads one format.
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ from typing import Any
 import torch
 
 FORMAT = 1
+
+# Keys added to the configs since the first checkpoints, with the value that does what a config without the key
+# did: group -> {key: value}, or (group, option name) -> {key: value} for keys of one option.
+ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
+    "model": {"cell": "lstm", "chrono_max_len": None},  # the GRU/RNN baselines; chrono initialisation
+    ("task", "text_char"): {"bptt": False, "sample_length": 0},
+    # data-parallel training, thread counts, the gate probe (off, so its batch size is not used)
+    "trainer": {"devices": 1, "num_threads": None, "probe_every_n_steps": None, "probe_size": 64},
+}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -44,9 +56,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not an lstm-train checkpoint ({why})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an lstm-train checkpoint (format {FORMAT})")
+    if isinstance(state.get("config"), dict):
+        state["config"] = migrate_config(state["config"])
     device = torch.device(map_location)
     # RNG states stay on the CPU: torch.set_rng_state and cuda.set_rng_state_all take CPU byte tensors.
     return {k: v if k == "rng" else _to_device(v, device) for k, v in state.items()}
+
+
+def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config (plain dicts) with the keys added since it was written (:data:`ADDED`) filled in."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for where, added in ADDED.items():
+        group, option = (where, None) if isinstance(where, str) else where
+        node = config.get(group)
+        if isinstance(node, dict) and (option is None or node.get("name") == option):
+            node.update({k: v for k, v in added.items() if k not in node})
+    return config
 
 
 def _is_pickle(path: str | Path) -> bool:

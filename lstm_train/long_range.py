@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lstm_train.errors import UsageError
+from lstm_train.checkpoint import migrate_config
+from lstm_train.errors import UsageError, one_line_errors
 
 # With two classes, the last step alone predicts sign(x0 + xT) as sign(xT) 3/4 of the time: accuracy above
 # that needs a memory of the first step.
@@ -46,11 +46,11 @@ def _collect_one(sweep_dir: Path, results: dict[tuple[str, int], list[float]]) -
         config_file = metrics_file.parent / ".hydra" / "config.yaml"
         if not config_file.is_file():
             continue
-        cfg = OmegaConf.load(config_file)
+        cfg = OmegaConf.create(migrate_config(OmegaConf.to_container(OmegaConf.load(config_file))))
         if cfg.task.name != "first_last":
             continue
         metrics = json.loads(metrics_file.read_text())
-        label = cfg.model.get("cell", "lstm") + (" chrono" if cfg.model.forget_bias == "chrono" else "")
+        label = cfg.model.cell + (" chrono" if cfg.model.forget_bias == "chrono" else "")
         results[(label, int(cfg.task.seq_len))].append(float(metrics["test"]["acc"]))
 
 
@@ -104,12 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("sweep_dir", nargs="+", help="multirun dirs of lstm-train -m experiment=long_range[_chrono]")
     p.add_argument("--out", help="the PNG to write (default: long_range.png in the first SWEEP_DIR)")
     args = p.parse_args(argv)
-    try:
+    with one_line_errors("plot_long_range.py", OSError):
         results = collect(*args.sweep_dir)
         out = Path(args.out) if args.out else Path(args.sweep_dir[0]) / "long_range.png"
         print(table(results))
         plot(results, out)
-    except (UsageError, OSError) as e:
-        print(f"plot_long_range.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out}")

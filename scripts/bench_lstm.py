@@ -162,31 +162,14 @@ def profile_infer(shape, dtype: torch.dtype) -> None:
 
 def bench_sample(impls: list[str], repeats: int, length: int = 1000) -> dict[str, float]:
     """Characters per second of CharLM.stream (embedding 64, 2x256 LSTM, 63 symbols, random weights)."""
-    from types import SimpleNamespace
-
-    from omegaconf import OmegaConf
-
+    from lstm_train.models import Stack
     from lstm_train.models.char import CharLM
     from lstm_train.tasks import Inputs
 
-    task = SimpleNamespace(inputs=Inputs(vocab_size=63), num_outputs=63)
     models = {}
     for backend in ["torch", *impls]:
-        cfg = OmegaConf.create(
-            {
-                "backend": backend,
-                "hidden_size": 256,
-                "num_layers": 2,
-                "dropout": 0.1,
-                "bidirectional": False,
-                "forget_bias": 1.0,
-                "embedding_dim": 64,
-                "tie_weights": False,
-                "cell": "lstm",
-            }
-        )
         torch.manual_seed(0)
-        models[backend] = CharLM(cfg, task)
+        models[backend] = CharLM(Inputs(vocab_size=63), Stack(256, 2, dropout=0.1, backend=backend), embedding_dim=64)
         if backend != "torch":
             models[backend].load_state_dict(models["torch"].state_dict())
 

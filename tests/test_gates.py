@@ -173,7 +173,7 @@ def test_tagger_sentence_gates_are_the_models(compose_cfg, tmp_path):
         "task.val_size=8", "task.test_size=8", "model.hidden_size=8", "model.embedding_dim=8", "model.num_layers=1",
     )  # fmt: skip
     _, loaded_task, loaded = visualize.load(tmp_path / "ck.pt")
-    words = [*task.words[2:6], "never-seen"]
+    words = [*task.vocab.tokens[2:6], "never-seen"]
     example = visualize.make_example(loaded_task, " ".join(words))
     assert example.labels == words
     rec = visualize.gate_recordings(loaded_task, loaded, example)["encoder.lstm"]

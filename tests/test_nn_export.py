@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lstm_train.models import load_trained
 from lstm_train.nn import LSTM
 from lstm_train.train import train
+from lstm_train.trained import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"atol": 1e-6, "rtol": 1e-6}

@@ -325,7 +325,7 @@ def test_task_state_rebuilds_vocabulary_and_tags(compose_cfg, tmp_path):
     data = write_random_conll(tmp_path / "d.txt")
     cfg = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}", "task.lowercase=true")
     task = build_task(cfg.task)
-    again = type(task)(cfg.task, state=OmegaConf.to_container(OmegaConf.create(task.state_dict())))
+    again = build_task(cfg.task, state=OmegaConf.to_container(OmegaConf.create(task.state_dict())))
     assert again.tags == task.tags and again.num_outputs == task.num_outputs and again.scheme == "bio"
     assert again.encode(["W1", "nope"]).tolist() == task.encode(["w1", "nope"]).tolist()
     assert again.encode(["nope"]).tolist() == [1]

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lstm_train.checkpoint import load_checkpoint
 from lstm_train.config import ConfigError, validate
 from lstm_train.models import build_model
-from lstm_train.tasks import Batch, TextCls, build_task
+from lstm_train.tasks import Batch, build_task
 from lstm_train.tasks.text_cls import F1Metrics, read_rows
 from lstm_train.train import train
 
@@ -45,10 +44,10 @@ def cls_cfg(compose_cfg, path: Path, *overrides: str):
 def test_readers_and_tokens(compose_cfg, tmp_path, kind):
     cfg = cls_cfg(compose_cfg, write(tmp_path, kind), "task.min_count=1")
     task = build_task(cfg.task)
-    assert task.labels == ["neg", "pos"] and task.inputs.vocab_size == len(task.tokens)
+    assert task.labels == ["neg", "pos"] and task.inputs.vocab_size == len(task.vocab)
     assert sum(len(y) for _, y in task.data.values()) == len(ROWS)
     assert task.tokenize("The Dog, bad!") == ["the", "dog", ",", "bad", "!"]
-    assert task.encode("the zebra").tolist() == [task.index["the"], 1]  # unseen word: <unk>
+    assert task.encode("the zebra").tolist() == [task.vocab.index["the"], 1]  # unseen word: <unk>
     chars = build_task(cls_cfg(compose_cfg, write(tmp_path, kind), "task.tokens=char", "task.seq_len=3").task)
     assert chars.tokenize("Abcd") == ["a", "b", "c"]  # lowercased, cut to seq_len
 
@@ -92,16 +91,16 @@ def test_tsv_has_no_quoting(compose_cfg, tmp_path):
     path = tmp_path / "q.tsv"
     rows = [('"unbalanced start', "pos"), ('say "hi"', "neg"), ('"quoted"', "pos"), ("plain", "neg")] * 5
     path.write_text("body\ty\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
-    assert read_rows(OmegaConf.create({"path": str(path), "text_column": "body", "label_column": "y"})) == rows
+    assert read_rows(path, "body", "y") == rows
     task = build_task(cls_cfg(compose_cfg, path, "task.min_count=1", "task.tokens=char").task)
-    assert sum(len(y) for _, y in task.data.values()) == len(rows) and '"' in task.tokens
+    assert sum(len(y) for _, y in task.data.values()) == len(rows) and '"' in task.vocab.tokens
 
 
 def test_csv_quoting_is_strict_and_rows_keep_their_columns(tmp_path):
-    cfg = OmegaConf.create({"path": str(tmp_path / "d.csv"), "text_column": "body", "label_column": "y"})
+    cfg = (tmp_path / "d.csv", "body", "y")
     good = 'body,y\n"a, b",1\n"say ""hi""",0\n"two\nlines",1\r\n\nplain,0\n'
     (tmp_path / "d.csv").write_text(good)
-    assert read_rows(cfg) == [("a, b", "1"), ('say "hi"', "0"), ("two\nlines", "1"), ("plain", "0")]
+    assert read_rows(*cfg) == [("a, b", "1"), ('say "hi"', "0"), ("two\nlines", "1"), ("plain", "0")]
     for bad, line, problem in [
         ('body,y\nok,1\n"never closed,0\nmore,1\n', 3, "is never closed"),
         ('body,y\n"quoted" then text,0\n', 2, "text after a field's closing quote"),
@@ -110,7 +109,7 @@ def test_csv_quoting_is_strict_and_rows_keep_their_columns(tmp_path):
     ]:
         (tmp_path / "d.csv").write_text(bad)
         with pytest.raises(ConfigError, match=rf"^task.path: .*d.csv:{line}: .*{re.escape(problem)}"):
-            read_rows(cfg)
+            read_rows(*cfg)
 
 
 def test_jsonl_and_lines(tmp_path):
@@ -119,8 +118,7 @@ def test_jsonl_and_lines(tmp_path):
     texts = ["line\u2028sep", "next\x85line", "ok"]
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps({"t": t, "l": i}, ensure_ascii=False)
                                                      for i, t in enumerate(texts)).encode())
-    cfg = OmegaConf.create({"path": str(path), "text_column": "t", "label_column": "l"})
-    assert read_rows(cfg) == [(t, str(i)) for i, t in enumerate(texts)]
+    assert read_rows(path, "t", "l") == [(t, str(i)) for i, t in enumerate(texts)]
 
 
 def test_debug_run_end_to_end_and_checkpoint_state(compose_cfg, tmp_path, one_thread):
@@ -134,8 +132,8 @@ def test_debug_run_end_to_end_and_checkpoint_state(compose_cfg, tmp_path, one_th
     assert image.encoded_image_string.startswith(b"\x89PNG") and 300 <= image.width <= 2000
     assert 300 <= image.height <= 2000
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    restored = TextCls(cfg.task, state=state["task"])
-    assert restored.tokens == build_task(cfg.task).tokens and restored.labels == ["neg", "pos"]
+    restored = build_task(cfg.task, state=state["task"])
+    assert restored.vocab.tokens == build_task(cfg.task).vocab.tokens and restored.labels == ["neg", "pos"]
 
 
 def test_rotten_tomatoes_reads_a_bz2_csv(compose_cfg, tmp_path, monkeypatch):

