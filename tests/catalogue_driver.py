@@ -1,8 +1,8 @@
 """Run many command lines in one process (imports are paid once): read a JSON list of [program, args...]
 from stdin, run each program's main() as its console script would, print one JSON result per command.
 
-Used by tests/test_catalogue.py; each result is {"code": exit status, "stderr": what it printed there,
-"traceback": an uncaught exception's traceback or null}.
+Used by tests/test_catalogue.py and tests/test_toy_model.py; each result is {"code": exit status, "stderr": what
+it printed there, "traceback": an uncaught exception's traceback or null}.
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ class ModelConfig(Schema):
 
     def stack(self) -> Stack:
         forget_bias = Chrono(self.chrono_max_len) if self.forget_bias == "chrono" else float(self.forget_bias)
-        return Stack(self.hidden_size, self.num_layers, self.bidirectional, self.dropout, self.cell, self.backend,
-                     forget_bias)
+        return Stack(self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
+                     dropout=self.dropout, cell=self.cell, backend=self.backend, forget_bias=forget_bias)
 
 
 class Model(nn.Module, Registered):

@@ -39,7 +39,7 @@ class FirstLast(ClassificationTask):
     Config = FirstLastConfig
 
     def __init__(self, cfg: FirstLastConfig, state: dict | None = None) -> None:
-        """``state`` (a checkpoint's, empty): no val, test or training set, only what sampling needs."""
+        """With ``state`` (a checkpoint's: empty), no val, test or training set: only what :meth:`sample` needs."""
         self.seq_len = cfg.seq_len
         self.inputs = Inputs(features=cfg.input_size)
         self.num_outputs = cfg.num_classes
