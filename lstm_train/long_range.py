@@ -25,7 +25,6 @@ from lstm_train.errors import UsageError, one_line_errors
 LAST_STEP_ONLY = 0.75
 
 
-
 def collect(*sweep_dirs: str | Path) -> dict[tuple[str, int], list[float]]:
     """(model label, seq_len) -> the test accuracies of the sweeps' finished first_last jobs. The label is the
     cell, with " chrono" for an LSTM with chrono initialisation (experiment=long_range_chrono)."""

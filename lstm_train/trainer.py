@@ -453,6 +453,5 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-
 def _fmt_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key} (checkpoint {old!r}, now {new!r})" for key, (old, new) in changes.items())

@@ -48,7 +48,6 @@ SHORT = {"i": "input", "f": "forget", "g": "candidate", "o": "output", "c": "cel
 FEATURES = ("line_position", "inside_quotes", "inside_parens")  # text features units are ranked against
 
 
-
 def load(path: str | Path, device: str = "cpu") -> tuple[DictConfig, Task, nn.Module]:
     """The config, the task (from its checkpoint state when it has one; no data needed) and the model."""
     try:
