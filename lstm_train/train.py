@@ -154,7 +154,7 @@ def resume_command(checkpoint: Path) -> str:
     kept = [o for o in overrides.task if not o.startswith("trainer.resume=")]
     kept += [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]  # the same dir, if the user chose it
     program = "lstm-train" if World.from_env().size == 1 else "<your torchrun/srun command> lstm_train.train"
-    return shlex.join([program, *kept, f"trainer.resume={checkpoint.resolve()}"])
+    return f"{program} {shlex.join([*kept, f'trainer.resume={checkpoint.resolve()}'])}"
 
 
 def check_devices(cfg: DictConfig, world: World) -> None:
