@@ -81,13 +81,14 @@ def test_optuna_study_killed_and_continued(tmp_path):
     assert not (tmp_path / "sweep_summary.csv").exists()  # killed hard: no summary from the sweep itself
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    before = optuna.load_study(study_name="debug", storage=storage).trials
+    study = "first_last-classifier-debug"  # the run name (conf/debug/fast.yaml), which names the study
+    before = optuna.load_study(study_name=study, storage=storage).trials
     finished = sum(t.state.is_finished() for t in before)
     assert finished < 3
 
     out = lstm_train("hparams_search=first_last", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}").stdout
     assert f"{finished} of 3 trials finished, {3 - finished} to run (jobs from #{len(before)} on)" in out
-    after = optuna.load_study(study_name="debug", storage=storage).trials
+    after = optuna.load_study(study_name=study, storage=storage).trials
     assert len(after) == len(before) + 3 - finished
     assert sum(t.state.name == "COMPLETE" for t in after) == 3
     assert [t.number for t in after[len(before):]] == list(range(len(before), len(after)))
