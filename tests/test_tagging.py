@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from lstm_train.config import ConfigError
 from lstm_train.models import build_model
+from lstm_train.models.tagger import unique_words
 from lstm_train.tasks import Batch, build_task
 from lstm_train.tasks.brown import base_tag, read_brown, universal
 from lstm_train.tasks.conll import read_conll
-from lstm_train.models.tagger import unique_words
 from lstm_train.tasks.tagging import IGNORE, TaggingMetrics, detect_scheme, pad_tagged, span_counts
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -40,16 +40,15 @@ class CharWords(nn.Module):
 
     def forward(self, chars: Tensor) -> Tensor:
         """(B, T, L) character ids right-padded with 0 -> (B, T, 2 * hidden_size)."""
-        B, T, L = chars.shape
         words, index = unique_words(chars)
         lengths = (words != 0).sum(1).clamp(min=1)  # the all-padding row (padded steps): its vector is not used
         _, (h_n, _) = self.lstm(self.embedding(words), lengths=lengths)
-        return torch.cat([h_n[0], h_n[1]], -1)[index].view(B, T, -1)
+        return torch.cat([h_n[0], h_n[1]], -1)[index]
 
 
 def unique_words(chars: Tensor) -> tuple[Tensor, Tensor]:
-    """The distinct rows of (B, T, L) character ids, (U, L'), trimmed to their longest word; and for each
-    token the index of its row, (B, T)."""
+    """The distinct rows of (B, T, L) character ids, (U, L'), trimmed to their longest word (sorted: the
+    all-padding row of padded steps first); and for each token the index of its row, (B, T)."""
     B, T, L = chars.shape
     words, index = torch.unique(chars.reshape(B * T, L), dim=0, return_inverse=True)
     longest = int((words != 0).sum(1).max()) if len(words) else 0
@@ -71,8 +70,8 @@ class Tagger(Model):
     Config = TaggerConfig
 
     def __init__(
-        self, inputs: Inputs, num_tags: int, stack: Stack, embedding_dim: int | None = None, output_dropout: float = 0.0,
-        char_dim: int = 0, char_hidden: int = 50,
+        self, inputs: Inputs, num_tags: int, stack: Stack, embedding_dim: int | None = None,
+        output_dropout: float = 0.0, char_dim: int = 0, char_hidden: int = 50,
     ) -> None:
         super().__init__()
         self.chars = None

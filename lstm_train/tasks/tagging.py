@@ -17,13 +17,14 @@ Batches (:class:`TaggingBatch`): ``x`` (B, T) word ids right-padded with 0, ``y`
 longest word of the batch). A tagging model is called as ``model(x, lengths, chars=chars)``. With
 ``task.word_dropout`` p, each real word of a training batch reads as the unknown word with probability p (drawn
 from the epoch's seed, so a resumed run replays it), so that the unknown word's embedding is trained on words
-of every kind (Kiperwasser and Goldberg 2016); validation, test and prediction never drop a word. Training batches hold sentences of similar length (shuffled, then sorted within pools
-of 50 batches), which cuts the padding the LSTM runs over; evaluation batches go by length too.
+of every kind (Kiperwasser and Goldberg 2016); validation, test and prediction never drop a word. Training
+batches hold sentences of similar length (shuffled, then sorted within pools of 50 batches), which cuts the
+padding the LSTM runs over; evaluation batches go by length too.
 
-Metrics: ``loss`` (cross-entropy per real token), ``acc`` (token accuracy), ``known_acc`` and ``unk_acc``
-(accuracy on the tokens whose word is in the training vocabulary / is not: read as ``<unk>``); with a BIO or BIOES tag set
-(``task.scheme``: auto detects it from the tags) also span ``precision``, ``recall`` and ``f1`` (micro),
-each sentence (piece) on its own, equal to the standard tools (tested against seqeval): BIO chunks by
+Metrics: ``loss`` (cross-entropy per real token), ``acc`` (token accuracy), and when the split has unknown
+words (read as ``<unk>``) ``unk_acc`` and ``known_acc``, the accuracy on them and on the others; with a BIO or
+BIOES tag set (``task.scheme``: auto detects it from the tags) also span ``precision``, ``recall`` and ``f1``
+(micro), each sentence (piece) on its own, equal to the standard tools (tested against seqeval): BIO chunks by
 conlleval's rules (:func:`bio_spans`, what seqeval's default mode does), BIOES chunks by seqeval's strict
 IOBES rules (:func:`bioes_spans`). At each evaluation the first val sentences, as the model tags them, go
 to TensorBoard's text tab (:meth:`TaggingTask.samples`).
