@@ -380,12 +380,12 @@ def test_unknown_word_accuracy_counts_real_unknown_tokens_only():
     y = torch.tensor([[0, 1, 0, 1], [1, 0, IGNORE, IGNORE]])
     predicted = torch.tensor([[0, 1, 1, 0], [1, 0, 1, 1]])  # unknown: right, wrong, right; known: right, wrong, right
     logits = F.one_hot(predicted, 2).float()
-    metrics = TaggingMetrics(tags, "none", unknown=1)
+    metrics = TaggingMetrics(tags, "none", unknown_words=True)
     metrics.update(logits, Batch(x, y, torch.tensor([4, 2])), torch.tensor(0.0))
     result = metrics.compute()
     assert result["acc"] == pytest.approx(4 / 6)
     assert result["unk_acc"] == pytest.approx(2 / 3) and result["known_acc"] == pytest.approx(2 / 3)
-    known_only = TaggingMetrics(tags, "none", unknown=1)  # no unknown word: one accuracy, as before
+    known_only = TaggingMetrics(tags, "none", unknown_words=True)  # no unknown word: one accuracy, as before
     known_only.update(logits[:, :1], Batch(x[:, :1] + 5, y[:, :1]), torch.tensor(0.0))
     assert set(known_only.compute()) == {"loss", "acc"}
 

@@ -52,6 +52,7 @@ from .files import shown
 
 IGNORE = -100  # the tag id of padding: F.cross_entropy's default ignore_index
 PAD, UNK = "<pad>", "<unk>"
+UNK_ID = 1  # the unknown word's id: every tagging vocabulary starts with PAD, UNK
 Sentence = tuple[list[str], list[str]]  # (words, tags), one tag per word
 # a sentence as ids: word ids (T,), tag ids (T,), character ids (T, L) int32 (None: the task has no characters)
 Encoded = tuple[Tensor, Tensor, Tensor | None]
@@ -160,11 +161,12 @@ class TaggingBatch(Batch):
 
 # ---- metrics -------------------------------------------------------------------------------------------
 class TaggingMetrics(Metrics):
-    """Token loss and accuracy over real tokens (padding never counts); with the ``unknown`` word's id, the
-    accuracy on known and on unknown words apart; span P/R/F1 with a chunk scheme."""
+    """Token loss and accuracy over real tokens (padding never counts); with ``unknown_words``, the accuracy on
+    the words read as :data:`UNK_ID` and on the others apart; span P/R/F1 with a chunk scheme."""
 
-    def __init__(self, tags: Sequence[str], scheme: str, unknown: int | None = None) -> None:
-        self.tags, self.scheme, self.unknown = list(tags), scheme, unknown
+    def __init__(self, tags: Sequence[str], scheme: str, unknown_words: bool = False) -> None:
+        # a flag, not the id: every number here is a sum that a data-parallel run adds up over its processes
+        self.tags, self.scheme, self.unknown_words = list(tags), scheme, unknown_words
         self.loss_sum: Tensor | float = 0.0
         self.correct: Tensor | int = 0
         self.count: Tensor | int = 0
@@ -180,8 +182,8 @@ class TaggingMetrics(Metrics):
         right = predicted == batch.y
         self.correct = self.correct + right[real].sum()
         self.count = self.count + n
-        if self.unknown is not None:
-            unknown = real & (batch.x == self.unknown)
+        if self.unknown_words:
+            unknown = real & (batch.x == UNK_ID)
             self.unk_correct = self.unk_correct + right[unknown].sum()
             self.unk_count = self.unk_count + unknown.sum()
         if self.scheme != "none":  # chunks need the tag strings: one copy to the CPU per batch
@@ -369,7 +371,7 @@ class TaggingTask(Task):
         return int((batch.y != IGNORE).sum())
 
     def new_metrics(self) -> Metrics:
-        return TaggingMetrics(self.tags, self.scheme, self.vocab.unknown)
+        return TaggingMetrics(self.tags, self.scheme, unknown_words=True)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.data["train"]) / batch_size)
@@ -378,7 +380,7 @@ class TaggingTask(Task):
         batches = bucketed(self.data["train"], batch_size, seeded("train", seed, epoch))
         if not self.word_dropout:
             return batches
-        return drop_words(batches, self.word_dropout, self.vocab.unknown, seeded("word_dropout", seed, epoch))
+        return drop_words(batches, self.word_dropout, seeded("word_dropout", seed, epoch))
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
         data = sorted(self.data[split], key=lambda pair: len(pair[0]))  # stable: a fixed order
@@ -437,10 +439,9 @@ def pad_tagged(sentences: Sequence[Encoded]) -> TaggingBatch:
     return TaggingBatch(x, pad(ys, IGNORE)[0], lengths, chars)
 
 
-def drop_words(batches: Iterator[TaggingBatch], p: float, unknown: int, generator: torch.Generator
-               ) -> Iterator[TaggingBatch]:
-    """The batches with each real word (not padding) replaced by ``unknown`` with probability ``p``; the
+def drop_words(batches: Iterator[TaggingBatch], p: float, generator: torch.Generator) -> Iterator[TaggingBatch]:
+    """The batches with each real word (not padding) read as :data:`UNK_ID` with probability ``p``; the
     characters stay the word's own."""
     for batch in batches:
         dropped = (torch.rand(batch.x.shape, generator=generator) < p) & (batch.x != 0)
-        yield replace(batch, x=batch.x.masked_fill(dropped, unknown))
+        yield replace(batch, x=batch.x.masked_fill(dropped, UNK_ID))
