@@ -130,3 +130,12 @@ def test_predict_reads_the_characters_of_new_words(char_run_dir, capsys):
                                                            strict=True))
     # both unknown words read as <unk>, yet the model sees two different words
     assert task.encode(["12", "97"]).tolist() == [1, 1] and not torch.allclose(logits[1][1], logits[1][4])
+
+
+def test_visualize_plots_a_character_aware_taggers_word_lstm(char_run_dir, tmp_path):
+    """Its character LSTM runs over each distinct word, not over the sentence's steps: no plot of it."""
+    from lstm_train.visualize import write_plots
+
+    written = write_plots(char_run_dir / "checkpoints" / "best.pt", tmp_path, text="3 1 3 12 0")
+    assert sorted(p.name for p in written) == ["gates_encoder.lstm.l0.png", "gates_encoder.lstm.l0_reverse.png",
+                                                "saturation.png"]
