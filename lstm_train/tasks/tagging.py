@@ -232,12 +232,11 @@ class TaggingTask(Task):
     """A tag per token. Subclasses implement :meth:`read` (the sentences of each split), or :meth:`_load`."""
 
     kind = "tagging"
-    metric_names: tuple[str, ...] = ("loss", "acc", "known_acc", "unk_acc")
+    # unk_acc and known_acc are reported, not monitored: a split without unknown words has neither
+    metric_names: tuple[str, ...] = ("loss", "acc")
     higher_is_better: ClassVar[dict[str, bool]] = {
         "loss": False,
         "acc": True,
-        "known_acc": True,
-        "unk_acc": True,
         "precision": True,
         "recall": True,
         "f1": True,
@@ -258,7 +257,7 @@ class TaggingTask(Task):
         self.inputs = Inputs(vocab_size=len(self.vocab), chars=None if self.chars is None else len(self.chars))
         self.num_outputs = len(self.tags)
         if self.scheme != "none":
-            self.metric_names = (*self.metric_names, "precision", "recall", "f1")
+            self.metric_names = ("loss", "acc", "precision", "recall", "f1")
 
     def read(self, cfg: Any) -> dict[str, list[Sentence]]:
         """The sentences of train, val and test."""
