@@ -28,6 +28,9 @@ FORMAT = 1
 ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
     "model": {"cell": "lstm", "chrono_max_len": None},  # the GRU/RNN baselines; chrono initialisation
     ("task", "text_char"): {"bptt": False, "sample_length": 0},
+    ("model", "tagger"): {"char_dim": 0, "char_hidden": 50},  # character-aware words (off)
+    ("task", "brown_pos"): {"word_dropout": 0.0},
+    ("task", "conll"): {"word_dropout": 0.0},
     # data-parallel training, thread counts, the gate probe (off, so its batch size is not used)
     "trainer": {"devices": 1, "num_threads": None, "probe_every_n_steps": None, "probe_size": 64},
 }

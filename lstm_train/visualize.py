@@ -72,10 +72,18 @@ def _show(token: str) -> str:
 
 
 def gate_recordings(task: Task, model: nn.Module, example: Example, grads: bool = False) -> dict[str, Recording]:
-    """Each LSTM's recording of the example's forward (the first call, for LSTMs called several times);
-    ``grads``: with dL/dh_t of the example's loss (its batch must hold the true target)."""
+    """Each LSTM's recording of the example's forward (the first call, for LSTMs called several times), of the
+    LSTMs that run over the example's steps: one inside over something else (a tagger's character LSTM, over
+    each distinct word) has no step per label and is left out. ``grads``: with dL/dh_t of the example's loss
+    (its batch must hold the true target)."""
     batch = example.batch.to(next(model.parameters()).device)
-    return {name: calls[0] for name, calls in record(task, model, batch, grads=grads).items() if calls}
+    recs = {name: calls[0] for name, calls in record(task, model, batch, grads=grads).items() if calls}
+    return {name: rec for name, rec in recs.items() if _sequences_and_steps(rec) == (1, len(example.labels))}
+
+
+def _sequences_and_steps(rec: Recording) -> tuple[int, int]:
+    shape = rec.gates[0].shape  # (B, T, 4, H) batch first, else (T, B, 4, H)
+    return (shape[0], shape[1]) if rec.batch_first else (shape[1], shape[0])
 
 
 def activations(rec: Recording, layer: str, kind: str) -> Tensor:

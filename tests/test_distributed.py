@@ -122,8 +122,10 @@ def test_torchrun_trains_one_model_into_one_run_dir(compose_cfg, tmp_path):
          "model.attention=true", "model.teacher_forcing_ratio=1.0", "trainer.batch_size=16"],
         ["model=tagger", "task=tag_synthetic", "task.train_size=64", "model.num_layers=2",
          "model.bidirectional=true"],
+        ["model=tagger", "task=tag_synthetic", "task.train_size=64", "model.char_dim=4", "model.char_hidden=4",
+         "trainer.batch_size=30"],  # each rank spells its own share of the batch's tokens
     ],
-    ids=["reference", "torch", "char-bptt", "seq2seq-attention", "tagger-bidir"],
+    ids=["reference", "torch", "char-bptt", "seq2seq-attention", "tagger-bidir", "tagger-chars"],
 )
 def test_every_backend_and_model_trains_data_parallel(compose_cfg, tmp_path, overrides, monkeypatch):
     args = ["debug=fast", "trainer.progress_bar=false", *overrides]

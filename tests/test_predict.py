@@ -15,9 +15,8 @@ from lstm_train.train import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A debug-sized tag_synthetic run (composed here: module-scoped, so it runs once for the file)."""
+def tagging_run(tmp_path_factory, *overrides: str):
+    """A debug-sized tag_synthetic run (composed here: module-scoped fixtures run it once for the file)."""
     from hydra import compose, initialize_config_dir
 
     from lstm_train.config import CONF_DIR
@@ -34,6 +33,7 @@ def run_dir(tmp_path_factory):
                 "task.train_size=1024",
                 "trainer.max_epochs=5",
                 "optim.lr=0.02",
+                *overrides,
             ],
         )
     out = tmp_path_factory.mktemp("run")
@@ -44,6 +44,16 @@ def run_dir(tmp_path_factory):
     finally:
         torch.set_num_threads(before)
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tagging_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def char_run_dir(tmp_path_factory):
+    return tagging_run(tmp_path_factory, "model.char_dim=6", "model.char_hidden=8")
 
 
 def test_train_writes_token_metrics(run_dir):
@@ -100,3 +110,32 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
     state["config"]["model"]["name"] = "char"
     save_checkpoint(tmp_path / "char.pt", {k: v for k, v in state.items() if k != "format"})
     assert "holds a char model; lstm-predict handles tagger" in error_of(capsys, [str(tmp_path / "char.pt"), "a"])
+
+
+def test_predict_reads_the_characters_of_new_words(char_run_dir, capsys):
+    """A character-aware tagger: lstm-predict spells each word for it, unknown words included."""
+    metrics = json.loads((char_run_dir / "metrics.json").read_text())
+    assert metrics["test"]["acc"] > 0.98
+    checkpoint = str(char_run_dir / "checkpoints" / "best.pt")
+    model, task, _ = predict.load(checkpoint)
+    assert model.chars is not None and task.inputs.chars == 12  # <pad>, <unk> and the digits
+    sentences = ["3 1 3 4 3 0 2", "0 12 0 1 97"]  # 12, 97: not words of the vocabulary; their digits are known
+    with torch.no_grad():
+        logits = [task.forward(model, task.batch([s.split()]))[0] for s in sentences]
+    predict.main([checkpoint, *sentences])
+    slash = [" ".join(f"{w}/{task.tags[t]}" for w, t in zip(s.split(), out.argmax(-1).tolist(), strict=True))
+             for s, out in zip(sentences, logits, strict=True)]
+    assert capsys.readouterr().out.splitlines() == slash
+    assert slash[0] == " ".join(f"{w}/{t}" for w, t in zip(sentences[0].split(), expected_tags(sentences[0].split()),
+                                                           strict=True))
+    # both unknown words read as <unk>, yet the model sees two different words
+    assert task.encode(["12", "97"]).tolist() == [1, 1] and not torch.allclose(logits[1][1], logits[1][4])
+
+
+def test_visualize_plots_a_character_aware_taggers_word_lstm(char_run_dir, tmp_path):
+    """Its character LSTM runs over each distinct word, not over the sentence's steps: no plot of it."""
+    from lstm_train.visualize import write_plots
+
+    written = write_plots(char_run_dir / "checkpoints" / "best.pt", tmp_path, text="3 1 3 12 0")
+    assert sorted(p.name for p in written) == ["gates_encoder.lstm.l0.png", "gates_encoder.lstm.l0_reverse.png",
+                                                "saturation.png"]

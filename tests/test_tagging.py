@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from lstm_train.config import ConfigError
 from lstm_train.models import build_model
+from lstm_train.models.tagger import unique_words
 from lstm_train.tasks import Batch, build_task
 from lstm_train.tasks.brown import base_tag, read_brown, universal
 from lstm_train.tasks.conll import read_conll
@@ -118,12 +119,12 @@ def test_padded_batch_gives_each_sentence_its_own_tags(synthetic_cfg, backend):
     task = build_task(cfg.task)
     torch.manual_seed(0)
     model = build_model(cfg.model, task).eval()
-    pairs = task.data["val"][:6]
-    batch = pad_tagged(pairs)
+    sentences = task.data["val"][:6]
+    batch = pad_tagged(sentences)
     assert batch.lengths.min() < batch.x.shape[1]  # the batch really is padded
     with torch.no_grad():
         together = model(batch.x, batch.lengths)
-        for i, (x, _) in enumerate(pairs):
+        for i, (x, _, _) in enumerate(sentences):
             alone = model(x[None])[0]
             torch.testing.assert_close(together[i, : len(x)], alone, atol=1e-5, rtol=1e-5)
 
@@ -135,9 +136,9 @@ def test_samples_tag_val_sentences_in_eval_mode(synthetic_cfg):
     rng = torch.get_rng_state()
     lines = task.samples(model)["samples"].splitlines()
     assert model.training and torch.equal(rng, torch.get_rng_state())  # mode restored, no dropout draws
-    assert [len(line.split()) for line in lines] == [len(x) for x, _ in task.data["val"][:3]]
+    assert [len(line.split()) for line in lines] == [len(x) for x, _, _ in task.data["val"][:3]]
     with torch.no_grad():
-        x, y = task.data["val"][0]
+        x, y, _ = task.data["val"][0]
         predicted = model.eval()(x[None])[0].argmax(-1).tolist()
     expected = [
         f"{w - 2}/{task.tags[p]}" + ("" if p == g else f"(gold={task.tags[g]})")
@@ -149,7 +150,7 @@ def test_samples_tag_val_sentences_in_eval_mode(synthetic_cfg):
 def test_synthetic_tags_follow_the_rule(synthetic_cfg):
     for rule in ("first", "seen"):
         task = build_task(synthetic_cfg(f"task.rule={rule}").task)
-        for x, y in task.data["test"]:
+        for x, y, _ in task.data["test"]:
             words = x.tolist()
             expected = (
                 [w == words[0] for w in words] if rule == "first" else [w in words[:i] for i, w in enumerate(words)]
@@ -276,7 +277,7 @@ def test_long_sentences_are_split_into_pieces(compose_cfg, tmp_path):
     data.write_text("".join(f"w{i} T{i % 3}\n" for i in range(25)))
     cfg = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}", "task.seq_len=10")
     task = build_task(cfg.task)
-    assert [len(x) for x, _ in task.data["train"]] == [10, 10, 5]  # every token kept
+    assert [len(x) for x, _, _ in task.data["train"]] == [10, 10, 5]  # every token kept
     assert task.scheme == "none" and task.metric_names == ("loss", "acc")
 
 
@@ -367,6 +368,119 @@ def test_training_batches_are_a_function_of_epoch_and_seed(synthetic_cfg, compos
         assert sum(len(b) for b in first) == task.steps_per_epoch(1)
         assert all((b.y != IGNORE).sum(1).tolist() == b.lengths.tolist() for b in first)
     sentences = sorted(tuple(x[:n].tolist()) for b in first for x, n in zip(b.x, b.lengths, strict=True))
-    assert sentences == sorted(tuple(x.tolist()) for x, _ in conll.data["train"])
+    assert sentences == sorted(tuple(x.tolist()) for x, _, _ in conll.data["train"])
     spans = sorted((int(b.lengths.min()), int(b.lengths.max())) for b in first)  # 40 sentences: one pool
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # batches cut from the length-sorted pool
+
+
+# ---- characters, unknown words, word dropout ----------------------------------------------------------------
+def test_unknown_word_accuracy_counts_real_unknown_tokens_only():
+    tags = ["A", "B"]
+    x = torch.tensor([[5, 1, 1, 7], [1, 6, 0, 0]])  # id 1: <unk>; 0: padding
+    y = torch.tensor([[0, 1, 0, 1], [1, 0, IGNORE, IGNORE]])
+    predicted = torch.tensor([[0, 1, 1, 0], [1, 0, 1, 1]])  # unknown: right, wrong, right; known: right, wrong, right
+    logits = F.one_hot(predicted, 2).float()
+    metrics = TaggingMetrics(tags, "none", unknown_words=True)
+    metrics.update(logits, Batch(x, y, torch.tensor([4, 2])), torch.tensor(0.0))
+    result = metrics.compute()
+    assert result["acc"] == pytest.approx(4 / 6)
+    assert result["unk_acc"] == pytest.approx(2 / 3) and result["known_acc"] == pytest.approx(2 / 3)
+    known_only = TaggingMetrics(tags, "none", unknown_words=True)  # no unknown word: one accuracy, as before
+    known_only.update(logits[:, :1], Batch(x[:, :1] + 5, y[:, :1]), torch.tensor(0.0))
+    assert set(known_only.compute()) == {"loss", "acc"}
+
+
+def test_batches_hold_each_tokens_characters(compose_cfg, tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("the DT\ncat NN\nsat VB\n\nThe DT\ndog NN\n\nA DT\ncatalogue NN\n")
+    task = build_task(compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}").task)
+    assert task.chars.tokens[:2] == ["<pad>", "<unk>"] and "T" in task.chars.index  # case kept
+    batch = next(task.eval_batches("val", 3))  # by length: The dog / A catalogue / the cat sat
+    assert batch.chars.shape == (3, 3, len("catalogue"))
+    for row, words in zip(batch.chars, (["The", "dog"], ["A", "catalogue"], ["the", "cat", "sat"]), strict=True):
+        for token, word in zip(row, words, strict=False):
+            assert token[: len(word)].tolist() == task.chars.encode(word) and not token[len(word) :].any()
+        assert not row[len(words) :].any()  # padded steps: no characters
+    assert task.spell(["aZü", "t"]).tolist() == [[task.chars.index["a"], 1, 1], [task.chars.index["t"], 0, 0]]
+    words, index = unique_words(batch.chars)
+    assert len(words) == 8  # 7 distinct words and the empty padding row
+    assert words.shape[1] == len("catalogue") and len({tuple(w) for w in words.tolist()}) == 8
+    assert torch.equal(words[index], batch.chars)  # every token finds its own word
+
+
+def test_word_dropout_replaces_training_words_at_its_rate(compose_cfg, tmp_path):
+    data = write_random_conll(tmp_path / "d.txt", n=400)
+    def task_with(p):
+        cfg = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}",
+                          f"task.word_dropout={p}")
+        return build_task(cfg.task)
+
+    plain, dropped = task_with(0.0), task_with(0.25)
+    for a, b in zip(plain.train_batches(0, 16, seed=3), dropped.train_batches(0, 16, seed=3), strict=True):
+        assert torch.equal(a.chars, b.chars) and torch.equal(a.y, b.y) and torch.equal(a.lengths, b.lengths)
+        changed = a.x != b.x
+        assert (b.x[changed] == 1).all() and (a.x[a.x == 0] == b.x[a.x == 0]).all()  # to <unk>; padding stays
+    batches = list(zip(plain.train_batches(1, 16, seed=3), dropped.train_batches(1, 16, seed=3), strict=True))
+    real = sum(int((a.x > 1).sum()) for a, _ in batches)
+    rate = sum(int(((a.x > 1) & (b.x == 1)).sum()) for a, b in batches) / real
+    assert real > 2000 and rate == pytest.approx(0.25, abs=0.03)
+    again = list(dropped.train_batches(1, 16, seed=3))  # drawn from the epoch's seed: a resumed run replays it
+    assert all(torch.equal(a.x, b.x) for a, (_, b) in zip(again, batches, strict=True))
+    for a, b in zip(plain.eval_batches("val", 16), dropped.eval_batches("val", 16), strict=True):
+        assert torch.equal(a.x, b.x)  # never outside training
+
+
+def suffix_data(path, n, seed):
+    """Sentences of made-up words whose tag is their ending (-ing: V, -ed: D, -ly: R, else N)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        for _ in range(rng.randint(3, 7)):
+            stem = "".join(rng.choice("bcdfgkmnprst") + rng.choice("aeiou") for _ in range(rng.randint(1, 3)))
+            ending, tag = rng.choice([("ing", "V"), ("ed", "D"), ("ly", "R"), ("", "N")])
+            lines.append(f"{stem}{ending} {tag}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("backend", ["fast", "torch"])
+def test_character_aware_tagger_is_padding_invariant(synthetic_cfg, backend):
+    cfg = synthetic_cfg(f"model.backend={backend}", "model.char_dim=5", "model.char_hidden=4", "task.vocab_size=200")
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task).eval()
+    sentences = task.data["val"][:6]
+    batch = pad_tagged(sentences)
+    with torch.no_grad():
+        together = task.forward(model, batch)
+        for i, sentence in enumerate(sentences):
+            alone = task.forward(model, pad_tagged([sentence]))[0]
+            torch.testing.assert_close(together[i, : len(sentence[0])], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_character_aware_tagger_tags_unknown_words_by_their_spelling(compose_cfg, tmp_path):
+    train, test = suffix_data(tmp_path / "train.txt", 60, 0), suffix_data(tmp_path / "test.txt", 30, 1)
+    accuracy = {}
+    for char_dim in (0, 8):
+        cfg = compose_cfg("model=tagger", "task=conll", f"task.train={train}", f"task.val={test}",
+                          "model.hidden_size=16", "model.embedding_dim=8", f"model.char_dim={char_dim}",
+                          "model.char_hidden=16")
+        task = build_task(cfg.task)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, task)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+        for epoch in range(6):
+            for batch in task.train_batches(epoch, 32, seed=0):
+                loss = task.loss(task.forward(model, batch), batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        metrics = task.new_metrics()
+        with torch.no_grad():
+            for b in task.eval_batches("test", 64):
+                output = task.forward(model.eval(), b)
+                metrics.update(output, b, task.loss(output, b))
+        accuracy[char_dim] = metrics.compute()
+    assert accuracy[0]["unk_acc"] < 0.6  # words only: every unseen word is <unk>, one tag for all
+    assert accuracy[8]["unk_acc"] > 0.95 and accuracy[8]["acc"] > 0.95  # four tags by ending

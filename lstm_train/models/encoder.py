@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from lstm_train.nn import Chrono, build_recurrent
@@ -48,9 +49,10 @@ class Stack:
 
 
 class Encoder(nn.Module):
-    """Float vectors go into the LSTM as they are (as in the seed); token ids through an embedding first."""
+    """Float vectors go into the LSTM as they are (as in the seed); token ids through an embedding first.
+    ``extra``: features the caller adds to each step's input (concatenated after it), e.g. a word's spelling."""
 
-    def __init__(self, inputs: Inputs, stack: Stack, embedding_dim: int | None = None) -> None:
+    def __init__(self, inputs: Inputs, stack: Stack, embedding_dim: int | None = None, extra: int = 0) -> None:
         super().__init__()
         if inputs.vocab_size is not None:
             if embedding_dim is None:
@@ -60,15 +62,18 @@ class Encoder(nn.Module):
         else:
             self.embedding = None
             input_size = inputs.features
-        self.lstm = stack.build(input_size)
+        self.lstm = stack.build(input_size + extra)
         self.output_size = stack.output_size
         self.state_size = self.output_size * stack.num_layers  # all layers' final h, concatenated
 
     def forward(
         self, x: Tensor, lengths: Tensor | Sequence[int] | None = None, state: tuple[Tensor, Tensor] | None = None,
-        **kwargs,
+        extra: Tensor | None = None, **kwargs,
     ):
-        """The LSTM's ``(output, (h_n, c_n))`` from ``state`` (None: zeros); plus gates with ``return_gates=True``."""
+        """The LSTM's ``(output, (h_n, c_n))`` from ``state`` (None: zeros); plus gates with ``return_gates=True``.
+        ``extra``: (B, T, extra) features for each step, with an ``extra`` Encoder."""
         if self.embedding is not None:
             x = self.embedding(x)
+        if extra is not None:
+            x = torch.cat([x, extra], -1)
         return self.lstm(x, state, lengths=lengths, **kwargs)

@@ -44,10 +44,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What one step of the input is: a float vector of ``features``, or a token id below ``vocab_size``."""
+    """What one step of the input is: a float vector of ``features``, or a token id below ``vocab_size``; with
+    ``chars``, the batches also hold each token's characters, ids below ``chars`` (a tagging task's words)."""
 
     features: int | None = None
     vocab_size: int | None = None
+    chars: int | None = None
 
 
 @dataclass

@@ -18,13 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from lstm_train.schema import one_of, positive, value
 
 from .base import Batch, TaskConfig, check_lengths
 from .data import Vocab, seeded
-from .tagging import PAD, UNK, TaggingTask, bucketed
+from .tagging import PAD, UNK, Encoded, TaggingTask, bucketed
 
 TAGS = {"first": ["other", "same"], "seen": ["new", "seen"]}
 
@@ -54,12 +53,14 @@ class TagSynthetic(TaggingTask):
     def _load(self, cfg: TagSyntheticConfig) -> None:
         # UNK: words outside the range, in prediction
         self.vocab = Vocab([PAD, UNK, *map(str, range(cfg.vocab_size))], UNK)
+        self.chars = Vocab([PAD, UNK, *"0123456789"], UNK)
+        self.spellings = self.spell(self.vocab.tokens)  # word id -> its characters
         self.tags, self.scheme = TAGS[cfg.rule], "none"
         self.data = {split: self.sample(size, seeded(self.name, cfg.data_seed, split))
                      for split, size in (("val", cfg.val_size), ("test", cfg.test_size))}
 
-    def sample(self, n: int, generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
-        """n (word ids, tag ids) pairs."""
+    def sample(self, n: int, generator: torch.Generator) -> list[Encoded]:
+        """n (word ids, tag ids, character ids) sentences."""
         cfg = self.cfg
         vocab_size, first = cfg.vocab_size, cfg.rule == "first"
         lengths = torch.randint(cfg.min_len, cfg.seq_len + 1, (n,), generator=generator).tolist()
@@ -70,7 +71,8 @@ class TagSynthetic(TaggingTask):
                 tags = (tokens == tokens[0]).long()
             else:  # seen: an earlier position holds the same token
                 tags = (tokens[:, None] == tokens[None, :]).tril(-1).any(1).long()
-            pairs.append((tokens + 2, tags))  # ids 0 and 1: padding and the unknown word
+            ids = tokens + 2  # ids 0 and 1: padding and the unknown word
+            pairs.append((ids, tags, self.spellings[ids]))
         return pairs
 
     def steps_per_epoch(self, batch_size: int) -> int:

@@ -8,13 +8,23 @@ frequency; id 0 pads, id 1 is the unknown word. The tag set is every tag of the 
 are targets, never inputs: a tag that only val or test holds still needs an output to be scored). Both
 travel in :meth:`TaggingTask.state_dict`, so a checkpoint tags new text without the data.
 
-Batches: ``x`` (B, T) word ids right-padded with 0, ``y`` (B, T) tag ids padded with :data:`IGNORE`,
-``lengths`` (B,). Training batches hold sentences of similar length (shuffled, then sorted within pools
-of 50 batches), which cuts the padding the LSTM runs over; evaluation batches go by length too.
+Characters: the character vocabulary is every character of the training words (case kept, also with
+``lowercase``), id 0 pads, id 1 is an unknown character; it travels in the checkpoint too. Each token's
+characters go into the batch, so a character-aware model (``model.char_dim``) reads an unknown word's spelling.
 
-Metrics: ``loss`` (cross-entropy per real token), ``acc`` (token accuracy); with a BIO or BIOES tag set
-(``task.scheme``: auto detects it from the tags) also span ``precision``, ``recall`` and ``f1`` (micro),
-each sentence (piece) on its own, equal to the standard tools (tested against seqeval): BIO chunks by
+Batches (:class:`TaggingBatch`): ``x`` (B, T) word ids right-padded with 0, ``y`` (B, T) tag ids padded with
+:data:`IGNORE`, ``lengths`` (B,), ``chars`` (B, T, L) each token's character ids right-padded with 0 (L: the
+longest word of the batch). A tagging model is called as ``model(x, lengths, chars=chars)``. With
+``task.word_dropout`` p, each real word of a training batch reads as the unknown word with probability p (drawn
+from the epoch's seed, so a resumed run replays it), so that the unknown word's embedding is trained on words
+of every kind (Kiperwasser and Goldberg 2016); validation, test and prediction never drop a word. Training
+batches hold sentences of similar length (shuffled, then sorted within pools of 50 batches), which cuts the
+padding the LSTM runs over; evaluation batches go by length too.
+
+Metrics: ``loss`` (cross-entropy per real token), ``acc`` (token accuracy), and when the split has unknown
+words (read as ``<unk>``) ``unk_acc`` and ``known_acc``, the accuracy on them and on the others; with a BIO or
+BIOES tag set (``task.scheme``: auto detects it from the tags) also span ``precision``, ``recall`` and ``f1``
+(micro), each sentence (piece) on its own, equal to the standard tools (tested against seqeval): BIO chunks by
 conlleval's rules (:func:`bio_spans`, what seqeval's default mode does), BIOES chunks by seqeval's strict
 IOBES rules (:func:`bioes_spans`). At each evaluation the first val sentences, as the model tags them, go
 to TensorBoard's text tab (:meth:`TaggingTask.samples`).
@@ -26,7 +36,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lstm_train.errors import ConfigError, UsageError
-from lstm_train.schema import one_of, positive, value
+from lstm_train.schema import one_of, positive, probability, value
 
 from .base import Batch, Example, Inputs, Metrics, Split, Task, TaskConfig, needs_text
 from .data import Vocab, pad, seeded
@@ -42,7 +52,10 @@ from .files import shown
 
 IGNORE = -100  # the tag id of padding: F.cross_entropy's default ignore_index
 PAD, UNK = "<pad>", "<unk>"
+UNK_ID = 1  # the unknown word's id: every tagging vocabulary starts with PAD, UNK
 Sentence = tuple[list[str], list[str]]  # (words, tags), one tag per word
+# a sentence as ids: word ids (T,), tag ids (T,), character ids (T, L) int32 (None: the task has no characters)
+Encoded = tuple[Tensor, Tensor, Tensor | None]
 POOL = 50  # training batches sorted by length together
 NUM_SAMPLES = 3  # val sentences tagged into TensorBoard's text tab at each evaluation
 
@@ -136,15 +149,29 @@ def detect_scheme(tags: Sequence[str]) -> str:
     return "bioes" if bioes_shaped(prefixes) else "none"
 
 
+@dataclass
+class TaggingBatch(Batch):
+    chars: Tensor | None = None  # (B, T, L) each token's character ids, right-padded with 0; None: no characters
+
+    def to(self, device: torch.device) -> TaggingBatch:
+        moved = super().to(device)
+        chars = None if self.chars is None else self.chars.to(device, non_blocking=True)
+        return TaggingBatch(moved.x, moved.y, moved.lengths, chars)
+
+
 # ---- metrics -------------------------------------------------------------------------------------------
 class TaggingMetrics(Metrics):
-    """Token loss and accuracy over real tokens (padding never counts); span P/R/F1 with a chunk scheme."""
+    """Token loss and accuracy over real tokens (padding never counts); with ``unknown_words``, the accuracy on
+    the words read as :data:`UNK_ID` and on the others apart; span P/R/F1 with a chunk scheme."""
 
-    def __init__(self, tags: Sequence[str], scheme: str) -> None:
-        self.tags, self.scheme = list(tags), scheme
+    def __init__(self, tags: Sequence[str], scheme: str, unknown_words: bool = False) -> None:
+        # a flag, not the id: every number here is a sum that a data-parallel run adds up over its processes
+        self.tags, self.scheme, self.unknown_words = list(tags), scheme, unknown_words
         self.loss_sum: Tensor | float = 0.0
         self.correct: Tensor | int = 0
         self.count: Tensor | int = 0
+        self.unk_correct: Tensor | int = 0
+        self.unk_count: Tensor | int = 0
         self.chunks = [0, 0, 0]  # correct, gold, guessed
 
     def update(self, output: Tensor, batch: Batch, loss: Tensor) -> None:
@@ -152,8 +179,13 @@ class TaggingMetrics(Metrics):
         n = real.sum()
         predicted = output.detach().argmax(-1)
         self.loss_sum = self.loss_sum + loss.detach() * n
-        self.correct = self.correct + (predicted == batch.y)[real].sum()
+        right = predicted == batch.y
+        self.correct = self.correct + right[real].sum()
         self.count = self.count + n
+        if self.unknown_words:
+            unknown = real & (batch.x == UNK_ID)
+            self.unk_correct = self.unk_correct + right[unknown].sum()
+            self.unk_count = self.unk_count + unknown.sum()
         if self.scheme != "none":  # chunks need the tag strings: one copy to the CPU per batch
             lengths = real.sum(1).tolist()
             for gold, guess, length in zip(batch.y.tolist(), predicted.tolist(), lengths, strict=True):
@@ -166,6 +198,11 @@ class TaggingMetrics(Metrics):
         if not count:
             return {}
         result = {"loss": float(self.loss_sum) / count, "acc": float(self.correct) / count}
+        unk_count, unk_correct = int(self.unk_count), int(self.unk_correct)
+        if unk_count:  # a split without unknown words (synthetic data) has one accuracy
+            result["unk_acc"] = unk_correct / unk_count
+            if count > unk_count:
+                result["known_acc"] = (int(self.correct) - unk_correct) / (count - unk_count)
         if self.scheme != "none":
             correct, gold, guessed = self.chunks
             precision = correct / guessed if guessed else 0.0
@@ -185,6 +222,7 @@ class TaggedTextConfig(TaskConfig):  # conll, brown_pos: tagged sentences from f
     train_size: int | None = value(positive)  # at most this many sentences (pieces) per split; null: all
     val_size: int | None = value(positive)
     test_size: int | None = value(positive)
+    word_dropout: float = value(probability)  # a training word reads as <unk> with this probability
 
 
 FORMATS = ("slash", "columns", "tags")  # lstm-predict --format
@@ -194,6 +232,7 @@ class TaggingTask(Task):
     """A tag per token. Subclasses implement :meth:`read` (the sentences of each split), or :meth:`_load`."""
 
     kind = "tagging"
+    # unk_acc and known_acc are reported, not monitored: a split without unknown words has neither
     metric_names: tuple[str, ...] = ("loss", "acc")
     higher_is_better: ClassVar[dict[str, bool]] = {
         "loss": False,
@@ -205,13 +244,17 @@ class TaggingTask(Task):
 
     def __init__(self, cfg: Any, state: dict | None = None) -> None:
         self.seq_len = cfg.seq_len
-        self.lowercase = isinstance(cfg, TaggedTextConfig) and cfg.lowercase  # synthetic words have no case
-        if state is not None:  # from a checkpoint: vocabulary, tags and scheme only
+        text = isinstance(cfg, TaggedTextConfig)
+        self.lowercase = text and cfg.lowercase  # synthetic words have no case
+        self.word_dropout = cfg.word_dropout if text else 0.0
+        if state is not None:  # from a checkpoint: vocabulary, characters, tags and scheme only
             self.vocab, self.tags, self.scheme = Vocab(state["words"], UNK), state["tags"], state["scheme"]
-            self.data: dict[str, list[tuple[Tensor, Tensor]]] = {}
+            # a checkpoint from before the characters has none (its model reads words only)
+            self.chars = Vocab(state["chars"], UNK) if "chars" in state else None
+            self.data: dict[str, list[Encoded]] = {}
         else:
             self._load(cfg)
-        self.inputs = Inputs(vocab_size=len(self.vocab))
+        self.inputs = Inputs(vocab_size=len(self.vocab), chars=None if self.chars is None else len(self.chars))
         self.num_outputs = len(self.tags)
         if self.scheme != "none":
             self.metric_names = ("loss", "acc", "precision", "recall", "f1")
@@ -233,9 +276,12 @@ class TaggingTask(Task):
         counts = Counter(w for words, _ in sentences["train"] for w in self.normalize(words))
         # a text's own "<unk>" is read as the unknown word
         self.vocab = Vocab.counted([PAD, UNK], counts, cfg.min_count, UNK)
+        self.chars = Vocab.counted([PAD, UNK], Counter(c for words, _ in sentences["train"] for w in words for c in w),
+                                   1, UNK)
         tag_id = {t: i for i, t in enumerate(self.tags)}
         self.data = {
-            split: [(self.encode(words), torch.tensor([tag_id[t] for t in tags])) for words, tags in part]
+            split: [(self.encode(words), torch.tensor([tag_id[t] for t in tags]), self.spell(words))
+                    for words, tags in part]
             for split, part in sentences.items()
         }
 
@@ -277,8 +323,24 @@ class TaggingTask(Task):
         """Word ids of a sentence (unknown words: 1), any length."""
         return torch.tensor(self.vocab.encode(self.normalize(words)), dtype=torch.long)
 
+    def spell(self, words: Sequence[str]) -> Tensor | None:
+        """(len(words), longest word) int32 character ids of each word, right-padded with 0 (unknown
+        characters: 1); None if the task has no characters."""
+        if self.chars is None:
+            return None
+        longest = max(map(len, words), default=0)
+        return torch.tensor([[*self.chars.encode(w), *[0] * (longest - len(w))] for w in words], dtype=torch.int32)
+
+    def batch(self, sentences: Sequence[Sequence[str]]) -> TaggingBatch:
+        """A batch of new sentences (lists of words) to tag; their tags are all 0."""
+        return pad_tagged([(self.encode(w), torch.zeros(len(w), dtype=torch.long), self.spell(w)) for w in sentences])
+
     def state_dict(self) -> dict:
-        return {"words": self.vocab.tokens, "tags": self.tags, "scheme": self.scheme}
+        state = {"words": self.vocab.tokens, "tags": self.tags, "scheme": self.scheme}
+        return state if self.chars is None else {**state, "chars": self.chars.tokens}
+
+    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
+        return model(batch.x, batch.lengths, chars=batch.chars)
 
     def samples(self, model: nn.Module) -> dict[str, str]:
         """The first val sentences as the model tags them, ``word/TAG``, a wrong tag followed by ``(gold=TAG)``.
@@ -286,14 +348,14 @@ class TaggingTask(Task):
         pairs = self.data.get("val", [])[:NUM_SAMPLES]
         if not pairs:
             return {}
-        batch = pad_tagged(pairs)
+        batch = pad_tagged(pairs).to(next(model.parameters()).device)
         training = model.training
         model.eval()
         with torch.no_grad():
-            predicted = model(batch.x.to(next(model.parameters()).device), batch.lengths).argmax(-1).tolist()
+            predicted = self.forward(model, batch).argmax(-1).tolist()
         model.train(training)
         lines = []
-        for (x, y), guess in zip(pairs, predicted, strict=True):
+        for (x, y, _), guess in zip(pairs, predicted, strict=True):
             tokens = [
                 f"{self.vocab.tokens[w]}/{self.tags[p]}" + ("" if p == g else f"(gold={self.tags[g]})")
                 for w, g, p in zip(x.tolist(), y.tolist(), guess, strict=False)
@@ -308,13 +370,16 @@ class TaggingTask(Task):
         return int((batch.y != IGNORE).sum())
 
     def new_metrics(self) -> Metrics:
-        return TaggingMetrics(self.tags, self.scheme)
+        return TaggingMetrics(self.tags, self.scheme, unknown_words=True)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.data["train"]) / batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        return bucketed(self.data["train"], batch_size, seeded("train", seed, epoch))
+        batches = bucketed(self.data["train"], batch_size, seeded("train", seed, epoch))
+        if not self.word_dropout:
+            return batches
+        return drop_words(batches, self.word_dropout, seeded("word_dropout", seed, epoch))
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
         data = sorted(self.data[split], key=lambda pair: len(pair[0]))  # stable: a fixed order
@@ -333,8 +398,7 @@ class TaggingTask(Task):
         words = line.split()
         if not words:
             return ""
-        device = next(model.parameters()).device
-        logits = model(self.encode(words)[None].to(device), torch.tensor([len(words)]))
+        logits = self.forward(model, self.batch([words]).to(next(model.parameters()).device))
         tags = [self.tags[i] for i in logits[0].argmax(-1).tolist()]
         if format == "tags":
             return " ".join(tags)
@@ -347,10 +411,10 @@ class TaggingTask(Task):
         words = needs_text(self, text).split()
         if not words:
             raise UsageError("the sentence has no words")
-        return Example(Batch(self.encode(words)[None], torch.zeros(1, len(words), dtype=torch.long)), words, [], None)
+        return Example(self.batch([words]), words, [], None)
 
 
-def bucketed(data: Sequence[tuple[Tensor, Tensor]], batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+def bucketed(data: Sequence[Encoded], batch_size: int, generator: torch.Generator) -> Iterator[TaggingBatch]:
     """Shuffled batches of similar lengths: shuffle, sort pools of POOL batches by length, shuffle the batches."""
     order = torch.randperm(len(data), generator=generator).tolist()
     batches = []
@@ -361,8 +425,22 @@ def bucketed(data: Sequence[tuple[Tensor, Tensor]], batch_size: int, generator: 
         yield pad_tagged([data[i] for i in batches[b]])
 
 
-def pad_tagged(pairs: Sequence[tuple[Tensor, Tensor]]) -> Batch:
-    """Words right-padded with 0, tags with :data:`IGNORE`, and the true lengths (on the CPU)."""
-    xs, ys = zip(*pairs, strict=True)
+def pad_tagged(sentences: Sequence[Encoded]) -> TaggingBatch:
+    """Words right-padded with 0, tags with :data:`IGNORE`, the true lengths (on the CPU), and the characters
+    (B, T, L) right-padded with 0 (None if the sentences have none)."""
+    xs, ys, spellings = zip(*sentences, strict=True)
     x, lengths = pad(xs)
-    return Batch(x, pad(ys, IGNORE)[0], lengths)
+    chars = None
+    if spellings[0] is not None:
+        chars = torch.zeros(*x.shape, max(s.shape[1] for s in spellings), dtype=torch.long)
+        for row, s in zip(chars, spellings, strict=True):
+            row[: s.shape[0], : s.shape[1]] = s
+    return TaggingBatch(x, pad(ys, IGNORE)[0], lengths, chars)
+
+
+def drop_words(batches: Iterator[TaggingBatch], p: float, generator: torch.Generator) -> Iterator[TaggingBatch]:
+    """The batches with each real word (not padding) read as :data:`UNK_ID` with probability ``p``; the
+    characters stay the word's own."""
+    for batch in batches:
+        dropped = (torch.rand(batch.x.shape, generator=generator) < p) & (batch.x != 0)
+        yield replace(batch, x=batch.x.masked_fill(dropped, UNK_ID))
