@@ -17,12 +17,13 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .cell import init_lstm_weights_
-from .fast import fast_layer, prepare_weights
+from .compiled import auto_layer
+from .fast import prepare_weights
 from .record import Recording
 from .reference import reference_layer
 
 Impl = Literal["fast", "reference"]
-IMPLS = {"fast": fast_layer, "reference": reference_layer}
+IMPLS = {"fast": auto_layer, "reference": reference_layer}  # fast: compiled.py's kernel, else fast.py's loop
 # Per impl, what its layer can take precomputed (``prepared=``): the LSTM caches it for calls without autograd.
 PREPARE = {"fast": prepare_weights}
 

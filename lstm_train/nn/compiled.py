@@ -1,0 +1,247 @@
+"""The fast LSTM's time loop in C++: the same equations as ``fast.py``, built on first use, CPU only.
+
+``csrc/recurrence.cpp`` holds the forward and backward loops of one layer and direction: per step the
+recurrent GEMM through ATen into a preallocated gate block, then one fused vectorised pass over it (see the
+file). This module builds it with torch.utils.cpp_extension the first time it is needed on a machine
+(about 10-30 s; needs a C++ compiler and ninja), caches the build (torch's extensions directory, or
+``$TORCH_EXTENSIONS_DIR``) and wraps it in an autograd.Function.
+
+:func:`auto_layer` is what ``LSTM(impl="fast")`` runs: this kernel wherever it applies, else fast.py's
+pure-PyTorch loop, with one log line per process for each reason. ``LSTM_TRAIN_FAST_PATH`` chooses:
+``auto`` (default), ``compiled`` (the kernel wherever it applies; an error if it cannot be built) or
+``pytorch`` (never the kernel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .fast import fast_layer, reverse_within_lengths
+
+log = logging.getLogger(__name__)
+
+ENV = "LSTM_TRAIN_FAST_PATH"
+PATHS = ("auto", "compiled", "pytorch")
+SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
+
+# Compiler flags for the CPU capability torch itself dispatches to, so at::vec::Vectorized is as wide as
+# torch's own kernels (the capability is part of the build's name: a cache shared between machines is safe).
+_ARCH_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"],
+}
+
+_ops = None  # torch.ops.lstm_train once loaded
+_error: str | None = None  # why it could not be built, once tried
+_announced: set[str] = set()
+
+
+def build_directory(name: str) -> Path:
+    """Where a build lives: under $TORCH_EXTENSIONS_DIR if set, else torch's per-user extensions cache."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
+def load():
+    """The kernel's ops (``torch.ops.lstm_train``), built on this machine's first call and loaded once per process.
+
+    Raises RuntimeError, with the reason in one line, when it cannot be built; later calls raise it again
+    without retrying.
+    """
+    global _ops, _error
+    if _ops is None and _error is None:
+        try:
+            _build_and_load()
+            _ops = torch.ops.lstm_train
+        except Exception as e:  # no compiler, no ninja, a compile error: all mean the PyTorch loop instead
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            _error = f"{type(e).__name__}: {lines[-1] if len(lines) > 1 else lines[0]}"[:300]
+    if _error is not None:
+        raise RuntimeError(f"the compiled LSTM kernel cannot be built ({_error})")
+    return _ops
+
+
+def _build_and_load() -> None:
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", *_ARCH_FLAGS.get(capability, [])]
+    # Everything the binary depends on names it: sources, flags, torch and Python versions.
+    key = "\n".join([SOURCE.read_text(), *flags, torch.__version__, sys.version])
+    name = f"lstm_train_recurrence_{capability.lower()}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    directory = build_directory(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    fresh = not (directory / f"{name}.so").exists()
+    if fresh:
+        log.info("building the compiled LSTM kernel in %s (once per machine, about 10-30 s)", directory)
+    start = time.perf_counter()
+    with _build_lock(directory):
+        cpp_extension.load(
+            name, [str(SOURCE)], extra_cflags=flags, build_directory=str(directory), is_python_module=False
+        )
+    if fresh:
+        log.info("built the compiled LSTM kernel in %.0f s", time.perf_counter() - start)
+
+
+class _build_lock:
+    """An exclusive lock on a build directory, released by the OS if its holder dies.
+
+    cpp_extension serialises builds with a lock file that it removes when done, so a build killed midway
+    leaves the file behind and every later process waits on it forever. Holding this lock, no other process
+    of ours is building, so a leftover file is stale and can go. (Without fcntl, i.e. on Windows, only
+    cpp_extension's own lock applies.)
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.file = None
+
+    def __enter__(self) -> None:
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.file = open(self.directory / "build.flock", "w")  # noqa: SIM115 (closed in __exit__)
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        (self.directory / "lock").unlink(missing_ok=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # releases the lock
+
+
+def _announce(message: str) -> None:
+    if message not in _announced:
+        _announced.add(message)
+        log.info("LSTM fast path: %s", message)
+
+
+def why_not_compiled(x: Tensor, h0: Tensor, weights: tuple[Tensor | None, ...]) -> str | None:
+    """None if the compiled kernel runs these inputs, else why not (one short phrase)."""
+    path = os.environ.get(ENV, "auto")
+    if path not in PATHS:
+        raise ValueError(f"{ENV} must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "pytorch":
+        return f"{ENV}=pytorch"
+    if len(weights) != 4:
+        return "projections (proj_size) are not in the kernel"
+    if x.device.type != "cpu":
+        return f"{x.device.type} tensors (the kernel is CPU-only)"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"{x.dtype} tensors (the kernel takes float32 and float64)"
+    if any(t is not None and (t.dtype != x.dtype or t.device != x.device) for t in (h0, *weights)):
+        return "input, states and weights of different dtypes or devices"
+    if torch.is_autocast_enabled("cpu"):
+        return "autocast (the kernel computes in the input's dtype)"
+    if x.numel() == 0 or h0.numel() == 0:
+        return "an empty batch"
+    try:
+        load()
+    except RuntimeError as e:
+        if path == "compiled":
+            raise RuntimeError(f"{ENV}=compiled, but {e}") from None
+        return str(e)
+    return None
+
+
+def auto_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    lengths: Tensor | None,
+    reverse: bool,
+    return_gates: bool,
+    dh_sink: Tensor | None = None,
+    **fast_kwargs,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer``."""
+    why = why_not_compiled(x, h0, weights)
+    if why is None:
+        _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)")
+        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
+    _announce(f"the pure-PyTorch loop, for {why}")
+    return fast_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, **fast_kwargs)
+
+
+def compiled_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    lengths: Tensor | None,
+    reverse: bool,
+    return_gates: bool,
+    dh_sink: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Run (T, B, I) input through one direction with the kernel; the contract of ``fast.fast_layer``.
+
+    With ``lengths``, rows must be sorted longest first (the LSTM module sorts them). The weights are read
+    as they are on every call: nothing is prepared or cached.
+    """
+    T, B = x.shape[:2]
+    H = weights[1].shape[1]
+    if reverse:
+        x = reverse_within_lengths(x, lengths)
+    batch_sizes = [] if lengths is None else (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
+    inputs = (x.contiguous(), h0, c0, *weights)
+    autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if autograd:
+        on_dh = None
+        if dh_sink is not None:
+
+            def on_dh(dh_steps: Tensor) -> None:  # the loop's steps back to the input's time order
+                dh_sink.copy_(reverse_within_lengths(dh_steps, lengths) if reverse else dh_steps)
+
+        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, batch_sizes, on_dh)
+    else:
+        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates)
+    gate_acts = None
+    if return_gates:
+        gate_acts = gates.view(T, B, 4, H)  # already in torch's (i, f, g, o) order
+        if autograd:  # copies: the backward reads gates and cells
+            gate_acts, cells = gate_acts.clone(), cells.clone()
+    else:
+        cells = None
+    if reverse:
+        out = reverse_within_lengths(out, lengths)
+        if return_gates:
+            gate_acts, cells = (reverse_within_lengths(v, lengths) for v in (gate_acts, cells))
+    return out, h_n, c_n, gate_acts, cells
+
+
+class _Recurrence(torch.autograd.Function):
+    """One layer and direction through the kernel: ``(hs, h_n, c_n, gates, cs)``, the last two not differentiable."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes: list[int], on_dh):
+        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, hs, cs)
+        ctx.batch_sizes, ctx.on_dh, ctx.bias = batch_sizes, on_dh, b_ih is not None
+        ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
+        ctx.mark_non_differentiable(gates, cs)
+        return hs, h_n, c_n, gates, cs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_hs, d_hn, d_cn, _d_gates, _d_cs):
+        x, h0, c0, w_ih, w_hh, gates, hs, cs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        record = ctx.on_dh is not None
+        d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps = load().lstm_backward(
+            x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
+            need[0], need[3], ctx.bias and (need[5] or need[6]), record,
+        )  # fmt: skip
+        if record:
+            ctx.on_dh(dh_steps)
+        d_b = (d_bias, d_bias) if ctx.bias else (None, None)
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, *d_b, None, None
