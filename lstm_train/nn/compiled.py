@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,53 +72,54 @@ def load():
     return _ops
 
 
+def _flags() -> list[str]:
+    return ["-O3", *_ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+
+
+def extension_name() -> str:
+    """The build's name: everything the binary depends on (source, flags, torch and Python) is in it, so builds
+    of other versions or machines sharing a cache never mix."""
+    key = "\n".join([SOURCE.read_text(), *_flags(), torch.__version__, sys.version])
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"lstm_train_recurrence_{capability}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def _build_and_load() -> None:
     from torch.utils import cpp_extension
 
-    capability = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3", *_ARCH_FLAGS.get(capability, [])]
-    # Everything the binary depends on names it: sources, flags, torch and Python versions.
-    key = "\n".join([SOURCE.read_text(), *flags, torch.__version__, sys.version])
-    name = f"lstm_train_recurrence_{capability.lower()}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    name = extension_name()
     directory = build_directory(name)
     directory.mkdir(parents=True, exist_ok=True)
-    fresh = not (directory / f"{name}.so").exists()
-    if fresh:
-        log.info("building the compiled LSTM kernel in %s (once per machine, about 10-30 s)", directory)
-    start = time.perf_counter()
-    with _build_lock(directory):
+    with _build_lock(directory):  # another process may be building it: wait for it, then find it built
+        fresh = not (directory / f"{name}.so").exists()
+        if fresh:
+            log.info("building the compiled LSTM kernel in %s (once per machine, about 10-30 s)", directory)
+        start = time.perf_counter()
         cpp_extension.load(
-            name, [str(SOURCE)], extra_cflags=flags, build_directory=str(directory), is_python_module=False
+            name, [str(SOURCE)], extra_cflags=_flags(), build_directory=str(directory), is_python_module=False
         )
-    if fresh:
-        log.info("built the compiled LSTM kernel in %.0f s", time.perf_counter() - start)
+        if fresh:
+            log.info("built the compiled LSTM kernel in %.0f s", time.perf_counter() - start)
 
 
-class _build_lock:
-    """An exclusive lock on a build directory, released by the OS if its holder dies.
+@contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on a build directory, which the OS releases if its holder dies.
 
     cpp_extension serialises builds with a lock file that it removes when done, so a build killed midway
     leaves the file behind and every later process waits on it forever. Holding this lock, no other process
     of ours is building, so a leftover file is stale and can go. (Without fcntl, i.e. on Windows, only
     cpp_extension's own lock applies.)
     """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.file = None
-
-    def __enter__(self) -> None:
-        try:
-            import fcntl
-        except ImportError:
-            return
-        self.file = open(self.directory / "build.flock", "w")  # noqa: SIM115 (closed in __exit__)
-        fcntl.flock(self.file, fcntl.LOCK_EX)
-        (self.directory / "lock").unlink(missing_ok=True)
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()  # releases the lock
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(directory / "build.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file is closed
+        (directory / "lock").unlink(missing_ok=True)
+        yield
 
 
 def _announce(message: str) -> None:

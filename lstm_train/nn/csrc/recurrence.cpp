@@ -39,6 +39,8 @@ constexpr int kRows = 6;  // 24 + 4 of 32 zmm registers
 #else
 constexpr int kRows = 3;  // 12 + 4 of 16 ymm registers
 #endif
+// Rows (steps x batch) up to which a call skips packing the weights and uses ATen's GEMMs.
+constexpr int64_t kFewRows = 16;
 // Multiply-adds per sequence below which one thread does it all (a parallel region costs microseconds).
 constexpr int64_t kParallelWork = 1 << 20;
 
@@ -88,6 +90,24 @@ __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4]
   }
 }
 
+// The cell on one vector of hidden units (the first n of them real) of one row, from its pre-activations: writes
+// the new c and h at c and h, and the activations at gates (a row of 4H from the vector's offset) unless null.
+template <typename T>
+inline void cell(const Vectorized<T>& i_pre, const Vectorized<T>& f_pre, const Vectorized<T>& g_pre,
+                 const Vectorized<T>& o_pre, const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n) {
+  using L = Lanes<T>;
+  const auto i = L::sigmoid(i_pre), f = L::sigmoid(f_pre), g = L::tanh(g_pre), o = L::sigmoid(o_pre);
+  const auto c_new = at::vec::fmadd(f, L::load(c_prev, n), i * g);
+  if (gates != nullptr) {
+    L::store(i, gates, n);
+    L::store(f, gates + H, n);
+    L::store(g, gates + 2 * H, n);
+    L::store(o, gates + 3 * H, n);
+  }
+  L::store(c_new, c, n);
+  L::store(o * L::tanh(c_new), h, n);
+}
+
 // One step of R rows x one vector of hidden units (the first j, n of them real), all in registers:
 // pre-activations = bias (4H, or null) + x_t W_ih^T + h_prev W_hh^T, then the cell. w_ih, w_hh: this vector's
 // (K, 4, N) slices of pack_forward's layouts; x: rows of I, h_prev, c_prev, c, h: rows of H, gates: rows of 4H
@@ -110,49 +130,37 @@ void forward_block(const T* x, const T* bias, const T* w_ih, const T* w_hh, cons
   accumulate<T, R>(acc, h_prev, H, H, w_hh);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    const V i = L::sigmoid(acc[r][0]), f = L::sigmoid(acc[r][1]), g = L::tanh(acc[r][2]);
-    const V o = L::sigmoid(acc[r][3]);
-    const V c_new = at::vec::fmadd(f, L::load(c_prev + r * H + j, n), i * g);
-    if (gates != nullptr) {
-      T* a = gates + r * 4 * H + j;
-      L::store(i, a, n);
-      L::store(f, a + H, n);
-      L::store(g, a + 2 * H, n);
-      L::store(o, a + 3 * H, n);
-    }
-    L::store(c_new, c + r * H + j, n);
-    L::store(o * L::tanh(c_new), h + r * H + j, n);
+    cell<T>(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev + r * H + j, c + r * H + j, h + r * H + j,
+            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n);
   }
 }
 
-// dh_out (R rows x one vector of hidden units at offset j, n of them real) = init + d_pre @ W_hh. d_pre: rows
-// of 4H; w: W_hh as (4H, Hp), zero-padded, offset to j; init: rows of H, or null for zeros.
+// dh_out (R rows x 4 vectors of hidden units from j, the first n of them real) = init + d_pre @ W_hh, all in
+// registers. d_pre: rows of 4H; w: this slice of pack_backward's W_hh, (4H, 4, N); init, dh_out: rows of H,
+// init null for zeros.
 template <typename T, int R>
-void backward_block(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t Hp, int64_t j,
-                    int64_t n) {
+void backward_block(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n) {
   using L = Lanes<T>;
   using V = typename L::V;
-  const int64_t G = 4 * H;
-  V acc[R];
+  V acc[R][4];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    acc[r] = init == nullptr ? V(T(0)) : L::load(init + r * H + j, n);
-  }
-  for (int64_t k = 0; k < G; k += 4) {  // four rows of W_hh at a time (G is a multiple of 4): 4 loads in flight
-    const V w0 = V::loadu(w + k * Hp), w1 = V::loadu(w + (k + 1) * Hp);
-    const V w2 = V::loadu(w + (k + 2) * Hp), w3 = V::loadu(w + (k + 3) * Hp);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const T* d = d_pre + r * G + k;
-      acc[r] = at::vec::fmadd(V(d[0]), w0, acc[r]);
-      acc[r] = at::vec::fmadd(V(d[1]), w1, acc[r]);
-      acc[r] = at::vec::fmadd(V(d[2]), w2, acc[r]);
-      acc[r] = at::vec::fmadd(V(d[3]), w3, acc[r]);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      const int64_t m = std::clamp<int64_t>(n - q * L::N, 0, L::N);
+      acc[r][q] = init == nullptr || m == 0 ? V(T(0)) : L::load(init + r * H + j + q * L::N, m);
     }
   }
+  accumulate<T, R>(acc, d_pre, 4 * H, 4 * H, w);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    L::store(acc[r], dh_out + r * H + j, n);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      const int64_t m = std::clamp<int64_t>(n - q * L::N, 0, L::N);
+      if (m > 0) {
+        L::store(acc[r][q], dh_out + r * H + j + q * L::N, m);
+      }
+    }
   }
 }
 
@@ -214,9 +222,8 @@ struct ForwardBlock {
 
 template <typename T, int R>
 struct BackwardBlock {
-  static void run(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t Hp, int64_t j,
-                  int64_t n) {
-    backward_block<T, R>(d_pre, w, init, dh_out, H, Hp, j, n);
+  static void run(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n) {
+    backward_block<T, R>(d_pre, w, init, dh_out, H, j, n);
   }
 };
 
@@ -285,6 +292,14 @@ Tensor pack_forward(const Tensor& weight, int64_t H, int64_t N) {
   return packed;
 }
 
+// W_hh (4H, H) as the backward kernel reads it: one contiguous (4H, 4, N) slice per 4 vectors of hidden units,
+// [j / 4N][k][j % 4N] = W_hh[k][j], zero for j >= H.
+Tensor pack_backward(const Tensor& w_hh, int64_t N) {
+  const int64_t H = w_hh.size(1), blocks = (H + 4 * N - 1) / (4 * N);
+  Tensor padded = at::constant_pad_nd(w_hh, {0, blocks * 4 * N - H});  // (4H, blocks 4N)
+  return padded.view({4 * H, blocks, 4 * N}).transpose(0, 1).contiguous();
+}
+
 // a @ b. MKL is slow when the product has few columns (4-6x for the 10 of a small input_size): then it computes
 // (b^T a^T)^T, whose rows are few instead.
 Tensor product(const Tensor& a, const Tensor& b) {
@@ -317,19 +332,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor gates = keep ? at::empty({T, B, G}, x.options()) : Tensor();
   Tensor cs = at::empty({keep ? T : std::min<int64_t>(T, 2), B, H}, x.options());
 
+  // Few rows in all (decoding a few sequences a step at a time): packing the weights would cost more than the
+  // products, so ATen's GEMMs read them as they are, into pre-activations, and a vectorised pass does the cell.
+  const bool few = T * B <= kFewRows;
+  Tensor pre;
+  if (few) {
+    pre = keep ? gates : at::empty({T, B, G}, x.options());
+    Tensor pre2 = pre.view({T * B, G});
+    if (bias.defined()) {
+      at::addmm_out(pre2, bias, x.view({T * B, I}), w_ih.t());
+    } else {
+      at::mm_out(pre2, x.view({T * B, I}), w_ih.t());
+    }
+  }
+
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_train_forward", [&] {
     using T_ = scalar_t;
     constexpr int64_t N = Lanes<T_>::N;
-    const Tensor w_ih_packed = pack_forward<T_>(w_ih, H, N), w_hh_packed = pack_forward<T_>(w_hh, H, N);
-    const T_* wi = w_ih_packed.data_ptr<T_>();
-    const T_* wh = w_hh_packed.data_ptr<T_>();
+    Tensor w_ih_packed, w_hh_packed;
+    if (!few) {
+      w_ih_packed = pack_forward<T_>(w_ih, H, N);
+      w_hh_packed = pack_forward<T_>(w_hh, H, N);
+    }
+    const T_* wi = few ? nullptr : w_ih_packed.data_ptr<T_>();
+    const T_* wh = few ? nullptr : w_hh_packed.data_ptr<T_>();
     const T_* bias_p = bias.defined() ? bias.data_ptr<T_>() : nullptr;
     const T_* xp = x.data_ptr<T_>();
     T_* g = keep ? gates.data_ptr<T_>() : nullptr;
     T_* hp = hs.data_ptr<T_>();
     T_* cp = cs.data_ptr<T_>();
     const int64_t c_steps = cs.size(0);
-    over_threads(B, T * B * G * (I + H), [&](const std::vector<Block>& blocks) {
+    over_threads(B, few ? 0 : T * B * G * (I + H), [&](const std::vector<Block>& blocks) {
       for (int64_t t = 0; t < T; ++t) {
         const int64_t b = running(batch_sizes, t, T, B), ending = running(batch_sizes, t + 1, T, B);
         const T_* x_t = xp + t * B * I;
@@ -338,7 +371,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         T_* g_t = keep ? g + t * B * G : nullptr;
         T_* h_t = hp + t * B * H;
         T_* c_t = cp + t % c_steps * B * H;
-        for (int64_t j = 0; j < H; j += N) {  // a vector's weights stay in cache while each block uses them
+        if (few) {
+          Tensor pre_t = pre[t].narrow(0, 0, b);
+          pre_t.addmm_((t == 0 ? h0 : hs[t - 1]).narrow(0, 0, b), w_hh.t());
+          const T_* p = pre_t.data_ptr<T_>();
+          for (int64_t row = 0; row < b; ++row) {
+            for (int64_t j = 0; j < H; j += N) {
+              const int64_t n = std::min(N, H - j), k = row * H + j;
+              const T_* a = p + row * G + j;
+              cell<T_>(Lanes<T_>::load(a, n), Lanes<T_>::load(a + H, n), Lanes<T_>::load(a + 2 * H, n),
+                       Lanes<T_>::load(a + 3 * H, n), c_prev + k, c_t + k, h_t + k,
+                       keep ? g_t + row * G + j : nullptr, H, n);
+            }
+          }
+        }
+        for (int64_t j = 0; j < (few ? 0 : H); j += N) {  // a vector's weights stay in cache while each block uses them
           for (const Block& blk : blocks) {
             const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
             if (rows > 0) {
@@ -394,11 +441,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_train_backward", [&] {
     using T_ = scalar_t;
     constexpr int64_t N = Lanes<T_>::N;
-    const int64_t Hp = (H + N - 1) / N * N;
-    const Tensor w_pad = Hp == H ? w_hh.contiguous() : at::constant_pad_nd(w_hh, {0, Hp - H});  // (4H, Hp)
+    const Tensor w_packed = pack_backward(w_hh, N);
     const T_* a = gates.data_ptr<T_>();
     const T_* cp = cs.data_ptr<T_>();
-    const T_* w = w_pad.data_ptr<T_>();
+    const T_* w = w_packed.data_ptr<T_>();
     const T_* dhs = d_hs.defined() ? d_hs.data_ptr<T_>() : nullptr;
     const T_* dhn = d_hn.defined() ? d_hn.data_ptr<T_>() : nullptr;
     T_* dp = d_pre.data_ptr<T_>();
@@ -433,13 +479,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
         }
         // dL/dh_{t-1}: through the output, plus W_hh^T d_pre_t through step t (at t = 0: dL/dh0)
         const T_* init = (t == 0 || dhs == nullptr) ? nullptr : dhs + (t - 1) * B * H;
-        for (int64_t j = 0; j < H; j += N) {
-          const int64_t n = std::min(N, H - j);
+        for (int64_t j = 0; j < H; j += 4 * N) {  // 4 vectors' weights stay in cache while each block uses them
           for (const Block& blk : blocks) {
             const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
             if (rows > 0) {
-              call_block<T_, BackwardBlock>(static_cast<int>(rows), dp_t + r * G, w + j,
-                                            init == nullptr ? nullptr : init + r * H, dh_p + r * H, H, Hp, j, n);
+              call_block<T_, BackwardBlock>(static_cast<int>(rows), dp_t + r * G, w + j * G,
+                                            init == nullptr ? nullptr : init + r * H, dh_p + r * H, H, j,
+                                            std::min(4 * N, H - j));
             }
           }
         }
