@@ -42,7 +42,7 @@ constexpr int kRows = 3;  // 12 + 4 of 16 ymm registers
 #endif
 // Rows (steps x batch) up to which a call skips packing the weights and uses ATen's GEMMs.
 constexpr int64_t kFewRows = 16;
-// Multiply-adds per sequence below which one thread does it all (a parallel region costs microseconds).
+// Multiply-adds of a call each thread must get, or fewer threads run it (a parallel region costs microseconds).
 constexpr int64_t kParallelWork = 1 << 20;
 
 #if defined(CPU_CAPABILITY_AVX512)
