@@ -72,8 +72,15 @@ def load():
     return _ops
 
 
+def _openmp() -> list[str]:
+    """-fopenmp where torch's threads are OpenMP's and GCC's runtime is the one torch loads (Linux): ATen's
+    parallel_for is inline code that runs on one thread unless compiled with OpenMP. Elsewhere the kernel
+    runs on one thread."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
+
+
 def _flags() -> list[str]:
-    return ["-O3", *_ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+    return ["-O3", *_ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), []), *_openmp()]
 
 
 def extension_name() -> str:
@@ -96,7 +103,8 @@ def _build_and_load() -> None:
             log.info("building the compiled LSTM kernel in %s (once per machine, about 10-30 s)", directory)
         start = time.perf_counter()
         cpp_extension.load(
-            name, [str(SOURCE)], extra_cflags=_flags(), build_directory=str(directory), is_python_module=False
+            name, [str(SOURCE)], extra_cflags=_flags(), extra_ldflags=_openmp(), build_directory=str(directory),
+            is_python_module=False,
         )
         if fresh:
             log.info("built the compiled LSTM kernel in %.0f s", time.perf_counter() - start)
