@@ -59,6 +59,11 @@ def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.
     return {name: m.to(dtype) for name, m in models.items()}
 
 
+# The clock of time_rounds: wall time, or with --cpu-time (one thread only) this thread's CPU time, which a machine
+# shared with other jobs slows much less.
+CLOCK = {"clock": time.perf_counter}
+
+
 def time_rounds(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
     """Run every function once per round, in turn, and return each one's seconds per round."""
     for _ in range(warmup):
@@ -69,9 +74,10 @@ def time_rounds(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -
     for _ in range(repeats):
         for name, fn in fns.items():
             select(name)
-            start = time.perf_counter()
+            clock = CLOCK["clock"]
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
@@ -223,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per variant (median reported)")
     parser.add_argument("--fastest", action="store_true",
                         help="each variant's fastest round instead of the median (a machine shared with other jobs)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time rounds in this thread's CPU time (with --threads 1; a shared machine slows it less)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--shape", type=int, nargs="+", choices=range(len(SHAPES)), help="only these shapes (0-based)")
     parser.add_argument("--no-steps", action="store_true", help="skip the time-per-step table")
@@ -234,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time measures one thread: use it with --threads 1")
+    if args.cpu_time:
+        CLOCK["clock"] = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
@@ -251,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats,
-           "statistic": "fastest" if args.fastest else "median"}
+           "statistic": "fastest" if args.fastest else "median", "clock": "cpu" if args.cpu_time else "wall"}
     rows, pick = [], min if args.fastest else statistics.median
     for shape in shapes:
         rows.append(bench_shape(shape, args.impls, dtype, repeats, args.warmup, pick))
@@ -305,7 +317,7 @@ def print_row(row: dict, header: bool, env: dict) -> None:
     impls = [n for n in row["forward"] if n != "torch"]
     if header:
         print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, "
-              f"{env['statistic']} of {env['repeats']} rounds")
+              f"{env['statistic']} of {env['repeats']} rounds, {env['clock']} time")
         cols = ["(B, T, I, H, layers, bidir)", "torch fwd ms", "torch f+b ms"]
         cols += [f"{n} {k}" for n in impls for k in ("fwd ratio", "f+b ratio")]
         print("| " + " | ".join(cols) + " |")
