@@ -3,18 +3,34 @@
 Keys (written by :meth:`lstm_train.trainer.Trainer.state_dict`): ``format``, ``model``, ``optimizer``,
 ``scheduler``, ``progress`` (step, epoch, batch in epoch, best, early stopping), ``rng``, ``config`` (the
 resolved config as plain dicts), ``task`` (what the task needs to rebuild itself, e.g. a vocabulary),
-``num_params``, ``metrics`` (the last evaluation).
+``num_params``, ``interval`` (what the steps since the last evaluation accumulated: log sums, train
+metrics, a task's carried state), so that a run stopped at any step resumes to the same numbers.
+
+A checkpoint written by an older version has an older config: :func:`migrate_config` brings it up to today's
+keys as it is read (the one place that knows the keys' history), so everything downstream reads one format.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickletools
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 FORMAT = 1
+
+# Keys added to the configs since the first checkpoints, with the value that does what a config without the key
+# did: group -> {key: value}, or (group, option name) -> {key: value} for keys of one option.
+ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
+    "model": {"cell": "lstm", "chrono_max_len": None},  # the GRU/RNN baselines; chrono initialisation
+    ("task", "text_char"): {"bptt": False, "sample_length": 0},
+    # data-parallel training, thread counts, the gate probe (off, so its batch size is not used)
+    "trainer": {"devices": 1, "num_threads": None, "probe_every_n_steps": None, "probe_size": 64},
+}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -29,17 +45,47 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint's dict; a one-line ValueError for any file that is not an lstm-train checkpoint."""
     try:  # read onto the CPU, so that every failure here is the file's; moved to the device below
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": our one line says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         # torch.load fails on foreign files with anything from KeyError('101') on a text file to a
         # 20-line "Weights only load failed" on a pickle of arbitrary objects: none of it helps the user.
-        why = "truncated or not a torch file" if "Weights only" not in str(e) else "it holds arbitrary Python objects"
+        refused = "Weights only load failed" in str(e) and _is_pickle(path)
+        why = "it holds arbitrary Python objects" if refused else "truncated or not a torch file"
         raise ValueError(f"{path} is not an lstm-train checkpoint ({why})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an lstm-train checkpoint (format {FORMAT})")
+    if isinstance(state.get("config"), dict):
+        state["config"] = migrate_config(state["config"])
     device = torch.device(map_location)
     # RNG states stay on the CPU: torch.set_rng_state and cuda.set_rng_state_all take CPU byte tensors.
     return {k: v if k == "rng" else _to_device(v, device) for k, v in state.items()}
+
+
+def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config (plain dicts) with the keys added since it was written (:data:`ADDED`) filled in."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for where, added in ADDED.items():
+        group, option = (where, None) if isinstance(where, str) else where
+        node = config.get(group)
+        if isinstance(node, dict) and (option is None or node.get("name") == option):
+            node.update({k: v for k, v in added.items() if k not in node})
+    return config
+
+
+def _is_pickle(path: str | Path) -> bool:
+    """A whole torch file (a zip) or a whole pickle stream: what torch's safe loader refuses for what it holds,
+    not for how it is cut. Reading the opcodes runs nothing."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return True
+        f.seek(0)
+        try:
+            pickletools.dis(f, out=io.StringIO())
+        except Exception:
+            return False
+    return True
 
 
 def _to_device(tree: Any, device: torch.device) -> Any:
@@ -64,3 +110,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old, new) for every value that differs between two resolved configs (resume itself aside)."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    keys = sorted((flat_old.keys() | flat_new.keys()) - {"trainer.resume"})
+    return {k: (flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,7 +1,9 @@
-"""``lstm-generate``: sample text from a char-model checkpoint, streaming characters as they come.
+"""``lstm-generate``: sample text from a checkpoint of a language model, streaming it as it comes.
 
 The checkpoint carries everything needed: the resolved config rebuilds the model, the task state holds the
-vocabulary, so the training text need not be present. Mistakes are one line on stderr and exit status 2.
+vocabulary, so the training text need not be present. The checkpoint's task does the sampling
+(:meth:`~lstm_train.tasks.Task.generate`); a task without it is refused. Mistakes are one line on stderr and
+exit status 2.
 """
 
 from __future__ import annotations
@@ -13,23 +15,25 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
-from lstm_train.config import ConfigError
-from lstm_train.models import CharLM, load_trained
-from lstm_train.tasks.text import UNK, read_text
+from lstm_train.errors import ConfigError, UsageError, one_line_errors
+from lstm_train.models import models_for
+from lstm_train.registry import implements
+from lstm_train.tasks import TASKS, Task
+from lstm_train.tasks.files import read_text
+from lstm_train.trained import load_trained
 
 
-class UsageError(Exception):
-    pass
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[CharLM, object]:
+def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Task]:
     """The model and its task (vocabulary only, no data) from a checkpoint written by lstm-train."""
 
     def check(cfg: DictConfig) -> None:
-        if cfg.task.name != "text_char" or cfg.model.name != "char":
-            raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs model=char "
-                             "task=text_char")
+        tasks = TASKS.supporting("generate")
+        if cfg.model.name not in models_for(tasks) or not implements(TASKS.option(cfg.task), "generate"):
+            needs = " or ".join(f"model={m}" for m in models_for(tasks)) + " " + " or ".join(
+                f"task={t.name}" for t in tasks)
+            raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs {needs}")
 
     try:
         _, task, model = load_trained(path, device, check)
@@ -65,32 +69,25 @@ def run(args: argparse.Namespace) -> None:
     if not prompt:
         raise UsageError("--prompt is empty; give at least one character")
     model, task = load_model(args.checkpoint, args.device)
-    vocab = task.vocab
-    unknown = sorted(set(prompt) - set(vocab.chars))
-    if unknown:
-        print(f"lstm-generate: warning: not in the vocabulary, read as {UNK}: {''.join(unknown)!r}", file=sys.stderr)
+    warning = task.prompt_warning(prompt)
+    if warning:
+        print(f"lstm-generate: warning: {warning}", file=sys.stderr)
     generator = torch.Generator()
     generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
-    ids = vocab.encode(prompt)
     for n in range(args.num_samples):
         if n:
             sys.stdout.write("\n---\n")
         sys.stdout.write(prompt)
-        for token in model.stream(ids, args.length, args.temperature, args.top_k, generator):
-            sys.stdout.write(vocab.chars[token])
-            sys.stdout.flush()  # stream: one character at a time, as it is sampled
+        for piece in task.generate(model, prompt, args.length, args.temperature, args.top_k, generator):
+            sys.stdout.write(piece)
+            sys.stdout.flush()  # stream: one piece at a time, as it is sampled
     sys.stdout.write("\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with one_line_errors("lstm-generate", ValueError, RuntimeError):  # RuntimeError: a device torch lacks
         run(args)
-    except (UsageError, ValueError, ConfigError, RuntimeError) as e:  # RuntimeError: a device torch lacks
-        print(f"lstm-generate: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 if __name__ == "__main__":

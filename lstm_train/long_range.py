@@ -1,8 +1,9 @@
 """The long-range sweep's results: test accuracy against first_last's sequence length, one line per cell.
 
-Reads a multirun dir of ``lstm-train -m experiment=long_range``: every job dir holding a metrics.json and
-the job's .hydra/config.yaml. Jobs with the same cell and length (several seeds) are averaged.
-``python scripts/plot_long_range.py SWEEP_DIR [--out PNG]`` prints the table and writes the plot.
+Reads multirun dirs of ``lstm-train -m experiment=long_range`` (and ``long_range_chrono``): every job dir
+holding a metrics.json and the job's .hydra/config.yaml. Jobs with the same model and length (several seeds)
+are averaged. ``python scripts/plot_long_range.py SWEEP_DIR... [--out PNG]`` prints the table and writes the
+plot.
 """
 
 from __future__ import annotations
@@ -10,40 +11,46 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lstm_train.checkpoint import migrate_config
+from lstm_train.errors import UsageError, one_line_errors
+
 # With two classes, the last step alone predicts sign(x0 + xT) as sign(xT) 3/4 of the time: accuracy above
 # that needs a memory of the first step.
 LAST_STEP_ONLY = 0.75
 
 
-class UsageError(Exception):
-    pass
-
-
-def collect(sweep_dir: str | Path) -> dict[tuple[str, int], list[float]]:
-    """(cell, seq_len) -> the test accuracies of the sweep's finished first_last jobs."""
-    sweep_dir = Path(sweep_dir).expanduser()
-    if not sweep_dir.is_dir():
-        raise UsageError(f"no directory at {sweep_dir}")
+def collect(*sweep_dirs: str | Path) -> dict[tuple[str, int], list[float]]:
+    """(model label, seq_len) -> the test accuracies of the sweeps' finished first_last jobs. The label is the
+    cell, with " chrono" for an LSTM with chrono initialisation (experiment=long_range_chrono)."""
     results: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for sweep_dir in map(Path, sweep_dirs):
+        sweep_dir = sweep_dir.expanduser()
+        if not sweep_dir.is_dir():
+            raise UsageError(f"no directory at {sweep_dir}")
+        _collect_one(sweep_dir, results)
+    if not results:
+        dirs = ", ".join(map(str, sweep_dirs))
+        raise UsageError(f"{dirs} holds no finished first_last job (<job>/metrics.json and <job>/.hydra/)")
+    return dict(results)
+
+
+def _collect_one(sweep_dir: Path, results: dict[tuple[str, int], list[float]]) -> None:
     for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
         config_file = metrics_file.parent / ".hydra" / "config.yaml"
         if not config_file.is_file():
             continue
-        cfg = OmegaConf.load(config_file)
+        cfg = OmegaConf.create(migrate_config(OmegaConf.to_container(OmegaConf.load(config_file))))
         if cfg.task.name != "first_last":
             continue
         metrics = json.loads(metrics_file.read_text())
-        results[(cfg.model.get("cell", "lstm"), int(cfg.task.seq_len))].append(float(metrics["test"]["acc"]))
-    if not results:
-        raise UsageError(f"{sweep_dir} holds no finished first_last job (<job>/metrics.json and <job>/.hydra/)")
-    return dict(results)
+        label = cfg.model.cell + (" chrono" if cfg.model.forget_bias == "chrono" else "")
+        results[(label, int(cfg.task.seq_len))].append(float(metrics["test"]["acc"]))
 
 
 def table(results: dict[tuple[str, int], list[float]]) -> str:
@@ -63,9 +70,6 @@ def table(results: dict[tuple[str, int], list[float]]) -> str:
 
 def plot(results: dict[tuple[str, int], list[float]], path: str | Path) -> None:
     """Test accuracy against sequence length (log x), one line per cell, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.5, 4.2), dpi=100, layout="constrained")
@@ -90,21 +94,18 @@ def plot(results: dict[tuple[str, int], list[float]], path: str | Path) -> None:
 
 
 def _cell_order(cell: str) -> tuple[int, str]:
-    order = ("lstm", "gru", "rnn")
+    order = ("lstm chrono", "lstm", "gru", "rnn")
     return (order.index(cell) if cell in order else len(order), cell)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="plot_long_range.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", help="the multirun dir of lstm-train -m experiment=long_range")
-    p.add_argument("--out", help="the PNG to write (default: SWEEP_DIR/long_range.png)")
+    p.add_argument("sweep_dir", nargs="+", help="multirun dirs of lstm-train -m experiment=long_range[_chrono]")
+    p.add_argument("--out", help="the PNG to write (default: long_range.png in the first SWEEP_DIR)")
     args = p.parse_args(argv)
-    try:
-        results = collect(args.sweep_dir)
-        out = Path(args.out) if args.out else Path(args.sweep_dir) / "long_range.png"
+    with one_line_errors("plot_long_range.py", OSError):
+        results = collect(*args.sweep_dir)
+        out = Path(args.out) if args.out else Path(args.sweep_dir[0]) / "long_range.png"
         print(table(results))
         plot(results, out)
-    except (UsageError, OSError) as e:
-        print(f"plot_long_range.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out}")

@@ -149,9 +149,6 @@ def summarize(calls: dict[str, list[Recording]]) -> Summary:
 
 def grad_highway_figure(norms: dict[str, Tensor], title: str):
     """||dL/dh_t|| against t, log y, one line per layer and direction: a matplotlib Figure (no pyplot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4), dpi=100, layout="constrained")
@@ -178,8 +175,9 @@ class Probe:
 
     def __init__(self, task: Task, model: nn.Module, size: int, device: torch.device) -> None:
         if not find_lstms(model):
-            kind = type(model.encoder.lstm).__name__ if hasattr(model, "encoder") else type(model).__name__
-            raise ValueError(f"the probe reads LSTM gates; this model has none ({kind}): set it to null")
+            kind = ", ".join(sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)}))
+            raise ValueError(f"the probe reads LSTM gates; this model has none ({kind or type(model).__name__}): "
+                             "set it to null")
         self.task = task
         self.batch = next(iter(task.eval_batches("val", size))).to(device)
 

@@ -18,12 +18,15 @@ Only the cheap part of logging runs every step: the loss and the clipping flag a
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import json
 import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +36,52 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lstm_train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lstm_train import distributed
+from lstm_train.checkpoint import config_changes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lstm_train.config import ConfigError, to_container
+from lstm_train.distributed import World
+from lstm_train.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
 from lstm_train.models import count_parameters
 from lstm_train.optim import Scheduler, build_optimizer
 from lstm_train.probe import Probe
-from lstm_train.tasks import Batch, Metrics, Split, Task
+from lstm_train.tasks import Batch, Metrics, Split, Task, derive_seed
 from lstm_train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Progress:
+    """Everything a checkpoint must restore besides model, optimizer, scheduler, RNG and the log interval."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch in progress
+    batch_in_epoch: int = 0  # its batches done
+    best: dict[str, Any] | None = None  # {"value", "step", "epoch", "val"}
+    bad_evals: int = 0  # evaluations since the best one, for early stopping
+    stopped_early: bool = False
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_train: dict[str, float] = field(default_factory=dict)
+
+
 class Trainer:
-    def __init__(self, cfg: DictConfig, task: Task, model: nn.Module, out_dir: str | Path, device: torch.device):
+    """Trains ``model`` on ``task`` as ``cfg`` says, alone or as one rank of a data-parallel ``world``
+    (see lstm_train/distributed.py: every rank runs the same loop on its share of each batch; rank 0 alone
+    writes the run dir)."""
+
+    def __init__(
+        self, cfg: DictConfig, task: Task, model: nn.Module, out_dir: str | Path, device: torch.device,
+        world: World = World(),  # noqa: B008 (frozen: one process)
+    ):
         self.cfg = cfg
         self.t = t = cfg.trainer
         self.task = task
         self.model = model
+        self.world = world
+        # Training calls go through DDP (it all-reduces the gradients); evaluation uses the model itself.
+        self.train_model = model if world.size == 1 else nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
         self.device = device
         self.out_dir = Path(out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
@@ -77,15 +109,8 @@ class Trainer:
         )
         self.clip = t.clip_grad_norm or 0.0
 
-        # Progress: everything a checkpoint must restore besides model, optimizer, scheduler and RNG.
-        self.step = 0  # optimizer steps done
-        self.epoch = 0  # the epoch in progress
-        self.batch_in_epoch = 0  # its batches done
-        self.best: dict[str, Any] | None = None  # {"value", "step", "epoch", "val"}
-        self.bad_evals = 0
-        self.stopped_early = False
-        self.last_val: dict[str, float] = {}
-        self.last_train: dict[str, float] = {}
+        self.progress = Progress()
+        self.resumed_at: int | None = None  # the step a resumed run started from
         self._train_metrics = task.new_metrics()  # since the last evaluation
         self._lr = self.optimizer.param_groups[0]["lr"]
         self._reset_log_interval()
@@ -102,15 +127,13 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "progress": {
-                "step": self.step,
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
-                "best": self.best,
-                "bad_evals": self.bad_evals,
-                "stopped_early": self.stopped_early,
-                "last_val": self.last_val,
-                "last_train": self.last_train,
+            "progress": dataclasses.asdict(self.progress),
+            # What the steps since the last evaluation accumulated, summed over the ranks (rank 0 carries the
+            # sums on), and each rank's own carried state and RNG: a run stopped there resumes exactly.
+            "interval": {
+                "loss_sum": self._global_loss_sum(), "clipped": self._clipped, "steps": self._steps,
+                "train_metrics": distributed.reduce_metrics(copy.deepcopy(self._train_metrics)).state_dict(),
+                "ranks": distributed.gather({"rng": rng_state(), "task": self.task.train_state()}),
             },
             "rng": rng_state(),
             "config": self.config,
@@ -119,102 +142,160 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint. The old run's best.pt is copied over, so 'best' keeps its meaning."""
+        """Continue from a checkpoint. The old run's best.pt is copied over, so 'best' keeps its meaning.
+
+        A checkpoint that does not fit this run's config (another task, vocabulary or model shape) is a
+        :class:`ConfigError` naming the keys that differ, raised before anything changes.
+        """
         path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError("trainer.resume", f"no checkpoint file at {path}")
         try:
             state = load_checkpoint(path, map_location=self.device)
-        except Exception as e:  # unpickling and format errors alike: report them on one line
-            raise ConfigError("trainer.resume", f"cannot read {path}: {str(e).splitlines()[0]}") from e
+        except ValueError as e:
+            raise ConfigError("trainer.resume", str(e)) from e
+        changes = config_changes(state["config"], self.config)
+        self._check_fits(path, state, changes)
+        if changes:
+            log.warning("resuming with a config that differs from the checkpoint's: %s", _fmt_changes(changes))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+        interval = state.get("interval")  # checkpoints written before interruption support have none
+        if interval is not None:
+            self._clipped, self._steps = interval["clipped"], interval["steps"]
+            if self.world.main:  # the sums over all ranks; the other ranks start theirs from zero
+                self._loss_sum = interval["loss_sum"]
+                self._train_metrics.load_state_dict(interval["train_metrics"])
+            ranks = interval["ranks"]
+            if len(ranks) == self.world.size:  # each rank goes on with its own rows' state and RNG
+                set_rng_state(ranks[self.world.rank]["rng"])
+                self.task.load_train_state(ranks[self.world.rank]["task"])
+            elif not self.world.main:  # another world size: rank 0 goes on from rank 0's, the others afresh
+                torch.manual_seed(derive_seed("rank", self.t.seed, self.progress.step, self.world.rank))
+        self.resumed_at = self.progress.step
+        best = path.with_name("best.pt")
+        if self.world.main and best.is_file() and best.resolve() != (self.checkpoints / "best.pt").resolve():
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(best, self.checkpoints / "best.pt")
+        log.info("resumed from %s at step %d (epoch %d)", path, self.progress.step, self.progress.epoch)
+
+    def _check_fits(self, path: Path, state: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
+        """Load the model's weights, or raise a ConfigError naming what makes the checkpoint not fit."""
+        task = state["config"]["task"]["name"]
+        if task != self.task.name:
+            raise ConfigError("trainer.resume", f"{path} was trained on task={task}, not task={self.task.name}; "
+                              f"resume with task={task} and the checkpoint's other settings")
+        data = self.task.state_dict()
+        differing = [k for k in state["task"].keys() | data.keys() if state["task"].get(k) != data.get(k)]
+        if differing:
+            raise ConfigError(
+                "trainer.resume",
+                f"{path} was trained on other data: its {', '.join(sorted(differing))} differ from this data's "
+                f"({_fmt_changes({k: v for k, v in changes.items() if k.startswith('task.')}) or 'same task.* keys'});"
+                " resume with the data the run was trained on",
+            )
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
+            shaping = {k: v for k, v in changes.items() if k.startswith(("model.", "task."))}
             raise ConfigError(
-                "trainer.resume", f"{path} holds a different model; resume with the model.* it was trained with"
+                "trainer.resume",
+                f"{path} holds a different model: {_fmt_changes(shaping) or 'its parameters differ'}; "
+                "resume with the checkpoint's values",
             ) from e
-        for group in ("model", "task", "optim", "scheduler"):
-            if state["config"].get(group) != self.config.get(group):
-                log.warning("resuming with %s.* different from the checkpoint's", group)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        progress = state["progress"]
-        self.step, self.epoch, self.batch_in_epoch = progress["step"], progress["epoch"], progress["batch_in_epoch"]
-        self.best, self.bad_evals = progress["best"], progress["bad_evals"]
-        self.stopped_early = progress["stopped_early"]
-        self.last_val, self.last_train = progress["last_val"], progress["last_train"]
-        set_rng_state(state["rng"])
-        best = path.with_name("best.pt")
-        if best.is_file() and best.resolve() != (self.checkpoints / "best.pt").resolve():
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(best, self.checkpoints / "best.pt")
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
 
-    def _save(self, improved: bool) -> None:
-        state = self.state_dict()
-        save_checkpoint(self.checkpoints / "last.pt", state)
-        if improved:
-            save_checkpoint(self.checkpoints / "best.pt", state)
+    def _save(self, improved: bool) -> Path:
+        state = self.state_dict()  # on every rank: it gathers what each holds
+        if self.world.main:
+            save_checkpoint(self.checkpoints / "last.pt", state)
+            if improved:
+                save_checkpoint(self.checkpoints / "best.pt", state)
+        return self.checkpoints / "last.pt"
 
     # ---- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train, test, write metrics.json; returns its content."""
-        t = self.t
+        """Train, test, write metrics.json; returns its content.
+
+        A SIGINT or SIGTERM stops the loop after the step in progress, saves last.pt at that step and raises
+        :class:`Interrupted` (see lstm_train/interrupt.py); a resumed run then ends with the same numbers.
+        """
+        t, p = self.t, self.progress
         log.info(
             "%s: %s parameters; %d steps (%d per epoch), batch %d, on %s",
             type(self.model).__name__, f"{self.num_params:,}", self.total_steps, self.steps_per_epoch,
             t.batch_size, self.device,
         )
-        tracker = Tracker(self.out_dir)
+        # purge_step: a run resumed into its own dir hides the events a killed process logged after last.pt
+        # (those up to the checkpoint's step were logged before it was saved).
+        tracker = Tracker(self.out_dir if self.world.main else None,
+                          purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         metric_tags = [f"{split}/{m}" for split in ("val", "test") for m in self.task.metric_names]
         tracker.hparams({**self.config, "num_params": self.num_params}, metric_tags)
         clock = {"train": 0.0, "eval": 0.0}
         start = time.perf_counter()
         self.model.train()
         try:
-            with logging_redirect_tqdm(), tqdm(
-                total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                disable=None if t.progress_bar else True, mininterval=1.0,
+            with deferred_signals() as stop, logging_redirect_tqdm(), tqdm(
+                total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
+                disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
-                while self.step < self.total_steps and not self.stopped_early:
-                    self._run_epoch(tracker, bar, clock)
-            test = self._test(tracker)
+                while p.step < self.total_steps and not p.stopped_early and stop.signum is None:
+                    self._run_epoch(tracker, bar, clock, stop)
+                if stop.signum is not None:
+                    self._stop(stop.signum)
+                test = self._test(tracker)
         finally:
             tracker.close()
         total = time.perf_counter() - start
         result = {
-            "train": self.last_train,
-            "val": self.last_val,
+            "train": p.last_train,
+            "val": p.last_val,
             "test": test,
-            "best": self.best,
+            "best": p.best,
             "test_checkpoint": t.test_checkpoint,
-            "step": self.step,
-            "epoch": self.epoch,
+            "step": p.step,
+            "epoch": p.epoch,
             "num_params": self.num_params,
-            "stopped_early": self.stopped_early,
+            "stopped_early": p.stopped_early,
             # wall time of this process (a resumed run counts its own part only)
             "time": {"total_s": total, "train_s": clock["train"], "eval_s": clock["eval"]},
         }
-        (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        if self.world.main:
+            (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.info("test: %s", _fmt({f"test/{k}": v for k, v in test.items()}))
         return result
 
-    def _run_epoch(self, tracker: Tracker, bar: tqdm, clock: dict[str, float]) -> None:
-        t = self.t
-        batches = self.task.train_batches(self.epoch, t.batch_size, t.seed)
+    def _save_on_request(self, stop: StopRequest) -> None:
+        """A scheduler's warning (submitit: SLURM's SIGTERM, its requeue signal): last.pt now, then what it asks."""
+        path = self._save(improved=False)
+        log.info("saved %s at step %d", path, self.progress.step)
+        stop.save, then, stop.then = False, stop.then, None
+        if then is not None:
+            then()  # submitit requeues the job and exits; the requeued job resumes with trainer.resume=auto
+
+    def _stop(self, signum: int) -> None:
+        path = self._save(improved=False)
+        raise Interrupted(signum, f"interrupted ({signal_name(signum)}) at step {self.progress.step}/"
+                          f"{self.total_steps}: saved {path}", checkpoint=path)
+
+    def _run_epoch(self, tracker: Tracker, bar: tqdm, clock: dict[str, float], stop: StopRequest) -> None:
+        t, p = self.t, self.progress
+        batches = self.task.train_batches(p.epoch, t.batch_size, t.seed)
         tic = time.perf_counter()
-        for batch in itertools.islice(batches, self.batch_in_epoch, None):  # skips what a resumed run has seen
-            step = self.step + 1  # the step about to run
-            end_of_epoch = self.batch_in_epoch + 1 == self.steps_per_epoch
+        for batch in itertools.islice(batches, p.batch_in_epoch, None):  # skips what a resumed run has seen
+            step = p.step + 1  # the step about to run
+            end_of_epoch = p.batch_in_epoch + 1 == self.steps_per_epoch
             finished = step >= self.total_steps
             every = t.eval_every_n_steps
             evaluate = finished or (end_of_epoch if every is None else step % every == 0)
             log_now = evaluate or step % t.log_every_n_steps == 0
-            self._train_step(batch.to(self.device), log_now)
+            self._train_step(batch, log_now)
             bar.update(1)
             if log_now:
                 self._log_train(tracker, bar)
-            if self.probe is not None and step % t.probe_every_n_steps == 0:
+            if self.probe is not None and self.world.main and step % t.probe_every_n_steps == 0:
                 summary = self.probe(self.model)
                 tracker.histograms(summary.histograms, step)
                 tracker.scalars(summary.scalars, step)
@@ -226,21 +307,37 @@ class Trainer:
                 improved = self._validate(tracker)
             if end_of_epoch:
                 self.scheduler.step("epoch")
-                self.epoch += 1
-                self.batch_in_epoch = 0
+                p.epoch += 1
+                p.batch_in_epoch = 0
             if evaluate:
                 self._save(improved)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
-            if finished or end_of_epoch or self.stopped_early:
+            if self.world.size > 1:  # a signal may reach one process first: all act on it at the same step
+                stop.signum, stop.save = distributed.agreed_request(stop.signum, stop.save)
+            if stop.save and stop.signum is None:
+                self._save_on_request(stop)
+            if finished or end_of_epoch or p.stopped_early or stop.signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
 
     def _train_step(self, batch: Batch, log_now: bool) -> None:
-        output = self.task.forward(self.model, batch)
-        loss = self.task.loss(output, batch)
+        """One optimizer step on the global ``batch`` (on the CPU), of which this rank computes its share."""
+        local, real = distributed.shard(batch, self.world)
+        # This rank's share of the batch's loss weight (samples, or real tokens), counted on the CPU
+        share = self.task.loss_weight(local) / self.task.loss_weight(batch) if real and self.world.size > 1 else 0.0
+        local = local.to(self.device)
+        output = self.task.forward(self.train_model, local)
+        loss = self.task.loss(output, local)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.world.size == 1:
+            loss.backward()
+            part = loss.detach()
+        else:
+            # The loss times its share, times N: DDP averages the gradients over the N ranks, which makes them
+            # the gradient of the global batch's mean loss (over samples, or over real tokens).
+            (loss * (share * self.world.size)).backward()
+            part = loss.detach() * share  # summed over the ranks when logged: the global batch's mean
         if log_now:  # before clipping: grad_norm/* are the norms clipping sees
             self._param_norms = self._grad_norms()
         if self.clip > 0:
@@ -249,34 +346,38 @@ class Trainer:
         self._lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
         self.scheduler.step("step")
-        self.step += 1
-        self.batch_in_epoch += 1
-        self._loss_sum += loss.detach()
+        self.progress.step += 1
+        self.progress.batch_in_epoch += 1
+        self._loss_sum += part
         self._steps += 1
-        self._train_metrics.update(output, batch, loss)
+        if real:
+            self._train_metrics.update(output, local, loss)
 
     def _log_train(self, tracker: Tracker, bar: tqdm) -> None:
         """train/loss and train/clipped: means since the last log; grad norms and lr: this step's."""
         names, norms = self._param_norms
         norms_t = torch.stack(norms)
         total = torch.linalg.vector_norm(norms_t)  # the same total clip_grad_norm_ computes
-        values = torch.cat([(self._loss_sum / self._steps).view(1), total.view(1),
+        values = torch.cat([(self._global_loss_sum() / self._steps).view(1), total.view(1),
                             (self._clipped / self._steps).view(1), norms_t]).tolist()  # one host sync
         loss, grad_norm, clipped = values[:3]
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"training diverged: train/loss is {loss} at step {self.step}; "
+                f"training diverged: train/loss is {loss} at step {self.progress.step}; "
                 "try a lower optim.lr or trainer.clip_grad_norm"
             )
         scalars = {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": self._lr, "train/clipped": clipped}
         scalars.update({f"grad_norm/{name}": v for name, v in zip(names, values[3:], strict=True)})
-        tracker.scalars(scalars, self.step)
+        tracker.scalars(scalars, self.progress.step)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self._lr:.2e}", refresh=False)
         self._reset_log_interval()
 
     def _grad_norms(self) -> tuple[list[str], list[Tensor]]:
         named = [(name, p.grad) for name, p in self.params if p.grad is not None]
         return [n for n, _ in named], torch._foreach_norm([g for _, g in named])  # one fused kernel for all
+
+    def _global_loss_sum(self) -> Tensor:
+        return self._loss_sum if self.world.size == 1 else distributed.all_reduce_sum(self._loss_sum)
 
     def _reset_log_interval(self) -> None:
         self._loss_sum = torch.zeros((), device=self.device)
@@ -286,47 +387,53 @@ class Trainer:
 
     def _validate(self, tracker: Tracker) -> bool:
         """Evaluate on val, log, update best and early stopping; True if the monitored metric improved."""
+        p = self.progress
         val = self.evaluate("val").compute()
-        self.last_val = val
-        self.last_train = self._train_metrics.compute()
+        p.last_val = val
+        p.last_train = distributed.reduce_metrics(self._train_metrics).compute()
         self._train_metrics = self.task.new_metrics()
-        tracker.scalars({f"val/{k}": v for k, v in val.items()}, self.step)
+        tracker.scalars({f"val/{k}": v for k, v in val.items()}, p.step)
         # train/loss is logged per step; the other train metrics are means since the last evaluation.
-        tracker.scalars({f"train/{k}": v for k, v in self.last_train.items() if k != "loss"}, self.step)
-        tracker.text(self.task.samples(self.model), self.step)
+        tracker.scalars({f"train/{k}": v for k, v in p.last_train.items() if k != "loss"}, p.step)
+        if self.world.main:
+            tracker.text(self.task.samples(self.model), p.step)
         value = val[self.monitor]
         self.scheduler.step("eval", value)
-        best = self.best["value"] if self.best else None
+        best = p.best["value"] if p.best else None
         improved = best is None or (value > best if self.maximize else value < best)
         if improved:
-            self.best = {"value": value, "step": self.step, "epoch": self.epoch, "val": val}
-            self.bad_evals = 0
+            p.best = {"value": value, "step": p.step, "epoch": p.epoch, "val": val}
+            p.bad_evals = 0
         else:
-            self.bad_evals += 1
+            p.bad_evals += 1
             patience = self.t.early_stopping_patience
-            if patience and self.bad_evals >= patience:
-                self.stopped_early = True
+            if patience and p.bad_evals >= patience:
+                p.stopped_early = True
                 log.info("early stopping: %s has not improved for %d evaluations", self.t.monitor, patience)
         log.info(
             "epoch %d step %d/%d | %s | %s | best %s %.4f @ step %d",
-            self.epoch, self.step, self.total_steps, _fmt({f"train/{k}": v for k, v in self.last_train.items()}),
-            _fmt({f"val/{k}": v for k, v in val.items()}), self.t.monitor, self.best["value"], self.best["step"],
+            p.epoch, p.step, self.total_steps, _fmt({f"train/{k}": v for k, v in p.last_train.items()}),
+            _fmt({f"val/{k}": v for k, v in val.items()}), self.t.monitor, p.best["value"], p.best["step"],
         )
         return improved
 
     def evaluate(self, split: Split) -> Metrics:
-        """The split's accumulated metrics: ``.compute()`` for the numbers, tables and figures for the test."""
+        """The split's accumulated metrics: ``.compute()`` for the numbers, tables and figures for the test.
+        Data-parallel, each rank evaluates its share of every batch and the sums are added up."""
         metrics = self.task.new_metrics()
         self.model.eval()
         with torch.inference_mode():
             for batch in self.task.eval_batches(split, self.t.eval_batch_size):
-                batch = batch.to(self.device)
-                output = self.task.forward(self.model, batch)
-                metrics.update(output, batch, self.task.loss(output, batch))
+                local, real = distributed.shard(batch, self.world)
+                if real:
+                    local = local.to(self.device)
+                    output = self.task.forward(self.model, local)
+                    metrics.update(output, local, self.task.loss(output, local))
         self.model.train()
-        return metrics
+        return distributed.reduce_metrics(metrics)
 
     def _test(self, tracker: Tracker) -> dict[str, float]:
+        distributed.barrier()  # rank 0 has written best.pt
         best = self.checkpoints / "best.pt"
         if self.t.test_checkpoint == "best":
             if best.is_file():
@@ -335,12 +442,16 @@ class Trainer:
                 log.warning("no best.pt (no evaluation happened): testing the last weights")
         metrics = self.evaluate("test")
         test = metrics.compute()
-        tracker.scalars({f"test/{k}": v for k, v in test.items()}, self.step)
-        tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, self.step, markdown=True)
-        tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, self.step)
+        step = self.progress.step
+        tracker.scalars({f"test/{k}": v for k, v in test.items()}, step)
+        tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, step, markdown=True)
+        tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, step)
         return test
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
+
+def _fmt_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} (checkpoint {old!r}, now {new!r})" for key, (old, new) in changes.items())

@@ -1,8 +1,8 @@
-"""Gate plots from a checkpoint: what ``scripts/visualize_gates.py`` writes.
+"""Gate plots from a checkpoint: what ``lstm-visualize`` (or ``scripts/visualize_gates.py``) writes.
 
-From a checkpoint (the model and its task state, as lstm-generate rebuilds them) and one input -- a seeded
-first_last sequence, a text for char and text-classification models, or a sentence (words split at
-whitespace) for a tagger -- the LSTM's own recorded gates
+From a checkpoint (the model and its task state, as lstm-generate rebuilds them) and one input -- the task
+makes it (:meth:`~lstm_train.tasks.Task.example`): a seeded first_last sequence, a text for char and
+text-classification models, a sentence (words split at whitespace) for a tagger -- the LSTM's own recorded gates
 (:meth:`lstm_train.nn.LSTM.recording`, never a second copy of the cell maths) become:
 
 - ``gates_<lstm>.<layer>.png``: heatmaps, units x time, of the i, f, g, o gates and the cell state c of each
@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import html
 import math
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
-from lstm_train.models import load_trained
+from lstm_train.errors import UsageError, one_line_errors
 from lstm_train.nn import Recording
 from lstm_train.probe import (
     GATES,
@@ -42,25 +39,13 @@ from lstm_train.probe import (
     grad_norms_per_step,
     record,
 )
-from lstm_train.tasks import Batch, Task
+from lstm_train.registry import implements
+from lstm_train.tasks import TASKS, Example, Task
+from lstm_train.trained import load_trained
 
 KINDS = (*GATES, "cell")  # what a unit can be coloured by: a gate's activation or the cell state
 SHORT = {"i": "input", "f": "forget", "g": "candidate", "o": "output", "c": "cell"}
 FEATURES = ("line_position", "inside_quotes", "inside_parens")  # text features units are ranked against
-
-
-class UsageError(Exception):
-    pass
-
-
-@dataclass
-class Example:
-    """One input sequence, ready for the task's forward, and how to label its steps."""
-
-    batch: Batch  # one sequence
-    labels: list[str]  # one tick label per step
-    marks: list[int]  # steps to highlight (first_last: the two informative ones)
-    text: str | None  # the text, for colouring it by a unit
 
 
 def load(path: str | Path, device: str = "cpu") -> tuple[DictConfig, Task, nn.Module]:
@@ -70,40 +55,16 @@ def load(path: str | Path, device: str = "cpu") -> tuple[DictConfig, Task, nn.Mo
     except ValueError as e:
         raise UsageError(str(e)) from None
     if not find_lstms(model):
-        raise UsageError(f"{path} is a model.cell={cfg.model.get('cell', 'lstm')} model: only an LSTM has gates")
+        raise UsageError(f"{path} is a model.cell={cfg.model.cell} model: only an LSTM has gates")
     return cfg, task, model
 
 
 def make_example(task: Task, text: str | None = None, seed: int = 0) -> Example:
-    """The input to plot: a first_last sequence drawn with ``seed``, or ``text`` for a text task."""
-    name = task.name
-    if name == "first_last":
-        if text is not None:
-            raise UsageError("first_last takes no --text; its sequence is drawn with --seed")
-        x, y = task.sample(1, torch.Generator().manual_seed(seed))
-        T = x.shape[1]
-        return Example(Batch(x, y), [str(t) for t in range(T)], [0, T - 1], None)
-    if text is None or not text:
-        raise UsageError(f"task {name} needs an input: give --text or --text-file")
-    if name == "text_char":
-        ids = task.vocab.encode(text)
-        return Example(Batch(ids[None], ids[None]), [_show(c) for c in text], [], text)
-    if name == "text_cls":
-        tokens = task.tokenize(text)
-        if not tokens:
-            raise UsageError("the text has no tokens")
-        return Example(
-            Batch(task.encode(text)[None], torch.zeros(1, dtype=torch.long)),
-            [_show(t) for t in tokens],
-            [],
-            text if not task.word else None,
-        )
-    if task.kind == "tagging":  # a sentence, split into words at whitespace
-        words = text.split()
-        if not words:
-            raise UsageError("the sentence has no words")
-        return Example(Batch(task.encode(words)[None], torch.zeros(1, len(words), dtype=torch.long)), words, [], None)
-    raise UsageError(f"task {name} is not supported; use a first_last, text_char, text_cls or tagger checkpoint")
+    """The input to plot, as the task makes it from ``text`` (or ``seed``); tasks that make none are refused."""
+    if not implements(type(task), "example"):
+        names = [t.name for t in TASKS.supporting("example")]
+        raise UsageError(f"task {task.name} is not supported; use a {', '.join(names[:-1])} or {names[-1]} checkpoint")
+    return task.example(text, seed)
 
 
 def _show(token: str) -> str:
@@ -182,9 +143,6 @@ def rank_units(values: Tensor, feature: Tensor | None = None, top: int = 10) -> 
 
 # ---- plots -------------------------------------------------------------------------------------------
 def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -205,6 +163,7 @@ def heatmap_figure(rec: Recording, layer: str, example: Example, title: str):
     axes = figure.subplots(len(panels), 1, sharex=True)
     every = max(1, math.ceil(T / 120))  # at most ~120 tick labels
     ticks = sorted(set(range(0, T, every)) | set(example.marks))
+    labels = [_show(label) for label in example.labels]
     for ax, (kind, values) in zip(axes, panels, strict=True):
         if kind in ("candidate", "cell"):  # signed: a diverging map centred on 0
             bound = max(float(values.abs().max()), 1e-6) if kind == "cell" else 1.0
@@ -221,7 +180,7 @@ def heatmap_figure(rec: Recording, layer: str, example: Example, title: str):
             ax.axvline(t, color="red", linewidth=1.0, linestyle="--")
     axes[-1].set_xticks(
         ticks,
-        [example.labels[t] for t in ticks],
+        [labels[t] for t in ticks],
         fontsize=8 if T <= 60 else 6,
         rotation=90 if example.text is None and len(ticks) > 40 else 0,
     )
@@ -330,8 +289,7 @@ def write_plots(
     """Everything the script writes; returns the files written (and prints the ranking for text inputs)."""
     cfg, task, model = load(checkpoint, device)
     example = make_example(task, text, seed)
-    has_target = task.name == "first_last"  # the generated sequence comes with its label: dL/dh_t means something
-    recs = gate_recordings(task, model, example, grads=has_target)
+    recs = gate_recordings(task, model, example, grads=example.has_target)
     chosen = None
     if example.text is not None:  # the unit to colour the text by, checked before anything is written
         first = recs[next(iter(recs))]  # the one LSTM of a char or text model
@@ -359,7 +317,7 @@ def write_plots(
     path = out_dir / "saturation.png"
     saturation_figure(recs, f"{where}: gate saturation per unit over {len(example.labels)} steps").savefig(path)
     written.append(path)
-    if has_target:
+    if example.has_target:  # dL/dh_t of the example's loss means something
         for lstm, rec in recs.items():
             norms = dict(zip(rec.names, grad_norms_per_step(rec), strict=True))
             path = out_dir / f"grad_highway_{lstm}.png"
@@ -376,14 +334,19 @@ def write_plots(
     return written
 
 
+def default_out_dir(checkpoint: str | Path) -> Path:
+    """gates/ beside the run's checkpoints/ (RUN/checkpoints/best.pt -> RUN/gates), not in the working directory."""
+    return Path(checkpoint).expanduser().resolve().parent.parent / "gates"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="visualize_gates.py", description="Plot an LSTM checkpoint's gates on one input.")
+    p = argparse.ArgumentParser(prog="lstm-visualize", description="Plot an LSTM checkpoint's gates on one input.")
     p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt written by lstm-train")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", help="the input text (char and text-classification models; a tagger's sentence)")
     source.add_argument("--text-file", help="a UTF-8 file holding the input text")
     p.add_argument("--seed", type=int, default=0, help="first_last: the seed of the generated sequence (default 0)")
-    p.add_argument("--out", default="gates", help="output directory (default ./gates)")
+    p.add_argument("--out", help="output directory (default: gates/ in the checkpoint's run dir)")
     p.add_argument(
         "--unit",
         help="colour the text by LAYER:KIND:UNIT, e.g. l1:cell:17 (KIND: "
@@ -402,7 +365,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with one_line_errors("lstm-visualize", UnicodeDecodeError):
         text = args.text
         if args.text_file:
             path = Path(args.text_file).expanduser()
@@ -410,9 +373,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise UsageError(f"no file at {path}")
             text = path.read_text(encoding="utf-8")
         for path in write_plots(
-            args.checkpoint, args.out, text, args.seed, args.unit, args.rank, args.top, args.device
+            args.checkpoint, args.out or default_out_dir(args.checkpoint), text, args.seed, args.unit, args.rank,
+            args.top, args.device,
         ):
             print(f"wrote {path}")
-    except (UsageError, ConfigError, UnicodeDecodeError) as e:
-        print(f"visualize_gates.py: error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -183,31 +183,15 @@ def profile_infer(shape, name: str, dtype: torch.dtype) -> None:
 
 def bench_sample(impls: list[str], repeats: int, length: int = 1000) -> dict[str, float]:
     """Characters per second of CharLM.stream (embedding 64, 2x256 LSTM, 63 symbols, random weights)."""
-    from types import SimpleNamespace
-
-    from omegaconf import OmegaConf
-
+    from lstm_train.models import Stack
     from lstm_train.models.char import CharLM
     from lstm_train.tasks import Inputs
 
-    task = SimpleNamespace(inputs=Inputs(vocab_size=63), num_outputs=63)
     models = {}
     for name in ["torch", *impls]:
-        cfg = OmegaConf.create(
-            {
-                "backend": VARIANTS[name][0] if name in VARIANTS else name,
-                "hidden_size": 256,
-                "num_layers": 2,
-                "dropout": 0.1,
-                "bidirectional": False,
-                "forget_bias": 1.0,
-                "embedding_dim": 64,
-                "tie_weights": False,
-                "cell": "lstm",
-            }
-        )
+        backend = VARIANTS[name][0] if name in VARIANTS else name
         torch.manual_seed(0)
-        models[name] = CharLM(cfg, task)
+        models[name] = CharLM(Inputs(vocab_size=63), Stack(256, 2, dropout=0.1, backend=backend), embedding_dim=64)
         if name != "torch":
             models[name].load_state_dict(models["torch"].state_dict())
 

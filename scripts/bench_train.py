@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from lstm_train.config import PROJECT_ROOT, validate
+from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
 from lstm_train.nn.compiled import ENV
 from lstm_train.optim import Scheduler, build_optimizer
@@ -72,7 +72,7 @@ def compare_backends(backends: list[str], repeats: int, overrides: list[str]) ->
         for name in backends:
             backend, path = BACKENDS[name]
             os.environ[ENV] = path
-            with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
                 run = [*overrides, f"model.backend={backend}", "trainer.progress_bar=false"]
                 cfg = compose("config", overrides=run)
             with tempfile.TemporaryDirectory() as out:
@@ -101,7 +101,7 @@ def main() -> None:
     # One epoch holds all the steps, so the trainer evaluates once, at the end (outside its train_s).
     bench = [f"trainer.max_steps={args.steps}", "trainer.max_epochs=null", "trainer.eval_every_n_steps=null",
              "task.val_size=1000", "task.test_size=1000", "trainer.progress_bar=false"]
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*args.overrides, *bench])
         cfg.task.train_size = args.steps * cfg.trainer.batch_size
     validate(cfg)

@@ -11,11 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lstm_train.config import PROJECT_ROOT
+from lstm_train.config import CONF_DIR
 from lstm_train.nn import compiled
 from tests.paths import on_path
 
-CONF = str(PROJECT_ROOT / "conf")
+CONF = str(CONF_DIR)
 
 
 @pytest.fixture

@@ -1,11 +1,17 @@
-"""Checkpoint files: round trip, and one clear line for any file that is not one."""
+"""Checkpoint files: round trip, one clear line for any file that is not one, and checkpoints of older versions."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from lstm_train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from lstm_train.checkpoint import FORMAT, load_checkpoint, migrate_config, save_checkpoint
+from lstm_train.config import to_container
+from lstm_train.models import count_parameters
+from lstm_train.trained import load_trained
 
 
 class _Opaque:  # an arbitrary Python object: weights_only loading refuses it
@@ -45,3 +51,24 @@ def test_foreign_files_give_one_line(tmp_path, write, why):
 def _saved_bytes(path):
     save_checkpoint(path, {"model": {"w": torch.zeros(100)}})
     return path.read_bytes()
+
+
+# ---- checkpoints of older versions -------------------------------------------------------------------------
+# What lstm-train wrote at two earlier commits (before model.cell: e9cf0e0; before model.chrono_max_len and
+# data-parallel training: 22ac9c8): each run's config and task state as saved, and its weights' shapes.
+OLD = sorted((Path(__file__).parent / "fixtures" / "old_checkpoints").glob("*.json"))
+
+
+@pytest.mark.parametrize("fixture", OLD, ids=[p.stem for p in OLD])
+def test_an_old_checkpoint_loads_through_the_one_migration(fixture, tmp_path, compose_cfg):
+    old = json.loads(fixture.read_text())
+    weights = {name: torch.zeros(shape) for name, shape in old["parameters"].items()}
+    save_checkpoint(tmp_path / "old.pt", {"model": weights, "config": old["config"], "task": old["task"]})
+    cfg, task, model = load_trained(tmp_path / "old.pt")  # strict: every weight has its old name and shape
+    assert count_parameters(model) == old["num_params"] and task.state_dict() == old["task"]
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == old["parameters"]
+    # the migrated config has exactly today's keys: a key added without a migration entry fails here
+    today = to_container(compose_cfg(f"model={cfg.model.name}", f"task={cfg.task.name}"))
+    for group in ("model", "task", "trainer"):
+        assert set(cfg[group]) == set(today[group]), group
+    assert migrate_config(old["config"])["model"]["cell"] == old["config"]["model"].get("cell", "lstm")

@@ -48,6 +48,9 @@ BAD = [
     (["model.backend=cudnn"], "model.backend: must be one of fast, reference, torch; got 'cudnn'"),
     (["model=tagger"], "model: model=tagger is a tagging model and does not fit task=first_last"),
     (["trainer.resume=/nonexistent/last.pt"], "trainer.resume: no checkpoint file at /nonexistent/last.pt"),
+    (["debug=true"], "debug=true: debug is a config group, not a value; choose one of its options: debug=fast"),
+    (["optim.lr=1e-3,3e-3"], "optim.lr=1e-3,3e-3: a comma list is a sweep: add -m (--multirun); for a list value "
+                             "write optim.lr=[a,b]"),
 ]
 
 
@@ -58,12 +61,15 @@ def test_bad_configs_fail_with_one_line(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         for i, (overrides, _) in enumerate(BAD)
     ]
-    for proc, (overrides, expected) in zip(procs, BAD, strict=True):
+    for i, (proc, (overrides, expected)) in enumerate(zip(procs, BAD, strict=True)):
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 2, (overrides, stderr[-2000:])
         lines = stderr.strip().splitlines()
         assert len(lines) == 1, (overrides, stderr[-2000:])
         assert lines[0].startswith(f"lstm-train: error: {expected}"), (overrides, lines[0])
+        log = tmp_path / str(i) / "train.log"
+        if log.exists():  # rejected after Hydra made the run dir: the reason is in its log too
+            assert lines[0] in log.read_text(), overrides
 
 
 @pytest.mark.parametrize("module", [True, False], ids=["python -m", "console script"])

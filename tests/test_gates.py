@@ -116,6 +116,13 @@ def test_visualiser_gates_are_the_models_and_plots_are_pngs(compose_cfg, tmp_pat
     assert png_size(written[0]) == (round(100 * width), round(100 * height)) == (800, 860)
     assert png_size(written[2]) == (760, 390)  # two panels of 3.6 x 3.4 inches, plus margins
 
+    # Without --out, the plots go beside the run's checkpoints/, not into the working directory.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "ck.pt").rename(run / "checkpoints/best.pt")
+    visualize.main([str(run / "checkpoints/best.pt"), "--seed", "7"])
+    assert sorted(p.name for p in (run / "gates").iterdir()) == sorted(names)
+
 
 def test_char_model_text_colouring_ranking_and_errors(compose_cfg, tmp_path, capsys):
     text_file = tmp_path / "t.txt"
@@ -166,7 +173,7 @@ def test_tagger_sentence_gates_are_the_models(compose_cfg, tmp_path):
         "task.val_size=8", "task.test_size=8", "model.hidden_size=8", "model.embedding_dim=8", "model.num_layers=1",
     )  # fmt: skip
     _, loaded_task, loaded = visualize.load(tmp_path / "ck.pt")
-    words = [*task.words[2:6], "never-seen"]
+    words = [*task.vocab.tokens[2:6], "never-seen"]
     example = visualize.make_example(loaded_task, " ".join(words))
     assert example.labels == words
     rec = visualize.gate_recordings(loaded_task, loaded, example)["encoder.lstm"]

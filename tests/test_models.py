@@ -45,3 +45,18 @@ def test_padding_does_not_change_predictions(compose_cfg, bidirectional):
     for i, n in enumerate(lengths.tolist()):
         alone = model(x[i : i + 1, :n])
         torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-10, rtol=0)
+
+
+def test_an_option_has_one_class():
+    """Classes register themselves by name: a second class claiming a model's name is refused, the first stays."""
+    from lstm_train.models import MODELS, Model
+    from lstm_train.models.classifier import Classifier, ClassifierConfig
+
+    with pytest.raises(TypeError, match=r"^model 'classifier' is defined twice: lstm_train\.models\.classifier"):
+
+        class Other(Model):
+            name = "classifier"
+            kind = "classification"
+            Config = ClassifierConfig
+
+    assert MODELS["classifier"] is Classifier

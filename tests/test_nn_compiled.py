@@ -147,6 +147,19 @@ def test_what_the_kernel_lacks_falls_back_to_the_pytorch_loop_with_one_line_per_
     ]
 
 
+def test_why_not_compiled():
+    why = compiled.why_not_compiled
+    x, h0 = torch.randn(3, 2, 4), torch.zeros(2, 5)
+    weights = (torch.randn(20, 4), torch.randn(20, 5), torch.randn(20), torch.randn(20), None)
+    with on_path("compiled"):
+        assert why(x, h0, weights) is None
+        assert why(x, h0, (*weights[:4], torch.randn(5, 3))) == "projections (proj_size) are not in the kernel"
+        assert why(x.double(), h0, weights) == "input, states and weights of different dtypes or devices"
+        assert why(x[:, :0], h0[:0], weights) == "an empty batch"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert why(x, h0, weights) == "autocast (the kernel computes in the input's dtype)"
+
+
 def test_a_kernel_that_cannot_be_built(monkeypatch, calls, caplog):
     monkeypatch.setattr(compiled, "_ops", None)
     monkeypatch.setattr(compiled, "_error", "CalledProcessError: c++ not found")
@@ -172,14 +185,41 @@ def test_an_unknown_path_setting_is_a_clear_error(monkeypatch):
 # Building -----------------------------------------------------------------------------------------------------
 
 
-def test_a_lock_left_by_a_killed_build_does_not_hang_the_next():
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next(tmp_path):
     """cpp_extension waits forever on the lock file of a build that was killed; ours removes it (safely: only
-    while holding a lock that the OS releases when its holder dies)."""
-    (compiled.build_directory(compiled.extension_name()) / "lock").touch()
-    done = threading.Event()
-    worker = threading.Thread(target=lambda: (compiled._build_and_load(), done.set()), daemon=True)
-    worker.start()
-    assert done.wait(120), "the build waited on a stale lock file"
+    while holding a lock that the OS releases when its holder dies), and waits while another holds that."""
+    (tmp_path / "lock").touch()
+    entered = threading.Event()
+
+    def second_builder() -> None:
+        with compiled._build_lock(tmp_path):
+            entered.set()
+
+    with compiled._build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+        worker = threading.Thread(target=second_builder)
+        worker.start()
+        assert not entered.wait(0.5), "a second builder did not wait for the first"
+    assert entered.wait(10)
+    worker.join()
+
+
+def test_a_machine_without_build_tools_falls_back_with_one_log_line(tmp_path):
+    """No ninja and no compiler on the PATH, an empty extensions cache: the pure-PyTorch loop runs, after one line."""
+    script = (
+        "import logging, torch; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+        "from lstm_train.nn import LSTM; lstm = LSTM(3, 4, 2); "
+        "[lstm(torch.randn(5, 2, 3))[0].sum().backward() for _ in range(2)]; print('trained')"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "PATH": str(tmp_path), "CXX": "no-such-compiler"}
+    env.pop(compiled.ENV, None)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "trained"
+    lines = [line for line in run.stderr.splitlines() if "LSTM" in line]
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("LSTM fast path: the pure-PyTorch loop, for the compiled LSTM kernel cannot be built (")
+    assert not list(tmp_path.glob("*/*.so"))
 
 
 @pytest.mark.slow
@@ -188,7 +228,7 @@ def test_processes_building_at_once_into_an_empty_cache(tmp_path):
     script = (
         "import torch; from lstm_train.nn import compiled; compiled.load(); "
         "x = torch.randn(3, 2, 4); w = torch.randn(8, 4), torch.randn(8, 2); "
-        "print(compiled.load().lstm_forward(x, torch.zeros(2, 2), torch.zeros(2, 2), *w, None, None, [], False)"
+        "print(compiled.load().lstm_forward(x, torch.zeros(2, 2), torch.zeros(2, 2), *w, None, [], False)"
         "[0].shape)"
     )
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}

@@ -27,7 +27,7 @@ def unroll(lstm: LSTM, x: torch.Tensor, lengths: list[int], eps: dict) -> tuple:
             for d in range(D):
                 k = layer * D + d
                 w = lstm._weights(k)
-                h = c = x.new_zeros(lstm.hidden_size)
+                h, c = x.new_zeros(lstm.proj_size or lstm.hidden_size), x.new_zeros(lstm.hidden_size)
                 hs, cs = [None] * n, [None] * n
                 for t in range(n - 1, -1, -1) if d else range(n):
                     h, c, _ = lstm_cell(inp[t], h, c, *w)
@@ -44,15 +44,17 @@ def unroll(lstm: LSTM, x: torch.Tensor, lengths: list[int], eps: dict) -> tuple:
 
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirectional):
+@pytest.mark.parametrize("proj_size", [0, 2], ids=["plain", "projected"])
+def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirectional, proj_size):
     torch.manual_seed(0)
     T, B, I, H, L = 5, 3, 2, 3, 2
+    P = proj_size or H  # the size of h: dL/dh_t has it too
     lengths = [5, 2, 4]
-    lstm = LSTM(I, H, L, bidirectional=bidirectional, impl=impl).double()
+    lstm = LSTM(I, H, L, bidirectional=bidirectional, proj_size=proj_size, impl=impl).double()
     D = 2 if bidirectional else 1
     x = torch.randn(T, B, I, dtype=torch.float64)
-    w_out = torch.randn(T, B, D * H, dtype=torch.float64)
-    w_h, w_c = torch.randn(2, L * D, B, H, dtype=torch.float64)
+    w_out = torch.randn(T, B, D * P, dtype=torch.float64)
+    w_h, w_c = torch.randn(L * D, B, P, dtype=torch.float64), torch.randn(L * D, B, H, dtype=torch.float64)
 
     with lstm.recording(grads=True) as calls:
         out, (h_n, c_n) = lstm(x, lengths=lengths)
@@ -61,10 +63,10 @@ def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirection
     (rec,) = calls
     assert rec.names == ["l0", "l1"] if D == 1 else ["l0", "l0_reverse", "l1", "l1_reverse"]
     dh = rec.hidden_grads
-    assert len(dh) == len(rec.cells) == L * D and all(g.shape == (T, B, H) for g in dh)
+    assert len(dh) == len(rec.cells) == L * D and all(g.shape == (T, B, P) for g in dh)
 
     eps = {
-        (k, b): torch.zeros(n, H, dtype=torch.float64, requires_grad=True)
+        (k, b): torch.zeros(n, P, dtype=torch.float64, requires_grad=True)
         for k in range(L * D)
         for b, n in enumerate(lengths)
     }

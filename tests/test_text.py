@@ -17,8 +17,8 @@ from lstm_train.config import ConfigError, validate
 from lstm_train.generate import load_model
 from lstm_train.generate import main as generate_main
 from lstm_train.models import build_model
-from lstm_train.tasks import TextChar, build_task
-from lstm_train.tasks.text import UNK, CharVocab
+from lstm_train.tasks import build_task
+from lstm_train.tasks.text_char import UNK, TextChar, char_vocab
 from lstm_train.train import train
 
 TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 8
@@ -39,12 +39,12 @@ def char_cfg(compose_cfg, path: Path, *overrides: str):
 
 
 def test_vocab_unknown_symbol_and_round_trip():
-    vocab = CharVocab("abca\n")
-    assert vocab.chars == UNK + "\nabc"
-    ids = vocab.encode("cab\nzé")
+    vocab = char_vocab("abca\n")
+    assert "".join(vocab.tokens) == UNK + "\nabc"
+    ids = vocab.encode_text("cab\nzé")
     assert ids.tolist() == [4, 2, 3, 1, 0, 0]  # z and é were not in training: the unknown symbol
-    assert vocab.decode(ids) == f"cab\n{UNK}{UNK}"
-    assert CharVocab.from_state(vocab.state_dict()).chars == vocab.chars
+    assert "".join(vocab.decode(ids)) == f"cab\n{UNK}{UNK}"
+    assert vocab.encode(list("cab\nzé")) == ids.tolist()
 
 
 def test_batches_are_shifted_contiguous_chunks(compose_cfg, text_file):
@@ -53,7 +53,7 @@ def test_batches_are_shifted_contiguous_chunks(compose_cfg, text_file):
     for batch in task.train_batches(0, 4, seed=0):
         assert batch.x.shape == batch.y.shape == (4, 10)
         assert torch.equal(batch.x[:, 1:], batch.y[:, :-1])
-        assert task.vocab.decode(batch.x[0]) + task.vocab.decode(batch.y[0, -1:]) in TEXT
+        assert "".join(task.vocab.decode(batch.x[0]) + task.vocab.decode(batch.y[0, -1:])) in TEXT
     a = [b.x for b in task.train_batches(1, 4, seed=0)]
     assert all(torch.equal(x, y) for x, y in zip(a, [b.x for b in task.train_batches(1, 4, seed=0)], strict=True))
     # val: every character of the split is predicted exactly once, the last chunk shorter
@@ -76,7 +76,7 @@ def test_metrics_bpc_and_perplexity(compose_cfg, text_file):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (None, "no file at"), (b"", "is empty"), (b"ab\xff\xfecd", "is not UTF-8 text"),
+    (None, "no file at"), (b"", "is empty"), (b"ab\xff\xfecd", "1: not UTF-8 text"),
 ])
 def test_bad_files_are_one_line_config_errors(compose_cfg, tmp_path, content, message):
     path = tmp_path / "bad.txt"
@@ -127,7 +127,7 @@ def test_overfits_a_tiny_text(compose_cfg, text_file, one_thread):
 
 def test_sampling_is_seeded_greedy_and_validated(compose_cfg, text_file):
     model, task = tiny_model(compose_cfg, text_file)
-    prompt = task.vocab.encode("the ")
+    prompt = task.vocab.encode_text("the ")
     def sample(seed, **kw):
         return model.generate(prompt, 30, generator=torch.Generator().manual_seed(seed), **kw)
     assert sample(1) == sample(1) and sample(1) != sample(2)
@@ -145,7 +145,7 @@ def test_sampling_is_seeded_greedy_and_validated(compose_cfg, text_file):
 def test_prompt_is_fed_once_then_one_step_per_character(compose_cfg, text_file, monkeypatch):
     model, task = tiny_model(compose_cfg, text_file)
     model.eval()
-    prompt = task.vocab.encode("the cat ")
+    prompt = task.vocab.encode_text("the cat ")
     calls = []
     step = model.step
     monkeypatch.setattr(model, "step", lambda x, state=None, lengths=None: calls.append((x.shape[1], state)) or step(
@@ -170,11 +170,11 @@ def test_debug_run_end_to_end_and_generate_from_its_checkpoint(compose_cfg, text
     assert len(samples) == 2 and len(samples[-1].tensor_proto.string_val[0]) > 100  # one per evaluation
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
     state = load_checkpoint(ckpt)
-    assert state["task"]["vocab"]["chars"] == build_task(cfg.task).vocab.chars
+    assert state["task"]["vocab"]["chars"] == "".join(build_task(cfg.task).vocab.tokens)
     # the vocabulary comes back from the checkpoint alone, without the text file
     text_file.unlink()
     _, task = load_model(ckpt)
-    assert isinstance(task, TextChar) and task.vocab.chars == state["task"]["vocab"]["chars"]
+    assert isinstance(task, TextChar) and "".join(task.vocab.tokens) == state["task"]["vocab"]["chars"]
     args = [str(ckpt), "--prompt", "the ", "--length", "12", "--seed", "3", "--num-samples", "2"]
     generate_main(args)
     first = capsys.readouterr().out

@@ -3,42 +3,63 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
-from lstm_train.tasks import Task
+from lstm_train.errors import ConfigError
+from lstm_train.schema import value
+from lstm_train.tasks import Inputs, Task
 
-from .encoder import Encoder
+from .base import Model, ModelConfig
+from .encoder import Encoder, Stack
 
 State = tuple[Tensor, Tensor]
 
 
-class CharLM(nn.Module):
+@dataclass
+class CharConfig(ModelConfig):
+    tie_weights: bool = value()  # output layer shares the embedding matrix (needs hidden == embedding)
+
+    def check(self) -> None:
+        super().check()
+        if self.tie_weights and self.hidden_size != self.embedding_dim:
+            raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim "
+                              f"({self.hidden_size} != {self.embedding_dim})")
+        if self.bidirectional:  # the reverse direction would see the very characters it must predict
+            raise ConfigError("model.bidirectional", "a language model reads left to right; set it to false")
+
+
+class CharLM(Model):
     """Logits for the next token at every step. With ``tie_weights`` the output layer is the embedding
     matrix (fewer parameters, often a better LM), which needs hidden_size == embedding_dim."""
 
-    def __init__(self, cfg: DictConfig, task: Task) -> None:
+    name = "char"
+    kind = "language_model"
+    Config = CharConfig
+
+    def __init__(self, inputs: Inputs, stack: Stack, embedding_dim: int, tie_weights: bool = False) -> None:
         super().__init__()
-        if cfg.bidirectional:  # the reverse direction would see the very characters it must predict
-            raise ConfigError("model.bidirectional", "a language model reads left to right; set it to false")
-        if cfg.tie_weights and cfg.hidden_size != cfg.embedding_dim:
-            raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim "
-                              f"({cfg.hidden_size} != {cfg.embedding_dim})")
-        self.encoder = Encoder(cfg, task.inputs)
-        self.head = nn.Linear(self.encoder.output_size, task.num_outputs)
-        if cfg.tie_weights:
+        self.encoder = Encoder(inputs, stack, embedding_dim)
+        self.head = nn.Linear(self.encoder.output_size, inputs.vocab_size)
+        if tie_weights:
             self.head.weight = self.encoder.embedding.weight
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None) -> Tensor:
-        return self.step(x, state, lengths)[0]
+    @classmethod
+    def build(cls, cfg: CharConfig, task: Task) -> CharLM:
+        return cls(task.inputs, cfg.stack(), cfg.embedding_dim, cfg.tie_weights)
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, state: State | None = None, return_state: bool = False
+    ) -> Tensor | tuple[Tensor, State]:
+        """Logits (B, T, V); with ``return_state`` also the final (h, c) (truncated BPTT carries it on)."""
+        logits, new_state = self.step(x, state, lengths)
+        return (logits, new_state) if return_state else logits
 
     def step(self, x: Tensor, state: State | None = None, lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """Logits (B, T, V) and the final (h, c), to continue from: the one call sampling makes per step."""
-        emb = self.encoder.embedding(x)
-        out, new_state = self.encoder.lstm(emb, state, lengths=lengths)
+        out, new_state = self.encoder(x, lengths, state)
         return self.head(out), new_state
 
     @torch.no_grad()

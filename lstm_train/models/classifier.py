@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
-from lstm_train.tasks import Task
+from lstm_train.tasks import Inputs, Task
 
-from .encoder import Encoder
+from .base import Model, ModelConfig
+from .encoder import Encoder, Stack
 
 
-class Classifier(nn.Module):
+@dataclass
+class ClassifierConfig(ModelConfig):
+    pass
+
+
+class Classifier(Model):
     """The final hidden state of every layer (and direction) concatenated, then one linear layer to logits.
 
     Reading all layers, not only the top one, gives the head the lower layers' memory directly.
     """
 
-    def __init__(self, cfg: DictConfig, task: Task) -> None:
+    name = "classifier"
+    kind = "classification"
+    Config = ClassifierConfig
+
+    def __init__(self, inputs: Inputs, num_classes: int, stack: Stack, embedding_dim: int | None = None) -> None:
         super().__init__()
-        self.encoder = Encoder(cfg, task.inputs)
-        self.head = nn.Linear(self.encoder.state_size, task.num_outputs)
+        self.encoder = Encoder(inputs, stack, embedding_dim)
+        self.head = nn.Linear(self.encoder.state_size, num_classes)
+
+    @classmethod
+    def build(cls, cfg: ClassifierConfig, task: Task) -> Classifier:
+        return cls(task.inputs, task.num_outputs, cfg.stack(), cfg.embedding_dim)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         _, (h_n, _) = self.encoder(x, lengths)  # h_n: (layers * directions, B, H), each at its true end

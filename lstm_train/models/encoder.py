@@ -1,50 +1,74 @@
-"""The part every model shares: the input layer the task needs, then the configured LSTM stack.
+"""The part every model shares: the input layer the task needs, then the recurrent stack.
 
-``model.cell`` swaps the LSTM for torch's GRU or vanilla RNN (baselines with the LSTM's interface); the
+``Stack.cell`` swaps the LSTM for torch's GRU or vanilla RNN (baselines with the LSTM's interface); the
 attribute stays ``lstm`` whatever the cell, so the models and checkpoints read the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.nn import build_recurrent
+from lstm_train.nn import Chrono, build_recurrent
 from lstm_train.tasks import Inputs
 
 
+@dataclass(frozen=True)
+class Stack:
+    """The recurrent stack of a model: what :func:`lstm_train.nn.build_recurrent` needs besides the input size.
+    Batches are batch-first, (B, T, ...), as tasks produce them."""
+
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0  # between layers, as torch.nn.LSTM
+    cell: str = "lstm"  # lstm | gru | rnn
+    backend: str = "fast"  # fast | reference | torch: the LSTM's implementation
+    forget_bias: float | Chrono = 1.0  # the forget gate's bias at init, or chrono initialisation
+
+    @property
+    def output_size(self) -> int:
+        """Features of each step's output: both directions' hidden states, concatenated."""
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+    def build(self, input_size: int) -> nn.Module:
+        return build_recurrent(
+            self.cell,
+            self.backend,
+            input_size,
+            self.hidden_size,
+            num_layers=self.num_layers,
+            batch_first=True,
+            dropout=self.dropout if self.num_layers > 1 else 0.0,  # between layers only: none to apply
+            bidirectional=self.bidirectional,
+            forget_bias=self.forget_bias,
+        )
+
+
 class Encoder(nn.Module):
-    """Float vectors go into the LSTM as they are (as in the seed); token ids through an embedding first.
+    """Float vectors go into the LSTM as they are (as in the seed); token ids through an embedding first."""
 
-    Batches are batch-first, (B, T, ...), as tasks produce them.
-    """
-
-    def __init__(self, cfg: DictConfig, inputs: Inputs) -> None:
+    def __init__(self, inputs: Inputs, stack: Stack, embedding_dim: int | None = None) -> None:
         super().__init__()
         if inputs.vocab_size is not None:
-            self.embedding = nn.Embedding(inputs.vocab_size, cfg.embedding_dim)
-            input_size = cfg.embedding_dim
+            if embedding_dim is None:
+                raise ValueError("token inputs need an embedding_dim")
+            self.embedding = nn.Embedding(inputs.vocab_size, embedding_dim)
+            input_size = embedding_dim
         else:
             self.embedding = None
             input_size = inputs.features
-        self.lstm = build_recurrent(
-            cfg.get("cell", "lstm"),  # .get: checkpoints written before model.cell existed hold LSTMs
-            cfg.backend,
-            input_size,
-            cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,  # between layers only: none to apply
-            bidirectional=cfg.bidirectional,
-            forget_bias=cfg.forget_bias,
-        )
-        self.output_size = cfg.hidden_size * (2 if cfg.bidirectional else 1)
-        self.state_size = self.output_size * cfg.num_layers  # all layers' final h, concatenated
+        self.lstm = stack.build(input_size)
+        self.output_size = stack.output_size
+        self.state_size = self.output_size * stack.num_layers  # all layers' final h, concatenated
 
-    def forward(self, x: Tensor, lengths: Tensor | Sequence[int] | None = None, **kwargs):
-        """The LSTM's ``(output, (h_n, c_n))`` (plus gates with ``return_gates=True``)."""
+    def forward(
+        self, x: Tensor, lengths: Tensor | Sequence[int] | None = None, state: tuple[Tensor, Tensor] | None = None,
+        **kwargs,
+    ):
+        """The LSTM's ``(output, (h_n, c_n))`` from ``state`` (None: zeros); plus gates with ``return_gates=True``."""
         if self.embedding is not None:
             x = self.embedding(x)
-        return self.lstm(x, lengths=lengths, **kwargs)
+        return self.lstm(x, state, lengths=lengths, **kwargs)

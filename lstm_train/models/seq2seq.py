@@ -25,19 +25,50 @@ hypotheses by that sum while searching; the final pick among the beam divides it
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
-from lstm_train.nn import build_lstm
-from lstm_train.tasks import Task
+from lstm_train.errors import ConfigError
+from lstm_train.schema import non_negative, positive, unit_interval, value
+from lstm_train.tasks import Inputs, Task
 from lstm_train.tasks.seq2seq import BOS, EOS, PAD
 
-from .encoder import Encoder
+from .base import Model, ModelConfig
+from .encoder import Encoder, Stack
 
 State = tuple[Tensor, Tensor]
+
+
+@dataclass
+class Seq2SeqConfig(ModelConfig):
+    attention: bool = value()
+    teacher_forcing_ratio: float = value(unit_interval)  # chance that a training batch is teacher-forced
+    beam_size: int = value(positive)  # decoding in evaluation and prediction; 1: greedy
+    length_penalty: float = value(non_negative)  # beam's final pick: sum log p / length ** this; 0: none
+    max_length_ratio: float = value(non_negative)  # output limit: floor(ratio * source length + offset)
+    max_length_offset: int = value(non_negative)
+
+    def check(self) -> None:
+        super().check()
+        if self.max_length_ratio == 0 and self.max_length_offset == 0:
+            raise ConfigError("model.max_length_offset", "with model.max_length_ratio=0 it is the output length "
+                              "cap: must be > 0")
+        if self.cell != "lstm":
+            raise ConfigError("model.cell", "seq2seq hands the encoder's (h, c) to the decoder: it needs cell=lstm")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How :class:`Seq2Seq` trains its decoder and decodes (see the module docstring)."""
+
+    teacher_forcing_ratio: float = 1.0
+    beam_size: int = 1
+    length_penalty: float = 0.0
+    max_length_ratio: float = 2.0
+    max_length_offset: int = 5
 
 
 class Memory:
@@ -69,32 +100,35 @@ class Attention(nn.Module):
         return torch.tanh(self.combine(torch.cat([context, query], dim=-1))), weights
 
 
-class Seq2Seq(nn.Module):
-    def __init__(self, cfg: DictConfig, task: Task) -> None:
+class Seq2Seq(Model):
+    name = "seq2seq"
+    kind = "seq2seq"
+    Config = Seq2SeqConfig
+
+    def __init__(
+        self, inputs: Inputs, target_vocab_size: int, stack: Stack, embedding_dim: int, attention: bool = False,
+        decoding: Decoding = Decoding(),
+    ) -> None:
         super().__init__()
-        if cfg.get("cell", "lstm") != "lstm":  # .get: configs that predate model.cell
-            raise ConfigError("model.cell", "seq2seq hands the encoder's (h, c) to the decoder: it needs cell=lstm")
-        self.encoder = Encoder(cfg, task.inputs)
-        H, L, D = cfg.hidden_size, cfg.num_layers, 2 if cfg.bidirectional else 1
+        self.encoder = Encoder(inputs, stack, embedding_dim)
+        H, L, D = stack.hidden_size, stack.num_layers, 2 if stack.bidirectional else 1
         self.num_layers, self.directions = L, D
         if D == 2:
             self.bridge_h = nn.ModuleList(nn.Linear(2 * H, H) for _ in range(L))
             self.bridge_c = nn.ModuleList(nn.Linear(2 * H, H) for _ in range(L))
-        self.embedding = nn.Embedding(task.num_outputs, cfg.embedding_dim)
-        self.decoder = build_lstm(
-            cfg.backend,
-            cfg.embedding_dim,
-            H,
-            num_layers=L,
-            batch_first=True,
-            dropout=cfg.dropout if L > 1 else 0.0,
-            forget_bias=cfg.forget_bias,
-        )
-        self.attention = Attention(H, D * H) if cfg.attention else None
-        self.head = nn.Linear(H, task.num_outputs)
-        self.teacher_forcing_ratio = cfg.teacher_forcing_ratio
-        self.beam_size, self.length_penalty = cfg.beam_size, cfg.length_penalty
-        self.max_length_ratio, self.max_length_offset = cfg.max_length_ratio, cfg.max_length_offset
+        self.embedding = nn.Embedding(target_vocab_size, embedding_dim)
+        self.decoder = replace(stack, bidirectional=False).build(embedding_dim)
+        self.attention = Attention(H, D * H) if attention else None
+        self.head = nn.Linear(H, target_vocab_size)
+        self.teacher_forcing_ratio = decoding.teacher_forcing_ratio
+        self.beam_size, self.length_penalty = decoding.beam_size, decoding.length_penalty
+        self.max_length_ratio, self.max_length_offset = decoding.max_length_ratio, decoding.max_length_offset
+
+    @classmethod
+    def build(cls, cfg: Seq2SeqConfig, task: Task) -> Seq2Seq:
+        decoding = Decoding(cfg.teacher_forcing_ratio, cfg.beam_size, cfg.length_penalty, cfg.max_length_ratio,
+                            cfg.max_length_offset)
+        return cls(task.inputs, task.num_outputs, cfg.stack(), cfg.embedding_dim, cfg.attention, decoding)
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def encode(self, src: Tensor, lengths: Tensor | None) -> tuple[Memory, State]:

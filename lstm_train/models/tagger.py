@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lstm_train.tasks import Task
+from lstm_train.schema import probability, value
+from lstm_train.tasks import Inputs, Task
 
-from .encoder import Encoder
+from .base import Model, ModelConfig
+from .encoder import Encoder, Stack
 
 
-class Tagger(nn.Module):
+@dataclass
+class TaggerConfig(ModelConfig):
+    output_dropout: float = value(probability)  # on the LSTM's outputs, before the tag layer (training only)
+
+
+class Tagger(Model):
     """Embedding -> LSTM (both directions' outputs concatenated) -> dropout -> Linear, at every step.
 
     With ``lengths`` the LSTM runs each sentence to its own end only (the reverse direction starts at its
@@ -19,11 +27,21 @@ class Tagger(nn.Module):
     are meaningless and the tagging tasks ignore them.
     """
 
-    def __init__(self, cfg: DictConfig, task: Task) -> None:
+    name = "tagger"
+    kind = "tagging"
+    Config = TaggerConfig
+
+    def __init__(
+        self, inputs: Inputs, num_tags: int, stack: Stack, embedding_dim: int | None = None, output_dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.encoder = Encoder(cfg, task.inputs)
-        self.dropout = nn.Dropout(cfg.output_dropout)
-        self.head = nn.Linear(self.encoder.output_size, task.num_outputs)
+        self.encoder = Encoder(inputs, stack, embedding_dim)
+        self.dropout = nn.Dropout(output_dropout)
+        self.head = nn.Linear(self.encoder.output_size, num_tags)
+
+    @classmethod
+    def build(cls, cfg: TaggerConfig, task: Task) -> Tagger:
+        return cls(task.inputs, task.num_outputs, cfg.stack(), cfg.embedding_dim, cfg.output_dropout)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, T) word ids -> (B, T, tags) logits."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .cell import init_lstm_weights_
+from .cell import Chrono, init_lstm_weights_
 from .lstm import LSTM
 
 BACKENDS = ("fast", "reference", "torch")
@@ -28,20 +28,17 @@ CELLS = ("lstm", "gru", "rnn")
 class TorchLSTM(nn.LSTM):
     """torch.nn.LSTM with our initialisation and our ``forward(..., lengths=...)`` signature."""
 
-    def __init__(self, *args, forget_bias: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, forget_bias: float | Chrono = 1.0, **kwargs) -> None:
         self.forget_bias = forget_bias  # read by reset_parameters, which nn.LSTM's constructor calls
         super().__init__(*args, **kwargs)
 
     def reset_parameters(self) -> None:
         if not hasattr(self, "forget_bias"):  # nn.LSTM's constructor runs before ours has set it
             return
-        directions = 2 if self.bidirectional else 1
-        for layer in range(self.num_layers):
-            for direction in range(directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                params = [getattr(self, n + suffix) if self.bias or n.startswith("w") else None for n in names]
-                init_lstm_weights_(*params, self.forget_bias)
+        for names in self._all_weights:  # per layer and direction, e.g. weight_ih_l0, ..., weight_hr_l0
+            by_kind = {name.rsplit("_l", 1)[0]: getattr(self, name) for name in names}
+            kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            init_lstm_weights_(*(by_kind.get(k) for k in kinds), self.forget_bias, by_kind.get("weight_hr"))
 
     def forward(
         self,
@@ -101,7 +98,7 @@ def build_lstm(backend: str, *args, **kwargs) -> nn.Module:
     raise ValueError(f"unknown LSTM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def build_recurrent(cell: str, backend: str, *args, forget_bias: float = 1.0, **kwargs) -> nn.Module:
+def build_recurrent(cell: str, backend: str, *args, forget_bias: float | Chrono = 1.0, **kwargs) -> nn.Module:
     """An LSTM of ``backend`` (``cell="lstm"``), or torch's GRU or tanh RNN baseline (the backend is unused)."""
     if cell == "lstm":
         return build_lstm(backend, *args, forget_bias=forget_bias, **kwargs)

@@ -1,10 +1,10 @@
 """The fast LSTM's time loop in C++: the same equations as ``fast.py``, built on first use, CPU only.
 
-``csrc/recurrence.cpp`` holds the forward and backward loops of one layer and direction: per step the
-recurrent GEMM through ATen into a preallocated gate block, then one fused vectorised pass over it (see the
-file). This module builds it with torch.utils.cpp_extension the first time it is needed on a machine
-(about 10-30 s; needs a C++ compiler and ninja), caches the build (torch's extensions directory, or
-``$TORCH_EXTENSIONS_DIR``) and wraps it in an autograd.Function.
+``csrc/recurrence.cpp`` holds the forward and backward loops of one layer and direction: threads split the
+batch, and per step one register-blocked pass computes the products and the gate maths (the file says how).
+This module builds it with torch.utils.cpp_extension the first time it is needed on a machine (about 15-50 s;
+needs a C++ compiler and ninja), caches the build (torch's extensions directory, or ``$TORCH_EXTENSIONS_DIR``)
+and wraps it in an autograd.Function.
 
 :func:`auto_layer` is what ``LSTM(impl="fast")`` runs: this kernel wherever it applies, else fast.py's
 pure-PyTorch loop, with one log line per process for each reason. ``LSTM_TRAIN_FAST_PATH`` chooses:
@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .fast import fast_layer, reverse_within_lengths
+from .fast import DhCallback, differentiable_backward, fast_layer, reverse_within_lengths
+from .reference import LayerWeights
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +87,44 @@ def _flags() -> list[str]:
 
 
 def extension_name() -> str:
-    """The build's name: everything the binary depends on (source, flags, torch and Python) is in it, so builds
-    of other versions or machines sharing a cache never mix."""
-    key = "\n".join([SOURCE.read_text(), *_flags(), torch.__version__, sys.version])
+    """The build's name: everything the binary depends on (source, flags and so the CPU capability, torch and its
+    headers' location, Python) is in it, so builds of other versions, environments or machines sharing a cache
+    never mix: a binary is only ever loaded where it was built for."""
+    headers = [str(Path(torch.__file__).parent), sysconfig.get_paths()["include"]]
+    key = "\n".join([SOURCE.read_text(), *_flags(), torch.__version__, sys.version, *headers])
     capability = torch.backends.cpu.get_cpu_capability().lower()
     return f"lstm_train_recurrence_{capability}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def _build_and_load() -> None:
-    from torch.utils import cpp_extension
-
     name = extension_name()
     directory = build_directory(name)
+    library = directory / f"{name}.so"
+    if library.exists():  # built before: its name vouches for source, flags and torch, so no build tools needed
+        try:
+            torch.ops.load_library(str(library))
+            return
+        except OSError:  # a build killed midway: build it again
+            pass
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler ({compiler}; set CXX to use another) on the PATH")
+    if not cpp_extension.is_ninja_available():
+        raise RuntimeError("no ninja on the PATH (pip install ninja)")
     directory.mkdir(parents=True, exist_ok=True)
     with _build_lock(directory):  # another process may be building it: wait for it, then find it built
-        fresh = not (directory / f"{name}.so").exists()
+        fresh = not library.exists()
         if fresh:
-            log.info("building the compiled LSTM kernel in %s (once per machine, about 10-30 s)", directory)
+            log.info("building the compiled LSTM kernel in %s (once per machine, about 15-50 s)", directory)
+        # Built from a copy in its own directory: the same build for an editable checkout and a wheel's install
+        source = directory / SOURCE.name
+        if not source.exists():
+            source.write_text(SOURCE.read_text())
         start = time.perf_counter()
         cpp_extension.load(
-            name, [str(SOURCE)], extra_cflags=_flags(), extra_ldflags=_openmp(), build_directory=str(directory),
+            name, [str(source)], extra_cflags=_flags(), extra_ldflags=_openmp(), build_directory=str(directory),
             is_python_module=False,
         )
         if fresh:
@@ -136,14 +157,14 @@ def _announce(message: str) -> None:
         log.info("LSTM fast path: %s", message)
 
 
-def why_not_compiled(x: Tensor, h0: Tensor, weights: tuple[Tensor | None, ...]) -> str | None:
+def why_not_compiled(x: Tensor, h0: Tensor, weights: LayerWeights) -> str | None:
     """None if the compiled kernel runs these inputs, else why not (one short phrase)."""
     path = os.environ.get(ENV, "auto")
     if path not in PATHS:
         raise ValueError(f"{ENV} must be one of {', '.join(PATHS)}, got {path!r}")
     if path == "pytorch":
         return f"{ENV}=pytorch"
-    if len(weights) != 4:
+    if any(w is not None for w in weights[4:]):
         return "projections (proj_size) are not in the kernel"
     if x.device.type != "cpu":
         return f"{x.device.type} tensors (the kernel is CPU-only)"
@@ -168,12 +189,11 @@ def auto_layer(
     x: Tensor,
     h0: Tensor,
     c0: Tensor,
-    weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    weights: LayerWeights,
     lengths: Tensor | None,
     reverse: bool,
     return_gates: bool,
     dh_sink: Tensor | None = None,
-    **fast_kwargs,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer``."""
     why = why_not_compiled(x, h0, weights)
@@ -181,14 +201,14 @@ def auto_layer(
         _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)")
         return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
     _announce(f"the pure-PyTorch loop, for {why}")
-    return fast_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, **fast_kwargs)
+    return fast_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
 
 
 def compiled_layer(
     x: Tensor,
     h0: Tensor,
     c0: Tensor,
-    weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    weights: LayerWeights,
     lengths: Tensor | None,
     reverse: bool,
     return_gates: bool,
@@ -200,11 +220,13 @@ def compiled_layer(
     as they are on every call: nothing is prepared or cached.
     """
     T, B = x.shape[:2]
-    H = weights[1].shape[1]
+    w_ih, w_hh, b_ih, b_hh, _ = weights  # no projection: why_not_compiled
+    H = w_hh.shape[1]
     if reverse:
         x = reverse_within_lengths(x, lengths)
+    bias = None if b_ih is None else b_ih + b_hh  # 4H numbers: summed per call, never kept
     batch_sizes = [] if lengths is None else (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
-    inputs = (x.contiguous(), h0, c0, *weights)
+    inputs = (x.contiguous(), h0, c0, w_ih, w_hh, bias)
     autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if autograd:
         on_dh = None
@@ -213,7 +235,7 @@ def compiled_layer(
             def on_dh(dh_steps: Tensor) -> None:  # the loop's steps back to the input's time order
                 dh_sink.copy_(reverse_within_lengths(dh_steps, lengths) if reverse else dh_steps)
 
-        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, batch_sizes, on_dh)
+        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh)
     else:
         out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates)
     gate_acts = None
@@ -231,28 +253,34 @@ def compiled_layer(
 
 
 class _Recurrence(torch.autograd.Function):
-    """One layer and direction through the kernel: ``(hs, h_n, c_n, gates, cs)``, the last two not differentiable."""
+    """One layer and direction through the kernel: ``(hs, h_n, c_n, gates, cs)``, the last two not differentiable.
+
+    Its inputs are those of fast.py's ``_Recurrence`` (``w_hr`` always None here), so that a double backward
+    runs fast.py's differentiable fallback on the same saved tensors.
+    """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes: list[int], on_dh):
-        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, True)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, hs, cs)
-        ctx.batch_sizes, ctx.on_dh, ctx.bias = batch_sizes, on_dh, b_ih is not None
+    def forward(
+        ctx, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths: Tensor | None, batch_sizes: list[int], on_dh: DhCallback | None
+    ):
+        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs)
+        ctx.lengths, ctx.batch_sizes, ctx.on_dh = lengths, batch_sizes, on_dh
         ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
         ctx.mark_non_differentiable(gates, cs)
         return hs, h_n, c_n, gates, cs
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, d_hs, d_hn, d_cn, _d_gates, _d_cs):
-        x, h0, c0, w_ih, w_hh, gates, hs, cs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference maths, which autograd can differentiate
+            return differentiable_backward(ctx, d_hs, d_hn, d_cn)
+        x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs = ctx.saved_tensors
         need = ctx.needs_input_grad
         record = ctx.on_dh is not None
         d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps = load().lstm_backward(
             x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
-            need[0], need[3], ctx.bias and (need[5] or need[6]), record,
+            need[0], need[3], bias is not None and need[5], record,
         )  # fmt: skip
         if record:
             ctx.on_dh(dh_steps)
-        d_b = (d_bias, d_bias) if ctx.bias else (None, None)
-        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, *d_b, None, None
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None

@@ -9,35 +9,40 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .cell import init_lstm_weights_
+from .cell import Chrono, init_lstm_weights_
+from .checks import check_bool, check_dropout, check_int
 from .compiled import auto_layer
-from .fast import prepare_weights
+from .fast import fast_layer_applies
 from .record import Recording
-from .reference import reference_layer
+from .reference import LayerWeights, reference_layer
 
 Impl = Literal["fast", "reference"]
 IMPLS = {"fast": auto_layer, "reference": reference_layer}  # fast: compiled.py's kernel, else fast.py's loop
-# Per impl, what its layer can take precomputed (``prepared=``): the LSTM caches it for calls without autograd.
-PREPARE = {"fast": prepare_weights}
 
 
 class LSTM(nn.Module):
-    """A from-scratch LSTM with the constructor, parameters, inputs and outputs of torch.nn.LSTM.
+    """A from-scratch LSTM with the constructor, parameters, attributes, inputs, outputs and errors of
+    torch.nn.LSTM (``proj_size`` included).
 
-    ``ours.load_state_dict(torch_lstm.state_dict())`` and the reverse work as they are.
+    ``ours.load_state_dict(torch_lstm.state_dict())`` and the reverse work as they are. Weights are read
+    from the module at every forward (``getattr``), never copied or cached, so in-place edits through
+    ``.data``, ``torch.nn.utils.weight_norm`` and parametrizations are always seen.
 
     Beyond torch.nn.LSTM:
-    - ``forget_bias`` (default 1.0): the effective forget-gate bias at initialisation; weights are
+    - ``forget_bias`` (default 1.0): the effective forget-gate bias at initialisation, or :class:`Chrono`
+      (chrono initialisation of the forget and input biases, for dependencies up to a length); weights are
       Xavier-uniform (see :func:`lstm_train.nn.cell.init_lstm_weights_`).
     - ``impl``: ``"fast"`` (default; hand-written backward) or ``"reference"`` (the equations step by
-      step under autograd). Both give the same numbers.
+      step under autograd). Both give the same numbers. Where the hand-written backward cannot serve
+      (torch.func transforms, forward-mode AD, torch.export/compile tracing) the fast impl runs the
+      reference's maths; a double backward (``create_graph=True``) differentiates the reference's maths.
     - ``forward(..., lengths=...)``: right-padded batches, lengths in any order; outputs past a length
       are zero, ``h_n``/``c_n`` are each sequence's state at its true end, and the reverse direction
       starts at each sequence's last valid step: exactly what torch.nn.LSTM does on a PackedSequence.
@@ -58,22 +63,29 @@ class LSTM(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        *,
-        forget_bias: float = 1.0,
-        impl: Impl = "fast",
+        proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        forget_bias: float | Chrono = 1.0,
+        impl: Impl = "fast",
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            check_int(name, value)
+        check_int("proj_size", proj_size, minimum=0)
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size ({hidden_size}), got {proj_size}")
+        check_bool("bias", bias)
+        check_bool("batch_first", batch_first)
+        if not isinstance(bidirectional, int):  # torch takes any truthy value; a string is surely a mistake
+            raise TypeError(f"bidirectional should be of type bool, got: {type(bidirectional).__name__}")
+        check_dropout(dropout)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {impl!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers only; with num_layers=1 it does nothing", stacklevel=2)
+        self.mode = "LSTM"
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -81,37 +93,56 @@ class LSTM(nn.Module):
         self.batch_first = batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
+        self.proj_size = proj_size
         self.forget_bias = forget_bias
         self.impl = impl
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
-        self._weight_names: list[tuple[str, str, str | None, str | None]] = []
+        out_size = proj_size or hidden_size  # the size of h
+        # torch.nn.LSTM's names: all of them in order, and per layer and direction
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        # per layer and direction: the names of (w_ih, w_hh, b_ih, b_hh, w_hr), None for those it has not
+        self._weight_names: list[tuple[str | None, ...]] = []
         self._recordings: list[Recording] | None = None  # set while recording()
         self._record_grads = False
-        # layer-direction index -> (the weights' identity and versions, their prepared form): see _prepared
-        self._prepared_cache: dict[int, tuple] = {}
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * directions
+            layer_input = input_size if layer == 0 else out_size * directions
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 shapes = {
                     "weight_ih": (4 * hidden_size, layer_input),
-                    "weight_hh": (4 * hidden_size, hidden_size),
-                    **({"bias_ih": (4 * hidden_size,), "bias_hh": (4 * hidden_size,)} if bias else {}),
+                    "weight_hh": (4 * hidden_size, out_size),
+                    "bias_ih": (4 * hidden_size,) if bias else None,
+                    "bias_hh": (4 * hidden_size,) if bias else None,
+                    "weight_hr": (proj_size, hidden_size) if proj_size else None,
                 }
-                for kind, shape in shapes.items():
-                    self.register_parameter(kind + suffix, nn.Parameter(torch.empty(shape, **factory)))
-                names = [kind + suffix for kind in ("weight_ih", "weight_hh")]
-                names += [kind + suffix for kind in ("bias_ih", "bias_hh")] if bias else [None, None]
-                self._weight_names.append(tuple(names))
+                names = tuple(None if shape is None else kind + suffix for kind, shape in shapes.items())
+                for name, shape in zip(names, shapes.values(), strict=True):
+                    if name is not None:
+                        self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                self._weight_names.append(names)
+                self._all_weights.append([name for name in names if name is not None])
+                self._flat_weights_names.extend(self._all_weights[-1])
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for layer_direction in range(len(self._weight_names)):
-            init_lstm_weights_(*self._weights(layer_direction), self.forget_bias)
+            w_ih, w_hh, b_ih, b_hh, w_hr = self._weights(layer_direction)
+            init_lstm_weights_(w_ih, w_hh, b_ih, b_hh, self.forget_bias, w_hr)
 
     def flatten_parameters(self) -> None:
         """No-op, so code written for torch.nn.LSTM (which calls this for cuDNN) runs unchanged."""
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The weights in torch.nn.LSTM's order, as they are now (read afresh on every access)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per layer and direction, its weights in torch.nn.LSTM's order (w_ih, w_hh[, b_ih, b_hh][, w_hr])."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     @contextmanager
     def recording(self, grads: bool = False) -> Iterator[list[Recording]]:
@@ -124,28 +155,14 @@ class LSTM(nn.Module):
         finally:
             self._recordings, self._record_grads = None, False
 
-    def _prepared(self, index: int, weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None]):
-        """The impl's prepared weights of one layer and direction, made again only when a weight has changed.
-
-        A weight has changed if its tensor (address) or version counter (bumped by every in-place update:
-        optimiser steps, load_state_dict, init) has. The cache keeps the old tensors, so their memory cannot
-        be reused by new weights at the same address. Used only with grad mode off (the prepared tensors are
-        not differentiable); a forward with autograd drops the cache.
-        """
-        key = tuple((w.data_ptr(), w._version) for w in weights if w is not None), weights[0].device
-        entry = self._prepared_cache.get(index)
-        if entry is None or entry[0] != key:
-            kept = [w.detach() for w in weights if w is not None]
-            entry = self._prepared_cache[index] = (key, PREPARE[self.impl](weights), kept)
-        return entry[1]
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()  # a copy of __dict__
-        state["_prepared_cache"] = {}  # a copy's weights are new tensors whose versions restart: never reuse
-        return state
-
-    def _weights(self, index: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        return tuple(None if name is None else getattr(self, name) for name in self._weight_names[index])
+    def _weights(self, index: int) -> LayerWeights:
+        """One layer and direction's weights, through getattr: a parametrized or weight-normed weight is
+        computed now, a weight replaced through ``.data`` or ``setattr`` is the new one."""
+        registered = self._parameters  # what getattr returns for a plain parameter, without its slow path
+        return tuple(
+            registered[name] if name in registered else None if name is None else getattr(self, name)
+            for name in self._weight_names[index]
+        )
 
     def forward(
         self,
@@ -156,6 +173,7 @@ class LSTM(nn.Module):
         return_gates: bool = False,
     ):
         """Returns ``(output, (h_n, c_n))``, plus the list of gate tensors if ``return_gates``."""
+        weights = [self._weights(k) for k in range(len(self._weight_names))]
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
@@ -165,26 +183,25 @@ class LSTM(nn.Module):
         else:
             x = input
             if x.dim() not in (2, 3):
-                raise ValueError(f"LSTM: expected 2-D (unbatched) or 3-D input, got {x.dim()}-D")
+                raise ValueError(f"LSTM: Expected input to be 2D (unbatched) or 3D, got {x.dim()}D instead")
             unbatched = x.dim() == 2
             x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"LSTM: input has {x.shape[-1]} features, expected input_size={self.input_size}")
+        lowered = _check_input(x, weights[0][0], self.input_size)
         T, B = x.shape[0], x.shape[1]
         D, L, H = 2 if self.bidirectional else 1, self.num_layers, self.hidden_size
+        P = self.proj_size or H
 
         if hx is None:
-            h0 = c0 = x.new_zeros(L * D, B, H)
+            h0, c0 = x.new_zeros(L * D, B, P), x.new_zeros(L * D, B, H)
         else:
-            h0, c0 = (s.unsqueeze(1) for s in hx) if unbatched else hx
-            for name, s in (("h0", h0), ("c0", c0)):
-                if tuple(s.shape) != (L * D, B, H):
-                    raise ValueError(f"LSTM: {name} has shape {tuple(s.shape)}, expected {(L * D, B, H)}")
+            h0, c0 = _check_state(hx, unbatched, (L * D, B, P), (L * D, B, H), x.dtype if lowered is None else None)
+        if lowered is not None:  # torch.autocast: computed at the weights' precision (see _check_input)
+            x, h0, c0 = (t.to(weights[0][0].dtype) for t in (x, h0, c0))
 
         order = lengths_in = None
         if lengths is not None:
             lengths = lengths_in = _check_lengths(lengths, T, B)  # lengths_in: the caller's order, for a recording
-            if int(lengths.min()) == T:
+            if B == 0 or int(lengths.min()) == T:
                 lengths = None  # nothing is padded: the plain path is exact and faster
             else:  # sort longest first once, for every layer and direction; undone at the end
                 order = torch.argsort(lengths, descending=True, stable=True)
@@ -197,29 +214,9 @@ class LSTM(nn.Module):
         acts = return_gates or recordings is not None
         sinks = None
         if recordings is not None and self._record_grads and torch.is_grad_enabled():
-            sinks = [x.new_zeros(x.shape[0], B, H) for _ in range(L * D)]  # filled by the backward
-        run = IMPLS[self.impl]
-        cached = self.impl in PREPARE and not torch.is_grad_enabled()
-        if not cached and self._prepared_cache:
-            self._prepared_cache.clear()  # training: the weights are about to change anyway; free the memory
-        out, h_n, c_n, gates, cells = x, [], [], [], []
-        for layer in range(L):
-            if layer > 0 and self.dropout > 0:
-                out = nn.functional.dropout(out, self.dropout, self.training)
-            outs = []
-            for direction in range(D):
-                k = layer * D + direction
-                sink = None if sinks is None else sinks[k]
-                weights = self._weights(k)
-                extra = {"prepared": self._prepared(k, weights)} if cached else {}
-                o, h, c, g, cs = run(out, h0[k], c0[k], weights, lengths, direction == 1, acts, sink, **extra)
-                outs.append(o)
-                h_n.append(h)
-                c_n.append(c)
-                gates.append(g)
-                cells.append(cs)
-            out = outs[0] if D == 1 else torch.cat(outs, dim=-1)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+            sinks = [x.new_zeros(x.shape[0], B, P) for _ in range(L * D)]  # filled by the backward
+        with nullcontext() if lowered is None else torch.autocast(x.device.type, enabled=False):
+            out, h_n, c_n, gates, cells = self._layers(x, h0, c0, weights, lengths, acts, sinks)
 
         inverse = None if order is None else torch.argsort(order).to(x.device)
         transpose = self.batch_first and packed is None and not unbatched
@@ -236,6 +233,8 @@ class LSTM(nn.Module):
 
         if inverse is not None:
             h_n, c_n = (t.index_select(1, inverse) for t in (h_n, c_n))
+        if lowered is not None:  # what torch.nn.LSTM returns under autocast
+            out, h_n, c_n = (t.to(lowered) for t in (out, h_n, c_n))
         out = restore(out)
         if packed is not None:
             out = _repack(out, packed)
@@ -253,12 +252,98 @@ class LSTM(nn.Module):
             return out, (h_n, c_n), gates
         return out, (h_n, c_n)
 
+    def _layers(
+        self,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        weights: list[LayerWeights],
+        lengths: Tensor | None,
+        acts: bool,
+        sinks: list[Tensor] | None,
+    ) -> tuple[Tensor, Tensor, Tensor, list, list]:
+        """Every layer and direction over the (T, B, I) input, sorted longest first if ``lengths``:
+        ``(output, h_n, c_n, gates, cells)``, the last two per layer and direction (None unless ``acts``)."""
+        D = 2 if self.bidirectional else 1
+        run = IMPLS[self.impl]
+        if run is auto_layer and not fast_layer_applies():
+            run = reference_layer  # the plain autograd ops that torch.func, forward AD and tracing support
+        out, h_n, c_n, gates, cells = x, [], [], [], []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                out = nn.functional.dropout(out, self.dropout, self.training)
+            outs = []
+            for direction in range(D):
+                k = layer * D + direction
+                sink = None if sinks is None else sinks[k]
+                o, h, c, g, cs = run(out, h0[k], c0[k], weights[k], lengths, direction == 1, acts, sink)
+                outs.append(o)
+                h_n.append(h)
+                c_n.append(c)
+                gates.append(g)
+                cells.append(cs)
+            out = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+        return out, torch.stack(h_n), torch.stack(c_n), gates, cells
+
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s + f", forget_bias={self.forget_bias}, impl={self.impl!r}"
+
+
+def _check_input(x: Tensor, weight: Tensor, input_size: int) -> torch.dtype | None:
+    """torch.nn.LSTM's checks of a (T, B, I) input. Returns the dtype to return under torch.autocast, else None.
+
+    Under autocast (for the input's device) torch.nn.LSTM takes inputs of any float dtype and returns the
+    autocast dtype; ours then computes at the weights' precision (float32: autocast never lowers float64),
+    which is at least as precise as torch's low-precision kernels, and returns the autocast dtype too.
+    """
+    lowered = None
+    # _is_any_autocast_enabled first: what torch.nn.LSTM asks too, and cheap enough for every decoding step
+    if (
+        torch._C._is_any_autocast_enabled()
+        and torch.is_autocast_enabled(x.device.type)
+        and weight.dtype != torch.float64
+        and x.is_floating_point()
+    ):
+        lowered = torch.get_autocast_dtype(x.device.type)
+    elif x.dtype != weight.dtype:
+        raise ValueError(f"LSTM: input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}); "
+                         f"convert the input: input.to({weight.dtype}), or the model: model.to({x.dtype})")
+    if x.shape[-1] != input_size:
+        raise RuntimeError(f"LSTM: input has {x.shape[-1]} features, expected input_size={input_size}")
+    if x.shape[0] == 0:
+        raise RuntimeError("LSTM: expected a sequence length larger than 0, got an input with no time steps")
+    return lowered
+
+
+def _check_state(
+    hx: tuple[Tensor, Tensor], unbatched: bool, h_shape: tuple, c_shape: tuple, dtype: torch.dtype | None
+) -> tuple[Tensor, Tensor]:
+    """torch.nn.LSTM's checks of an initial state; returns it batched: (L*D, B, P) and (L*D, B, H)."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"LSTM: hx must be a pair (h_0, c_0), got {type(hx).__name__}")
+    h0, c0 = hx
+    rank = 2 if unbatched else 3
+    if h0.dim() != rank or c0.dim() != rank:
+        kind = "unbatched 2-D" if unbatched else "batched 3-D"
+        raise RuntimeError(f"LSTM: for {kind} input, h_0 and c_0 should be {rank}-D, got ({h0.dim()}-D, {c0.dim()}-D)")
+    if unbatched:
+        h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+    for k, (state, expected) in enumerate(((h0, h_shape), (c0, c_shape))):
+        if tuple(state.shape) != expected:
+            shapes = [(s[0], s[2]) if unbatched else s for s in (expected, tuple(state.shape))]
+            raise RuntimeError(f"LSTM: expected hx[{k}] of size {shapes[0]} (num_layers * num_directions, "
+                               f"{'' if unbatched else 'batch, '}{'hidden_size' if k else 'proj_size or hidden_size'})"
+                               f", got {shapes[1]}")
+        if dtype is not None and state.dtype != dtype:
+            raise RuntimeError(f"LSTM: hx[{k}] has dtype {state.dtype}, the input {dtype}: give both the same dtype")
+    return h0, c0
 
 
 def _check_lengths(lengths: Tensor | Sequence[int], T: int, B: int) -> Tensor:

@@ -23,7 +23,8 @@ class Recording:
     - ``cells``: (T, B, H) cell states c_t;
     - ``hidden_grads``: (T, B, H) dL/dh_t, the total gradient of the loss with respect to each step's hidden
       state (through the output, the next step and h_n), once a backward has run through this forward;
-      None if the LSTM was recorded without ``grads`` or ran without autograd.
+      None if the LSTM was recorded without ``grads`` or ran without autograd. With a projection, h and so
+      dL/dh_t have ``proj_size`` features.
     """
 
     names: list[str]

@@ -14,12 +14,15 @@ from torch import Tensor
 
 from .cell import lstm_cell
 
+# One layer and direction's weights, in torch.nn.LSTM's order: w_ih, w_hh, b_ih, b_hh, w_hr (None if absent).
+LayerWeights = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
+
 
 def reference_layer(
     x: Tensor,
     h0: Tensor,
     c0: Tensor,
-    weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    weights: LayerWeights,
     lengths: Tensor | None,
     reverse: bool,
     return_gates: bool,
@@ -27,9 +30,9 @@ def reference_layer(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Run (T, B, I) input through one direction. Returns ``(out, h_n, c_n, gates, cells)``.
 
-    ``out`` is (T, B, H), zero past each length; with ``return_gates``, ``gates`` is (T, B, 4, H) in
-    i, f, g, o order and ``cells`` the cell states c_t, (T, B, H), both detached and zero past each length
-    (else None). ``dh_sink``, a (T, B, H) tensor, receives dL/dh_t of every step during the backward.
+    ``out`` is (T, B, P) (P: proj_size, else H), zero past each length; with ``return_gates``, ``gates`` is
+    (T, B, 4, H) in i, f, g, o order and ``cells`` the cell states c_t, (T, B, H), both detached and zero past
+    each length (else None). ``dh_sink``, a (T, B, P) tensor, receives dL/dh_t of every step during the backward.
     """
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     xs = x.unbind(0)  # never index x[t] in the loop: its backward would write a full-size zero grad each step
@@ -65,4 +68,4 @@ def reference_layer(
 
 
 def _store(sink: Tensor, t: int, grad: Tensor) -> None:
-    sink[t] = grad
+    sink[t] = grad.detach()  # a recorded value, not part of a graph (a double backward may be running)

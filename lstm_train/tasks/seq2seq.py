@@ -21,39 +21,27 @@ for g2p) measure what the model outputs on its own, never under teacher forcing.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import UsageError
 
 from .base import Batch, Inputs, Metrics, Split, Task
+from .data import Vocab, pad
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3  # the same ids in source and target vocabularies
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 
 
-class Vocab:
-    """Tokens (strings) <-> ids, the four :data:`SPECIALS` first; unknown tokens become :data:`UNK`."""
-
-    def __init__(self, tokens: Iterable[str]) -> None:
-        self.tokens = [*SPECIALS, *(t for t in tokens if t not in SPECIALS)]
-        self.index = {t: i for i, t in enumerate(self.tokens)}
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, tokens: Sequence[str]) -> list[int]:
-        return [self.index.get(t, UNK) for t in tokens]
-
-    def decode(self, ids: Sequence[int]) -> list[str]:
-        return [self.tokens[i] for i in ids]
+def token_vocab(tokens: Iterable[str]) -> Vocab:
+    """The four :data:`SPECIALS` (ids PAD, BOS, EOS, UNK), then ``tokens``; unknown tokens become UNK."""
+    return Vocab([*SPECIALS, *(t for t in tokens if t not in SPECIALS)], unknown=SPECIALS[UNK])
 
 
 @dataclass
@@ -80,13 +68,9 @@ def make_batch(
     sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], refs: list[list[tuple[int, ...]]] | None = None
 ) -> Seq2SeqBatch:
     """Right-padded sources with their lengths, and targets with EOS appended (none of them may be empty)."""
-    x = nn.utils.rnn.pad_sequence(
-        [torch.tensor(s, dtype=torch.long) for s in sources], batch_first=True, padding_value=PAD
-    )
-    y = nn.utils.rnn.pad_sequence(
-        [torch.tensor([*t, EOS], dtype=torch.long) for t in targets], batch_first=True, padding_value=PAD
-    )
-    return Seq2SeqBatch(x, y, torch.tensor([len(s) for s in sources]), refs)
+    x, lengths = pad(sources, PAD)
+    y, _ = pad([[*t, EOS] for t in targets], PAD)
+    return Seq2SeqBatch(x, y, lengths, refs)
 
 
 def strip(ids: Tensor) -> list[tuple[int, ...]]:
@@ -195,6 +179,9 @@ class Seq2SeqTask(Task):
         logits = output.logits if isinstance(output, Seq2SeqOutput) else output
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1), ignore_index=PAD)
 
+    def loss_weight(self, batch: Batch) -> float:
+        return int((batch.y != PAD).sum())
+
     def new_metrics(self) -> Metrics:
         return Seq2SeqMetrics(per="per" in self.metric_names)
 
@@ -220,6 +207,19 @@ class Seq2SeqTask(Task):
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.data["train"][0]) / batch_size)
+
+    # ---- the command-line tools --------------------------------------------------------------------------
+    predict_options: ClassVar[dict[str, dict[str, Any]]] = {
+        "--beam-size": {"type": int, "default": None, "help": "seq2seq decoding: 1 greedy, > 1 beam search "
+                        "(default: the checkpoint's model.beam_size)"},
+    }
+
+    def predict_line(self, model: nn.Module, line: str, beam_size: int | None = None) -> str:
+        """One input line -> its decoded output (g2p: a word -> its phonemes; synthetic tasks: symbols separated
+        by spaces), with ``beam_size`` (None: the model's)."""
+        if beam_size is not None and beam_size < 1:
+            raise UsageError(f"--beam-size: must be >= 1, got {beam_size}")
+        return next(transduce(model, self, [line], beam_size=beam_size))
 
 
 def transduce(
@@ -251,18 +251,10 @@ def _transduce_chunk(
     keep = [i for i, s in enumerate(ids) if s]
     out = [""] * len(lines)
     if keep:
-        x = nn.utils.rnn.pad_sequence([torch.tensor(ids[i]) for i in keep], batch_first=True, padding_value=PAD)
+        x, lengths = pad([ids[i] for i in keep], PAD)
         with torch.inference_mode():
-            tokens, _ = model.decode(x.to(device), torch.tensor([len(ids[i]) for i in keep]), beam_size=beam_size)
+            tokens, _ = model.decode(x.to(device), lengths, beam_size=beam_size)
         for i, seq in zip(keep, strip(tokens), strict=True):
             out[i] = task.target_text(task.target_vocab.decode(seq))
     return out
 
-
-def transduce_line(model: nn.Module, task: Seq2SeqTask, line: str, args: argparse.Namespace) -> str:
-    """lstm-predict's entry for seq2seq checkpoints: one input line -> its decoded output (g2p: a word ->
-    its phonemes; synthetic tasks: symbols separated by spaces), with ``args.beam_size`` (None: the model's)."""
-    beam_size = getattr(args, "beam_size", None)
-    if beam_size is not None and beam_size < 1:
-        raise ConfigError("--beam-size", f"must be >= 1, got {beam_size}")
-    return next(transduce(model, task, [line], beam_size=beam_size))

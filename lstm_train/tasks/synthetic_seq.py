@@ -10,33 +10,48 @@ and one class; the three options differ only in the operation, so ``-m task=reve
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from omegaconf import DictConfig
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError
+from lstm_train.schema import non_negative, positive, value
 
-from .base import Batch, derive_seed
-from .seq2seq import Seq2SeqTask, Vocab, make_batch
+from .base import Batch, TaskConfig, check_lengths
+from .data import seeded
+from .seq2seq import Seq2SeqTask, make_batch, token_vocab
+
+
+@dataclass
+class SyntheticSeqConfig(TaskConfig):  # reverse, sort, copy
+    vocab_size: int = value(positive)  # symbols the sequences are drawn from
+    min_len: int = value(positive)  # source lengths are uniform in [min_len, seq_len]
+    seq_len: int = value(positive)
+    train_size: int = value(positive)  # fresh sequences per epoch
+    val_size: int = value(positive)
+    test_size: int = value(positive)
+    num_samples: int = value(non_negative)  # val examples decoded into TensorBoard text at each evaluation
+
+    def check(self) -> None:
+        check_lengths(self)
 
 
 class SyntheticSeq(Seq2SeqTask):
     name: ClassVar[str]
+    Config = SyntheticSeqConfig
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
-        if cfg.min_len > cfg.seq_len:
-            raise ConfigError("task.min_len", f"must be <= task.seq_len ({cfg.min_len} > {cfg.seq_len})")
+    def __init__(self, cfg: SyntheticSeqConfig, state: dict | None = None) -> None:
         self.vocab_size, self.min_len, self.seq_len = cfg.vocab_size, cfg.min_len, cfg.seq_len
         self.train_size, self.num_samples = cfg.train_size, cfg.num_samples
-        vocab = Vocab(str(i) for i in range(cfg.vocab_size))
+        vocab = token_vocab(str(i) for i in range(cfg.vocab_size))
         if state is not None and state["source_vocab"] != vocab.tokens:
             raise ConfigError("task.vocab_size", "differs from the checkpoint's vocabulary")
         self.set_vocabs(vocab, vocab)
         self.data = {}
         if state is None:
             for split, size in (("val", cfg.val_size), ("test", cfg.test_size)):
-                sources = self._draw(size, torch.Generator().manual_seed(derive_seed(self.name, split, cfg.data_seed)))
+                sources = self._draw(size, seeded(self.name, split, cfg.data_seed))
                 self.data[split] = (sources, [self.transform(s) for s in sources], None)
 
     @staticmethod
@@ -53,7 +68,7 @@ class SyntheticSeq(Seq2SeqTask):
         return -(-self.train_size // batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(derive_seed("train", self.name, seed, epoch))
+        generator = seeded("train", self.name, seed, epoch)
         for start in range(0, self.train_size, batch_size):
             sources = self._draw(min(batch_size, self.train_size - start), generator)
             yield make_batch(sources, [self.transform(s) for s in sources])

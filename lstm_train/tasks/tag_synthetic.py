@@ -15,40 +15,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
-from .base import Batch, derive_seed
+from lstm_train.schema import one_of, positive, value
+
+from .base import Batch, TaskConfig, check_lengths
+from .data import Vocab, seeded
 from .tagging import PAD, UNK, TaggingTask, bucketed
 
 TAGS = {"first": ["other", "same"], "seen": ["new", "seen"]}
 
 
+@dataclass
+class TagSyntheticConfig(TaskConfig):
+    rule: str = value(one_of("first", "seen"))  # a token's tag: equals the first token / occurred earlier
+    vocab_size: int = value(positive)  # words the sentences are drawn from
+    min_len: int = value(positive)  # lengths are uniform in [min_len, seq_len]
+    seq_len: int = value(positive)
+    train_size: int = value(positive)  # fresh sentences per epoch
+    val_size: int = value(positive)
+    test_size: int = value(positive)
+
+    def check(self) -> None:
+        check_lengths(self)
+
+
 class TagSynthetic(TaggingTask):
     name = "tag_synthetic"
+    Config = TagSyntheticConfig
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
+    def __init__(self, cfg: TagSyntheticConfig, state: dict | None = None) -> None:
         self.cfg = cfg
         super().__init__(cfg, state)
 
-    def _load(self, cfg: DictConfig) -> None:
-        self.words = [PAD, UNK, *map(str, range(cfg.vocab_size))]  # UNK: words outside the range, in prediction
+    def _load(self, cfg: TagSyntheticConfig) -> None:
+        # UNK: words outside the range, in prediction
+        self.vocab = Vocab([PAD, UNK, *map(str, range(cfg.vocab_size))], UNK)
         self.tags, self.scheme = TAGS[cfg.rule], "none"
-        self.data = {
-            split: self.sample(size, torch.Generator().manual_seed(derive_seed(self.name, cfg.data_seed, split)))
-            for split, size in (("val", cfg.val_size), ("test", cfg.test_size))
-        }
+        self.data = {split: self.sample(size, seeded(self.name, cfg.data_seed, split))
+                     for split, size in (("val", cfg.val_size), ("test", cfg.test_size))}
 
     def sample(self, n: int, generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
         """n (word ids, tag ids) pairs."""
         cfg = self.cfg
+        vocab_size, first = cfg.vocab_size, cfg.rule == "first"
         lengths = torch.randint(cfg.min_len, cfg.seq_len + 1, (n,), generator=generator).tolist()
         pairs = []
         for length in lengths:
-            tokens = torch.randint(cfg.vocab_size, (length,), generator=generator)
-            if cfg.rule == "first":
+            tokens = torch.randint(vocab_size, (length,), generator=generator)
+            if first:
                 tags = (tokens == tokens[0]).long()
             else:  # seen: an earlier position holds the same token
                 tags = (tokens[:, None] == tokens[None, :]).tril(-1).any(1).long()
@@ -59,5 +77,5 @@ class TagSynthetic(TaggingTask):
         return math.ceil(self.cfg.train_size / batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
+        generator = seeded("train", seed, epoch)
         return bucketed(self.sample(self.cfg.train_size, generator), batch_size, generator)

@@ -13,9 +13,11 @@ Batches: ``x`` (B, T) word ids right-padded with 0, ``y`` (B, T) tag ids padded 
 of 50 batches), which cuts the padding the LSTM runs over; evaluation batches go by length too.
 
 Metrics: ``loss`` (cross-entropy per real token), ``acc`` (token accuracy); with a BIO or BIOES tag set
-(``task.scheme``: auto detects it from the tags) also span ``precision``, ``recall`` and ``f1``, counted by
-conlleval's chunk rules (:func:`chunk_counts`), each sentence (piece) on its own. At each evaluation the
-first val sentences, as the model tags them, go to TensorBoard's text tab (:meth:`TaggingTask.samples`).
+(``task.scheme``: auto detects it from the tags) also span ``precision``, ``recall`` and ``f1`` (micro),
+each sentence (piece) on its own, equal to the standard tools (tested against seqeval): BIO chunks by
+conlleval's rules (:func:`bio_spans`, what seqeval's default mode does), BIOES chunks by seqeval's strict
+IOBES rules (:func:`bioes_spans`). At each evaluation the first val sentences, as the model tags them, go
+to TensorBoard's text tab (:meth:`TaggingTask.samples`).
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError, UsageError
+from lstm_train.schema import one_of, positive, value
 
-from .base import Batch, Inputs, Metrics, Split, Task, derive_seed
+from .base import Batch, Example, Inputs, Metrics, Split, Task, TaskConfig, needs_text
+from .data import Vocab, pad, seeded
+from .files import shown
 
 IGNORE = -100  # the tag id of padding: F.cross_entropy's default ignore_index
 PAD, UNK = "<pad>", "<unk>"
@@ -42,81 +47,101 @@ POOL = 50  # training batches sorted by length together
 NUM_SAMPLES = 3  # val sentences tagged into TensorBoard's text tab at each evaluation
 
 
-# ---- conlleval's chunk rules ---------------------------------------------------------------------------
+# ---- spans: conlleval's rules for BIO, seqeval's strict IOBES for BIOES ---------------------------------
+Span = tuple[str, int, int]  # (type, start, end), end exclusive
+
+
 def split_tag(tag: str) -> tuple[str, str]:
-    """``B-PER`` -> (``B``, ``PER``); a tag without a dash (``O``) has the empty type, as in conlleval."""
+    """``B-PER`` -> (``B``, ``PER``), split at the first dash as conlleval does; ``O`` -> (``O``, ``""``)."""
     prefix, dash, kind = tag.partition("-")
     return (prefix, kind) if dash else (tag, "")
 
 
-def chunk_ends(prev: str, prev_type: str, tag: str, kind: str) -> bool:
-    """Whether a chunk ended at the previous token, given the previous and the current tag (conlleval)."""
-    if prev in ("E", "S") or (prev in ("B", "I") and tag in ("B", "O")):
-        return True
-    return prev not in ("O", ".") and prev_type != kind
+def bio_spans(tags: Sequence[str]) -> set[Span]:
+    """The chunks of a BIO sentence by conlleval's rules (seqeval's default mode): a chunk starts at ``B-X``,
+    or at an ``I-X`` that does not continue a chunk of type X (after ``O`` or ``B-Y``/``I-Y``), and runs over
+    the ``I-X`` that follow."""
+    spans: set[Span] = set()
+    start, kind = None, ""
+    for i, tag in enumerate([*tags, "O"]):  # a final O closes an open chunk
+        prefix, t = split_tag(tag)
+        continues = start is not None and prefix == "I" and t == kind
+        if start is not None and not continues:
+            spans.add((kind, start, i))
+            start = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, t
+    return spans
 
 
-def chunk_starts(prev: str, prev_type: str, tag: str, kind: str) -> bool:
-    """Whether a chunk starts at the current token (conlleval)."""
-    if tag in ("B", "S") or (prev in ("E", "O") and tag in ("E", "I")):
-        return True
-    return tag not in ("O", ".") and prev_type != kind
+def bioes_spans(tags: Sequence[str]) -> set[Span]:
+    """The chunks of a BIOES sentence by seqeval's strict IOBES rules: ``S-X``, or ``B-X (I-X)* E-X``; any
+    other run (a ``B-X`` never closed by ``E-X``, an ``I-X`` or ``E-X`` outside such a run, a change of type
+    inside one) is no chunk at all."""
+    spans: set[Span] = set()
+    start, kind = None, ""
+    for i, tag in enumerate(tags):
+        prefix, t = split_tag(tag)
+        if start is not None and prefix in ("I", "E") and t == kind:
+            if prefix == "E":
+                spans.add((kind, start, i + 1))
+                start = None
+            continue
+        start = None
+        if prefix == "S":
+            spans.add((t, i, i + 1))
+        elif prefix == "B":
+            start, kind = i, t
+    return spans
 
 
-def chunk_counts(gold: Sequence[str], guess: Sequence[str]) -> tuple[int, int, int]:
-    """(correct, gold, guessed) chunk counts of one sentence, exactly as conlleval counts them.
+SPANS = {"bio": bio_spans, "bioes": bioes_spans}
 
-    A guessed chunk is correct when it starts where a gold chunk starts, with the same type, and both end
-    at the same token. conlleval's rules are followed to the letter, quirks included: an ``I-`` without a
-    ``B-`` starts a chunk; a ``B-X S-X`` pair counts two gold chunks but can only be one correct one.
-    """
-    correct = found_gold = found_guess = 0
-    in_correct = False
-    last_gold, last_gold_type, last_guess, last_guess_type = "O", "", "O", ""
-    for g, p in zip([*gold, "O"], [*guess, "O"], strict=True):  # a final O closes open chunks
-        g, g_type = split_tag(g)
-        p, p_type = split_tag(p)
-        if in_correct:
-            gold_end = chunk_ends(last_gold, last_gold_type, g, g_type)
-            guess_end = chunk_ends(last_guess, last_guess_type, p, p_type)
-            if gold_end and guess_end and last_guess_type == last_gold_type:
-                in_correct = False
-                correct += 1
-            elif gold_end != guess_end or g_type != p_type:
-                in_correct = False
-        gold_start = chunk_starts(last_gold, last_gold_type, g, g_type)
-        guess_start = chunk_starts(last_guess, last_guess_type, p, p_type)
-        if gold_start and guess_start and g_type == p_type:
-            in_correct = True
-        found_gold += gold_start
-        found_guess += guess_start
-        last_gold, last_gold_type, last_guess, last_guess_type = g, g_type, p, p_type
-    return correct, found_gold, found_guess
+
+def span_counts(gold: Sequence[str], guess: Sequence[str], scheme: str) -> tuple[int, int, int]:
+    """(correct, gold, guessed) chunk counts of one sentence: a guessed chunk is correct when a gold chunk has
+    its type, start and end."""
+    gold_spans, guess_spans = SPANS[scheme](gold), SPANS[scheme](guess)
+    return len(gold_spans & guess_spans), len(gold_spans), len(guess_spans)
 
 
 SCHEME_PREFIXES = {"bio": "BI", "bioes": "BIES"}
 
 
-def detect_scheme(tags: Sequence[str]) -> str:
-    """``bio`` or ``bioes`` if every tag is ``O`` or a prefix from that scheme plus ``-TYPE``; else ``none``."""
+def tag_prefixes(tags: Sequence[str]) -> set[str] | None:
+    """The prefixes of tags that are all ``O`` or ``[BIES]-TYPE``; None if any other tag is there."""
     prefixes = set()
     for tag in tags:
         if tag != "O":
             match = re.fullmatch(r"([BIES])-(.+)", tag)
             if match is None:
-                return "none"
+                return None
             prefixes.add(match.group(1))
+    return prefixes
+
+
+def bioes_shaped(prefixes: set[str]) -> bool:
+    """Whether chunks with these prefixes can be valid BIOES: ``B-`` and ``E-`` together, ``I-`` only with them."""
+    return bool(prefixes) and ("B" in prefixes) == ("E" in prefixes) and ("I" not in prefixes or "B" in prefixes)
+
+
+def detect_scheme(tags: Sequence[str]) -> str:
+    """``bio`` if the tags are ``O`` and ``B-``/``I-TYPE``; ``bioes`` if they are ``O`` and ``B-``/``I-``/``E-``/
+    ``S-TYPE`` that can make BIOES chunks (:func:`bioes_shaped`); else ``none`` (POS tags, IOE, mixtures)."""
+    prefixes = tag_prefixes(tags)
     if not prefixes:
         return "none"
-    return "bio" if prefixes <= set(SCHEME_PREFIXES["bio"]) else "bioes"
+    if prefixes <= set(SCHEME_PREFIXES["bio"]):
+        return "bio"
+    return "bioes" if bioes_shaped(prefixes) else "none"
 
 
 # ---- metrics -------------------------------------------------------------------------------------------
 class TaggingMetrics(Metrics):
     """Token loss and accuracy over real tokens (padding never counts); span P/R/F1 with a chunk scheme."""
 
-    def __init__(self, tags: Sequence[str], spans: bool) -> None:
-        self.tags, self.spans = list(tags), spans
+    def __init__(self, tags: Sequence[str], scheme: str) -> None:
+        self.tags, self.scheme = list(tags), scheme
         self.loss_sum: Tensor | float = 0.0
         self.correct: Tensor | int = 0
         self.count: Tensor | int = 0
@@ -129,10 +154,11 @@ class TaggingMetrics(Metrics):
         self.loss_sum = self.loss_sum + loss.detach() * n
         self.correct = self.correct + (predicted == batch.y)[real].sum()
         self.count = self.count + n
-        if self.spans:  # chunks need the tag strings: one copy to the CPU per batch
+        if self.scheme != "none":  # chunks need the tag strings: one copy to the CPU per batch
             lengths = real.sum(1).tolist()
             for gold, guess, length in zip(batch.y.tolist(), predicted.tolist(), lengths, strict=True):
-                counts = chunk_counts([self.tags[i] for i in gold[:length]], [self.tags[i] for i in guess[:length]])
+                gold_tags, guess_tags = [self.tags[i] for i in gold[:length]], [self.tags[i] for i in guess[:length]]
+                counts = span_counts(gold_tags, guess_tags, self.scheme)
                 self.chunks = [a + b for a, b in zip(self.chunks, counts, strict=True)]
 
     def compute(self) -> dict[str, float]:
@@ -140,7 +166,7 @@ class TaggingMetrics(Metrics):
         if not count:
             return {}
         result = {"loss": float(self.loss_sum) / count, "acc": float(self.correct) / count}
-        if self.spans:
+        if self.scheme != "none":
             correct, gold, guessed = self.chunks
             precision = correct / guessed if guessed else 0.0
             recall = correct / gold if gold else 0.0
@@ -150,8 +176,22 @@ class TaggingMetrics(Metrics):
 
 
 # ---- the task ------------------------------------------------------------------------------------------
+@dataclass
+class TaggedTextConfig(TaskConfig):  # conll, brown_pos: tagged sentences from files
+    scheme: str = value(one_of("auto", "bio", "bioes", "none"))  # span P/R/F1 for BIO/BIOES tags; auto: detect
+    lowercase: bool = value()
+    min_count: int = value(positive)  # rarer training words become <unk>
+    seq_len: int = value(positive)  # longer sentences are split into pieces of at most this many tokens
+    train_size: int | None = value(positive)  # at most this many sentences (pieces) per split; null: all
+    val_size: int | None = value(positive)
+    test_size: int | None = value(positive)
+
+
+FORMATS = ("slash", "columns", "tags")  # lstm-predict --format
+
+
 class TaggingTask(Task):
-    """A tag per token. Subclasses implement :meth:`read` (the sentences of each split)."""
+    """A tag per token. Subclasses implement :meth:`read` (the sentences of each split), or :meth:`_load`."""
 
     kind = "tagging"
     metric_names: tuple[str, ...] = ("loss", "acc")
@@ -163,24 +203,24 @@ class TaggingTask(Task):
         "f1": True,
     }
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
-        self.lowercase, self.seq_len = cfg.get("lowercase", False), cfg.seq_len  # synthetic words: no case
+    def __init__(self, cfg: Any, state: dict | None = None) -> None:
+        self.seq_len = cfg.seq_len
+        self.lowercase = isinstance(cfg, TaggedTextConfig) and cfg.lowercase  # synthetic words have no case
         if state is not None:  # from a checkpoint: vocabulary, tags and scheme only
-            self.words, self.tags, self.scheme = state["words"], state["tags"], state["scheme"]
+            self.vocab, self.tags, self.scheme = Vocab(state["words"], UNK), state["tags"], state["scheme"]
             self.data: dict[str, list[tuple[Tensor, Tensor]]] = {}
         else:
             self._load(cfg)
-        self.index = {w: i for i, w in enumerate(self.words)}
-        self.inputs = Inputs(vocab_size=len(self.words))
+        self.inputs = Inputs(vocab_size=len(self.vocab))
         self.num_outputs = len(self.tags)
         if self.scheme != "none":
             self.metric_names = ("loss", "acc", "precision", "recall", "f1")
 
-    def read(self, cfg: DictConfig) -> dict[str, list[Sentence]]:
+    def read(self, cfg: Any) -> dict[str, list[Sentence]]:
         """The sentences of train, val and test."""
         raise NotImplementedError
 
-    def _load(self, cfg: DictConfig) -> None:
+    def _load(self, cfg: TaggedTextConfig) -> None:
         sentences = self.read(cfg)
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         for split, size in sizes.items():
@@ -191,10 +231,8 @@ class TaggingTask(Task):
         self.tags = sorted({t for split in sentences.values() for _, tags in split for t in tags})
         self.scheme = self._scheme(cfg.scheme, self.tags)
         counts = Counter(w for words, _ in sentences["train"] for w in self.normalize(words))
-        counts.pop(PAD, None), counts.pop(UNK, None)  # a text's own "<unk>" is read as the unknown word
-        kept = sorted((w for w, n in counts.items() if n >= cfg.min_count), key=lambda w: (-counts[w], w))
-        self.words = [PAD, UNK, *kept]
-        self.index = {w: i for i, w in enumerate(self.words)}
+        # a text's own "<unk>" is read as the unknown word
+        self.vocab = Vocab.counted([PAD, UNK], counts, cfg.min_count, UNK)
         tag_id = {t: i for i, t in enumerate(self.tags)}
         self.data = {
             split: [(self.encode(words), torch.tensor([tag_id[t] for t in tags])) for words, tags in part]
@@ -203,17 +241,30 @@ class TaggingTask(Task):
 
     @staticmethod
     def _scheme(scheme: str, tags: list[str]) -> str:
+        """The scheme to score spans by: ``auto`` -> :func:`detect_scheme`; a named one must fit the tags."""
         found = detect_scheme(tags)
         if scheme == "auto":
             return found
-        if scheme != "none" and (found == "none" or found not in ("bio", scheme)):
-            odd = next((t for t in tags if t != "O" and split_tag(t)[0] not in set(SCHEME_PREFIXES[scheme])), tags[0])
+        if scheme in ("none", found):
+            return scheme
+        allowed, prefixes = set(SCHEME_PREFIXES[scheme]), tag_prefixes(tags)
+        if prefixes is None or not prefixes <= allowed:
+            odd = next(t for t in tags if t != "O" and not allowed >= (tag_prefixes([t]) or {"?"}))
+            problem = f"{scheme} needs tags O or {'/'.join(SCHEME_PREFIXES[scheme])}-TYPE; the data has {shown(odd)}"
+            raise ConfigError("task.scheme", f"{problem} (use scheme=auto or none)")
+        if not prefixes:
+            raise ConfigError("task.scheme", "every tag is O: there are no chunks to score (use scheme=none)")
+        if found == "bio":  # scheme == "bioes"
             raise ConfigError(
                 "task.scheme",
-                f"{scheme} needs tags O or {'/'.join(SCHEME_PREFIXES[scheme])}-TYPE; "
-                f"the data has {odd!r} (use scheme=auto or none)",
+                "bioes scores only chunks that end in E- or S- (seqeval's strict IOBES), and these tags are "
+                "B-/I- only (BIO): use scheme=bio or auto",
             )
-        return scheme
+        raise ConfigError(
+            "task.scheme",
+            f"tags with the prefixes {'/'.join(sorted(prefixes))} cannot make BIOES chunks (B- needs E-, I- needs "
+            "B-): fix the tags or use scheme=none",
+        )
 
     def pieces(self, sentence: Sentence) -> list[Sentence]:
         words, tags = sentence
@@ -224,10 +275,10 @@ class TaggingTask(Task):
 
     def encode(self, words: Sequence[str]) -> Tensor:
         """Word ids of a sentence (unknown words: 1), any length."""
-        return torch.tensor([self.index.get(w, 1) for w in self.normalize(words)], dtype=torch.long)
+        return torch.tensor(self.vocab.encode(self.normalize(words)), dtype=torch.long)
 
     def state_dict(self) -> dict:
-        return {"words": self.words, "tags": self.tags, "scheme": self.scheme}
+        return {"words": self.vocab.tokens, "tags": self.tags, "scheme": self.scheme}
 
     def samples(self, model: nn.Module) -> dict[str, str]:
         """The first val sentences as the model tags them, ``word/TAG``, a wrong tag followed by ``(gold=TAG)``.
@@ -244,7 +295,7 @@ class TaggingTask(Task):
         lines = []
         for (x, y), guess in zip(pairs, predicted, strict=True):
             tokens = [
-                f"{self.words[w]}/{self.tags[p]}" + ("" if p == g else f"(gold={self.tags[g]})")
+                f"{self.vocab.tokens[w]}/{self.tags[p]}" + ("" if p == g else f"(gold={self.tags[g]})")
                 for w, g, p in zip(x.tolist(), y.tolist(), guess, strict=False)
             ]
             lines.append(" ".join(tokens))
@@ -253,20 +304,50 @@ class TaggingTask(Task):
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(output.flatten(0, 1), batch.y.flatten(), ignore_index=IGNORE)
 
+    def loss_weight(self, batch: Batch) -> float:
+        return int((batch.y != IGNORE).sum())
+
     def new_metrics(self) -> Metrics:
-        return TaggingMetrics(self.tags, spans=self.scheme != "none")
+        return TaggingMetrics(self.tags, self.scheme)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.data["train"]) / batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
-        return bucketed(self.data["train"], batch_size, generator)
+        return bucketed(self.data["train"], batch_size, seeded("train", seed, epoch))
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
         data = sorted(self.data[split], key=lambda pair: len(pair[0]))  # stable: a fixed order
         for start in range(0, len(data), batch_size):
             yield pad_tagged(data[start : start + batch_size])
+
+    # ---- the command-line tools --------------------------------------------------------------------------
+    predict_options: ClassVar[dict[str, dict[str, Any]]] = {
+        "--format": {"choices": FORMATS, "default": "slash",
+                     "help": "tagger output: word/TAG (default), word<TAB>TAG lines, or the tags only"},
+    }
+
+    def predict_line(self, model: nn.Module, line: str, format: str = "slash") -> str:
+        """The tags of the line's words (split at whitespace), as ``word/TAG``, ``word<TAB>TAG`` lines with a blank
+        line after the sentence (CoNLL-style ``columns``), or the tags alone."""
+        words = line.split()
+        if not words:
+            return ""
+        device = next(model.parameters()).device
+        logits = model(self.encode(words)[None].to(device), torch.tensor([len(words)]))
+        tags = [self.tags[i] for i in logits[0].argmax(-1).tolist()]
+        if format == "tags":
+            return " ".join(tags)
+        if format == "columns":
+            return "".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True))
+        return " ".join(f"{w}/{t}" for w, t in zip(words, tags, strict=True))
+
+    def example(self, text: str | None, seed: int) -> Example:
+        """A sentence, its words split at whitespace."""
+        words = needs_text(self, text).split()
+        if not words:
+            raise UsageError("the sentence has no words")
+        return Example(Batch(self.encode(words)[None], torch.zeros(1, len(words), dtype=torch.long)), words, [], None)
 
 
 def bucketed(data: Sequence[tuple[Tensor, Tensor]], batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -283,6 +364,5 @@ def bucketed(data: Sequence[tuple[Tensor, Tensor]], batch_size: int, generator: 
 def pad_tagged(pairs: Sequence[tuple[Tensor, Tensor]]) -> Batch:
     """Words right-padded with 0, tags with :data:`IGNORE`, and the true lengths (on the CPU)."""
     xs, ys = zip(*pairs, strict=True)
-    x = torch.nn.utils.rnn.pad_sequence(list(xs), batch_first=True)
-    y = torch.nn.utils.rnn.pad_sequence(list(ys), batch_first=True, padding_value=IGNORE)
-    return Batch(x, y, torch.tensor([len(t) for t in xs]))
+    x, lengths = pad(xs)
+    return Batch(x, pad(ys, IGNORE)[0], lengths)

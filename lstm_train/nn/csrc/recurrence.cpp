@@ -347,13 +347,13 @@ inline int64_t running(at::IntArrayRef batch_sizes, int64_t t, int64_t T, int64_
 // states cs (T, B, H), else those two are undefined (None).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_ih, const Tensor& w_hh,
-    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, at::IntArrayRef batch_sizes, bool keep) {
+    const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
   TORCH_CHECK(batch_sizes.empty() || static_cast<int64_t>(batch_sizes.size()) == T,
               "lstm_train kernel: batch_sizes must hold one size per step");
-  const Tensor bias = b_ih.has_value() && b_hh.has_value() ? (*b_ih + *b_hh).contiguous() : Tensor();
+  const Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : Tensor();
   Tensor hs = at::empty({T, B, H}, x.options());
   Tensor h_n = at::empty({B, H}, x.options()), c_n = at::empty({B, H}, x.options());
   // Without keep, the cell states of two steps are all the loop needs.
@@ -539,8 +539,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
 TORCH_LIBRARY(lstm_train, m) {
   m.def(
-      "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "int[] batch_sizes, bool keep) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
+      "bool keep) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_backward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor? d_hs, Tensor? d_hn, Tensor? d_cn, int[] batch_sizes, bool need_x, bool need_w_ih, bool need_bias, "

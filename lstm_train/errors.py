@@ -1,0 +1,36 @@
+"""The mistakes a user can fix, and how a command-line tool reports them: one line, no traceback, exit status 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. ``str(error)`` is one line that starts with the dotted key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+    def __reduce__(self) -> tuple:  # pickled back from a sweep's job process (joblib, submitit)
+        return type(self), (self.key, self.message)
+
+
+class UsageError(Exception):
+    """A command-line mistake of lstm-generate, lstm-predict, lstm-visualize or a script: a wrong argument, a
+    checkpoint the tool cannot use. ``str(error)`` is the one line to show."""
+
+
+@contextmanager
+def one_line_errors(prog: str, *also: type[BaseException]) -> Iterator[None]:
+    """Report a :class:`UsageError`, a :class:`ConfigError` or any of ``also`` as ``prog: error: ...`` (its first
+    line) on stderr and exit with status 2; Ctrl-C exits with 130."""
+    try:
+        yield
+    except (UsageError, ConfigError, *also) as e:
+        print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

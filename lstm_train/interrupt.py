@@ -1,0 +1,126 @@
+"""Ctrl-C and SIGTERM (what ``kill``, SLURM and most schedulers send): stop cleanly, never with a traceback.
+
+During training the first signal only raises a flag: the loop finishes the step it is in, saves last.pt at
+that step and raises :class:`Interrupted`, which the CLI turns into one line and exit status 128 + signal
+(130 for SIGINT, 143 for SIGTERM). A second signal (a second or more after the first), or one outside the
+training loop, raises :class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
+``except Exception`` on the way (Hydra's job runner included) swallows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A Ctrl-C reaches the workers of a data-parallel run twice: from the terminal (the whole process group) and
+# from the launcher, which passes it on. A signal this soon after the first is the same request.
+ECHO_SECONDS = 1.0
+
+
+class Interrupted(BaseException):
+    """A run stopped by a signal. ``str(error)`` is the line for the user; ``exit_code`` is 128 + signal;
+    ``checkpoint`` is the last.pt saved at the step reached, if the run stopped cleanly."""
+
+    def __init__(self, signum: int, message: str, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+
+
+def _raise_at_once(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum, f"interrupted ({signal_name(signum)})")
+
+
+def raise_on_signals() -> None:
+    """Make SIGTERM, like SIGINT, interrupt with :class:`Interrupted` (the CLI's handlers outside training)."""
+    if _in_main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, _raise_at_once)
+
+
+@dataclass
+class StopRequest:
+    """Set by signals inside :func:`deferred_signals`; the training loop acts on it between steps."""
+
+    signum: int | None = None  # stop after this step
+    at: float = 0.0  # when (time.monotonic) the first stop signal came
+    save: bool = False  # save last.pt after this step, and go on
+    then: Callable[[], None] | None = None  # to call after that save (submitit's checkpoint-and-requeue)
+
+
+def submitit_signal() -> int | None:
+    """The signal submitit requeues this job on (USR2 unless SUBMITIT_PREEMPT_SIGNAL says), or None when this
+    process is not a submitit job."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").removeprefix("SIG"), None)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[StopRequest]:
+    """In the block, the first SIGINT or SIGTERM sets the request's ``signum``; a second raises at once.
+
+    In a submitit job (SLURM, or submitit's local executor) a preempted job is requeued, not stopped: SLURM's
+    SIGTERM only asks for last.pt to be saved at the step reached (training goes on until the end comes), and
+    submitit's requeue signal (USR2) saves last.pt, then lets submitit requeue the job; the requeued job
+    continues from that last.pt with ``trainer.resume=auto``.
+    """
+    request = StopRequest()
+    if not _in_main_thread():
+        yield request
+        return
+    requeue = submitit_signal()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if requeue is not None and signum == signal.SIGTERM:
+            request.save = True
+            log.warning("SIGTERM received in a submitit job: saving last.pt after this step, then going on")
+            return
+        if request.signum is not None:
+            if time.monotonic() - request.at < ECHO_SECONDS:
+                return  # the same stop, delivered twice (terminal and launcher): not a second request
+            raise Interrupted(signum, f"interrupted again ({signal_name(signum)}): stopped at once, mid-step")
+        request.signum, request.at = signum, time.monotonic()
+        log.warning("%s received: stopping after this step (send it again to stop at once)", signal_name(signum))
+
+    handlers: dict[int, Callable] = dict.fromkeys(SIGNALS, handle)
+    if requeue is not None:
+        submitit_handler = signal.getsignal(requeue)
+
+        def handle_requeue(signum: int, frame: FrameType | None) -> None:
+            request.save = True
+            if callable(submitit_handler):
+                request.then = lambda: submitit_handler(signum, None)
+            log.warning("%s received from submitit: saving last.pt after this step, then requeueing",
+                        signal_name(signum))
+
+        handlers[requeue] = handle_requeue
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

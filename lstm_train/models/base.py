@@ -1,0 +1,102 @@
+"""What every model is: an option of conf/model/ for one kind of task, built from its config by :func:`build_model`.
+
+A model is a :class:`Model` subclass that sets ``name`` (its option), ``kind`` (the kind of task it serves) and
+``Config`` (its schema, a :class:`ModelConfig`); it registers itself where it is defined. Its constructor takes
+plain typed values (an :class:`~lstm_train.tasks.Inputs`, sizes, a :class:`~lstm_train.models.encoder.Stack`);
+:meth:`Model.build` is the one place it reads its config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from lstm_train.errors import ConfigError
+from lstm_train.nn import BACKENDS, CELLS, Chrono
+from lstm_train.registry import Registered, Registry
+from lstm_train.schema import Schema, at_least, one_of, positive, probability, to_schema, value
+from lstm_train.tasks import KINDS, Task, TaskKind
+
+from .encoder import Stack
+
+MODELS = Registry("model")
+
+
+def _forget_bias(v: Any) -> str | None:
+    if v == "chrono" or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+        return None
+    return f"must be a number (the forget gate's bias at init) or chrono; got {v!r}"
+
+
+@dataclass
+class ModelConfig(Schema):
+    """What every model's schema has: the recurrent stack, and the embedding for token inputs."""
+
+    name: str = value()
+    backend: str = value(one_of(*BACKENDS))
+    hidden_size: int = value(positive)
+    num_layers: int = value(positive)
+    dropout: float = value(probability)  # between LSTM layers, as torch.nn.LSTM
+    bidirectional: bool = value()
+    # a number, or chrono (Tallec & Ollivier 2018: needs chrono_max_len); Any: OmegaConf 2.3 has no float | str
+    forget_bias: Any = value(_forget_bias)  # noqa: RUF009
+    chrono_max_len: int | None = value(at_least(2))  # chrono's T_max
+    embedding_dim: int = value(positive)  # used when the task's inputs are tokens
+    cell: str = value(one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
+
+    def check(self) -> None:
+        if self.forget_bias == "chrono":
+            if self.chrono_max_len is None:
+                raise ConfigError("model.chrono_max_len", "model.forget_bias=chrono needs the longest dependency to "
+                                  "learn, e.g. model.chrono_max_len=${task.seq_len}")
+            if self.cell != "lstm":
+                raise ConfigError("model.forget_bias", f"chrono initialises an LSTM's gates; model.cell={self.cell} "
+                                  "keeps torch's own init: set a number (it is not used) or model.cell=lstm")
+
+    def stack(self) -> Stack:
+        forget_bias = Chrono(self.chrono_max_len) if self.forget_bias == "chrono" else float(self.forget_bias)
+        return Stack(self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
+                     dropout=self.dropout, cell=self.cell, backend=self.backend, forget_bias=forget_bias)
+
+
+class Model(nn.Module, Registered):
+    """A model of conf/model/ (see the module docstring)."""
+
+    registry: ClassVar[Registry] = MODELS
+    kind: ClassVar[TaskKind]
+    Config: ClassVar[type[ModelConfig]]
+
+    @classmethod
+    def build(cls, cfg: Any, task: Task) -> Model:
+        """The model for ``task`` as ``cfg`` (an instance of ``Config``) says."""
+        raise NotImplementedError
+
+
+def models_for(tasks: Iterable[type[Task]]) -> list[str]:
+    """The names of the models that serve any of ``tasks``, by kind of task (in the order of KINDS)."""
+    kinds = {task.kind for task in tasks}
+    return [m.name for kind in KINDS if kind in kinds for m in MODELS.values() if m.kind == kind]
+
+
+def build_model(cfg: Any, task: Task) -> Model:
+    """The model of ``cfg`` (a composed ``model`` group, or a checkpoint's), sized for ``task``, its config read
+    once here; a :class:`ConfigError` if the two don't fit or the config cannot work."""
+    cls = MODELS.option(cfg)
+    if cls.kind != task.kind:
+        fits = models_for([type(task)])
+        raise ConfigError(
+            "model",
+            f"model={cls.name} is a {cls.kind} model and does not fit task={task.name}, a {task.kind} task; "
+            f"use model={' or model='.join(fits)}",
+        )
+    typed = to_schema(cls.Config, cfg, "model")
+    typed.check()
+    return cls.build(typed, task)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

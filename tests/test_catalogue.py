@@ -1,0 +1,267 @@
+"""The bad-input catalogue: user mistakes at the command line, each with the one line it gets.
+
+Every case runs the real console-script entry point (tests/catalogue_driver.py runs them all in one process)
+and must exit non-zero with exactly one line on stderr, no traceback, and lose nothing already saved. The
+README's table "What a mistake gets" lists the same cases: a test keeps the two in step. Data-file mistakes
+beyond the few here are in tests/test_bad_data.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstm_train.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "In the beginning God created the heaven and the earth.\nAnd the earth was without form.\n" * 30
+
+
+class Payload:
+    """Arbitrary Python objects in a pickle: torch.load(weights_only=True) refuses them."""
+
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+# (id, what the user did, program, arguments, the start of the one line on stderr after "<program>: error: ",
+# exit status). {d} is the test's work dir, {cls} a classifier run dir, {char} a char LM run dir.
+CASES = [
+    # -- config keys and values
+    ("wrong-type", "a value of the wrong type", "lstm-train", ["model.hidden_size=abc"],
+     "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer", 2),
+    ("unknown-key", "a misspelt key", "lstm-train", ["model.hiden_size=64"],
+     "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size", 2),
+    ("added-key", "a new key added with +", "lstm-train", ["+model.foo=1"],
+     "model.foo: unknown key; the keys here are: name, backend", 2),
+    ("unknown-option", "an option a group does not have", "lstm-train", ["model=transformer"],
+     "model=transformer: no such option; choose one of char, classifier, seq2seq, tagger", 2),
+    ("group-as-value", "a group given a value", "lstm-train", ["debug=true"],
+     "debug=true: debug is a config group, not a value; choose one of its options: debug=fast", 2),
+    ("sweep-without-m", "a comma list without -m", "lstm-train", ["optim.lr=1e-3,3e-3"],
+     "optim.lr=1e-3,3e-3: a comma list is a sweep: add -m (--multirun)", 2),
+    ("negative-size", "a negative size", "lstm-train", ["model.hidden_size=-3"],
+     "model.hidden_size: must be > 0, got -3", 2),
+    ("dropout-1", "dropout of 1 or more", "lstm-train", ["model.dropout=1.5"],
+     "model.dropout: must be in [0, 1), got 1.5", 2),
+    ("huge-lr", "a learning rate past float32", "lstm-train", ["optim.lr=1e300"],
+     "optim.lr: must be > 0 and at most 3.4e38 (float32's range), got 1e+300", 2),
+    ("bad-backend", "an unknown LSTM backend", "lstm-train", ["model.backend=cudnn"],
+     "model.backend: must be one of fast, reference, torch; got 'cudnn'", 2),
+    ("no-limit", "no step or epoch limit", "lstm-train", ["trainer.max_steps=null", "trainer.max_epochs=null"],
+     "trainer.max_steps: set trainer.max_steps or trainer.max_epochs (both are null)", 2),
+    ("bad-monitor", "a monitor the task does not have", "lstm-train", ["trainer.monitor=val/f1"],
+     "trainer.monitor: task first_last has no metric val/f1; it has val/loss, val/acc", 2),
+    ("monitor-not-val", "a monitor that is not a val metric", "lstm-train", ["trainer.monitor=acc"],
+     "trainer.monitor: must name a validation metric such as val/acc; got 'acc'", 2),
+    ("nesterov", "Nesterov momentum without momentum", "lstm-train", ["optim=sgd", "optim.momentum=0"],
+     "optim.nesterov: Nesterov momentum needs optim.momentum > 0 and optim.dampening = 0", 2),
+    ("min-len", "a minimum length above the maximum", "lstm-train",
+     ["model=seq2seq", "task=reverse", "task.min_len=20", "task.seq_len=10"],
+     "task.min_len: must be <= task.seq_len (20 > 10)", 2),
+    ("fractions", "val and test fractions that leave no training data", "lstm-train",
+     ["task=text_char", "model=char", "task.val_fraction=0.6", "task.test_fraction=0.5"],
+     "task.val_fraction: task.val_fraction + task.test_fraction must be < 1", 2),
+    # -- model and task that do not fit
+    ("tagger-on-classification", "a tagger on a classification task", "lstm-train", ["model=tagger"],
+     "model: model=tagger is a tagging model and does not fit task=first_last, a classification task; "
+     "use model=classifier", 2),
+    ("classifier-on-lm", "a classifier on a language-model task", "lstm-train", ["task=text_char"],
+     "model: model=classifier is a classification model and does not fit task=text_char", 2),
+    ("bidirectional-lm", "a bidirectional language model", "lstm-train",
+     ["model=char", "task=text_char", "model.bidirectional=true"],
+     "model.bidirectional: a language model reads left to right; set it to false", 2),
+    ("tie-weights", "tied weights of different sizes", "lstm-train",
+     ["model=char", "task=text_char", "model.tie_weights=true", "model.hidden_size=32"],
+     "model.tie_weights: needs model.hidden_size == model.embedding_dim (32 != 64)", 2),
+    # -- devices
+    ("no-cuda", "CUDA on a machine without it", "lstm-train", ["trainer.device=cuda"],
+     "trainer.device: cuda requested but this torch sees no CUDA device", 2),
+    ("cuda-index", "a CUDA device index the machine lacks", "lstm-train", ["trainer.device=cuda:7"],
+     "trainer.device: cuda:7 requested but this torch sees no CUDA device", 2),
+    ("bad-device", "a device that does not exist", "lstm-train", ["trainer.device=tpu"],
+     "trainer.device: must be auto, cpu, cuda, cuda:N or mps; got 'tpu'", 2),
+    ("zero-devices", "zero processes", "lstm-train", ["trainer.devices=0"],
+     "trainer.devices: must be > 0, got 0", 2),
+    # -- data files
+    ("data-missing", "a data file that does not exist", "lstm-train",
+     ["task=text_char", "model=char", "task.path={d}/nope.txt"], "task.path: no file at {d}/nope.txt", 2),
+    ("data-empty", "an empty data file", "lstm-train", ["task=text_char", "model=char", "task.path={d}/empty.txt"],
+     "task.path: {d}/empty.txt is empty", 2),
+    ("data-binary", "a binary file as text", "lstm-train", ["task=text_char", "model=char", "task.path={d}/binary.txt"],
+     "task.path: {d}/binary.txt:1: a NUL byte: this is a binary file, not text", 2),
+    ("data-latin1", "a text file that is not UTF-8", "lstm-train",
+     ["task=text_char", "model=char", "task.path={d}/latin1.txt"],
+     "task.path: {d}/latin1.txt:1: not UTF-8 text (byte 0xe9", 2),
+    ("csv-comma", "a CSV row with an unquoted comma", "lstm-train",
+     ["task=text_cls", "task.path={d}/comma.csv", "task.text_column=text", "task.label_column=label"],
+     "task.path: {d}/comma.csv:3: 3 fields, the header has 2; quote a field that holds a comma", 2),
+    ("tsv-tab", "a TSV text with a tab in it", "lstm-train",
+     ["task=text_cls", "task.path={d}/tab.tsv", "task.text_column=text", "task.label_column=label"],
+     "task.path: {d}/tab.tsv:3: 3 tab-separated fields, the header has 2", 2),
+    ("jsonl-broken", "a JSONL line that is not JSON", "lstm-train",
+     ["task=text_cls", "task.path={d}/broken.jsonl", "task.text_column=text", "task.label_column=label"],
+     "task.path: {d}/broken.jsonl:2: not JSON", 2),
+    ("conll-columns", "a CoNLL file whose lines have different columns", "lstm-train",
+     ["model=tagger", "task=conll", "task.train={d}/ragged.conll", "task.val={d}/ragged.conll"],
+     "task.train: {d}/ragged.conll:2: 3 columns, line 1 has 2", 2),
+    ("g2p-line", "a pronunciation line without phonemes", "lstm-train",
+     ["model=seq2seq", "task=g2p", "task.path={d}/bad.dict"],
+     "task.path: {d}/bad.dict:2: expected 'word PH1 PH2 ...', got 'lonely'", 2),
+    # -- checkpoints given to trainer.resume
+    ("resume-missing", "resuming from a file that does not exist", "lstm-train", ["trainer.resume={d}/none.pt"],
+     "trainer.resume: no checkpoint file at {d}/none.pt", 2),
+    ("resume-text", "resuming from a file that is not a checkpoint", "lstm-train", ["trainer.resume={d}/notes.txt"],
+     "trainer.resume: {d}/notes.txt is not an lstm-train checkpoint (truncated or not a torch file)", 2),
+    ("resume-truncated", "resuming from a truncated checkpoint", "lstm-train", ["trainer.resume={d}/truncated.pt"],
+     "trainer.resume: {d}/truncated.pt is not an lstm-train checkpoint (truncated or not a torch file)", 2),
+    ("resume-malicious", "resuming from a pickle of arbitrary objects", "lstm-train",
+     ["trainer.resume={d}/malicious.pt"],
+     "trainer.resume: {d}/malicious.pt is not an lstm-train checkpoint (it holds arbitrary Python objects)", 2),
+    ("resume-foreign", "resuming from another program's torch file", "lstm-train", ["trainer.resume={d}/foreign.pt"],
+     "trainer.resume: {d}/foreign.pt is not an lstm-train checkpoint (format 1)", 2),
+    ("resume-other-size", "resuming with another hidden size", "lstm-train",
+     ["model.hidden_size=32", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.hidden_size (checkpoint 16, now 32)",
+     2),
+    ("resume-other-task", "resuming on another task", "lstm-train",
+     ["model=tagger", "task=tag_synthetic", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt was trained on task=first_last, not task=tag_synthetic", 2),
+    ("run-dir-taken", "a run dir that holds another run's checkpoints", "lstm-train", ["hydra.run.dir={cls}"],
+     "hydra.run.dir: {cls} already holds a run's checkpoints (last.pt, best.pt), which this run would overwrite", 2),
+    # -- the run itself
+    ("diverged", "a learning rate so high the loss overflows", "lstm-train",
+     ["optim=sgd", "optim.lr=1e38", "trainer.clip_grad_norm=0"],
+     "training diverged: train/loss is inf at step", 1),
+    ("unwritable-dir", "a run dir that cannot be made", "lstm-train", ["hydra.run.dir=/proc/lstm-train-run"],
+     "/proc/lstm-train-run: No such file or directory; the run dir must be writable with free space", 1),
+    # -- the other command-line tools
+    ("generate-classifier", "sampling from a classifier", "lstm-generate", ["{cls}/checkpoints/best.pt"],
+     "{cls}/checkpoints/best.pt is a classifier model on first_last; sampling needs model=char task=text_char", 2),
+    ("generate-truncated", "sampling from a truncated checkpoint", "lstm-generate", ["{d}/truncated.pt"],
+     "{d}/truncated.pt is not an lstm-train checkpoint (truncated or not a torch file)", 2),
+    ("generate-malicious", "sampling from a pickle of arbitrary objects", "lstm-generate", ["{d}/malicious.pt"],
+     "{d}/malicious.pt is not an lstm-train checkpoint (it holds arbitrary Python objects)", 2),
+    ("generate-temperature", "a negative temperature", "lstm-generate",
+     ["{char}/checkpoints/best.pt", "--temperature", "-1"], "--temperature must be >= 0", 2),
+    ("predict-char", "tagging with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
+     "{char}/checkpoints/best.pt holds a char model; lstm-predict handles tagger, seq2seq models", 2),
+    ("predict-missing", "predicting with a checkpoint that does not exist", "lstm-predict", ["{d}/none.pt", "x"],
+     "no checkpoint file at {d}/none.pt", 2),
+    ("predict-foreign", "predicting with a file that is not a checkpoint", "lstm-predict", ["{d}/notes.txt", "x"],
+     "{d}/notes.txt is not an lstm-train checkpoint (truncated or not a torch file)", 2),
+    ("visualize-missing", "plotting a checkpoint that does not exist", "lstm-visualize", ["{d}/none.pt"],
+     "no checkpoint file at {d}/none.pt", 2),
+    ("visualize-text-file", "plotting with a text file that does not exist", "lstm-visualize",
+     ["{char}/checkpoints/best.pt", "--text-file", "{d}/none.txt"], "no file at {d}/none.txt", 2),
+]
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("catalogue")
+    from hydra import compose, initialize_config_dir
+
+    from lstm_train.config import CONF_DIR
+
+    torch.set_num_threads(1)
+    text = d / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        train(compose("config", ["debug=fast"]), d / "cls")
+        train(compose("config", ["debug=fast", "task=text_char", "model=char", f"task.path={text}",
+                                 "task.val_fraction=0.1", "task.test_fraction=0.1", "task.sample_length=0"]),
+              d / "char")
+    checkpoint = (d / "cls/checkpoints/last.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
+    (d / "malicious.pt").write_bytes(pickle.dumps({"model": Payload()}))
+    torch.save({"weight": torch.zeros(2)}, d / "foreign.pt")
+    (d / "notes.txt").write_text("not a checkpoint\n")
+    (d / "empty.txt").write_bytes(b"")
+    (d / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
+    (d / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 50)
+    (d / "comma.csv").write_text("text,label\ngood film,1\ngood, if long,0\n")
+    (d / "tab.tsv").write_text("text\tlabel\ngood film\t1\ngood\tlong\t0\n")
+    (d / "broken.jsonl").write_text('{"text": "good", "label": 1}\n{text: bad}\n')
+    (d / "ragged.conll").write_text("EU B-ORG\nrejects O O\n")
+    (d / "bad.dict").write_text("hello HH AH0 L OW1\nlonely\n")
+    before = digest(d / "cls")
+
+    commands = [[program, *(a.format(d=d, cls=d / "cls", char=d / "char") for a in args),
+                 *([f"hydra.run.dir={d / 'runs' / case}", "trainer.progress_bar=false"]
+                   if program == "lstm-train" and not any(a.startswith("hydra.run.dir=") for a in args) else [])]
+                for case, _, program, args, _, _ in CASES]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "catalogue_driver.py")], input=json.dumps(commands),
+                          capture_output=True, text=True, env=env, timeout=600, cwd=d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"code"')]
+    assert len(lines) == len(CASES), proc.stdout[-3000:]
+    return {"dir": d, "before": before, "after": digest(d / "cls"),
+            **{case[0]: result for case, result in zip(CASES, lines, strict=True)}}
+
+
+@pytest.mark.parametrize(("case", "what", "program", "args", "expected", "code"), CASES, ids=[c[0] for c in CASES])
+def test_a_mistake_gets_one_line_and_a_non_zero_exit(results, case, what, program, args, expected, code):
+    d = results["dir"]
+    result = results[case]
+    assert result["traceback"] is None, result["traceback"]
+    lines = result["stderr"].strip().splitlines()
+    assert len(lines) == 1, result["stderr"]
+    assert lines[0].startswith(f"{program}: error: " + expected.format(d=d, cls=d / "cls", char=d / "char")), lines[0]
+    assert result["code"] == code
+
+
+def test_nothing_already_saved_is_lost(results):
+    assert results["before"] == results["after"]  # the run dir the mistakes pointed at is untouched
+
+
+def test_the_readme_table_lists_every_case():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## What a mistake gets") :]
+    for case, what, _, _, expected, _ in CASES:
+        shown = re.sub(r"\{(d|cls|char)\}", "…", expected)
+        assert f"| {what} |" in table and shown in table, case
+
+
+FULL_DISK = """
+import errno, sys, torch
+from lstm_train import train
+real, calls = torch.save, []
+def save(obj, f, *args, **kwargs):  # the disk fills up after the first checkpoint
+    calls.append(f)
+    if len(calls) > 2:  # after the first evaluation's last.pt and best.pt
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    return real(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = ["lstm-train", *sys.argv[1:]]
+train.main()
+"""
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoint_saved_before(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, "debug=fast", f"hydra.run.dir={tmp_path}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"lstm-train: error: {tmp_path}/checkpoints/last.pt.tmp: No space left on device; the run dir must be "
+        "writable with free space: free some, or choose another with hydra.run.dir=DIR (checkpoints already "
+        "saved are intact)"
+    ]
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["progress"]["step"] == 8
+    assert "No space left on device" in (tmp_path / "train.log").read_text()

@@ -1,0 +1,178 @@
+"""Data-parallel training: N gloo processes follow the 1-process trajectory; one run dir; checkpoints move
+between world sizes. Multi-process runs start real processes (a few seconds each): most are marked slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstm_train.distributed import World, shard
+from lstm_train.tasks import Batch
+from lstm_train.tasks.seq2seq import Seq2SeqBatch
+from lstm_train.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "GLOO_SOCKET_IFNAME": "lo"}
+TAGGER = ["model=tagger", "task=tag_synthetic", "task.train_size=256", "task.val_size=64", "task.test_size=64",
+          "model.hidden_size=8", "trainer.batch_size=30"]  # 30: the last batch (16) splits unevenly too
+
+
+def cli(*args: str, cwd: Path, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [*launcher, "-m", "lstm_train.train"] if launcher else [str(BIN / "lstm-train")]
+    return subprocess.run([*command, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "time"}
+
+
+def assert_close_metrics(a: dict, b: dict) -> None:
+    """The same run up to float rounding: counts and steps exactly, sums of floats to 1e-6."""
+    assert a["step"] == b["step"] and a["best"]["step"] == b["best"]["step"]
+    for split in ("train", "val", "test"):
+        assert a[split].keys() == b[split].keys()
+        for key in a[split]:
+            assert a[split][key] == pytest.approx(b[split][key], rel=1e-5, abs=1e-6), (split, key)
+
+
+def assert_close_models(a: Path, b: Path) -> None:
+    ma, mb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
+    assert ma.keys() == mb.keys()
+    for name in ma:
+        torch.testing.assert_close(ma[name], mb[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ---- sharding: no processes needed --------------------------------------------------------------------------
+def test_shards_are_contiguous_equal_shares_that_cover_the_batch():
+    batch = Batch(torch.arange(7)[:, None].expand(7, 3), torch.arange(7), torch.tensor([3, 1, 2, 3, 3, 2, 1]))
+    shares = [shard(batch, World(rank, 3)) for rank in range(3)]
+    assert all(real for _, real in shares)
+    assert [s.y.tolist() for s, _ in shares] == [[0, 1], [2, 3], [4, 5, 6]]
+    assert torch.equal(torch.cat([s.lengths for s, _ in shares]), batch.lengths)
+    assert shard(batch, World()) == (batch, True)
+
+
+def test_shards_split_lists_and_keep_flags_and_give_an_empty_rank_a_dummy_row():
+    batch = Seq2SeqBatch(torch.ones(2, 4), torch.zeros(2, 5), torch.tensor([4, 3]), refs=[[(1,)], [(2,)]])
+    (first, real0), (second, real1), (third, real2) = (shard(batch, World(r, 3)) for r in range(3))
+    assert (real0, real1, real2) == (False, True, True)  # 2 rows among 3 ranks: rank 0 has none
+    assert len(first) == 1 and first.refs == [[(1,)]]  # its stand-in row, weighted zero by the trainer
+    assert second.refs == [[(1,)]] and third.refs == [[(2,)]]
+    assert isinstance(third, Seq2SeqBatch)
+
+
+# ---- N processes against 1 ---------------------------------------------------------------------------------
+def test_two_processes_follow_the_one_process_run(compose_cfg, tmp_path):
+    args = ["debug=fast", "trainer.progress_bar=false"]
+    single = train(compose_cfg(*args), tmp_path / "one")
+    proc = cli(*args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two/metrics.json").read_text())
+    assert_close_metrics(two, single)
+    assert_close_models(tmp_path / "two/checkpoints/last.pt", tmp_path / "one/checkpoints/last.pt")
+    # one run dir, written by rank 0 alone: one event file, one log, one .hydra
+    assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        ".hydra", "checkpoints", "events.out.tfevents." + next((tmp_path / "two").glob("events*")).name[20:],
+        "metrics.json", "train.log"]
+    assert "Traceback" not in proc.stderr and "[rank 1]" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_one_process_run_on_padded_tokens(compose_cfg, tmp_path):
+    # Token losses are means over the global batch's real tokens, not means of per-rank means.
+    single = train(compose_cfg("debug=fast", *TAGGER), tmp_path / "one")
+    proc = cli("debug=fast", *TAGGER, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_close_metrics(json.loads((tmp_path / "two/metrics.json").read_text()), single)
+    assert_close_models(tmp_path / "two/checkpoints/last.pt", tmp_path / "one/checkpoints/last.pt")
+
+
+@pytest.mark.slow
+def test_torchrun_trains_one_model_into_one_run_dir(compose_cfg, tmp_path):
+    single = train(compose_cfg("debug=fast"), tmp_path / "one")
+    torchrun = (str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2")
+    proc = cli("debug=fast", "trainer.progress_bar=false", cwd=tmp_path, launcher=torchrun)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs/runs").iterdir()  # not one timestamped dir per rank
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    assert_close_metrics(json.loads((run_dir / "metrics.json").read_text()), single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.backend=reference"],
+        ["model.backend=torch"],
+        # dropout off: each process draws its own masks, so a run with dropout cannot follow the 1-process one
+        ["model=char", "model.dropout=0", "task=text_char", "task.bptt=true", "task.train_size=64",
+         "trainer.batch_size=8", "task.seq_len=16", "task.sample_length=0"],
+        ["model=seq2seq", "task=reverse", "task.train_size=64", "task.val_size=16", "task.test_size=16",
+         "model.attention=true", "model.teacher_forcing_ratio=1.0", "trainer.batch_size=16"],
+        ["model=tagger", "task=tag_synthetic", "task.train_size=64", "model.num_layers=2",
+         "model.bidirectional=true"],
+    ],
+    ids=["reference", "torch", "char-bptt", "seq2seq-attention", "tagger-bidir"],
+)
+def test_every_backend_and_model_trains_data_parallel(compose_cfg, tmp_path, overrides, monkeypatch):
+    args = ["debug=fast", "trainer.progress_bar=false", *overrides]
+    if "task=text_char" in overrides:
+        text = tmp_path / "text.txt"
+        text.write_text("In the beginning God created the heaven and the earth.\n" * 40, encoding="utf-8")
+        args += [f"task.path={text}", "task.val_fraction=0.1", "task.test_fraction=0.1"]
+    single = train(compose_cfg(*args), tmp_path / "one")
+    proc = cli(*args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_close_metrics(json.loads((tmp_path / "two/metrics.json").read_text()), single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)], ids=["2-then-1", "1-then-2"])
+def test_a_checkpoint_resumes_in_another_world_size(compose_cfg, tmp_path, first, then):
+    # scheduler=none: the first part's shorter run has the same learning rates as the whole one
+    args = ["debug=fast", "scheduler=none", "trainer.progress_bar=false"]
+    whole = train(compose_cfg(*args), tmp_path / "whole")
+    part = cli(*args, "trainer.max_epochs=1", f"trainer.devices={first}", f"hydra.run.dir={tmp_path / 'a'}",
+               cwd=tmp_path)
+    assert part.returncode == 0, part.stderr[-3000:]
+    rest = cli(*args, f"trainer.devices={then}", f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}",
+               f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert_close_metrics(json.loads((tmp_path / "b/metrics.json").read_text()), whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["kill -TERM launcher", "Ctrl-C"])
+def test_a_signal_stops_every_rank_and_the_run_resumes(compose_cfg, tmp_path, signum):
+    args = ["debug=fast", "task.train_size=4096", "trainer.progress_bar=false"]
+    single = train(compose_cfg(*args), tmp_path / "one")
+    run = subprocess.Popen([str(BIN / "lstm-train"), *args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'b'}"],
+                           cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "b/checkpoints/last.pt").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if signum == signal.SIGTERM:
+        run.send_signal(signum)  # to the launching process only, as `kill` does: it passes it on
+    else:
+        os.killpg(run.pid, signum)  # to every process, as a terminal's Ctrl-C does
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr
+    name = signal.Signals(signum).name
+    line = [line for line in stderr.splitlines() if line.startswith(f"lstm-train: interrupted ({name}) at step")]
+    assert len(line) == 1, stderr[-3000:]
+    rest = cli(*args, "trainer.devices=2", "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert_close_metrics(json.loads((tmp_path / "b/metrics.json").read_text()), single)

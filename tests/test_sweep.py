@@ -1,0 +1,297 @@
+"""Sweeps, the quick part: the sweep summary (from a sweep dir written here), Optuna's direction, the launcher
+and sweeper configs, threads per job, the resumable Optuna sweeper on a stand-in launcher, and a multirun with
+a failed job from the command line. tests/test_sweep_launchers.py runs the real launchers (slow)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import optuna
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from hydra_plugins.lstm_train_sweeper import ResumableOptunaSweeper
+from lstm_train.config import ConfigError, describe_config_error, monitor_direction, threads_per_job
+from lstm_train.sweep import STATUS_FILE, collect, main, write_summary
+
+LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
+
+
+# ---- a sweep dir as lstm-train -m leaves it -------------------------------------------------------------
+def make_job(sweep: Path, num: int, overrides: list[str], *, best: float | None = None, status: dict | None = None,
+             monitor: str = "val/${task.monitor}", task: str = "first_last", task_monitor: str = "acc") -> Path:
+    job = sweep / f"{num}_{','.join(overrides)}"
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra/overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": num}}}), job / ".hydra/hydra.yaml")
+    (job / ".hydra/config.yaml").write_text(  # as Hydra saves it: interpolations unresolved
+        f"task:\n  name: {task}\n  monitor: {task_monitor}\n"
+        f"trainer:\n  monitor: {monitor}\n  monitor_mode: auto\n  num_threads: ${{threads_per_job:}}\n"
+    )
+    if best is not None:
+        metrics = {"best": {"value": best, "step": 10 * (num + 1)}, "test": {"loss": 1 - best, "acc": best - 0.01},
+                   "time": {"total_s": 3.0}}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if status is not None:
+        (job / STATUS_FILE).write_text(json.dumps({"job": num, **status}))
+    return job
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """Six jobs: three completed (one of them without a status file, as before job status files existed), one
+    failed, one killed hard (its pid gone), one still running (its pid alive: this test's parent)."""
+    host = socket.gethostname()
+    done = {"status": "completed", "host": host, "pid": 1, "started": 0.0, "wall_s": 4.5}
+    make_job(tmp_path, 0, ["optim.lr=0.001", "debug=fast"], best=0.80, status=done)
+    make_job(tmp_path, 1, ["optim.lr=0.01", "debug=fast"], best=0.95, status=done)
+    make_job(tmp_path, 2, ["optim.lr=0.1", "debug=fast"], status={
+        "status": "failed", "host": host, "pid": 1, "started": 0.0, "wall_s": 1.0,
+        "error": "FloatingPointError: training diverged: train/loss is nan at step 20; try a lower optim.lr"})
+    make_job(tmp_path, 3, ["optim.lr=0.003", "debug=fast"], best=0.90)
+    make_job(tmp_path, 4, ["optim.lr=1.0", "debug=fast"],
+             status={"status": "running", "host": host, "pid": dead_pid(), "started": 0.0})
+    make_job(tmp_path, 5, ["optim.lr=0.3", "debug=fast"],
+             status={"status": "running", "host": host, "pid": os.getppid(), "started": 0.0})
+    (tmp_path / ".submitit").mkdir()  # not a job dir
+    return tmp_path
+
+
+def test_summary_ranks_jobs_and_keeps_failed_and_died_ones(sweep):
+    backend = matplotlib.get_backend()
+    paths = write_summary(sweep)
+    assert matplotlib.get_backend() == backend  # library code must not switch the process's backend
+    assert [p.name for p in paths] == ["sweep_summary.csv", "sweep_summary.md", "sweep_summary.png"]
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = list(csv.DictReader(paths[0].open()))
+    # best val/acc first (higher is better), then the jobs without a value in job order
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("1", "completed"), ("3", "completed"), ("0", "completed"), ("2", "failed"), ("4", "died"), ("5", "running"),
+    ]
+    by_job = {r["job"]: r for r in rows}
+    assert by_job["1"]["optim.lr"] == "0.01" and by_job["1"]["debug"] == "fast"
+    assert by_job["1"]["monitor"] == "val/acc" and float(by_job["1"]["best"]) == 0.95
+    assert by_job["1"]["best_step"] == "20" and float(by_job["1"]["test/acc"]) == pytest.approx(0.94)
+    assert float(by_job["1"]["wall_s"]) == 4.5  # the status file's job wall time
+    assert float(by_job["3"]["wall_s"]) == 3.0  # no status file: metrics.json's
+    assert by_job["2"]["error"].startswith("FloatingPointError: training diverged")
+    assert float(by_job["5"]["wall_s"]) > 0  # running: time since its start
+
+    md = paths[1].read_text()
+    assert "6 jobs: 3 completed, 1 failed, 1 died, 1 running." in md
+    assert "Ranked by the best val/acc of each job (higher is better)." in md
+    assert "Every job: `debug=fast`." in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table[0] == ("| job | status | optim.lr | best val/acc | best step | test/loss | test/acc | wall s "
+                        "| error |")
+    assert table[1].startswith("| 1 | completed | 0.01 | 0.9500 | 20 |")
+    assert table[4].startswith("| 2 | failed | 0.1 |") and "training diverged" in table[4]
+
+
+def test_summary_ranks_lower_first_when_lower_is_better(tmp_path):
+    for num, bpc in enumerate([1.9, 1.5, 1.7]):
+        make_job(tmp_path, num, [f"model.hidden_size={64 << num}"], best=bpc, task="text_char", task_monitor="bpc")
+    jobs = collect(tmp_path)
+    assert [j.maximize for j in jobs] == [False] * 3 and {j.status for j in jobs} == {"completed"}
+    md = write_summary(tmp_path)[1].read_text()
+    assert "(lower is better)" in md
+    assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:] \
+        == ["| 1", "| 2", "| 0"]
+
+
+def test_a_job_on_another_host_without_an_end_is_unknown(tmp_path):
+    make_job(tmp_path, 0, ["optim.lr=0.1"], status={"status": "running", "host": "node042", "pid": 1, "started": 0.0})
+    assert collect(tmp_path)[0].status == "unknown"
+
+
+def test_lstm_sweep_summary_command(sweep, tmp_path, capsys):
+    main([str(sweep)])
+    out = capsys.readouterr()
+    assert out.out.startswith(f"# Sweep {sweep.name}") and "sweep_summary.png" in out.err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"lstm-sweep-summary: error: no directory at {tmp_path / 'nowhere'}"
+    # the console script pyproject installs
+    proc = subprocess.run([str(Path(sys.executable).with_name("lstm-sweep-summary")), str(sweep / ".submitit")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no job dirs" in proc.stderr
+
+
+# ---- Optuna's direction, from trainer.monitor -----------------------------------------------------------
+@pytest.mark.parametrize(("monitor", "mode", "task", "direction"), [
+    ("val/acc", "auto", "first_last", "maximize"),
+    ("val/loss", "auto", "first_last", "minimize"),
+    ("val/bpc", "auto", "text_char", "minimize"),
+    ("val/f1", "auto", "text_cls", "maximize"),
+    ("val/per", "auto", "g2p", "minimize"),
+    ("val/exact", "auto", "reverse", "maximize"),
+    ("val/acc", "min", "first_last", "minimize"),  # monitor_mode wins over the metric's own direction
+    ("val/loss", "max", "first_last", "maximize"),
+])
+def test_monitor_direction(monitor, mode, task, direction):
+    assert monitor_direction(monitor, mode, task) == direction
+
+
+def test_monitor_direction_of_an_unknown_metric():
+    with pytest.raises(ConfigError, match=r"^trainer.monitor: task first_last has no metric val/bpc; it has val/loss"):
+        monitor_direction("val/bpc", "auto", "first_last")
+
+
+# ---- the configs ------------------------------------------------------------------------------------------
+def test_hparams_search_configs_compose(compose_cfg):
+    cfg = compose_cfg("hparams_search=first_last", return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.lstm_train_sweeper.ResumableOptunaSweeper"
+    assert sweeper.direction == "maximize" and cfg.trainer.max_steps == 600
+    assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"
+    assert set(sweeper.params) == {"optim.lr", "model.hidden_size", "model.num_layers", "trainer.batch_size"}
+    assert compose_cfg("hparams_search=first_last", "trainer.monitor=val/loss",
+                       return_hydra_config=True).hydra.sweeper.direction == "minimize"
+    cfg = compose_cfg("hparams_search=text_char", return_hydra_config=True)
+    assert (cfg.model.name, cfg.task.name, cfg.hydra.sweeper.direction) == ("char", "text_char", "minimize")
+    # debug=fast comes after the search: a whole search in seconds
+    assert compose_cfg("hparams_search=first_last", "debug=fast").trainer.max_steps is None
+    # a monitor the task lacks: lstm-train's one line, raised while Hydra builds the sweeper
+    cfg = compose_cfg("hparams_search=first_last", "trainer.monitor=val/bpc", return_hydra_config=True)
+    with pytest.raises(Exception) as error:
+        _ = cfg.hydra.sweeper.direction
+    assert describe_config_error(error.value) == (
+        "trainer.monitor: task first_last has no metric val/bpc; it has val/loss, val/acc")
+
+
+def test_a_missing_plugin_names_the_sweep_extra(monkeypatch):
+    error = MissingConfigException("", missing_cfg_file="hydra/launcher/joblib", options=["basic", "slurm"])
+    assert describe_config_error(error) == "hydra/launcher=joblib: no such option; choose one of basic, slurm"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as without the sweep extra
+    assert describe_config_error(error) == (
+        "hydra/launcher=joblib: no such option; choose one of basic, slurm; Hydra's launcher and sweeper plugins "
+        "come with the sweep extra: pip install -e '.[sweep]'")
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm", "slurm"])
+def test_launcher_configs_compose(compose_cfg, launcher):
+    cfg = compose_cfg(f"hydra/launcher={launcher}", return_hydra_config=True).hydra.launcher
+    assert cfg._target_.startswith("hydra_plugins.hydra_")
+    if launcher == "slurm":  # ours: submitit_slurm with the keys a user sets most, overridable
+        assert cfg._target_.endswith(".SlurmLauncher")
+        assert (cfg.partition, cfg.timeout_min, cfg.cpus_per_task, cfg.gpus_per_node, cfg.mem_gb) == (
+            None, 120, 1, None, 4)
+        cfg = compose_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1",
+                          "hydra.launcher.timeout_min=30", return_hydra_config=True).hydra.launcher
+        assert (cfg.partition, cfg.gpus_per_node, cfg.timeout_min) == ("gpu", 1, 30)
+
+
+def test_threads_per_job(compose_cfg):
+    """None (torch's default) outside a sweep and in a serial one; 1 beside other jobs; SLURM: its CPUs."""
+    assert threads_per_job() is None  # no Hydra app: compose() in tests and scripts
+    cases = [(RunMode.RUN, "joblib", None), (RunMode.MULTIRUN, "basic", None), (RunMode.MULTIRUN, "joblib", 1),
+             (RunMode.MULTIRUN, "submitit_local", 1), (RunMode.MULTIRUN, "slurm", 1)]
+    try:
+        for mode, launcher, expected in cases:
+            hydra_cfg = compose_cfg(f"hydra/launcher={launcher}", return_hydra_config=True)
+            hydra_cfg.hydra.mode = mode
+            HydraConfig.instance().set_config(hydra_cfg)
+            assert threads_per_job() == expected, (mode, launcher)
+        hydra_cfg = compose_cfg("hydra/launcher=slurm", "hydra.launcher.cpus_per_task=4", return_hydra_config=True)
+        hydra_cfg.hydra.mode = RunMode.MULTIRUN
+        HydraConfig.instance().set_config(hydra_cfg)
+        assert threads_per_job() == 4
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+# ---- the resumable Optuna sweeper, on a stand-in launcher ---------------------------------------------
+class Launcher:
+    """Records (first job number, overrides) of each launch; raises KeyboardInterrupt at launch kill_at; its
+    jobs return x, or fail."""
+
+    def __init__(self, kill_at: int | None = None, fail: bool = False) -> None:
+        self.launches: list[tuple[int, list]] = []
+        self.kill_at, self.fail = kill_at, fail
+
+    def launch(self, overrides, initial_job_idx):
+        if len(self.launches) == self.kill_at:
+            raise KeyboardInterrupt
+        self.launches.append((initial_job_idx, list(overrides)))
+        if self.fail:
+            return [JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom")) for _ in overrides]
+        return [JobReturn(status=JobStatus.COMPLETED, _return_value=float(dict(o.split("=") for o in ov)["x"]))
+                for ov in overrides]
+
+
+def run_sweeper(sweep_dir: Path, launcher: Launcher, n_trials: int = 3) -> None:
+    sweeper = ResumableOptunaSweeper(
+        sampler=optuna.samplers.RandomSampler(), direction="maximize", storage=f"sqlite:///{sweep_dir}/optuna.db",
+        study_name="s", n_trials=n_trials, n_jobs=1, max_failure_rate=1.0, search_space=None,
+        custom_search_space=None, params=OmegaConf.create({"x": "interval(0, 1)"}),
+    )
+    impl = sweeper.sweeper  # what Sweeper.setup sets, without a Hydra app around it
+    impl.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    impl.hydra_context, impl.launcher, impl.sweep_dir = object(), launcher, str(sweep_dir)
+    sweeper.sweep([])
+
+
+def test_a_killed_study_continues_with_the_missing_trials_only(tmp_path):
+    sweep_dir = tmp_path / "not-yet-created"  # the sweeper creates it for the SQLite file
+    with pytest.raises(KeyboardInterrupt):
+        run_sweeper(sweep_dir, first := Launcher(kill_at=2))
+    assert [idx for idx, _ in first.launches] == [0, 1]
+    run_sweeper(sweep_dir, second := Launcher())
+    # trial 2 was asked, then cut off: it stays RUNNING; one trial is still missing, numbered after it
+    assert [idx for idx, _ in second.launches] == [3]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "RUNNING", "COMPLETE"]
+    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_value == max(
+        t.value for t in study.trials if t.value is not None)
+    run_sweeper(sweep_dir, third := Launcher())  # the study is complete: nothing to run
+    assert third.launches == []
+    run_sweeper(sweep_dir, fourth := Launcher(), n_trials=5)  # a bigger budget: two more
+    assert [idx for idx, _ in fourth.launches] == [4, 5]
+
+
+def test_a_study_without_a_completed_trial_ends_with_one_line(tmp_path):
+    with pytest.raises(HydraException, match=r"^no trial of study s completed: the errors are in the sweep summary"):
+        run_sweeper(tmp_path, Launcher(fail=True), n_trials=2)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # recorded; the search went on
+    assert describe_config_error(HydraException("x\ny")) == "x"  # how lstm-train prints it
+
+
+# ---- a multirun with a failed job, from the command line --------------------------------------------------
+def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
+    """Job 0 fails its config check; job 1 still runs; the sweep exits 2 with one line and a summary."""
+    proc = subprocess.run(
+        [LSTM_TRAIN, "-m", "debug=fast", "model.hidden_size=-3,8", f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        "Error executing job with overrides: ['debug=fast', 'model.hidden_size=-3']",  # Hydra's line
+        "lstm-train: error: model.hidden_size: must be > 0, got -3",
+    ]
+    rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    assert [(r["job"], r["status"], r["model.hidden_size"]) for r in rows] == [("1", "completed", "8"),
+                                                                              ("0", "failed", "-3")]
+    assert rows[1]["error"] == "ConfigError: model.hidden_size: must be > 0, got -3"
+    status = json.loads(next(tmp_path.glob("1_*/job_status.json")).read_text())
+    assert status["status"] == "completed" and status["threads"] >= 1 and status["wall_s"] > 0
