@@ -46,6 +46,7 @@ def outputs_and_grads(lstm, x, hx, lengths) -> list[torch.Tensor]:
         (12, 16, 60, None),  # several row blocks per thread, hidden units not a whole number of vectors
         (10, 31, 44, "random"),  # padded: rows drop out of the batch at different steps on both threads
         (2, 8, 16, None),  # 16 rows in all: ATen's GEMMs instead of packed weights
+        (1, 20, 40, None),  # one step (decoding): ATen's GEMMs too, whatever the batch
         (3, 6, 33, "random"),  # 18 rows: packed weights
         (8, 16, 66, "random"),  # (float64: 8 lanes) backward blocks of 4 vectors, the last one partial
     ],
