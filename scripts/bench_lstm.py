@@ -2,12 +2,14 @@
 
 All variants run in one process, interleaved round by round, with the same dtype, thread count,
 shapes and weights, so the ratios are fair even on a noisy machine. Read the ratios, not the ms.
+The variants: torch (torch.nn.LSTM), and our LSTM's code paths: compiled (impl fast on the C++ kernel),
+fast (impl fast on the pure-PyTorch loop) and reference (impl reference).
 
     python scripts/bench_lstm.py                   # the table, then time per step at T = 32, 128, 512
     python scripts/bench_lstm.py --json            # the same as JSON, for machines
-    python scripts/bench_lstm.py --profile         # where the fast implementation spends its time
+    python scripts/bench_lstm.py --profile         # where each variant spends its time (torch.profiler)
     python scripts/bench_lstm.py --step            # inference: one T=1 call at a time, carrying (h, c)
-    python scripts/bench_lstm.py --step --profile  # where a T=1 call of the fast implementation goes
+    python scripts/bench_lstm.py --step --profile  # where a T=1 call of each variant goes
     python scripts/bench_lstm.py --sample          # chars/s of CharLM.stream (what lstm-generate runs)
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -23,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from lstm_train.nn import LSTM
+from lstm_train.nn.compiled import ENV
 
 # (batch, time, input, hidden, layers, bidirectional)
 SHAPES = [
@@ -37,32 +41,47 @@ STEP_LENGTHS = (32, 128, 512)
 # (batch, input, hidden, layers) for --step: a char LM (batch 1) and beam search (batch 5)
 INFER_SHAPES = [(1, 64, 128, 1), (1, 64, 256, 2), (5, 64, 128, 2), (5, 64, 256, 2)]
 INFER_CALLS = 50  # T=1 calls per timed round, each from the previous call's (h, c)
+# Our variants: name -> (impl, the LSTM_TRAIN_FAST_PATH it runs under)
+VARIANTS = {"compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"), "reference": ("reference", "auto")}
+
+
+def select(name: str) -> None:
+    """Set the code path of variant ``name`` (read by every forward call, so variants can alternate)."""
+    os.environ[ENV] = VARIANTS[name][1] if name in VARIANTS else "auto"
 
 
 def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.nn.Module]:
     _, _, inp, hidden, layers, bidir = shape
     models: dict[str, torch.nn.Module] = {"torch": torch.nn.LSTM(inp, hidden, layers, bidirectional=bidir)}
-    for impl in impls:
-        models[impl] = LSTM(inp, hidden, layers, bidirectional=bidir, impl=impl)
-        models[impl].load_state_dict(models["torch"].state_dict())
+    for name in impls:
+        models[name] = LSTM(inp, hidden, layers, bidirectional=bidir, impl=VARIANTS[name][0])
+        models[name].load_state_dict(models["torch"].state_dict())
     return {name: m.to(dtype) for name, m in models.items()}
+
+
+# The clock of time_rounds: wall time, or with --cpu-time (one thread only) this thread's CPU time, which a machine
+# shared with other jobs slows much less.
+CLOCK = {"clock": time.perf_counter}
 
 
 def time_rounds(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
     """Run every function once per round, in turn, and return each one's seconds per round."""
     for _ in range(warmup):
-        for fn in fns.values():
+        for name, fn in fns.items():
+            select(name)
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            select(name)
+            clock = CLOCK["clock"]
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
-def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmup: int) -> dict:
+def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmup: int, pick=statistics.median) -> dict:
     batch, steps, inp = shape[:3]
     models = make_models(shape, impls, dtype)
     x = torch.randn(steps, batch, inp, dtype=dtype)
@@ -87,7 +106,7 @@ def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmu
     both = time_rounds({n: train_step(m) for n, m in models.items()}, repeats, warmup)
     row = {"shape": dict(zip(("batch", "time", "input", "hidden", "layers", "bidirectional"), shape, strict=True))}
     for kind, times in (("forward", fwd), ("forward_backward", both)):
-        medians = {n: statistics.median(t) for n, t in times.items()}
+        medians = {n: pick(t) for n, t in times.items()}
         row[kind] = {n: {"median_ms": 1e3 * med, "ratio": med / medians["torch"]} for n, med in medians.items()}
     return row
 
@@ -111,8 +130,9 @@ def bench_steps(impls: list[str], dtype: torch.dtype, repeats: int, warmup: int)
     return rows
 
 
-def profile(shape, dtype: torch.dtype) -> None:
-    model = make_models(shape, ["fast"], dtype)["fast"]
+def profile(shape, name: str, dtype: torch.dtype) -> None:
+    model = make_models(shape, [name] if name in VARIANTS else [], dtype)[name]
+    select(name)
     x = torch.randn(shape[1], shape[0], shape[2], dtype=dtype, requires_grad=True)
     for _ in range(2):
         model(x)[0].sum().backward()
@@ -146,9 +166,10 @@ def bench_infer(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmu
     }
 
 
-def profile_infer(shape, dtype: torch.dtype) -> None:
+def profile_infer(shape, name: str, dtype: torch.dtype) -> None:
     batch, inp, hidden, layers = shape
-    model = make_models((batch, 1, inp, hidden, layers, False), ["fast"], dtype)["fast"]
+    model = make_models((batch, 1, inp, hidden, layers, False), [name] if name in VARIANTS else [], dtype)[name]
+    select(name)
     x = torch.randn(1, batch, inp, dtype=dtype)
     with torch.inference_mode():
         state = None
@@ -167,11 +188,12 @@ def bench_sample(impls: list[str], repeats: int, length: int = 1000) -> dict[str
     from lstm_train.tasks import Inputs
 
     models = {}
-    for backend in ["torch", *impls]:
+    for name in ["torch", *impls]:
+        backend = VARIANTS[name][0] if name in VARIANTS else name
         torch.manual_seed(0)
-        models[backend] = CharLM(Inputs(vocab_size=63), Stack(256, 2, dropout=0.1, backend=backend), embedding_dim=64)
-        if backend != "torch":
-            models[backend].load_state_dict(models["torch"].state_dict())
+        models[name] = CharLM(Inputs(vocab_size=63), Stack(256, 2, dropout=0.1, backend=backend), embedding_dim=64)
+        if name != "torch":
+            models[name].load_state_dict(models["torch"].state_dict())
 
     def sample(model):
         def run():
@@ -185,21 +207,29 @@ def bench_sample(impls: list[str], repeats: int, length: int = 1000) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impls", nargs="+", default=["fast", "reference"], choices=["fast", "reference"])
+    parser.add_argument("--impls", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="our variants")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per variant (median reported)")
+    parser.add_argument("--fastest", action="store_true",
+                        help="each variant's fastest round instead of the median (a machine shared with other jobs)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time rounds in this thread's CPU time (with --threads 1; a shared machine slows it less)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--shape", type=int, nargs="+", choices=range(len(SHAPES)), help="only these shapes (0-based)")
     parser.add_argument("--no-steps", action="store_true", help="skip the time-per-step table")
     parser.add_argument("--quick", action="store_true", help="first shape only, 5 rounds: a smoke run")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--profile", action="store_true", help="profile the fast implementation on each shape")
+    parser.add_argument("--profile", action="store_true", help="profile torch and --impls on each shape")
     parser.add_argument("--step", action="store_true", help="inference: us per T=1 call, state carried over")
     parser.add_argument("--sample", action="store_true", help="chars/s of sampling 1000 chars from a 2x256 CharLM")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time measures one thread: use it with --threads 1")
+    if args.cpu_time:
+        CLOCK["clock"] = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
@@ -211,14 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         return run_inference(args, dtype)
     if args.profile:
         for shape in shapes:
-            print(f"== fast, shape {shape}")
-            profile(shape, dtype)
+            for name in ["torch", *args.impls]:
+                print(f"== {name}, shape {shape}")
+                profile(shape, name, dtype)
         return 0
 
-    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats}
-    rows = []
+    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats,
+           "statistic": "fastest" if args.fastest else "median", "clock": "cpu" if args.cpu_time else "wall"}
+    rows, pick = [], min if args.fastest else statistics.median
     for shape in shapes:
-        rows.append(bench_shape(shape, args.impls, dtype, repeats, args.warmup))
+        rows.append(bench_shape(shape, args.impls, dtype, repeats, args.warmup, pick))
         if not args.json:
             print_row(rows[-1], header=len(rows) == 1, env=env)
     steps = [] if args.quick or args.no_steps else bench_steps(args.impls, dtype, max(3, repeats // 3), 1)
@@ -235,8 +267,9 @@ def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
     result: dict = {"env": env}
     if args.step and args.profile:
         for shape in INFER_SHAPES:
-            print(f"== fast, T=1 calls, (batch, input, hidden, layers) = {shape}")
-            profile_infer(shape, dtype)
+            for name in ["torch", *args.impls]:
+                print(f"== {name}, T=1 calls, (batch, input, hidden, layers) = {shape}")
+                profile_infer(shape, name, dtype)
         return 0
     if args.step:
         result["step"] = [bench_infer(shape, args.impls, dtype, args.repeats, args.warmup) for shape in INFER_SHAPES]
@@ -267,7 +300,8 @@ def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
 def print_row(row: dict, header: bool, env: dict) -> None:
     impls = [n for n in row["forward"] if n != "torch"]
     if header:
-        print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, median of {env['repeats']} rounds")
+        print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, "
+              f"{env['statistic']} of {env['repeats']} rounds, {env['clock']} time")
         cols = ["(B, T, I, H, layers, bidir)", "torch fwd ms", "torch f+b ms"]
         cols += [f"{n} {k}" for n in impls for k in ("fwd ratio", "f+b ratio")]
         print("| " + " | ".join(cols) + " |")

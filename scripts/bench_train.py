@@ -1,17 +1,24 @@
-"""Training throughput of lstm-train against a bare loop over the same model and batches.
+"""Training throughput: lstm-train against a bare loop, or whole lstm-train runs of several LSTM backends.
 
     python scripts/bench_train.py [--steps 300] [--repeats 3] [overrides ...]
+    python scripts/bench_train.py --backends torch compiled fast [--repeats 3] [overrides ...]
 
 The bare loop is the least a training script must do: forward, cross-entropy, backward, clip_grad_norm_,
 optimizer and scheduler steps, over the task's own batches. lstm-train adds its logging (train/*,
 grad_norm/* every trainer.log_every_n_steps), the progress bar and its bookkeeping; its time here is the
 trainer's own train_s (evaluation and checkpoints excluded, as they are not training). The two alternate,
 so that a busy machine slows both alike; the ratio printed is the median over repeats (target >= 0.95).
+
+With --backends, each repeat runs lstm-train once per backend, in turn, with the config as given (by default
+the default run, nothing shortened) and model.backend set; the times are train_s from each run's
+metrics.json, and the ratios are medians against the first backend. Backends: torch (torch.nn.LSTM),
+compiled and fast (ours on the compiled kernel and on the pure-PyTorch loop), reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -22,6 +29,7 @@ from hydra import compose, initialize_config_dir
 
 from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
+from lstm_train.nn.compiled import ENV
 from lstm_train.optim import Scheduler, build_optimizer
 from lstm_train.tasks import build_task
 from lstm_train.train import train
@@ -52,12 +60,43 @@ def trainer_loop(cfg) -> float:
         return train(cfg, out)["time"]["train_s"]
 
 
+# --backends names: (model.backend, LSTM_TRAIN_FAST_PATH), as in scripts/bench_lstm.py
+BACKENDS = {"torch": ("torch", "auto"), "compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"),
+            "reference": ("reference", "auto")}
+
+
+def compare_backends(backends: list[str], repeats: int, overrides: list[str]) -> None:
+    """Whole lstm-train runs, one per backend in turn each repeat; train_s and total_s from metrics.json."""
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    for i in range(repeats):
+        for name in backends:
+            backend, path = BACKENDS[name]
+            os.environ[ENV] = path
+            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+                run = [*overrides, f"model.backend={backend}", "trainer.progress_bar=false"]
+                cfg = compose("config", overrides=run)
+            with tempfile.TemporaryDirectory() as out:
+                metrics = train(cfg, out)
+            times[name].append(metrics["time"]["train_s"])
+            print(f"  repeat {i + 1}, {name}: train_s {metrics['time']['train_s']:.1f}, "
+                  f"total_s {metrics['time']['total_s']:.1f}, test {metrics['test']}", flush=True)
+    first = backends[0]
+    print(f"median train_s over {repeats} repeats, {torch.get_num_threads()} threads:")
+    for name in backends:
+        ratios = [t / t0 for t, t0 in zip(times[name], times[first], strict=True)]
+        print(f"  {name}: {statistics.median(times[name]):.1f} s, ratio to {first} {statistics.median(ratios):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="compare whole runs of these")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for lstm-train")
     args = parser.parse_args()
+    if args.backends:
+        compare_backends(args.backends, args.repeats, args.overrides)
+        return
 
     # One epoch holds all the steps, so the trainer evaluates once, at the end (outside its train_s).
     bench = [f"trainer.max_steps={args.steps}", "trainer.max_epochs=null", "trainer.eval_every_n_steps=null",

@@ -1,7 +1,9 @@
-"""Fixtures for the training-CLI tests: composing configs the way the CLI does, and a quiet CPU."""
+"""Fixtures: composing configs the way the CLI does, a quiet CPU, and our LSTM's code paths."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -10,6 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from lstm_train.config import CONF_DIR
+from lstm_train.nn import compiled
+from tests.paths import on_path
 
 CONF = str(CONF_DIR)
 
@@ -28,3 +32,25 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def compiled_kernel():
+    """The compiled LSTM kernel, built once per session (the first time on a machine: about 30 s). Skips only
+    where there is no toolchain to build it; a failed build with one is a failure."""
+    try:
+        return compiled.load()
+    except RuntimeError as e:
+        if shutil.which("ninja") is None or shutil.which(os.environ.get("CXX", "c++")) is None:
+            pytest.skip(f"no C++ toolchain for the compiled LSTM kernel: {e}")
+        raise
+
+
+@pytest.fixture
+def impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The LSTM impl to build for a code path of tests.paths.PATHS, taken as an indirect parameter
+    (``@pytest.mark.parametrize("impl", PATHS, indirect=True)``), with that path selected for the test."""
+    if request.param == "compiled":
+        request.getfixturevalue("compiled_kernel")
+    with on_path(request.param) as impl:
+        yield impl

@@ -9,6 +9,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,7 @@ def test_wheel_installs_and_trains_from_any_directory(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("lstm_train-*.whl"))
+    assert "lstm_train/nn/csrc/recurrence.cpp" in zipfile.ZipFile(wheel).namelist()  # the kernel builds from it
 
     # A fresh venv that sees this environment's packages (torch and the rest) but not this checkout.
     venv = tmp_path / "venv"
@@ -40,6 +42,7 @@ def test_wheel_installs_and_trains_from_any_directory(tmp_path):
     proc = subprocess.run([str(venv / "bin/lstm-train"), "debug=fast", "trainer.progress_bar=false"], cwd=work,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LSTM fast path: the compiled C++ kernel" in proc.stdout  # built from the installed source, or cached
     (run_dir,) = (work / "outputs/runs").iterdir()  # under the working directory's outputs/
     assert run_dir.name.endswith("_first_last-classifier-debug")
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 16

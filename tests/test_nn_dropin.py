@@ -14,14 +14,14 @@ from torch.autograd import forward_ad
 from torch.nn.utils import parametrizations, parametrize
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from lstm_train.nn import LSTM, LSTMCell, TorchLSTM, build_lstm, lstm_cell
+from lstm_train.nn import LSTM, LSTMCell, TorchLSTM, build_lstm, compiled, lstm_cell
 from lstm_train.nn import fast as fast_module
 from lstm_train.nn import lstm as lstm_module
+from tests.paths import FAST_PATHS, PATHS
 from tests.test_nn_lstm import assert_parity, grads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-IMPLS = ("fast", "reference")
 TOL = {"atol": 1e-9, "rtol": 0}
 
 
@@ -49,7 +49,7 @@ def assert_all_close(actual, expected, **tol) -> None:
 # proj_size ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -64,7 +64,7 @@ def test_projection_parity_with_torch(impl, num_layers, bidirectional, batch_fir
     assert_parity(theirs, ours, x, hx, lengths)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_projection_shapes_names_and_packed_input(impl):
     torch.manual_seed(1)
     positional = (3, 5, 2, True, False, 0.0, True, 2)  # proj_size is torch's 8th positional argument
@@ -84,7 +84,7 @@ def test_projection_shapes_names_and_packed_input(impl):
     assert "proj_size=2" in repr(ours)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_projection_gates_follow_the_cell_equations(impl):
     """Gates and cell states of a projected LSTM against a manual unroll of lstm_cell (with weight_hr)."""
     torch.manual_seed(2)
@@ -170,7 +170,7 @@ REGISTRATIONS = {
 }
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("registration", list(REGISTRATIONS))
 def test_parametrizations(impl, registration):
     theirs, ours = parametrized_twins(impl, REGISTRATIONS[registration])
@@ -183,7 +183,7 @@ def test_parametrizations(impl, registration):
         assert_all_close(ours(x.detach())[1], theirs(x.detach())[1])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_old_weight_norm(impl):
     """torch.nn.utils.weight_norm (deprecated, still used) recomputes the weight in a forward pre-hook."""
     with warnings.catch_warnings():
@@ -208,7 +208,7 @@ def functional(lstm: nn.Module, lengths=None):
     return f
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("proj_size", [0, 1])
 def test_gradgradcheck(impl, proj_size):
     torch.manual_seed(5)
@@ -241,7 +241,7 @@ class Net(nn.Module):
         return self.head(out).sum() + (h * c[..., : h.shape[-1]]).sum()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("wrt", ["input", "weights"])
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_gradient_penalty_matches_torch(impl, wrt, proj_size):
@@ -261,19 +261,21 @@ def test_gradient_penalty_matches_torch(impl, wrt, proj_size):
     assert_all_close(results[1], results[0])
 
 
-def test_double_backward_takes_the_differentiable_path(monkeypatch):
-    """The hand-written backward serves first-order gradients; with create_graph the recorded reference maths
-    do (the hand-written one has no graph of its own)."""
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+def test_double_backward_takes_the_differentiable_path(impl, monkeypatch):
+    """The hand-written backward (Python or compiled) serves first-order gradients; with create_graph the
+    recorded reference maths do (the hand-written one has no graph of its own)."""
     calls = []
-    original = fast_module._differentiable_backward
+    original = fast_module.differentiable_backward
 
     def spy(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(fast_module, "_differentiable_backward", spy)
+    for module in (fast_module, compiled):
+        monkeypatch.setattr(module, "differentiable_backward", spy)
     torch.manual_seed(8)
-    _, ours = twins("fast", num_layers=2)
+    _, ours = twins(impl, num_layers=2)
     x = torch.randn(4, 2, 3, dtype=torch.double, requires_grad=True)
     torch.autograd.grad(ours(x)[0].sum(), x)
     assert calls == []
@@ -281,7 +283,7 @@ def test_double_backward_takes_the_differentiable_path(monkeypatch):
     assert len(calls) == 2 and g.requires_grad  # one call per layer
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_recording_during_a_double_backward(impl):
     """The recorded dL/dh_t are the same whether the backward builds a graph or not."""
     torch.manual_seed(8)
@@ -296,7 +298,7 @@ def test_recording_during_a_double_backward(impl):
     assert_all_close(recorded[1], recorded[0], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_forward_mode_ad_matches_torch(impl, proj_size):
     torch.manual_seed(9)
@@ -313,7 +315,7 @@ def test_forward_mode_ad_matches_torch(impl, proj_size):
     assert_all_close(tangents[1], tangents[0])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_torch_func_grad_jacrev_jvp_match_torch(impl):
     torch.manual_seed(10)
     theirs, ours = twins(impl, num_layers=2, proj_size=2)
@@ -332,7 +334,7 @@ def test_torch_func_grad_jacrev_jvp_match_torch(impl):
     assert_all_close(results[1], results[0])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_vmap(impl):
     """torch.nn.LSTM has no batching rule (vmap raises); ours runs under vmap as a loop over the batch does."""
     torch.manual_seed(11)
@@ -423,7 +425,7 @@ LSTM_MISTAKES = {
 }
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("mistake", list(LSTM_MISTAKES))
 def test_lstm_raises_torchs_exception_type(impl, mistake):
     kwargs, call = LSTM_MISTAKES[mistake]
@@ -484,7 +486,7 @@ def test_bidirectional_must_be_a_bool():
     assert LSTM(3, 4, bidirectional=1).bidirectional
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_dropout_one_is_accepted_as_torch_accepts_it(impl):
     """dropout=1 zeros every layer's output but the last's in training, as torch.nn.LSTM does."""
     torch.manual_seed(12)
@@ -498,7 +500,7 @@ def test_dropout_one_is_accepted_as_torch_accepts_it(impl):
 # Empty batches ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize(
     "kwargs", [{}, {"batch_first": True, "num_layers": 2}, {"bidirectional": True, "proj_size": 2}]
 )
@@ -545,7 +547,7 @@ def autocast_errors(lstm: nn.Module, reference: LSTM, x: torch.Tensor, device: s
     return errors, [t.dtype for t in (out, h, c, xx.grad, lstm.weight_hh_l0.grad)]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_cpu_autocast_bfloat16_is_as_precise_as_torch(impl):
     torch.manual_seed(14)
     theirs = nn.LSTM(8, 32, 2, bidirectional=True)
@@ -579,7 +581,7 @@ def test_autocast_after_a_lowered_layer_and_lstm_cell():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_cuda_autocast_float16_is_as_precise_as_torch(impl):
     torch.manual_seed(16)
     theirs = nn.LSTM(8, 32, 2).cuda()

@@ -12,6 +12,7 @@ import torch
 
 from lstm_train.nn import LSTM
 from lstm_train.nn import fast as fast_module
+from tests.paths import FAST_PATHS, PATHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +46,7 @@ def assert_same_bits(a, b) -> None:
         assert torch.equal(x, y), (x - y).abs().max()
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
 @pytest.mark.parametrize(
     "kwargs",
@@ -70,11 +71,12 @@ def test_no_grad_path_gives_the_training_paths_bits(impl, mode, kwargs, lengths,
         assert_same_bits(run(lstm, x, state, lengths, mode), expected[:2])  # and again
 
 
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_state_carried_over_single_steps_equals_one_long_call(mode, num_layers):
+def test_state_carried_over_single_steps_equals_one_long_call(impl, mode, num_layers):
     """Decoding: T=1 calls, each from the previous (h, c), against one T=N call and torch.nn.LSTM."""
-    lstm = model(num_layers=num_layers, batch_first=True)
+    lstm = model(impl, num_layers=num_layers, batch_first=True)
     theirs = torch.nn.LSTM(3, 4, num_layers, batch_first=True).double()
     theirs.load_state_dict(lstm.state_dict())
     x = torch.randn(2, 6, 3, dtype=torch.double)
@@ -148,6 +150,7 @@ def round_trip_dtype(lstm: LSTM, x: torch.Tensor) -> None:
     lstm.double()
 
 
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
 @pytest.mark.parametrize(
     "update",
@@ -156,8 +159,8 @@ def round_trip_dtype(lstm: LSTM, x: torch.Tensor) -> None:
         data_slice, ema, round_trip_dtype,
     ],
 )
-def test_a_weight_update_after_a_call_is_seen(mode, update):
-    lstm = model(num_layers=2)
+def test_a_weight_update_after_a_call_is_seen(impl, mode, update):
+    lstm = model(impl, num_layers=2)
     x = torch.randn(1, 2, 3, dtype=torch.double)
     hx = tuple(torch.randn(2, 2, 4, dtype=torch.double) for _ in range(2))  # W_hh h0 is not zero
     before = run(lstm, x, hx, mode=mode)
@@ -168,9 +171,10 @@ def test_a_weight_update_after_a_call_is_seen(mode, update):
     torch.testing.assert_close(after[0], fresh_result(lstm, x, hx)[0].detach(), **TOL)
 
 
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("copier", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"])
-def test_a_copy_follows_its_own_weights(copier):
-    lstm = model()
+def test_a_copy_follows_its_own_weights(impl, copier):
+    lstm = model(impl)
     x = torch.randn(2, 2, 3, dtype=torch.double)
     for _ in range(3):  # several versions, so the copy's fresh version counters could collide with the cache's
         with torch.no_grad():
@@ -184,7 +188,8 @@ def test_a_copy_follows_its_own_weights(copier):
     torch.testing.assert_close(run(twin, x, mode="no_grad")[0], fresh_result(twin, x)[0].detach(), **TOL)
 
 
-def test_inference_first_then_training_then_inference(monkeypatch):
+@pytest.mark.parametrize("impl", ["fast"], indirect=True)  # the constants of the pure-PyTorch loop
+def test_inference_first_then_training_then_inference(impl, monkeypatch):
     """Tensors made under inference_mode (the loop's constants) must never reach the autograd path."""
     monkeypatch.setattr(fast_module, "_CONSTANTS", {})  # so the first call of this test makes them
     lstm = model(num_layers=2)
@@ -200,9 +205,10 @@ def test_inference_first_then_training_then_inference(monkeypatch):
     assert_same_bits(run(lstm, x, mode="no_grad"), run(lstm, x))
 
 
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
-def test_recording_without_autograd_matches_recording_with_it(mode):
-    lstm = model(num_layers=2, bidirectional=True, batch_first=True)
+def test_recording_without_autograd_matches_recording_with_it(impl, mode):
+    lstm = model(impl, num_layers=2, bidirectional=True, batch_first=True)
     x = torch.randn(3, 5, 3, dtype=torch.double)
     with lstm.recording() as with_grad:
         expected = run(lstm, x, lengths=[5, 2, 4])
@@ -216,9 +222,10 @@ def test_recording_without_autograd_matches_recording_with_it(mode):
         assert rec.hidden_grads is None
 
 
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
-def test_unbatched_and_packed_inputs_without_autograd(mode):
-    lstm = model(num_layers=2)
+def test_unbatched_and_packed_inputs_without_autograd(impl, mode):
+    lstm = model(impl, num_layers=2)
     x = torch.randn(1, 3, dtype=torch.double)  # one unbatched step
     assert_same_bits(run(lstm, x, mode=mode), run(lstm, x))
     padded = torch.randn(4, 3, 3, dtype=torch.double)

@@ -10,8 +10,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstm_train.nn import LSTM, LSTMCell, TorchLSTM, build_lstm, lstm_cell
+from tests.paths import FAST_PATHS, PATHS
 
-IMPLS = ("fast", "reference")
 TOL = {"atol": 1e-9, "rtol": 0}
 
 
@@ -52,7 +52,7 @@ def assert_parity(theirs, ours, x, hx=None, lengths=None):
         torch.testing.assert_close(b, a, **TOL)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -69,7 +69,7 @@ def test_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_st
     assert_parity(theirs, ours, x, hx, lengths)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
 def test_gradients_when_only_one_output_is_used(impl, used):
     """A classifier reads h_n only, a tagger the output only: the unused outputs get no gradient at all."""
@@ -84,7 +84,7 @@ def test_gradients_when_only_one_output_is_used(impl, used):
             torch.testing.assert_close(b, a, **TOL)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_padding_shorter_than_tensor_and_padding_values_ignored(impl):
     """All sequences shorter than the padded length; garbage in the padding changes nothing."""
     torch.manual_seed(1)
@@ -104,7 +104,7 @@ def test_padding_shorter_than_tensor_and_padding_values_ignored(impl):
     assert_parity(theirs, ours, noisy.requires_grad_(), None, lengths)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("enforce_sorted", [False, True])
 def test_packed_sequence_input(impl, enforce_sorted):
     torch.manual_seed(2)
@@ -123,7 +123,7 @@ def test_packed_sequence_input(impl, enforce_sorted):
         ours(packed, lengths=lengths)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_unbatched_input(impl):
     torch.manual_seed(3)
     theirs, ours = twins(impl, num_layers=2, bidirectional=True)
@@ -134,7 +134,7 @@ def test_unbatched_input(impl):
         torch.testing.assert_close(b, a, **TOL)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_float32_and_no_bias(impl):
     torch.manual_seed(4)
     theirs = torch.nn.LSTM(6, 16, 2, bias=False, bidirectional=True)
@@ -159,7 +159,7 @@ def test_state_dicts_interchange():
         assert n1 == n2 and torch.equal(p1, p2)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_gradcheck(impl):
     torch.manual_seed(5)
     lstm = LSTM(2, 3, 2, bidirectional=True, impl=impl).double()
@@ -208,7 +208,7 @@ def test_lstm_cell_without_bias():
 # Dropout ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_dropout_matches_torch_in_training(impl):
     """Same seed, same masks: torch.nn.LSTM drops each layer's output but the last's, and so do we."""
     torch.manual_seed(7)
@@ -222,7 +222,7 @@ def test_dropout_matches_torch_in_training(impl):
     torch.testing.assert_close(h2, h1, **TOL)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_dropout_between_layers_only_and_none_in_eval(impl):
     torch.manual_seed(9)
     x = torch.randn(6, 4, 3, dtype=torch.double)
@@ -291,7 +291,7 @@ def manual_gates(lstm: LSTM, x: torch.Tensor, suffix: str = "_l0") -> torch.Tens
     return torch.stack(steps)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_return_gates(impl):
     torch.manual_seed(11)
     lstm = LSTM(3, 4, 2, bidirectional=True, impl=impl).double()
@@ -319,9 +319,10 @@ def test_return_gates(impl):
     torch.testing.assert_close(plain[0], out, **TOL)
 
 
-def test_gates_of_both_impls_agree_batch_first():
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+def test_gates_of_both_impls_agree_batch_first(impl):
     torch.manual_seed(12)
-    fast = LSTM(3, 4, 2, bidirectional=True, batch_first=True).double()
+    fast = LSTM(3, 4, 2, bidirectional=True, batch_first=True, impl=impl).double()
     ref = LSTM(3, 4, 2, bidirectional=True, batch_first=True, impl="reference").double()
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(5, 6, 3, dtype=torch.double)
@@ -335,7 +336,8 @@ def test_gates_of_both_impls_agree_batch_first():
 # Backends and errors ------------------------------------------------------------------------------
 
 
-def test_backends_agree_on_padded_batches():
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+def test_backends_agree_on_padded_batches(impl):
     torch.manual_seed(13)
     backends = ("fast", "reference", "torch")
     models = {b: build_lstm(b, 3, 4, 2, batch_first=True, bidirectional=True).double() for b in backends}
@@ -370,7 +372,7 @@ def test_clear_errors(kwargs, call, message):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_cuda_matches_cpu(impl):
     torch.manual_seed(14)
     cpu = LSTM(3, 4, 2, bidirectional=True, impl=impl).double()
@@ -380,10 +382,11 @@ def test_cuda_matches_cpu(impl):
     torch.testing.assert_close(gpu(x.cuda(), lengths=[6, 1, 4])[0].cpu(), cpu(x, lengths=[6, 1, 4])[0], **TOL)
 
 
-def test_every_length_pattern_small():
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+def test_every_length_pattern_small(impl):
     """Exhaustive over all length vectors of a tiny batch, fast against torch (lengths 1..3, batch 3)."""
     torch.manual_seed(15)
-    theirs, ours = twins("fast", num_layers=1, bidirectional=True)
+    theirs, ours = twins(impl, num_layers=1, bidirectional=True)
     x = torch.randn(3, 3, 3, dtype=torch.double, requires_grad=True)
     for lengths in itertools.product((1, 2, 3), repeat=3):
         assert_parity(theirs, ours, x, None, list(lengths))

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lstm_train.nn import LSTM
+from tests.paths import PATHS, on_path
 from tests.test_nn_lstm import assert_parity
 
 
@@ -29,23 +30,25 @@ def cases(draw):
         "num_layers": draw(st.integers(1, 3)),
         "bidirectional": draw(st.booleans()),
         "batch_first": draw(st.booleans()),
-        "impl": draw(st.sampled_from(["fast", "reference"])),
+        "path": draw(st.sampled_from(PATHS)),
         "lengths": lengths,
         "seed": draw(st.integers(0, 2**16)),
     }
 
 
+@pytest.mark.usefixtures("compiled_kernel")
 @settings(max_examples=40, deadline=None)
 @given(cases())
 def test_random_shapes_match_torch(case):
     torch.manual_seed(case["seed"])
     kwargs = {k: case[k] for k in ("num_layers", "bidirectional", "batch_first", "proj_size")}
     theirs = torch.nn.LSTM(case["input_size"], case["hidden"], **kwargs).double()
-    ours = LSTM(case["input_size"], case["hidden"], impl=case["impl"], **kwargs).double()
-    ours.load_state_dict(theirs.state_dict())
-    shape = (case["B"], case["T"]) if case["batch_first"] else (case["T"], case["B"])
-    x = torch.randn(*shape, case["input_size"], dtype=torch.double, requires_grad=True)
-    assert_parity(theirs, ours, x, None, case["lengths"])
+    with on_path(case["path"]) as impl:
+        ours = LSTM(case["input_size"], case["hidden"], impl=impl, **kwargs).double()
+        ours.load_state_dict(theirs.state_dict())
+        shape = (case["B"], case["T"]) if case["batch_first"] else (case["T"], case["B"])
+        x = torch.randn(*shape, case["input_size"], dtype=torch.double, requires_grad=True)
+        assert_parity(theirs, ours, x, None, case["lengths"])
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference", "torch"])

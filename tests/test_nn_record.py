@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lstm_train.nn import LSTM, lstm_cell
+from tests.paths import FAST_PATHS, PATHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +42,7 @@ def unroll(lstm: LSTM, x: torch.Tensor, lengths: list[int], eps: dict) -> tuple:
     return results
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("proj_size", [0, 2], ids=["plain", "projected"])
 def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirectional, proj_size):
@@ -84,9 +85,10 @@ def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirection
         assert torch.all(dh[k][n:, b] == 0) and torch.all(rec.cells[k][n:, b] == 0)
 
 
-def test_recording_returns_what_return_gates_returns_and_changes_nothing():
+@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+def test_recording_returns_what_return_gates_returns_and_changes_nothing(impl):
     torch.manual_seed(1)
-    lstm = LSTM(2, 3, 2, batch_first=True, bidirectional=True)
+    lstm = LSTM(2, 3, 2, batch_first=True, bidirectional=True, impl=impl)
     x = torch.randn(4, 6, 2)
     lengths = [6, 3, 1, 4]
     out, state, gates = lstm(x, lengths=lengths, return_gates=True)
@@ -108,7 +110,7 @@ def test_recording_returns_what_return_gates_returns_and_changes_nothing():
         pass
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_hidden_grads_follow_the_batch_first_layout(impl):
     torch.manual_seed(2)
     lstm = LSTM(2, 3, 1, bidirectional=True, impl=impl).double()

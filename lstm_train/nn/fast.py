@@ -24,7 +24,7 @@ What makes it fast (measured in scripts/bench_lstm.py; see also shared notes on 
 
 Where the hand-written backward cannot serve, the plain autograd maths of ``reference.py`` does: see
 :func:`fast_layer_applies` (torch.func transforms, forward-mode AD, tracing) and
-:func:`_differentiable_backward` (a double backward).
+:func:`differentiable_backward` (a double backward).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_hs: Tensor, d_hn: Tensor, d_cn: Tensor, _d_gates: Tensor, _d_cs: Tensor):
         if torch.is_grad_enabled():  # create_graph=True: the backward must itself be differentiable
-            return _differentiable_backward(ctx, d_hs, d_hn, d_cn)
+            return differentiable_backward(ctx, d_hs, d_hn, d_cn)
         x, h0, c0, w_ih, w_hh, _bias, w_hr, gates, hs, cs, tanh_cs = ctx.saved_tensors
         batch_sizes = ctx.batch_sizes
         T, B, G = gates.shape
@@ -260,7 +260,7 @@ class _Recurrence(torch.autograd.Function):
         return d_x, dh0, dc_buf, d_w_ih, d_w_hh, d_bias, d_w_hr, None, None, None
 
 
-def _differentiable_backward(ctx, d_hs: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None) -> tuple:
+def differentiable_backward(ctx, d_hs: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None) -> tuple:
     """The backward when autograd is to record it (``create_graph=True``: gradient penalties, Hessian-vector
     products, gradgradcheck): the reference maths run again on the saved inputs and autograd differentiates
     them with ``create_graph``, so derivatives of any order are right. The hand-written backward is the fast

@@ -18,12 +18,13 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .cell import Chrono, init_lstm_weights_
 from .checks import check_bool, check_dropout, check_int
-from .fast import fast_layer, fast_layer_applies
+from .compiled import auto_layer
+from .fast import fast_layer_applies
 from .record import Recording
 from .reference import LayerWeights, reference_layer
 
 Impl = Literal["fast", "reference"]
-IMPLS = {"fast": fast_layer, "reference": reference_layer}
+IMPLS = {"fast": auto_layer, "reference": reference_layer}  # fast: compiled.py's kernel, else fast.py's loop
 
 
 class LSTM(nn.Module):
@@ -265,7 +266,7 @@ class LSTM(nn.Module):
         ``(output, h_n, c_n, gates, cells)``, the last two per layer and direction (None unless ``acts``)."""
         D = 2 if self.bidirectional else 1
         run = IMPLS[self.impl]
-        if run is fast_layer and not fast_layer_applies():
+        if run is auto_layer and not fast_layer_applies():
             run = reference_layer  # the plain autograd ops that torch.func, forward AD and tracing support
         out, h_n, c_n, gates, cells = x, [], [], [], []
         for layer in range(self.num_layers):

@@ -1,0 +1,286 @@
+"""The fast LSTM's time loop in C++: the same equations as ``fast.py``, built on first use, CPU only.
+
+``csrc/recurrence.cpp`` holds the forward and backward loops of one layer and direction: threads split the
+batch, and per step one register-blocked pass computes the products and the gate maths (the file says how).
+This module builds it with torch.utils.cpp_extension the first time it is needed on a machine (about 15-50 s;
+needs a C++ compiler and ninja), caches the build (torch's extensions directory, or ``$TORCH_EXTENSIONS_DIR``)
+and wraps it in an autograd.Function.
+
+:func:`auto_layer` is what ``LSTM(impl="fast")`` runs: this kernel wherever it applies, else fast.py's
+pure-PyTorch loop, with one log line per process for each reason. ``LSTM_TRAIN_FAST_PATH`` chooses:
+``auto`` (default), ``compiled`` (the kernel wherever it applies; an error if it cannot be built) or
+``pytorch`` (never the kernel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .fast import DhCallback, differentiable_backward, fast_layer, reverse_within_lengths
+from .reference import LayerWeights
+
+log = logging.getLogger(__name__)
+
+ENV = "LSTM_TRAIN_FAST_PATH"
+PATHS = ("auto", "compiled", "pytorch")
+SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
+
+# Compiler flags for the CPU capability torch itself dispatches to, so at::vec::Vectorized is as wide as
+# torch's own kernels (the capability is part of the build's name: a cache shared between machines is safe).
+_ARCH_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"],
+}
+
+_ops = None  # torch.ops.lstm_train once loaded
+_error: str | None = None  # why it could not be built, once tried
+_announced: set[str] = set()
+
+
+def build_directory(name: str) -> Path:
+    """Where a build lives: under $TORCH_EXTENSIONS_DIR if set, else torch's per-user extensions cache."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
+def load():
+    """The kernel's ops (``torch.ops.lstm_train``), built on this machine's first call and loaded once per process.
+
+    Raises RuntimeError, with the reason in one line, when it cannot be built; later calls raise it again
+    without retrying.
+    """
+    global _ops, _error
+    if _ops is None and _error is None:
+        try:
+            _build_and_load()
+            _ops = torch.ops.lstm_train
+        except Exception as e:  # no compiler, no ninja, a compile error: all mean the PyTorch loop instead
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            _error = f"{type(e).__name__}: {lines[-1] if len(lines) > 1 else lines[0]}"[:300]
+    if _error is not None:
+        raise RuntimeError(f"the compiled LSTM kernel cannot be built ({_error})")
+    return _ops
+
+
+def _openmp() -> list[str]:
+    """-fopenmp where torch's threads are OpenMP's and GCC's runtime is the one torch loads (Linux): ATen's
+    parallel_for is inline code that runs on one thread unless compiled with OpenMP. Elsewhere the kernel
+    runs on one thread."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
+
+
+def _flags() -> list[str]:
+    return ["-O3", *_ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), []), *_openmp()]
+
+
+def extension_name() -> str:
+    """The build's name: everything the binary depends on (source, flags and so the CPU capability, torch and its
+    headers' location, Python) is in it, so builds of other versions, environments or machines sharing a cache
+    never mix: a binary is only ever loaded where it was built for."""
+    headers = [str(Path(torch.__file__).parent), sysconfig.get_paths()["include"]]
+    key = "\n".join([SOURCE.read_text(), *_flags(), torch.__version__, sys.version, *headers])
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"lstm_train_recurrence_{capability}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _build_and_load() -> None:
+    name = extension_name()
+    directory = build_directory(name)
+    library = directory / f"{name}.so"
+    if library.exists():  # built before: its name vouches for source, flags and torch, so no build tools needed
+        try:
+            torch.ops.load_library(str(library))
+            return
+        except OSError:  # a build killed midway: build it again
+            pass
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler ({compiler}; set CXX to use another) on the PATH")
+    if not cpp_extension.is_ninja_available():
+        raise RuntimeError("no ninja on the PATH (pip install ninja)")
+    directory.mkdir(parents=True, exist_ok=True)
+    with _build_lock(directory):  # another process may be building it: wait for it, then find it built
+        fresh = not library.exists()
+        if fresh:
+            log.info("building the compiled LSTM kernel in %s (once per machine, about 15-50 s)", directory)
+        # Built from a copy in its own directory: the same build for an editable checkout and a wheel's install
+        source = directory / SOURCE.name
+        if not source.exists():
+            source.write_text(SOURCE.read_text())
+        start = time.perf_counter()
+        cpp_extension.load(
+            name, [str(source)], extra_cflags=_flags(), extra_ldflags=_openmp(), build_directory=str(directory),
+            is_python_module=False,
+        )
+        if fresh:
+            log.info("built the compiled LSTM kernel in %.0f s", time.perf_counter() - start)
+
+
+@contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on a build directory, which the OS releases if its holder dies.
+
+    cpp_extension serialises builds with a lock file that it removes when done, so a build killed midway
+    leaves the file behind and every later process waits on it forever. Holding this lock, no other process
+    of ours is building, so a leftover file is stale and can go. (Without fcntl, i.e. on Windows, only
+    cpp_extension's own lock applies.)
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(directory / "build.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file is closed
+        (directory / "lock").unlink(missing_ok=True)
+        yield
+
+
+def _announce(message: str) -> None:
+    if message not in _announced:
+        _announced.add(message)
+        log.info("LSTM fast path: %s", message)
+
+
+def why_not_compiled(x: Tensor, h0: Tensor, weights: LayerWeights) -> str | None:
+    """None if the compiled kernel runs these inputs, else why not (one short phrase)."""
+    path = os.environ.get(ENV, "auto")
+    if path not in PATHS:
+        raise ValueError(f"{ENV} must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "pytorch":
+        return f"{ENV}=pytorch"
+    if any(w is not None for w in weights[4:]):
+        return "projections (proj_size) are not in the kernel"
+    if x.device.type != "cpu":
+        return f"{x.device.type} tensors (the kernel is CPU-only)"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"{x.dtype} tensors (the kernel takes float32 and float64)"
+    if any(t is not None and (t.dtype != x.dtype or t.device != x.device) for t in (h0, *weights)):
+        return "input, states and weights of different dtypes or devices"
+    if torch.is_autocast_enabled("cpu"):
+        return "autocast (the kernel computes in the input's dtype)"
+    if x.numel() == 0 or h0.numel() == 0:
+        return "an empty batch"
+    try:
+        load()
+    except RuntimeError as e:
+        if path == "compiled":
+            raise RuntimeError(f"{ENV}=compiled, but {e}") from None
+        return str(e)
+    return None
+
+
+def auto_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: LayerWeights,
+    lengths: Tensor | None,
+    reverse: bool,
+    return_gates: bool,
+    dh_sink: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer``."""
+    why = why_not_compiled(x, h0, weights)
+    if why is None:
+        _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)")
+        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
+    _announce(f"the pure-PyTorch loop, for {why}")
+    return fast_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
+
+
+def compiled_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: LayerWeights,
+    lengths: Tensor | None,
+    reverse: bool,
+    return_gates: bool,
+    dh_sink: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Run (T, B, I) input through one direction with the kernel; the contract of ``fast.fast_layer``.
+
+    With ``lengths``, rows must be sorted longest first (the LSTM module sorts them). The weights are read
+    as they are on every call: nothing is prepared or cached.
+    """
+    T, B = x.shape[:2]
+    w_ih, w_hh, b_ih, b_hh, _ = weights  # no projection: why_not_compiled
+    H = w_hh.shape[1]
+    if reverse:
+        x = reverse_within_lengths(x, lengths)
+    bias = None if b_ih is None else b_ih + b_hh  # 4H numbers: summed per call, never kept
+    batch_sizes = [] if lengths is None else (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
+    inputs = (x.contiguous(), h0, c0, w_ih, w_hh, bias)
+    autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if autograd:
+        on_dh = None
+        if dh_sink is not None:
+
+            def on_dh(dh_steps: Tensor) -> None:  # the loop's steps back to the input's time order
+                dh_sink.copy_(reverse_within_lengths(dh_steps, lengths) if reverse else dh_steps)
+
+        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh)
+    else:
+        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates)
+    gate_acts = None
+    if return_gates:
+        gate_acts = gates.view(T, B, 4, H)  # already in torch's (i, f, g, o) order
+        if autograd:  # copies: the backward reads gates and cells
+            gate_acts, cells = gate_acts.clone(), cells.clone()
+    else:
+        cells = None
+    if reverse:
+        out = reverse_within_lengths(out, lengths)
+        if return_gates:
+            gate_acts, cells = (reverse_within_lengths(v, lengths) for v in (gate_acts, cells))
+    return out, h_n, c_n, gate_acts, cells
+
+
+class _Recurrence(torch.autograd.Function):
+    """One layer and direction through the kernel: ``(hs, h_n, c_n, gates, cs)``, the last two not differentiable.
+
+    Its inputs are those of fast.py's ``_Recurrence`` (``w_hr`` always None here), so that a double backward
+    runs fast.py's differentiable fallback on the same saved tensors.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths: Tensor | None, batch_sizes: list[int], on_dh: DhCallback | None
+    ):
+        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs)
+        ctx.lengths, ctx.batch_sizes, ctx.on_dh = lengths, batch_sizes, on_dh
+        ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
+        ctx.mark_non_differentiable(gates, cs)
+        return hs, h_n, c_n, gates, cs
+
+    @staticmethod
+    def backward(ctx, d_hs, d_hn, d_cn, _d_gates, _d_cs):
+        if torch.is_grad_enabled():  # create_graph=True: the reference maths, which autograd can differentiate
+            return differentiable_backward(ctx, d_hs, d_hn, d_cn)
+        x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        record = ctx.on_dh is not None
+        d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps = load().lstm_backward(
+            x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
+            need[0], need[3], bias is not None and need[5], record,
+        )  # fmt: skip
+        if record:
+            ctx.on_dh(dh_steps)
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None
