@@ -112,7 +112,10 @@ def _build_and_load() -> None:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler ({compiler}; set CXX to use another) on the PATH")
     if not cpp_extension.is_ninja_available():
-        raise RuntimeError("no ninja on the PATH (pip install ninja)")
+        # pip's ninja (a dependency) sits beside this interpreter, which a venv used unactivated leaves off the PATH
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        if not cpp_extension.is_ninja_available():
+            raise RuntimeError("no ninja on the PATH (pip install ninja)")
     directory.mkdir(parents=True, exist_ok=True)
     with _build_lock(directory):  # another process may be building it: wait for it, then find it built
         fresh = not library.exists()
