@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .fast import DhCallback, differentiable_backward, fast_layer, reverse_within_lengths
+from .fast import DhCallback, dh_callback, differentiable_backward, fast_layer, reverse_within_lengths, rows_per_step
 from .reference import LayerWeights
 
 log = logging.getLogger(__name__)
@@ -228,16 +228,11 @@ def compiled_layer(
     if reverse:
         x = reverse_within_lengths(x, lengths)
     bias = None if b_ih is None else b_ih + b_hh  # 4H numbers: summed per call, never kept
-    batch_sizes = [] if lengths is None else (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
+    batch_sizes = [] if lengths is None else rows_per_step(lengths, T)
     inputs = (x.contiguous(), h0, c0, w_ih, w_hh, bias)
     autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if autograd:
-        on_dh = None
-        if dh_sink is not None:
-
-            def on_dh(dh_steps: Tensor) -> None:  # the loop's steps back to the input's time order
-                dh_sink.copy_(reverse_within_lengths(dh_steps, lengths) if reverse else dh_steps)
-
+        on_dh = dh_callback(dh_sink, lengths, reverse)
         out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh)
     else:
         out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates)

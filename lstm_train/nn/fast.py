@@ -310,6 +310,22 @@ def reverse_within_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.gather(0, index.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
 
 
+def rows_per_step(lengths: Tensor, T: int) -> list[int]:
+    """How many rows (sorted longest first) are still running at each of the T steps."""
+    return (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
+
+
+def dh_callback(dh_sink: Tensor | None, lengths: Tensor | None, reverse: bool) -> DhCallback | None:
+    """What the backward calls with dL/dh of every step: it fills ``dh_sink`` in the input's time order."""
+    if dh_sink is None:
+        return None
+
+    def on_dh(dh_steps: Tensor) -> None:  # the loop's steps back to the input's time order
+        dh_sink.copy_(reverse_within_lengths(dh_steps, lengths) if reverse else dh_steps)
+
+    return on_dh
+
+
 def fast_layer(
     x: Tensor,
     h0: Tensor,
@@ -332,14 +348,9 @@ def fast_layer(
     if reverse:
         x = reverse_within_lengths(x, lengths)
     bias = None if b_ih is None else b_ih + b_hh  # 4H numbers: summed per call, never kept
-    batch_sizes = None if lengths is None else (lengths.unsqueeze(0) > torch.arange(T).unsqueeze(1)).sum(1).tolist()
+    batch_sizes = None if lengths is None else rows_per_step(lengths, T)
     if torch.is_grad_enabled():
-        on_dh = None
-        if dh_sink is not None:
-
-            def on_dh(dh_steps: Tensor) -> None:  # the loop's steps back to the input's time order
-                dh_sink.copy_(reverse_within_lengths(dh_steps, lengths) if reverse else dh_steps)
-
+        on_dh = dh_callback(dh_sink, lengths, reverse)
         out, h_n, c_n, gates, cs = _Recurrence.apply(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, batch_sizes, on_dh)
     else:
         out, h_n, c_n, gates, cs, _ = _recurrence(x, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes)
