@@ -27,9 +27,10 @@ FORMAT = 1
 # did: group -> {key: value}, or (group, option name) -> {key: value} for keys of one option.
 ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
     "model": {"cell": "lstm", "chrono_max_len": None},  # the GRU/RNN baselines; chrono initialisation
-    ("task", "text_char"): {"bptt": False, "sample_length": 0},
+    ("task", "text_char"): {"bptt": False, "sample_length": 0, "eval_streams": None},  # eval from zeros per chunk
     ("model", "tagger"): {"char_dim": 0, "char_hidden": 50},  # character-aware words (off)
     ("task", "brown_pos"): {"word_dropout": 0.0},
+    ("task", "g2p"): {"by_length": False},  # batches of similar lengths (runs before it drew random batches)
     ("task", "conll"): {"word_dropout": 0.0},
     # data-parallel training, thread counts, the gate probe (off, so its batch size is not used)
     "trainer": {"devices": 1, "num_threads": None, "probe_every_n_steps": None, "probe_size": 64},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 from lstm_train.config import ConfigError
 from lstm_train.models import build_model
 from lstm_train.tasks import build_task
+from lstm_train.tasks.data import length_batches
 from lstm_train.tasks.g2p import read_cmudict
 from lstm_train.tasks.seq2seq import EOS, PAD, Seq2SeqMetrics, Seq2SeqOutput, edit_distance, make_batch, transduce
 from lstm_train.train import train
@@ -195,6 +197,33 @@ def test_g2p_train_alternates_and_sizes(compose_cfg, tmp_path):
     assert len(small.data["train"][0]) == 10 and all(len(s) <= 4 for s in small.data["train"][0])
     with pytest.raises(ConfigError, match=r"^task.path: .*: no word falls in the val split"):
         build_task(g2p_cfg(compose_cfg, path, "task.seq_len=1").task)
+
+
+def test_length_batches_keep_the_epoch_and_cut_the_padding():
+    lengths = torch.randint(1, 30, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = length_batches(lengths, 32, torch.Generator().manual_seed(1), pool=8)
+    assert sorted(i for b in batches for i in b) == list(range(1000))  # every example once
+    assert len(batches) == math.ceil(1000 / 32) and sum(len(b) < 32 for b in batches) == 1
+    assert batches == length_batches(lengths, 32, torch.Generator().manual_seed(1), pool=8)  # a resume replays it
+    assert batches != length_batches(lengths, 32, torch.Generator().manual_seed(2), pool=8)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded < 1.2 * sum(lengths)  # random batches of 32 from 1..29 would pad about 1.8x
+
+
+def test_g2p_batches_by_length(compose_cfg, tmp_path):
+    text = "".join(f"{'ab' * (1 + i % 9)}{chr(97 + i % 26)}{chr(97 + i // 26)} K AE T\n" for i in range(400))
+    path = write(tmp_path, text)
+    by_length = build_task(g2p_cfg(compose_cfg, path).task)
+    random = build_task(g2p_cfg(compose_cfg, path, "task.by_length=false").task)
+    assert by_length.by_length and not random.by_length
+    epochs = {}
+    for name, task in (("by_length", by_length), ("random", random)):
+        batches = list(task.train_batches(0, 16, seed=0))
+        assert len(batches) == task.steps_per_epoch(16)
+        words = sorted("".join(task.source_vocab.decode(x[x != PAD])) for b in batches for x in b.x)
+        epochs[name] = (words, sum(b.x.numel() for b in batches))
+    assert epochs["by_length"][0] == epochs["random"][0]  # the same words in an epoch
+    assert epochs["by_length"][1] < 0.8 * epochs["random"][1]  # in fewer padded cells
 
 
 def test_g2p_predicts_from_checkpoint_state(compose_cfg, tmp_path):

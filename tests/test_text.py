@@ -56,7 +56,8 @@ def test_batches_are_shifted_contiguous_chunks(compose_cfg, text_file):
         assert "".join(task.vocab.decode(batch.x[0]) + task.vocab.decode(batch.y[0, -1:])) in TEXT
     a = [b.x for b in task.train_batches(1, 4, seed=0)]
     assert all(torch.equal(x, y) for x, y in zip(a, [b.x for b in task.train_batches(1, 4, seed=0)], strict=True))
-    # val: every character of the split is predicted exactly once, the last chunk shorter
+    # per-chunk val (eval_streams null): every character of the split is predicted once, the last chunk shorter
+    task = build_task(char_cfg(compose_cfg, text_file, "task.seq_len=10", "task.eval_streams=null").task)
     val = list(task.eval_batches("val", 3))
     n_val = round(len(TEXT) * 0.1)
     assert sum(b.y.numel() for b in val) == n_val - 1
@@ -111,16 +112,21 @@ def tiny_model(compose_cfg, text_file, *overrides: str):
     return build_model(cfg.model, task), task
 
 
-def test_overfits_a_tiny_text(compose_cfg, text_file, one_thread):
-    model, task = tiny_model(compose_cfg, text_file, "model.hidden_size=64", "model.num_layers=1", "task.seq_len=48")
-    ids = task.ids["train"][:49].view(1, -1)  # one line of the text and the start of the next
+def memorise(model, ids, steps: int = 150) -> float:
+    """Train ``model`` on the one row of ``ids`` until it knows it by heart; the last loss."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
+    for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.05
+    return loss.item()
+
+
+def test_overfits_a_tiny_text(compose_cfg, text_file, one_thread):
+    model, task = tiny_model(compose_cfg, text_file, "model.hidden_size=64", "model.num_layers=1", "task.seq_len=48")
+    ids = task.ids["train"][:49].view(1, -1)  # one line of the text and the start of the next
+    assert memorise(model, ids) < 0.05
     # and greedy decoding reproduces the memorised line from its first character
     assert task.vocab.decode(model.generate(ids[0, :1], 20, temperature=0)) == task.vocab.decode(ids[0, 1:21])
 
@@ -218,3 +224,42 @@ def test_truncated_bptt_carries_the_detached_state(compose_cfg, text_file):
     # the next epoch starts afresh
     out3 = task.forward(model, next(iter(task.train_batches(1, 3, seed=0))))
     torch.testing.assert_close(out3, model(next(iter(task.train_batches(1, 3, seed=0))).x))
+
+
+@pytest.mark.parametrize("training_state", [False, True])
+def test_streamed_evaluation_reads_each_row_from_its_start(compose_cfg, text_file, training_state):
+    model, task = tiny_model(compose_cfg, text_file, "task.eval_streams=3", "task.seq_len=4", "task.bptt=true")
+    model.eval()
+    ids = task.ids["val"]
+    width = (len(ids) - 1) // 3
+    batches = list(task.eval_batches("val", 1000))  # the eval batch size plays no part: 3 rows
+    assert [b.reset for b in batches] == [True] + [False] * (len(batches) - 1)
+    x, y = torch.cat([b.x for b in batches], 1), torch.cat([b.y for b in batches], 1)
+    assert torch.equal(x, ids[: 3 * width].view(3, width)) and torch.equal(y, ids[1 : 3 * width + 1].view(3, width))
+    carried = (torch.ones(1, 3, 32), torch.ones(1, 3, 32)) if training_state else None
+    task._state = carried
+    with torch.no_grad():
+        streamed = torch.cat([task.forward(model, b) for b in batches], 1)
+        torch.testing.assert_close(streamed, model(x))  # each row read as one sequence: the state was carried
+        again = torch.cat([task.forward(model, b) for b in task.eval_batches("val", 1000)], 1)
+    torch.testing.assert_close(again, streamed)  # a second evaluation starts afresh
+    assert task._state is carried  # and the training state of truncated BPTT is left alone
+
+
+def test_streamed_evaluation_beats_chunks_from_zeros(compose_cfg, text_file, one_thread):
+    """A model that has learnt the text predicts a chunk's first characters better with the context."""
+    model, task = tiny_model(compose_cfg, text_file, "model.hidden_size=64", "model.num_layers=1",
+                             "task.seq_len=5", "task.eval_streams=1")
+    memorise(model, task.ids["train"][:97].view(1, -1))
+    model.eval()
+
+    def bpc(task) -> float:
+        metrics = task.new_metrics()
+        with torch.no_grad():
+            for batch in task.eval_batches("val", 1000):
+                out = task.forward(model, batch)
+                metrics.update(out, batch, task.loss(out, batch))
+        return metrics.compute()["bpc"]
+
+    chunks = build_task(char_cfg(compose_cfg, text_file, "task.seq_len=5", "task.eval_streams=null").task)
+    assert bpc(task) < bpc(chunks) - 0.1

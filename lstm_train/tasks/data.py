@@ -66,6 +66,22 @@ def pad(seqs: Sequence[Sequence[int] | Tensor], value: int = 0) -> tuple[Tensor,
             torch.tensor([len(t) for t in tensors]))
 
 
+def length_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator, pool: int = 50
+) -> list[list[int]]:
+    """One epoch's batches of indices, each of similar lengths, in random order: a random permutation cut into
+    pools of ``pool`` batches, each pool sorted by length and cut into batches, then the batches shuffled. The
+    same examples per epoch as plain shuffled batches and the same batch count (only the epoch's last batch is
+    short), with far less padding: random batches of 128 cmudict words are half padding."""
+    order = torch.randperm(len(lengths), generator=generator)
+    by_length = torch.as_tensor(lengths)
+    batches: list[Tensor] = []
+    for start in range(0, len(order), pool * batch_size):
+        part = order[start : start + pool * batch_size]
+        batches += part[torch.argsort(by_length[part], stable=True)].split(batch_size)
+    return [batches[i].tolist() for i in torch.randperm(len(batches), generator=generator)]
+
+
 def derive_seed(*parts: object) -> int:
     """A stable 31-bit seed from any parts (Python's hash() of a str changes from process to process)."""
     return zlib.crc32(repr(parts).encode())

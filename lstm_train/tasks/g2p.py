@@ -38,7 +38,7 @@ from lstm_train.errors import ConfigError
 from lstm_train.schema import non_negative, one_of, positive, unit_interval, value
 
 from .base import Batch, TaskConfig, check_fractions
-from .data import derive_seed, seeded
+from .data import derive_seed, length_batches, seeded
 from .files import read_text, shown, split_fields, text_lines
 from .seq2seq import Seq2SeqTask, make_batch, token_vocab
 
@@ -106,6 +106,7 @@ class G2PConfig(TaskConfig):
     val_size: int | None = value(positive)
     test_size: int | None = value(positive)
     num_samples: int = value(non_negative)  # val words decoded into TensorBoard text at each evaluation
+    by_length: bool = value()  # training batches of words of similar lengths (less padding); false: random
 
     def check(self) -> None:
         check_fractions(self)
@@ -117,7 +118,7 @@ class G2P(Seq2SeqTask):
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "exact", "per")
 
     def __init__(self, cfg: G2PConfig, state: dict | None = None) -> None:
-        self.num_samples = cfg.num_samples
+        self.num_samples, self.by_length = cfg.num_samples, cfg.by_length
         self.data = {}
         if state is not None:  # from a checkpoint: vocabularies only
             self.set_vocabs(token_vocab(state["source_vocab"]), token_vocab(state["target_vocab"]))
@@ -158,7 +159,11 @@ class G2P(Seq2SeqTask):
 
     def train_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         sources, targets, _ = self.data["train"]
-        order = torch.randperm(len(sources), generator=seeded("train", seed, epoch))
-        for start in range(0, len(sources), batch_size):
-            index = order[start : start + batch_size].tolist()
+        generator = seeded("train", seed, epoch)
+        if self.by_length:
+            batches = length_batches([len(s) for s in sources], batch_size, generator)
+        else:
+            order = torch.randperm(len(sources), generator=generator).tolist()
+            batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        for index in batches:
             yield make_batch([sources[i] for i in index], [targets[i] for i in index])

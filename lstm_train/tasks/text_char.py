@@ -11,14 +11,20 @@ U+FFFD (the Unicode replacement character): a character never seen in training m
 checkpoints (``Task.state_dict``) so that sampling needs no data file.
 
 Batches: training chunks of ``seq_len`` characters start at uniformly random offsets of the training
-text (``train_size`` chunks per epoch); val and test are the split read in consecutive, non-overlapping
-chunks (the last one shorter), the first ``val_size`` / ``test_size`` chunks of it (null: all).
+text (``train_size`` chunks per epoch). Val and test are the first ``val_size`` / ``test_size`` chunks' worth
+of the split (null: all of it). With ``eval_streams`` (the default), that text is cut into ``eval_streams``
+contiguous rows read side by side, ``seq_len`` characters at a time, each batch starting from the previous
+one's final (h, c): every character is predicted from all the text before it in its row, the usual way to
+measure a language model (the last ``eval_streams - 1`` characters at most are left out, to make the rows
+equal). With ``eval_streams: null``, the text is read in consecutive ``seq_len`` chunks (the last one
+shorter), each from zeros: the first characters of every chunk are guessed without context, which costs
+a 2 x 256 KJV model about 0.04 bpc at ``seq_len`` 128.
 
 Truncated BPTT (``bptt: true``): row b of every training batch continues row b of the previous one (each
 row reads the training text, circularly, from its own random start of the epoch), and :meth:`TextChar.forward`
 starts each batch from the previous batch's final (h, c), detached: gradients stop at the chunk boundary,
 the memory does not. The state is reset at each epoch's start and goes into checkpoints, so a resumed run
-carries on with it. Evaluation always starts every chunk from zeros.
+carries on with it. Evaluation carries its own state, so it never disturbs the training state.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class TextCharConfig(TaskConfig):
     test_size: int | None = value(positive)
     sample_length: int = value(non_negative)  # characters generated into TensorBoard at each evaluation
     bptt: bool = value()  # truncated BPTT: carry the detached (h, c) from one training batch to the next
+    eval_streams: int | None = value(positive)  # val/test read as this many rows, state carried; null: chunks
 
     def check(self) -> None:
         check_fractions(self)
@@ -126,7 +133,9 @@ class TextChar(Task):
         self.seq_len, self.train_size = cfg.seq_len, cfg.train_size
         self.sizes = {"val": cfg.val_size, "test": cfg.test_size}
         self.bptt, self.sample_length = cfg.bptt, cfg.sample_length
+        self.eval_streams = cfg.eval_streams
         self._state: tuple[Tensor, Tensor] | None = None  # carried across training batches with bptt
+        self._eval_state: tuple[Tensor, Tensor] | None = None  # carried across evaluation batches
         if state is not None:
             self.vocab = Vocab(state["vocab"]["chars"], unknown=UNK)
             self.ids: dict[str, Tensor] = {}
@@ -170,8 +179,16 @@ class TextChar(Task):
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
         ids, t = self.ids[split], self.seq_len
-        n_full = (len(ids) - 1) // t
         limit = self.sizes[split]
+        if self.eval_streams is not None:  # rows of the text side by side; batch_size plays no part
+            n = len(ids) - 1 if limit is None else min(len(ids) - 1, limit * t)  # characters to predict
+            rows = min(self.eval_streams, n)
+            width = n // rows
+            x, y = ids[: rows * width].view(rows, width), ids[1 : rows * width + 1].view(rows, width)
+            for start in range(0, width, t):
+                yield StreamBatch(x[:, start : start + t], y[:, start : start + t], reset=start == 0)
+            return
+        n_full = (len(ids) - 1) // t
         if limit is not None:
             n_full = min(n_full, limit)
         x = ids[: n_full * t].view(n_full, t)
@@ -184,11 +201,16 @@ class TextChar(Task):
             yield Batch(ids[end : end + rest].view(1, rest), ids[end + 1 : end + 1 + rest].view(1, rest))
 
     def forward(self, model: nn.Module, batch: Batch) -> Tensor:
-        if not (self.bptt and model.training and isinstance(batch, StreamBatch)):
+        if not isinstance(batch, StreamBatch) or (model.training and not self.bptt):
             return model(batch.x, batch.lengths)
-        state = None if batch.reset or self._state is None or self._state[0].shape[1] != len(batch) else self._state
+        carried = self._state if model.training else self._eval_state
+        state = None if batch.reset or carried is None or carried[0].shape[1] != len(batch) else carried
         logits, state = model(batch.x, state=state, return_state=True)  # a call, not .step: DDP sees it
-        self._state = (state[0].detach(), state[1].detach())  # truncate: no gradient into earlier chunks
+        state = (state[0].detach(), state[1].detach())  # truncate: no gradient into earlier chunks
+        if model.training:
+            self._state = state
+        else:
+            self._eval_state = state
         return logits
 
     def samples(self, model: nn.Module) -> dict[str, str]:
