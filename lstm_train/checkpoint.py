@@ -29,6 +29,7 @@ ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
     "model": {"cell": "lstm", "chrono_max_len": None},  # the GRU/RNN baselines; chrono initialisation
     ("task", "text_char"): {"bptt": False, "sample_length": 0, "eval_streams": None},  # eval from zeros per chunk
     ("model", "tagger"): {"char_dim": 0, "char_hidden": 50},  # character-aware words (off)
+    ("model", "seq2seq"): {"output_dropout": 0.0},
     ("task", "brown_pos"): {"word_dropout": 0.0},
     ("task", "g2p"): {"by_length": False},  # batches of similar lengths (runs before it drew random batches)
     ("task", "conll"): {"word_dropout": 0.0},

@@ -179,7 +179,7 @@ class Probe:
             raise ValueError(f"the probe reads LSTM gates; this model has none ({kind or type(model).__name__}): "
                              "set it to null")
         self.task = task
-        self.batch = next(iter(task.eval_batches("val", size))).to(device)
+        self.batch = task.probe_batch(size).to(device)
 
     def __call__(self, model: nn.Module) -> Summary:
         return summarize(record(self.task, model, self.batch))

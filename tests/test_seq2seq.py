@@ -190,6 +190,25 @@ def test_teacher_forcing_ratio_zero_feeds_the_models_own_outputs(make):
     assert not torch.allclose(model(batch.x, batch.lengths, batch.y), model(batch.x, batch.lengths, other))
 
 
+@pytest.mark.parametrize("attention", ["true", "false"])
+def test_output_dropout_reaches_both_lstms_in_training_only(make, attention):
+    plain, _ = make(f"model.attention={attention}", "model.num_layers=1", "model.bidirectional=true")
+    model, _ = make(f"model.attention={attention}", "model.num_layers=1", "model.bidirectional=true",
+                    "model.output_dropout=0.5")
+    model.load_state_dict(plain.state_dict())  # the same weights: dropout adds no parameter
+    batch = make_batch(SOURCES, SOURCES)
+    with torch.no_grad():  # evaluation and decoding: no dropout
+        torch.testing.assert_close(model(batch.x, batch.lengths, batch.y), plain(batch.x, batch.lengths, batch.y))
+        assert torch.equal(model.decode(batch.x, batch.lengths, 3)[0], plain.decode(batch.x, batch.lengths, 3)[0])
+        model.train()
+        memory, _ = model.encode(batch.x, batch.lengths)
+        dropped = memory.outputs[memory.mask]
+        assert 0.3 < (dropped == 0).float().mean() < 0.7  # the encoder's outputs, whether attention reads them
+        out, _ = model.decoder(model.embedding(batch.y), model.encode(batch.x, batch.lengths)[1])
+        drops = [(model._logits(out, memory) - plain._logits(out, memory)).abs().amax() for _ in range(2)]
+        assert min(drops) > 0  # the decoder's outputs, before attention and the output layer
+
+
 def test_overfits_a_tiny_reverse_set(compose_cfg):
     cfg = compose_cfg(
         "model=seq2seq",

@@ -246,6 +246,16 @@ def test_streamed_evaluation_reads_each_row_from_its_start(compose_cfg, text_fil
     assert task._state is carried  # and the training state of truncated BPTT is left alone
 
 
+def test_probe_takes_chunks_from_zeros_when_evaluation_streams(compose_cfg, text_file):
+    streams = build_task(char_cfg(compose_cfg, text_file, "task.seq_len=4", "task.eval_streams=2").task)
+    chunks = build_task(char_cfg(compose_cfg, text_file, "task.seq_len=4", "task.eval_streams=null").task)
+    probe = streams.probe_batch(5)  # trainer.probe_size chunks, not the 2 stream rows
+    assert type(probe).__name__ == "Batch" and probe.x.shape == (5, 4)
+    first = next(iter(chunks.eval_batches("val", 5)))
+    assert torch.equal(probe.x, first.x) and torch.equal(probe.y, first.y)
+    assert torch.equal(chunks.probe_batch(5).x, first.x)
+
+
 def test_streamed_evaluation_beats_chunks_from_zeros(compose_cfg, text_file, one_thread):
     """A model that has learnt the text predicts a chunk's first characters better with the context."""
     model, task = tiny_model(compose_cfg, text_file, "model.hidden_size=64", "model.num_layers=1",

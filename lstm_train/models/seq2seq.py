@@ -11,6 +11,9 @@
   outputs and does not feed back into the LSTM's input, so a teacher-forced target still goes through the
   decoder LSTM in one call.
 
+Output dropout (``output_dropout``): on the encoder's outputs and the decoder's LSTM outputs, in training only;
+``dropout`` (between layers) leaves a 1-layer model without any.
+
 Teacher forcing: with probability ``teacher_forcing_ratio``, a whole training batch is teacher-forced (one
 LSTM call over the target); otherwise that batch is decoded step by step from the model's own argmax.
 One coin per batch, not per step: a per-step coin would force every batch onto the slow step-by-step path.
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lstm_train.errors import ConfigError
-from lstm_train.schema import non_negative, positive, unit_interval, value
+from lstm_train.schema import non_negative, positive, probability, unit_interval, value
 from lstm_train.tasks import Inputs, Task
 from lstm_train.tasks.seq2seq import BOS, EOS, PAD
 
@@ -45,6 +48,7 @@ State = tuple[Tensor, Tensor]
 @dataclass
 class Seq2SeqConfig(ModelConfig):
     attention: bool = value()
+    output_dropout: float = value(probability)  # on the encoder's and decoder's LSTM outputs (training only)
     teacher_forcing_ratio: float = value(unit_interval)  # chance that a training batch is teacher-forced
     beam_size: int = value(positive)  # decoding in evaluation and prediction; 1: greedy
     length_penalty: float = value(non_negative)  # beam's final pick: sum log p / length ** this; 0: none
@@ -107,7 +111,7 @@ class Seq2Seq(Model):
 
     def __init__(
         self, inputs: Inputs, target_vocab_size: int, stack: Stack, embedding_dim: int, attention: bool = False,
-        decoding: Decoding = Decoding(),
+        decoding: Decoding = Decoding(), output_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(inputs, stack, embedding_dim)
@@ -119,6 +123,8 @@ class Seq2Seq(Model):
         self.embedding = nn.Embedding(target_vocab_size, embedding_dim)
         self.decoder = replace(stack, bidirectional=False).build(embedding_dim)
         self.attention = Attention(H, D * H) if attention else None
+        # Dropout between layers leaves a 1-layer stack unregularised; this also reaches its outputs.
+        self.dropout = nn.Dropout(output_dropout)
         self.head = nn.Linear(H, target_vocab_size)
         self.teacher_forcing_ratio = decoding.teacher_forcing_ratio
         self.beam_size, self.length_penalty = decoding.beam_size, decoding.length_penalty
@@ -128,13 +134,15 @@ class Seq2Seq(Model):
     def build(cls, cfg: Seq2SeqConfig, task: Task) -> Seq2Seq:
         decoding = Decoding(cfg.teacher_forcing_ratio, cfg.beam_size, cfg.length_penalty, cfg.max_length_ratio,
                             cfg.max_length_offset)
-        return cls(task.inputs, task.num_outputs, cfg.stack(), cfg.embedding_dim, cfg.attention, decoding)
+        return cls(task.inputs, task.num_outputs, cfg.stack(), cfg.embedding_dim, cfg.attention, decoding,
+                   cfg.output_dropout)
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def encode(self, src: Tensor, lengths: Tensor | None) -> tuple[Memory, State]:
         """Encoder outputs (for attention) and the decoder's initial state, bridged from the encoder's."""
         lengths = _lengths(src, lengths)
         outputs, (h, c) = self.encoder(src, lengths)
+        outputs = self.dropout(outputs)
         mask = torch.arange(src.shape[1], device=src.device) < lengths.to(src.device)[:, None]
         if self.directions == 2:  # (L*2, B, H): layer-major, forward before reverse
             h, c = (s.view(self.num_layers, 2, *s.shape[1:]) for s in (h, c))
@@ -144,6 +152,7 @@ class Seq2Seq(Model):
         return Memory(outputs, keys, mask), (h.contiguous(), c.contiguous())
 
     def _logits(self, out: Tensor, memory: Memory) -> Tensor:
+        out = self.dropout(out)
         if self.attention is not None:
             out = self.attention(out, memory)[0]
         return self.head(out)

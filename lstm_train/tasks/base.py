@@ -141,6 +141,10 @@ class Task(Registered, ABC):
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[Batch]:
         """The fixed val or test set, in order."""
 
+    def probe_batch(self, size: int) -> Batch:
+        """The gate probe's fixed batch: the val split's first ``size`` sequences, each read from a zero state."""
+        return next(iter(self.eval_batches("val", size)))
+
     def forward(self, model: nn.Module, batch: Batch) -> Tensor:
         """The model's output on a batch: the one place the trainer calls a model. Tasks whose models need
         more than inputs and lengths (teacher-forced targets, a state carried across chunks) override it."""

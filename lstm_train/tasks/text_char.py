@@ -188,6 +188,16 @@ class TextChar(Task):
             for start in range(0, width, t):
                 yield StreamBatch(x[:, start : start + t], y[:, start : start + t], reset=start == 0)
             return
+        yield from self._chunks(split, batch_size)
+
+    def probe_batch(self, size: int) -> Batch:
+        # Streamed evaluation has task.eval_streams rows whatever the size, and carries state between batches:
+        # the probe takes the first ``size`` chunks instead, each from zeros, as per-chunk evaluation reads them.
+        return next(self._chunks("val", size))
+
+    def _chunks(self, split: Split, batch_size: int) -> Iterator[Batch]:
+        """The split as chunks of seq_len characters (at most ``val_size``/``test_size``), each from a zero state."""
+        ids, t, limit = self.ids[split], self.seq_len, self.sizes[split]
         n_full = (len(ids) - 1) // t
         if limit is not None:
             n_full = min(n_full, limit)
