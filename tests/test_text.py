@@ -18,7 +18,7 @@ from lstm_train.generate import load_model
 from lstm_train.generate import main as generate_main
 from lstm_train.models import build_model
 from lstm_train.tasks import build_task
-from lstm_train.tasks.text_char import UNK, TextChar, char_vocab
+from lstm_train.tasks.text_char import UNK, StreamBatch, TextChar, char_vocab
 from lstm_train.train import train
 
 TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 8
@@ -250,7 +250,7 @@ def test_probe_takes_chunks_from_zeros_when_evaluation_streams(compose_cfg, text
     streams = build_task(char_cfg(compose_cfg, text_file, "task.seq_len=4", "task.eval_streams=2").task)
     chunks = build_task(char_cfg(compose_cfg, text_file, "task.seq_len=4", "task.eval_streams=null").task)
     probe = streams.probe_batch(5)  # trainer.probe_size chunks, not the 2 stream rows
-    assert type(probe).__name__ == "Batch" and probe.x.shape == (5, 4)
+    assert not isinstance(probe, StreamBatch) and probe.x.shape == (5, 4)
     first = next(iter(chunks.eval_batches("val", 5)))
     assert torch.equal(probe.x, first.x) and torch.equal(probe.y, first.y)
     assert torch.equal(chunks.probe_batch(5).x, first.x)
