@@ -35,6 +35,7 @@ from lstm_train.schema import (
     one_of,
     open_unit_interval,
     positive,
+    probability,
     to_schema,
     unit_interval,
     value,
@@ -179,6 +180,7 @@ class TrainerConfig(Schema):
     eval_every_n_steps: int | None = value(positive)  # null: at the end of every epoch
     log_every_n_steps: int = value(positive)  # train/* and grad_norm/* scalars
     clip_grad_norm: float | None = value(non_negative)  # 0 or null: no clipping
+    label_smoothing: float = value(probability)  # of the training loss only; val/test losses stay plain
     monitor: str = value(_monitor)  # picks best.pt, drives early stopping and the plateau scheduler
     monitor_mode: str = value(one_of("auto", "min", "max"))  # auto: the metric's own direction
     early_stopping_patience: int | None = value(positive)  # evaluations without improvement

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import itertools
 import json
 import logging
@@ -108,6 +109,11 @@ class Trainer:
             mode="max" if self.maximize else "min",
         )
         self.clip = t.clip_grad_norm or 0.0
+        # Passed only when set: a task written before label smoothing existed has loss(output, batch).
+        self._loss_options = {"label_smoothing": t.label_smoothing} if t.label_smoothing else {}
+        if self._loss_options and "label_smoothing" not in inspect.signature(task.loss).parameters:
+            raise ConfigError("trainer.label_smoothing", f"task {task.name}'s loss takes no label_smoothing: set it "
+                              "to 0, or give the task's loss a label_smoothing argument")
 
         self.progress = Progress()
         self.resumed_at: int | None = None  # the step a resumed run started from
@@ -328,7 +334,7 @@ class Trainer:
         share = self.task.loss_weight(local) / self.task.loss_weight(batch) if real and self.world.size > 1 else 0.0
         local = local.to(self.device)
         output = self.task.forward(self.train_model, local)
-        loss = self.task.loss(output, local)
+        loss = self.task.loss(output, local, **self._loss_options)
         self.optimizer.zero_grad(set_to_none=True)
         if self.world.size == 1:
             loss.backward()

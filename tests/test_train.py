@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lstm_train.config import ConfigError
+from lstm_train.models import build_model
+from lstm_train.tasks import build_task
 from lstm_train.tasks.first_last import FirstLast
 from lstm_train.train import resolve_device, train
 from lstm_train.trainer import Trainer
@@ -130,9 +132,54 @@ def test_clipping_off_and_every_optimizer_trains(compose_cfg, tmp_path):
 
 def test_divergence_is_one_clear_error(compose_cfg, tmp_path, monkeypatch):
     loss = FirstLast.loss
-    monkeypatch.setattr(FirstLast, "loss", lambda self, output, batch: loss(self, output, batch) * float("nan"))
+    monkeypatch.setattr(FirstLast, "loss", lambda self, *args: loss(self, *args) * float("nan"))
     with pytest.raises(FloatingPointError, match=r"^training diverged: train/loss is nan at step 2; try a lower"):
         train(compose_cfg("debug=fast"), tmp_path)
+
+
+def test_label_smoothing_is_for_the_training_loss_only(compose_cfg, tmp_path, monkeypatch):
+    loss, calls = FirstLast.loss, []
+
+    def spy(self, output, batch, label_smoothing=0.0):
+        calls.append((torch.is_grad_enabled(), label_smoothing))  # evaluation runs without autograd
+        return loss(self, output, batch, label_smoothing)
+
+    monkeypatch.setattr(FirstLast, "loss", spy)
+    result = train(compose_cfg("debug=fast", "trainer.label_smoothing=0.2"), tmp_path)
+    assert {c for c in calls if c[0]} == {(True, 0.2)} and len([c for c in calls if c[0]]) == result["step"]
+    assert {c for c in calls if not c[0]} == {(False, 0.0)}
+    # a task whose loss predates the option: trains as before without it, one clear error with it
+    monkeypatch.setattr(FirstLast, "loss", lambda self, output, batch: loss(self, output, batch))
+    assert train(compose_cfg("debug=fast"), tmp_path / "old")["step"] == result["step"]
+    with pytest.raises(ConfigError, match=r"^trainer.label_smoothing: task first_last's loss takes no label_smooth"):
+        train(compose_cfg("debug=fast", "trainer.label_smoothing=0.1"), tmp_path / "refused")
+
+
+@pytest.mark.parametrize(
+    "overrides, ignore",
+    [
+        (["model=classifier", "task=first_last"], None),
+        (["model=char", "task=text_char", "task.val_size=8", "task.eval_streams=null"], None),
+        (["model=tagger", "task=tag_synthetic", "task.min_len=1"], -100),  # padded steps
+        (["model=seq2seq", "task=reverse"], 0),  # PAD after each target's EOS
+    ],
+)
+def test_every_task_smooths_its_cross_entropy_over_real_targets(compose_cfg, overrides, ignore):
+    cfg = compose_cfg(*overrides, "debug=fast")
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, task).train()
+    batch = next(iter(task.eval_batches("val", 128)))  # sequences of different lengths, padded
+    logits = task.forward(model, batch)  # training mode: seq2seq gives the teacher-forced logits alone
+    logp = torch.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
+    y = batch.y.reshape(-1)
+    real = y != ignore if ignore is not None else torch.ones_like(y, dtype=torch.bool)
+    assert ignore is None or not real.all()
+    nll = -logp[real].gather(1, y[real, None]).mean()
+    uniform = -logp[real].mean()  # cross-entropy against the uniform distribution over the classes
+    e = 0.3
+    torch.testing.assert_close(task.loss(logits, batch), nll)
+    torch.testing.assert_close(task.loss(logits, batch, e), (1 - e) * nll + e * uniform)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")

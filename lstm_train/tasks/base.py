@@ -151,8 +151,9 @@ class Task(Registered, ABC):
         return model(batch.x, batch.lengths)
 
     @abstractmethod
-    def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        """The mean training loss of a batch."""
+    def loss(self, output: Tensor, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
+        """The mean cross-entropy of a batch; the trainer passes ``trainer.label_smoothing`` in training only,
+        so val and test losses stay the plain negative log-likelihood."""
 
     def loss_weight(self, batch: Batch) -> float:
         """How many terms :meth:`loss` averages over: the samples (the default), or the real tokens of

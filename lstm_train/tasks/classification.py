@@ -37,8 +37,8 @@ class ClassificationTask(Task):
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc")
     higher_is_better: ClassVar[dict[str, bool]] = {"loss": False, "acc": True}
 
-    def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(output, batch.y)
+    def loss(self, output: Tensor, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(output, batch.y, label_smoothing=label_smoothing)
 
     def new_metrics(self) -> Metrics:
         return ClassificationMetrics()

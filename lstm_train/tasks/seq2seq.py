@@ -175,9 +175,10 @@ class Seq2SeqTask(Task):
             return logits
         return Seq2SeqOutput(logits, strip(model.decode(batch.x, batch.lengths)[0]))
 
-    def loss(self, output: Tensor | Seq2SeqOutput, batch: Batch) -> Tensor:
+    def loss(self, output: Tensor | Seq2SeqOutput, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
         logits = output.logits if isinstance(output, Seq2SeqOutput) else output
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1), ignore_index=PAD)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1), ignore_index=PAD,
+                               label_smoothing=label_smoothing)
 
     def loss_weight(self, batch: Batch) -> float:
         return int((batch.y != PAD).sum())

@@ -363,8 +363,9 @@ class TaggingTask(Task):
             lines.append(" ".join(tokens))
         return {"samples": "\n".join(lines)}
 
-    def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(output.flatten(0, 1), batch.y.flatten(), ignore_index=IGNORE)
+    def loss(self, output: Tensor, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(output.flatten(0, 1), batch.y.flatten(), ignore_index=IGNORE,
+                               label_smoothing=label_smoothing)
 
     def loss_weight(self, batch: Batch) -> float:
         return int((batch.y != IGNORE).sum())

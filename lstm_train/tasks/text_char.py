@@ -231,8 +231,9 @@ class TextChar(Task):
         generator = torch.Generator().manual_seed(0)
         return {"sample": "".join(self.generate(model, "\n", self.sample_length, generator=generator))}
 
-    def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(output.reshape(-1, output.shape[-1]), batch.y.reshape(-1))
+    def loss(self, output: Tensor, batch: Batch, label_smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]), batch.y.reshape(-1),
+                               label_smoothing=label_smoothing)
 
     def loss_weight(self, batch: Batch) -> float:
         return batch.y.numel()
