@@ -25,8 +25,10 @@ import itertools
 import json
 import logging
 import math
+import platform
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from lstm_train.config import ConfigError, to_container
 from lstm_train.distributed import World
 from lstm_train.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
 from lstm_train.models import count_parameters
+from lstm_train.nn.compiled import bf16_products
 from lstm_train.optim import Scheduler, build_optimizer
 from lstm_train.probe import Probe
 from lstm_train.tasks import Batch, Metrics, Split, Task, derive_seed
@@ -114,6 +117,10 @@ class Trainer:
         if self._loss_options and "label_smoothing" not in inspect.signature(task.loss).parameters:
             raise ConfigError("trainer.label_smoothing", f"task {task.name}'s loss takes no label_smoothing: set it "
                               "to 0, or give the task's loss a label_smoothing argument")
+
+        self._bf16 = t.precision == "bf16"
+        if self._bf16:
+            self._check_bf16()
 
         self.progress = Progress()
         self.resumed_at: int | None = None  # the step a resumed run started from
@@ -333,8 +340,9 @@ class Trainer:
         # This rank's share of the batch's loss weight (samples, or real tokens), counted on the CPU
         share = self.task.loss_weight(local) / self.task.loss_weight(batch) if real and self.world.size > 1 else 0.0
         local = local.to(self.device)
-        output = self.task.forward(self.train_model, local)
-        loss = self.task.loss(output, local, **self._loss_options)
+        with self._autocast():
+            output = self.task.forward(self.train_model, local)
+            loss = self.task.loss(output, local, **self._loss_options)
         self.optimizer.zero_grad(set_to_none=True)
         if self.world.size == 1:
             loss.backward()
@@ -423,6 +431,25 @@ class Trainer:
         )
         return improved
 
+    def _check_bf16(self) -> None:
+        """trainer.precision=bf16: refused where bfloat16 is missing, or emulated (an x86 CPU without AVX512-BF16:
+        matrix products measured ~70x slower than float32)."""
+        kind = self.device.type
+        if kind not in ("cpu", "cuda"):
+            raise ConfigError("trainer.precision", f"bf16 autocast runs on cpu and cuda devices, not {kind}: "
+                              "set trainer.precision=fp32")
+        if kind == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("trainer.precision", f"{torch.cuda.get_device_name(self.device)} has no bfloat16: "
+                              "set trainer.precision=fp32")
+        if kind == "cpu" and platform.machine().lower() in ("x86_64", "amd64") and not bf16_products():
+            raise ConfigError("trainer.precision", "this CPU has no AVX512-BF16, so bfloat16 products would be "
+                              "emulated, far slower than float32: set trainer.precision=fp32")
+
+    def _autocast(self) -> AbstractContextManager:
+        """bfloat16 autocast for forward and loss with trainer.precision=bf16 (the LSTM's products included,
+        lstm_train/nn/compiled.py); the backward follows the forward's dtypes."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._bf16 else nullcontext()
+
     def evaluate(self, split: Split) -> Metrics:
         """The split's accumulated metrics: ``.compute()`` for the numbers, tables and figures for the test.
         Data-parallel, each rank evaluates its share of every batch and the sums are added up."""
@@ -433,8 +460,10 @@ class Trainer:
                 local, real = distributed.shard(batch, self.world)
                 if real:
                     local = local.to(self.device)
-                    output = self.task.forward(self.model, local)
-                    metrics.update(output, local, self.task.loss(output, local))
+                    with self._autocast():
+                        output = self.task.forward(self.model, local)
+                        loss = self.task.loss(output, local)
+                    metrics.update(output, local, loss)
         self.model.train()
         return distributed.reduce_metrics(metrics)
 

@@ -11,6 +11,7 @@ fast (impl fast on the pure-PyTorch loop) and reference (impl reference).
     python scripts/bench_lstm.py --step            # inference: one T=1 call at a time, carrying (h, c)
     python scripts/bench_lstm.py --step --profile  # where a T=1 call of each variant goes
     python scripts/bench_lstm.py --sample          # chars/s of CharLM.stream (what lstm-generate runs)
+    python scripts/bench_lstm.py --autocast        # every variant under torch.autocast("cpu", torch.bfloat16)
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ VARIANTS = {"compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"), "refe
 
 
 def select(name: str) -> None:
-    """Set the code path of variant ``name`` (read by every forward call, so variants can alternate)."""
+    """Set the code path of variant ``name`` (read by every forward call, so variants can alternate); a name's
+    first word is the variant ("compiled float32": compiled, outside --autocast's autocast)."""
+    name = name.split()[0]
     os.environ[ENV] = VARIANTS[name][1] if name in VARIANTS else "auto"
 
 
@@ -62,6 +65,10 @@ def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.
 # The clock of time_rounds: wall time, or with --cpu-time (one thread only) this thread's CPU time, which a machine
 # shared with other jobs slows much less.
 CLOCK = {"clock": time.perf_counter}
+# --autocast: forward and backward of every variant under bfloat16 autocast (torch's oneDNN LSTM then computes in
+# bfloat16; our compiled kernel takes bfloat16 products where the CPU has AVX512-BF16), and each of ours once
+# more without it ("<name> float32"), alternating, so its speed-up is measured in the same rounds
+AUTOCAST = {"enabled": False}
 
 
 def time_rounds(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -86,24 +93,28 @@ def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmu
     models = make_models(shape, impls, dtype)
     x = torch.randn(steps, batch, inp, dtype=dtype)
 
-    def forward(model):
+    def forward(model, autocast: bool):
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
                 model(x)
 
         return run
 
-    def train_step(model):
+    def train_step(model, autocast: bool):
         xg = x.clone().requires_grad_()
 
         def run():
-            out, (h, c) = model(xg)
-            (out.sum() + h.sum() + c.sum()).backward()
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                out, (h, c) = model(xg)
+            (out.float().sum() + h.float().sum() + c.float().sum()).backward()
 
         return run
 
-    fwd = time_rounds({n: forward(m) for n, m in models.items()}, repeats, warmup)
-    both = time_rounds({n: train_step(m) for n, m in models.items()}, repeats, warmup)
+    runs = {n: (m, AUTOCAST["enabled"]) for n, m in models.items()}
+    if AUTOCAST["enabled"]:
+        runs.update({f"{n} float32": (models[n], False) for n in impls})
+    fwd = time_rounds({n: forward(*r) for n, r in runs.items()}, repeats, warmup)
+    both = time_rounds({n: train_step(*r) for n, r in runs.items()}, repeats, warmup)
     row = {"shape": dict(zip(("batch", "time", "input", "hidden", "layers", "bidirectional"), shape, strict=True))}
     for kind, times in (("forward", fwd), ("forward_backward", both)):
         medians = {n: pick(t) for n, t in times.items()}
@@ -223,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="profile torch and --impls on each shape")
     parser.add_argument("--step", action="store_true", help="inference: us per T=1 call, state carried over")
     parser.add_argument("--sample", action="store_true", help="chars/s of sampling 1000 chars from a 2x256 CharLM")
+    parser.add_argument("--autocast", action="store_true", help="the shape table under bfloat16 autocast (float32 "
+                        "weights)")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
@@ -230,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cpu-time measures one thread: use it with --threads 1")
     if args.cpu_time:
         CLOCK["clock"] = time.thread_time
+    if args.autocast and (args.dtype != "float32" or args.step or args.sample or args.profile):
+        parser.error("--autocast times the shape table of float32 models")
+    AUTOCAST["enabled"] = args.autocast
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
@@ -246,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 profile(shape, name, dtype)
         return 0
 
-    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats,
+    env = {"torch": torch.__version__, "threads": args.threads,
+           "dtype": "bfloat16 autocast" if args.autocast else args.dtype, "repeats": repeats,
            "statistic": "fastest" if args.fastest else "median", "clock": "cpu" if args.cpu_time else "wall"}
     rows, pick = [], min if args.fastest else statistics.median
     for shape in shapes:

@@ -102,6 +102,99 @@ def test_recorded_hidden_grads_match_the_pytorch_loop():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
+# bfloat16 products -------------------------------------------------------------------------------------------
+
+needs_bf16 = pytest.mark.skipif(not compiled.bf16_products(), reason="no AVX512-BF16 on this CPU")
+
+
+def bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).double()
+
+
+class _Products(torch.autograd.Function):
+    """a @ w^T as the kernel's bf16 path computes it: operands rounded to bfloat16, exact sums (float64); the
+    backward rounds the incoming gradient too, and its weight gradient's result (a GEMM's bfloat16 output)."""
+
+    @staticmethod
+    def forward(ctx, a, w, round_da):
+        ctx.save_for_backward(a, w)
+        ctx.round_da = round_da
+        return bf16(a) @ bf16(w).T
+
+    @staticmethod
+    def backward(ctx, d):
+        a, w = ctx.saved_tensors
+        da = bf16(d) @ bf16(w)
+        return (bf16(da) if ctx.round_da else da), bf16(d).T @ bf16(a), None
+
+
+def emulated_layer(x, h0, c0, w_ih, w_hh, bias, lengths):
+    """One direction of the kernel's bf16 path in float64: (hs, h_n, c_n) and their autograd graph. h is
+    rounded to float32 before the next step's product rounds it to bfloat16, as the kernel stores it."""
+    h, c, outs = h0, c0, []
+    x_proj = _Products.apply(x.reshape(-1, x.shape[-1]), w_ih, True).view(*x.shape[:2], -1)  # d_x: a GEMM's
+    for t in range(x.shape[0]):
+        i, f, g, o = (bias + x_proj[t] + _Products.apply(h.float().double(), w_hh, False)).chunk(4, 1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        alive = (torch.as_tensor(lengths) > t)[:, None]
+        h, c = torch.where(alive, h_new, h), torch.where(alive, c_new, c)
+        outs.append(torch.where(alive, h_new, 0.0))
+    return torch.stack(outs), h, c
+
+
+@needs_bf16
+@pytest.mark.parametrize(("T", "B", "I", "H"), [(9, 13, 5, 37), (6, 40, 64, 48), (2, 9, 7, 16)])
+def test_bf16_products_match_an_emulation_of_them(T, B, I, H):
+    """Odd input and hidden sizes (the padded bfloat16 pair), every block height, two threads, padding; the
+    kernel's float32 outputs and gradients against the same rounding done in float64. A wrong weight packing
+    or a stale h is off by O(0.1); the outputs by summation order (~1e-6: float32 products are ~1e-3 off);
+    the gradients by a bfloat16 ulp (0.4%) where a GEMM returns bfloat16 or a rounded gate gradient lands on
+    the other side of a rounding boundary than in float64."""
+    torch.manual_seed(T + B + I + H)
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H) * 0.5, torch.randn(B, H)
+    w_ih, w_hh, bias = torch.randn(4 * H, I) * 0.3, torch.randn(4 * H, H) * 0.3, torch.randn(4 * H) * 0.1
+    lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
+    lengths[0] = T
+    inputs = [t.requires_grad_() for t in (x, h0, c0, w_ih, w_hh, bias)]
+    with threads(2):
+        hs, h_n, c_n, _, _ = compiled.compiled_layer(x, h0, c0, (w_ih, w_hh, bias, torch.zeros_like(bias), None),
+                                                     torch.tensor(lengths), False, False, bf16=True)
+    doubles = [t.detach().double().requires_grad_() for t in inputs]
+    expected = emulated_layer(*doubles, lengths)
+    for a, b in zip((hs, h_n, c_n), expected, strict=True):
+        torch.testing.assert_close(a.double(), b.detach(), atol=2e-5, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    probes = [torch.randn(o.shape, generator=g, dtype=torch.double) for o in expected]  # one random linear loss
+
+    def loss(outputs):
+        return sum((o.double() * p).sum() for o, p in zip(outputs, probes, strict=True))
+
+    actual_grads = torch.autograd.grad(loss((hs, h_n, c_n)), inputs)
+    expected_grads = torch.autograd.grad(loss(expected), doubles)
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "bias")
+    for name, a, b in zip(names, actual_grads, expected_grads, strict=True):
+        bound = (1e-4 if name == "bias" else 1e-2) * b.abs().max().item()  # bias: a float32 sum of d_pre
+        torch.testing.assert_close(a.double(), b, atol=bound, rtol=0, msg=f"d {name}")
+
+
+@needs_bf16
+def test_autocast_runs_the_bf16_kernel_and_float32_stays_float32(calls, caplog):
+    torch.manual_seed(3)
+    lstm = LSTM(6, 40, 2, bidirectional=True)
+    x = torch.randn(7, 12, 6)
+    with on_path("compiled"), caplog.at_level(logging.INFO, logger=compiled.__name__):
+        out32 = lstm(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out16 = lstm(x)[0]
+        again = lstm(x)[0]  # autocast over: float32 products again
+    assert out16.dtype == torch.bfloat16 and calls["compiled"] == 12
+    assert [r.getMessage() for r in caplog.records][1:] == ["LSTM fast path: autocast: bfloat16 products"]
+    error = (out16.float() - out32).abs().max().item()
+    assert 1e-4 < error < 3e-2  # lowered products, not float32 ones; and within bfloat16's rounding
+    torch.testing.assert_close(again, out32, atol=0, rtol=0)
+
+
 # Which path runs ----------------------------------------------------------------------------------------------
 
 

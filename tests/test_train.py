@@ -9,8 +9,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from lstm_train import trainer as trainer_module
 from lstm_train.config import ConfigError
 from lstm_train.models import build_model
+from lstm_train.nn import compiled
 from lstm_train.tasks import build_task
 from lstm_train.tasks.first_last import FirstLast
 from lstm_train.train import resolve_device, train
@@ -153,6 +155,42 @@ def test_label_smoothing_is_for_the_training_loss_only(compose_cfg, tmp_path, mo
     assert train(compose_cfg("debug=fast"), tmp_path / "old")["step"] == result["step"]
     with pytest.raises(ConfigError, match=r"^trainer.label_smoothing: task first_last's loss takes no label_smooth"):
         train(compose_cfg("debug=fast", "trainer.label_smoothing=0.1"), tmp_path / "refused")
+
+
+def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(compose_cfg, tmp_path, monkeypatch):
+    forward, loss, seen = FirstLast.forward, FirstLast.loss, {"forward": set(), "loss": set()}
+
+    def spy(name, original):
+        def call(self, *args, **kwargs):
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            seen[name].add((torch.is_grad_enabled(), dtype))
+            return original(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(FirstLast, "forward", spy("forward", forward))
+    monkeypatch.setattr(FirstLast, "loss", spy("loss", loss))
+    kernel_calls = []
+    layer = compiled.compiled_layer
+    monkeypatch.setattr(compiled, "compiled_layer", lambda *a, **k: kernel_calls.append(a[8:]) or layer(*a, **k))
+    result = train(compose_cfg("debug=fast", "trainer.precision=bf16"), tmp_path)
+    # training (grad on) and evaluation (off) alike
+    assert seen == {"forward": {(True, torch.bfloat16), (False, torch.bfloat16)},
+                    "loss": {(True, torch.bfloat16), (False, torch.bfloat16)}}
+    assert all(torch.isfinite(torch.tensor(v)) for v in result["test"].values())
+    if compiled.bf16_products() and compiled._ops is not None:  # the kernel ran, with bfloat16 products
+        assert kernel_calls and all(args == (True,) for args in kernel_calls)
+    seen = {"forward": set(), "loss": set()}
+    train(compose_cfg("debug=fast"), tmp_path / "fp32")
+    assert {s[1] for s in seen["forward"] | seen["loss"]} == {None}
+
+
+def test_bf16_precision_is_refused_where_bfloat16_would_be_emulated(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "bf16_products", lambda: False)
+    monkeypatch.setattr(trainer_module.platform, "machine", lambda: "x86_64")
+    with pytest.raises(ConfigError, match=r"^trainer.precision: this CPU has no AVX512-BF16, so bfloat16 products "
+                       r"would be emulated, far slower than float32: set trainer.precision=fp32$"):
+        train(compose_cfg("debug=fast", "trainer.precision=bf16"), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,11 @@ and wraps it in an autograd.Function.
 pure-PyTorch loop, with one log line per process for each reason. ``LSTM_TRAIN_FAST_PATH`` chooses:
 ``auto`` (default), ``compiled`` (the kernel wherever it applies; an error if it cannot be built) or
 ``pytorch`` (never the kernel).
+
+bfloat16 products (``bf16=True``, what ``LSTM`` asks for under ``torch.autocast(dtype=torch.bfloat16)``): on a
+CPU with AVX512-BF16 the build adds them (:func:`bf16_products`); x, h, the weights and the gate gradients are
+rounded to bfloat16 for the matrix products, accumulated in float32, and everything else stays float32.
+Elsewhere, and for one-step calls (decoding), the products stay float32.
 """
 
 from __future__ import annotations
@@ -82,8 +87,20 @@ def _openmp() -> list[str]:
     return ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
 
 
+def bf16_products() -> bool:
+    """Whether this CPU, and so the kernel built here, has bfloat16 products (AVX512-BF16's vdpbf16ps)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.cpu._is_avx512_bf16_supported()
+
+
+def _capability() -> str:
+    """The instruction set the kernel is built for: torch's CPU capability, plus AVX512-BF16 where present."""
+    return "AVX512_BF16" if bf16_products() else torch.backends.cpu.get_cpu_capability()
+
+
 def _flags() -> list[str]:
-    return ["-O3", *_ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), []), *_openmp()]
+    arch = _ARCH_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
+    bf16 = ["-mavx512bf16", "-DLSTM_TRAIN_BF16"] if bf16_products() else []
+    return ["-O3", *arch, *bf16, *_openmp()]
 
 
 def extension_name() -> str:
@@ -92,7 +109,7 @@ def extension_name() -> str:
     never mix: a binary is only ever loaded where it was built for."""
     headers = [str(Path(torch.__file__).parent), sysconfig.get_paths()["include"]]
     key = "\n".join([SOURCE.read_text(), *_flags(), torch.__version__, sys.version, *headers])
-    capability = torch.backends.cpu.get_cpu_capability().lower()
+    capability = _capability().lower()
     return f"lstm_train_recurrence_{capability}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -197,14 +214,27 @@ def auto_layer(
     reverse: bool,
     return_gates: bool,
     dh_sink: Tensor | None = None,
+    bf16: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer``."""
+    """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer``.
+    ``bf16``: bfloat16 products where the kernel has them (see the module docstring), else float32."""
     why = why_not_compiled(x, h0, weights)
     if why is None:
         _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)")
-        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
+        if bf16:
+            bf16 = _bf16_products_for(x)
+        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, bf16)
     _announce(f"the pure-PyTorch loop, for {why}")
     return fast_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
+
+
+def _bf16_products_for(x: Tensor) -> bool:
+    """Under bfloat16 autocast: whether this call takes bfloat16 products (logged once per reason)."""
+    if x.dtype != torch.float32 or not bf16_products():
+        _announce("autocast: float32 products (no AVX512-BF16 here)")
+        return False
+    _announce("autocast: bfloat16 products")
+    return True
 
 
 def compiled_layer(
@@ -216,11 +246,13 @@ def compiled_layer(
     reverse: bool,
     return_gates: bool,
     dh_sink: Tensor | None = None,
+    bf16: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Run (T, B, I) input through one direction with the kernel; the contract of ``fast.fast_layer``.
 
     With ``lengths``, rows must be sorted longest first (the LSTM module sorts them). The weights are read
-    as they are on every call: nothing is prepared or cached.
+    as they are on every call: nothing is prepared or cached. ``bf16``: bfloat16 products (float32 tensors, a
+    kernel with :func:`bf16_products`).
     """
     T, B = x.shape[:2]
     w_ih, w_hh, b_ih, b_hh, _ = weights  # no projection: why_not_compiled
@@ -233,9 +265,9 @@ def compiled_layer(
     autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if autograd:
         on_dh = dh_callback(dh_sink, lengths, reverse)
-        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh)
+        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh, bf16)
     else:
-        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates)
+        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates, bf16)
     gate_acts = None
     if return_gates:
         gate_acts = gates.view(T, B, 4, H)  # already in torch's (i, f, g, o) order
@@ -259,11 +291,12 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths: Tensor | None, batch_sizes: list[int], on_dh: DhCallback | None
+        ctx, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths: Tensor | None, batch_sizes: list[int],
+        on_dh: DhCallback | None, bf16: bool,
     ):
-        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True)
+        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True, bf16)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs)
-        ctx.lengths, ctx.batch_sizes, ctx.on_dh = lengths, batch_sizes, on_dh
+        ctx.lengths, ctx.batch_sizes, ctx.on_dh, ctx.bf16 = lengths, batch_sizes, on_dh, bf16
         ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
         ctx.mark_non_differentiable(gates, cs)
         return hs, h_n, c_n, gates, cs
@@ -271,14 +304,14 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_hs, d_hn, d_cn, _d_gates, _d_cs):
         if torch.is_grad_enabled():  # create_graph=True: the reference maths, which autograd can differentiate
-            return differentiable_backward(ctx, d_hs, d_hn, d_cn)
+            return (*differentiable_backward(ctx, d_hs, d_hn, d_cn), None)  # None: for bf16
         x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs = ctx.saved_tensors
         need = ctx.needs_input_grad
         record = ctx.on_dh is not None
         d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps = load().lstm_backward(
             x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
-            need[0], need[3], bias is not None and need[5], record,
+            need[0], need[3], bias is not None and need[5], record, ctx.bf16,
         )  # fmt: skip
         if record:
             ctx.on_dh(dh_steps)
-        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None, None
