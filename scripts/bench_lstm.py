@@ -11,7 +11,7 @@ fast (impl fast on the pure-PyTorch loop) and reference (impl reference).
     python scripts/bench_lstm.py --step            # inference: one T=1 call at a time, carrying (h, c)
     python scripts/bench_lstm.py --step --profile  # where a T=1 call of each variant goes
     python scripts/bench_lstm.py --sample          # chars/s of CharLM.stream (what lstm-generate runs)
-    python scripts/bench_lstm.py --autocast        # every variant under torch.autocast("cpu", torch.bfloat16)
+    python scripts/bench_lstm.py --autocast        # under bfloat16 autocast (and ours once more without it)
 """
 
 from __future__ import annotations

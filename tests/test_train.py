@@ -169,6 +169,8 @@ def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(co
 
     monkeypatch.setattr(FirstLast, "forward", spy("forward", forward))
     monkeypatch.setattr(FirstLast, "loss", spy("loss", loss))
+    # the wiring is under test: a CPU that the trainer refuses for speed runs this tiny model anyway
+    monkeypatch.setattr(trainer_module, "bf16_products", lambda: True)
     kernel_calls = []
     layer = compiled.compiled_layer
     monkeypatch.setattr(compiled, "compiled_layer", lambda *a, **k: kernel_calls.append(a[8:]) or layer(*a, **k))
