@@ -19,6 +19,7 @@ Elsewhere, and for one-step calls (decoding), the products stay float32.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -87,6 +88,7 @@ def _openmp() -> list[str]:
     return ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
 
 
+@functools.cache  # asked by every autocast layer call (each decoding step too); the CPU does not change
 def bf16_products() -> bool:
     """Whether this CPU, and so the kernel built here, has bfloat16 products (AVX512-BF16's vdpbf16ps)."""
     return torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.cpu._is_avx512_bf16_supported()
