@@ -34,9 +34,9 @@ ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
     ("task", "g2p"): {"by_length": False},  # batches of similar lengths (runs before it drew random batches)
     ("task", "conll"): {"word_dropout": 0.0},
     # data-parallel training, thread counts, the gate probe (off, so its batch size is not used), label smoothing,
-    # mixed precision
+    # mixed precision, weight averaging
     "trainer": {"devices": 1, "num_threads": None, "probe_every_n_steps": None, "probe_size": 64,
-                "label_smoothing": 0.0, "precision": "fp32"},
+                "label_smoothing": 0.0, "precision": "fp32", "ema_decay": None},
 }
 
 
@@ -68,6 +68,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     device = torch.device(map_location)
     # RNG states stay on the CPU: torch.set_rng_state and cuda.set_rng_state_all take CPU byte tensors.
     return {k: v if k == "rng" else _to_device(v, device) for k, v in state.items()}
+
+
+def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The model weights a checkpoint's run evaluated: the moving average with trainer.ema_decay, else the weights
+    as trained (``state["model"]``, what a resumed run trains on)."""
+    ema = state.get("ema")
+    return state["model"] if ema is None else ema["weights"]
 
 
 def migrate_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -182,6 +182,7 @@ class TrainerConfig(Schema):
     clip_grad_norm: float | None = value(non_negative)  # 0 or null: no clipping
     label_smoothing: float = value(probability)  # of the training loss only; val/test losses stay plain
     precision: str = value(one_of("fp32", "bf16"))  # bf16: bfloat16 autocast around forward and loss
+    ema_decay: float | None = value(open_unit_interval)  # evaluate an exponential moving average of the weights
     monitor: str = value(_monitor)  # picks best.pt, drives early stopping and the plateau scheduler
     monitor_mode: str = value(one_of("auto", "min", "max"))  # auto: the metric's own direction
     early_stopping_patience: int | None = value(positive)  # evaluations without improvement

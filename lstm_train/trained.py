@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_train.checkpoint import load_checkpoint
+from lstm_train.checkpoint import evaluated_weights, load_checkpoint
 from lstm_train.models import Model, build_model
 from lstm_train.tasks import Task, build_task
 
@@ -15,7 +15,8 @@ from lstm_train.tasks import Task, build_task
 def load_trained(
     path: str | Path, device: str = "cpu", check: Callable[[DictConfig], None] | None = None
 ) -> tuple[DictConfig, Task, Model]:
-    """A run's config (brought up to today's keys), task and model (eval mode, on ``device``) from its checkpoint.
+    """A run's config (brought up to today's keys), task and model (eval mode, on ``device``) from its checkpoint:
+    the weights the run evaluated (with trainer.ema_decay, their moving average).
 
     ``check`` sees the run's config before anything is built, to refuse a model the caller cannot use. The task
     is rebuilt from its checkpoint state (a vocabulary, say), without its data. Any problem with the file is a
@@ -30,5 +31,5 @@ def load_trained(
         check(cfg)
     task = build_task(cfg.task, state=state["task"])
     model = build_model(cfg.model, task)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(evaluated_weights(state))
     return cfg, task, model.to(device).eval()

@@ -2,7 +2,8 @@
 
 Order of work after each optimizer step (the same in a fresh and a resumed run, which is what makes a
 resumed run end with the same numbers):
-1. the step-interval scheduler steps;
+1. the moving average of the weights (``trainer.ema_decay``) takes in the new weights, and the step-interval
+   scheduler steps;
 2. every ``log_every_n_steps`` steps and at each evaluation, the train scalars are written (the gradient
    norms of those steps are taken before clipping);
 3. at an evaluation (each epoch, or every ``eval_every_n_steps``, and at the last step): val metrics,
@@ -36,11 +37,19 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lstm_train import distributed
-from lstm_train.checkpoint import config_changes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lstm_train.checkpoint import (
+    config_changes,
+    evaluated_weights,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lstm_train.config import ConfigError, to_container
 from lstm_train.distributed import World
 from lstm_train.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
@@ -111,6 +120,13 @@ class Trainer:
             cfg.scheduler, self.optimizer, {"step": self.total_steps, "epoch": total_epochs, "eval": evals},
             mode="max" if self.maximize else "min",
         )
+        # trainer.ema_decay: a copy of the model whose weights follow the trained ones as a moving average (the
+        # first step copies them). Val, test, samples and best.pt's evaluated weights are the copy's; training,
+        # the probe and resuming use the weights as trained.
+        self.ema = None if t.ema_decay is None else AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay)
+        ).requires_grad_(False)
+        self.eval_model = model if self.ema is None else self.ema.module
         self.clip = t.clip_grad_norm or 0.0
         # Passed only when set: a task written before label smoothing existed has loss(output, batch).
         self._loss_options = {"label_smoothing": t.label_smoothing} if t.label_smoothing else {}
@@ -141,6 +157,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": dataclasses.asdict(self.progress),
+            "ema": None if self.ema is None else {
+                "weights": self.ema.module.state_dict(), "updates": int(self.ema.n_averaged)
+            },
             # What the steps since the last evaluation accumulated, summed over the ranks (rank 0 carries the
             # sums on), and each rank's own carried state and RNG: a run stopped there resumes exactly.
             "interval": {
@@ -174,6 +193,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
+        self._resume_ema(path, state.get("ema"))
         set_rng_state(state["rng"])
         interval = state.get("interval")  # checkpoints written before interruption support have none
         if interval is not None:
@@ -193,6 +213,16 @@ class Trainer:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             shutil.copy2(best, self.checkpoints / "best.pt")
         log.info("resumed from %s at step %d (epoch %d)", path, self.progress.step, self.progress.epoch)
+
+    def _resume_ema(self, path: Path, ema: dict[str, Any] | None) -> None:
+        if self.ema is None:
+            return
+        if ema is None:  # the run was trained without trainer.ema_decay: the first step here starts the average
+            log.warning("%s holds no moving average of the weights: trainer.ema_decay starts one at step %d",
+                        path, self.progress.step)
+            return
+        self.ema.module.load_state_dict(ema["weights"])
+        self.ema.n_averaged.fill_(ema["updates"])
 
     def _check_fits(self, path: Path, state: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
         """Load the model's weights, or raise a ConfigError naming what makes the checkpoint not fit."""
@@ -240,6 +270,9 @@ class Trainer:
             type(self.model).__name__, f"{self.num_params:,}", self.total_steps, self.steps_per_epoch,
             t.batch_size, self.device,
         )
+        if t.ema_decay is not None:
+            log.info("val, test and best.pt evaluate a moving average of the weights (trainer.ema_decay=%g: about "
+                     "the last %d steps)", t.ema_decay, round(1 / (1 - t.ema_decay)))
         # purge_step: a run resumed into its own dir hides the events a killed process logged after last.pt
         # (those up to the checkpoint's step were logged before it was saved).
         tracker = Tracker(self.out_dir if self.world.main else None,
@@ -359,6 +392,8 @@ class Trainer:
             self._clipped += total > self.clip
         self._lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.scheduler.step("step")
         self.progress.step += 1
         self.progress.batch_in_epoch += 1
@@ -410,7 +445,7 @@ class Trainer:
         # train/loss is logged per step; the other train metrics are means since the last evaluation.
         tracker.scalars({f"train/{k}": v for k, v in p.last_train.items() if k != "loss"}, p.step)
         if self.world.main:
-            tracker.text(self.task.samples(self.model), p.step)
+            tracker.text(self.task.samples(self.eval_model), p.step)
         value = val[self.monitor]
         self.scheduler.step("eval", value)
         best = p.best["value"] if p.best else None
@@ -452,16 +487,18 @@ class Trainer:
 
     def evaluate(self, split: Split) -> Metrics:
         """The split's accumulated metrics: ``.compute()`` for the numbers, tables and figures for the test.
-        Data-parallel, each rank evaluates its share of every batch and the sums are added up."""
+        Data-parallel, each rank evaluates its share of every batch and the sums are added up. With
+        trainer.ema_decay, the moving average of the weights is evaluated."""
         metrics = self.task.new_metrics()
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         with torch.inference_mode():
             for batch in self.task.eval_batches(split, self.t.eval_batch_size):
                 local, real = distributed.shard(batch, self.world)
                 if real:
                     local = local.to(self.device)
                     with self._autocast():
-                        output = self.task.forward(self.model, local)
+                        output = self.task.forward(model, local)
                         loss = self.task.loss(output, local)
                     metrics.update(output, local, loss)
         self.model.train()
@@ -472,7 +509,7 @@ class Trainer:
         best = self.checkpoints / "best.pt"
         if self.t.test_checkpoint == "best":
             if best.is_file():
-                self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+                self.eval_model.load_state_dict(evaluated_weights(load_checkpoint(best, map_location=self.device)))
             else:
                 log.warning("no best.pt (no evaluation happened): testing the last weights")
         metrics = self.evaluate("test")

@@ -103,6 +103,7 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("task.num_classes=1", "task.num_classes", "must be >= 2"),
         ("trainer.batch_size=-1", "trainer.batch_size", "must be > 0"),
         ("trainer.clip_grad_norm=-1", "trainer.clip_grad_norm", "must be >= 0"),
+        ("trainer.ema_decay=1.0", "trainer.ema_decay", r"must be in \(0, 1\)"),
         ("trainer.device=tpu", "trainer.device", "must be auto, cpu"),
         ("trainer.num_threads=0", "trainer.num_threads", "must be > 0"),
         ("trainer.monitor=acc", "trainer.monitor", "must name a validation metric"),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lstm_train.checkpoint import evaluated_weights
 from lstm_train.distributed import World, shard
 from lstm_train.tasks import Batch
 from lstm_train.tasks.seq2seq import Seq2SeqBatch
@@ -46,10 +47,12 @@ def assert_close_metrics(a: dict, b: dict) -> None:
 
 
 def assert_close_models(a: Path, b: Path) -> None:
-    ma, mb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
-    assert ma.keys() == mb.keys()
-    for name in ma:
-        torch.testing.assert_close(ma[name], mb[name], rtol=1e-4, atol=1e-5, msg=name)
+    """Two checkpoints' weights as trained, and as evaluated (with trainer.ema_decay, their average), up to rounding."""
+    sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
+    for ma, mb in ((sa["model"], sb["model"]), (evaluated_weights(sa), evaluated_weights(sb))):
+        assert ma.keys() == mb.keys()
+        for name in ma:
+            torch.testing.assert_close(ma[name], mb[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 # ---- sharding: no processes needed --------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def test_shards_split_lists_and_keep_flags_and_give_an_empty_rank_a_dummy_row():
 
 # ---- N processes against 1 ---------------------------------------------------------------------------------
 def test_two_processes_follow_the_one_process_run(compose_cfg, tmp_path):
-    args = ["debug=fast", "trainer.progress_bar=false"]
+    args = ["debug=fast", "trainer.progress_bar=false", "trainer.ema_decay=0.8"]  # val and test: each rank's average
     single = train(compose_cfg(*args), tmp_path / "one")
     proc = cli(*args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lstm_train.nn import compiled
 from lstm_train.tasks import build_task
 from lstm_train.tasks.first_last import FirstLast
 from lstm_train.train import resolve_device, train
+from lstm_train.trained import load_trained
 from lstm_train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,8 +88,10 @@ def test_short_run_writes_events_checkpoints_and_metrics(compose_cfg, tmp_path):
         # a fixed, reshuffled training set, dropout (global RNG), a per-epoch scheduler, best != last
         ["task.fresh=false", "model.dropout=0.3", "scheduler=step", "scheduler.step_size=1", "optim=sgd",
          "trainer.test_checkpoint=best"],
+        # val, test and best.pt evaluate a moving average of the weights, which the checkpoint carries on
+        ["trainer.eval_every_n_steps=3", "trainer.ema_decay=0.8"],
     ],
-    ids=["fresh-cosine-midepoch", "fixed-dropout-step"],
+    ids=["fresh-cosine-midepoch", "fixed-dropout-step", "ema"],
 )
 def test_resume_ends_like_an_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, overrides):
     cfg = compose_cfg("debug=fast", *overrides)
@@ -155,6 +159,50 @@ def test_label_smoothing_is_for_the_training_loss_only(compose_cfg, tmp_path, mo
     assert train(compose_cfg("debug=fast"), tmp_path / "old")["step"] == result["step"]
     with pytest.raises(ConfigError, match=r"^trainer.label_smoothing: task first_last's loss takes no label_smooth"):
         train(compose_cfg("debug=fast", "trainer.label_smoothing=0.1"), tmp_path / "refused")
+
+
+def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compose_cfg, tmp_path, monkeypatch):
+    plain = train(compose_cfg("debug=fast"), tmp_path / "plain")
+    trained, step = [], Trainer._train_step
+
+    def record(self, batch, log_now):
+        step(self, batch, log_now)
+        trained.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+    monkeypatch.setattr(Trainer, "_train_step", record)
+    cfg = compose_cfg("debug=fast", "trainer.ema_decay=0.7")
+    result = train(cfg, tmp_path / "ema")
+    last, best = (torch.load(tmp_path / "ema/checkpoints" / n, weights_only=True) for n in ("last.pt", "best.pt"))
+    # Training is untouched: the same weights and train loss as without the average.
+    before = torch.load(tmp_path / "plain/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(last["model"][k], w) for k, w in before.items())
+    assert result["train"] == plain["train"] and result["test"] != plain["test"]
+    # The average starts at the first step's weights, then ema = 0.7 ema + 0.3 w after each step.
+    expected = trained[0]
+    for weights in trained[1:]:
+        expected = {k: 0.7 * expected[k] + 0.3 * w for k, w in weights.items()}
+    assert last["ema"]["updates"] == len(trained) == result["step"] == 16
+    for k, v in expected.items():
+        torch.testing.assert_close(last["ema"]["weights"][k], v, rtol=1e-5, atol=1e-6)
+    # The test measured best.pt's average: a model holding it, evaluated by a trainer without one, agrees.
+    task = build_task(cfg.task)
+    model = build_model(cfg.model, task)
+    model.load_state_dict(best["ema"]["weights"])
+    check = Trainer(compose_cfg("debug=fast"), task, model, tmp_path / "check", torch.device("cpu"))
+    assert check.evaluate("test").compute() == result["test"]
+    # lstm-predict and the other tools load the weights the run evaluated
+    _, _, loaded = load_trained(tmp_path / "ema/checkpoints/best.pt")
+    assert all(torch.equal(v, best["ema"]["weights"][k]) for k, v in loaded.state_dict().items())
+
+
+def test_ema_starts_when_a_run_without_one_resumes_with_it(compose_cfg, tmp_path, caplog):
+    train(compose_cfg("debug=fast", "trainer.max_epochs=1"), tmp_path / "a")
+    assert torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["ema"] is None
+    cfg = compose_cfg("debug=fast", "trainer.ema_decay=0.8", f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}")
+    with caplog.at_level(logging.WARNING, logger="lstm_train.trainer"):
+        train(cfg, tmp_path / "b")
+    assert "holds no moving average of the weights: trainer.ema_decay starts one at step 8" in caplog.text
+    assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["ema"]["updates"] == 8
 
 
 def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(compose_cfg, tmp_path, monkeypatch):
