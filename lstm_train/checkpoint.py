@@ -34,9 +34,10 @@ ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
     ("task", "g2p"): {"by_length": False},  # batches of similar lengths (runs before it drew random batches)
     ("task", "conll"): {"word_dropout": 0.0},
     # data-parallel training, thread counts, the gate probe (off, so its batch size is not used), label smoothing,
-    # mixed precision, weight averaging
+    # mixed precision, weight averaging, a time budget
     "trainer": {"devices": 1, "num_threads": None, "probe_every_n_steps": None, "probe_size": 64,
-                "label_smoothing": 0.0, "precision": "fp32", "ema_decay": None},
+                "label_smoothing": 0.0, "precision": "fp32", "ema_decay": None,
+                "max_time": None},
 }
 
 

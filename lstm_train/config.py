@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import importlib.util
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,33 @@ def _device(v: str) -> str | None:
 
 def _monitor(v: str) -> str | None:
     return None if v.startswith("val/") else f"must name a validation metric such as val/acc; got {v!r}"
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)d)?(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration: a number of seconds, or days, hours, minutes and seconds (90, 90s, 30m, 1.5h, 1h30m)."""
+    s = str(text).strip().lower()
+    try:
+        seconds = float(s)
+    except ValueError:
+        match = _DURATION.fullmatch(s)
+        if not s or match is None:
+            raise ValueError(f"must be a duration such as 90 (seconds), 90s, 30m, 1.5h or 1h30m; got {text!r}") \
+                from None
+        seconds = sum(float(n) * unit for n, unit in zip(match.groups(), (86400, 3600, 60, 1), strict=True) if n)
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"must be a duration > 0; got {text!r}")
+    return seconds
+
+
+def _duration(v: str) -> str | None:
+    try:
+        duration_seconds(v)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _learning_rate(v: Any) -> str | None:
@@ -175,6 +204,7 @@ class TrainerConfig(Schema):
     seed: int = value()  # model init, training data order or draws, dropout
     max_epochs: int | None = value(positive)  # the run ends at whichever of the two comes first
     max_steps: int | None = value(positive)
+    max_time: str | None = value(_duration)  # a wall-clock budget for the loop (training and evaluation)
     batch_size: int = value(positive)
     eval_batch_size: int = value(positive)
     eval_every_n_steps: int | None = value(positive)  # null: at the end of every epoch

@@ -179,6 +179,14 @@ def agreed_request(signum: int | None, save: bool) -> tuple[int | None, bool]:
     return requests[0] or None, bool(requests[1])
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is true on any: each rank's clock, say, passes a time limit at its own moment,
+    and all must stop after the same step."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    return bool(gather_tensor(torch.tensor([int(flag)])).amax())
+
+
 def gather_tensor(tensor: Tensor) -> Tensor:
     """Every rank's (same-shaped) ``tensor``, stacked in rank order."""
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]

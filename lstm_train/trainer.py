@@ -12,6 +12,8 @@ resumed run end with the same numbers):
 5. after an evaluation, checkpoints/last.pt (and best.pt if it improved) hold the state as it is now.
 Between 2 and 3, every ``probe_every_n_steps`` steps, the gate probe (lstm_train/probe.py) logs gates, cell
 states and dL/dh_t per step on a fixed val batch; it works on a copy of the model and changes nothing else.
+With ``trainer.max_time``, the first step that starts after the budget is spent is the last, as at
+``max_steps``: it is evaluated, saved and tested.
 
 Only the cheap part of logging runs every step: the loss and the clipping flag accumulate as tensors
 (no host sync); norms per parameter, the one sync and the TensorBoard writes happen on logging steps.
@@ -50,7 +52,7 @@ from lstm_train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from lstm_train.config import ConfigError, to_container
+from lstm_train.config import ConfigError, duration_seconds, to_container
 from lstm_train.distributed import World
 from lstm_train.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
 from lstm_train.models import count_parameters
@@ -75,6 +77,7 @@ class Progress:
     stopped_early: bool = False
     last_val: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # wall time in the loop (training, evaluation, saving), over every process that ran it
 
 
 class Trainer:
@@ -139,6 +142,9 @@ class Trainer:
             self._check_bf16()
 
         self.progress = Progress()
+        self.max_time = None if t.max_time is None else duration_seconds(t.max_time)
+        self.out_of_time = False  # trainer.max_time is spent: the step in progress is the last
+        self._clock = (time.perf_counter(), 0.0)  # (when this process's loop started, elapsed_s before it)
         self.resumed_at: int | None = None  # the step a resumed run started from
         self._train_metrics = task.new_metrics()  # since the last evaluation
         self._lr = self.optimizer.param_groups[0]["lr"]
@@ -250,6 +256,7 @@ class Trainer:
             ) from e
 
     def _save(self, improved: bool) -> Path:
+        self.progress.elapsed_s = self._elapsed()
         state = self.state_dict()  # on every rank: it gathers what each holds
         if self.world.main:
             save_checkpoint(self.checkpoints / "last.pt", state)
@@ -279,15 +286,20 @@ class Trainer:
                           purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         metric_tags = [f"{split}/{m}" for split in ("val", "test") for m in self.task.metric_names]
         tracker.hparams({**self.config, "num_params": self.num_params}, metric_tags)
+        if self.max_time is not None:
+            before = f" ({_fmt_seconds(p.elapsed_s)} of it spent before the resume)" if p.elapsed_s else ""
+            log.info("trainer.max_time=%s: the first step that starts after %s of training and evaluation%s is the "
+                     "last", t.max_time, _fmt_seconds(self.max_time), before)
         clock = {"train": 0.0, "eval": 0.0}
         start = time.perf_counter()
+        self._clock = (start, p.elapsed_s)
         self.model.train()
         try:
             with deferred_signals() as stop, logging_redirect_tqdm(), tqdm(
                 total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                 disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
-                while p.step < self.total_steps and not p.stopped_early and stop.signum is None:
+                while p.step < self.total_steps and not (p.stopped_early or self.out_of_time) and stop.signum is None:
                     self._run_epoch(tracker, bar, clock, stop)
                 if stop.signum is not None:
                     self._stop(stop.signum)
@@ -305,6 +317,7 @@ class Trainer:
             "epoch": p.epoch,
             "num_params": self.num_params,
             "stopped_early": p.stopped_early,
+            "max_time_reached": self.out_of_time,
             # wall time of this process (a resumed run counts its own part only)
             "time": {"total_s": total, "train_s": clock["train"], "eval_s": clock["eval"]},
         }
@@ -333,7 +346,7 @@ class Trainer:
         for batch in itertools.islice(batches, p.batch_in_epoch, None):  # skips what a resumed run has seen
             step = p.step + 1  # the step about to run
             end_of_epoch = p.batch_in_epoch + 1 == self.steps_per_epoch
-            finished = step >= self.total_steps
+            finished = step >= self.total_steps or self._spent(step)
             every = t.eval_every_n_steps
             evaluate = finished or (end_of_epoch if every is None else step % every == 0)
             log_now = evaluate or step % t.log_every_n_steps == 0
@@ -366,6 +379,20 @@ class Trainer:
             if finished or end_of_epoch or p.stopped_early or stop.signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
+
+    def _elapsed(self) -> float:
+        start, before = self._clock
+        return before + time.perf_counter() - start
+
+    def _spent(self, step: int) -> bool:
+        """Whether trainer.max_time is spent, as any rank sees it, before ``step``: then it is the last."""
+        if self.max_time is None:
+            return False
+        self.out_of_time = distributed.any_rank(self._elapsed() >= self.max_time)
+        if self.out_of_time:
+            log.info("trainer.max_time=%s spent (%s): step %d is the last", self.t.max_time,
+                     _fmt_seconds(self._elapsed()), step)
+        return self.out_of_time
 
     def _train_step(self, batch: Batch, log_now: bool) -> None:
         """One optimizer step on the global ``batch`` (on the CPU), of which this rank computes its share."""
@@ -523,6 +550,11 @@ class Trainer:
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _fmt_seconds(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m{s:02d}s" if minutes >= 60 else f"{minutes}m{s:02d}s"
 
 
 def _fmt_changes(changes: dict[str, tuple[Any, Any]]) -> str:

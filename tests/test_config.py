@@ -10,7 +10,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lstm_train.config import CONF_DIR, ConfigError, describe_config_error, options, validate
+from lstm_train.config import CONF_DIR, ConfigError, describe_config_error, duration_seconds, options, validate
 from lstm_train.models import MODELS, build_model, count_parameters
 from lstm_train.tasks import build_task
 from lstm_train.trainer import Trainer
@@ -104,6 +104,8 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("trainer.batch_size=-1", "trainer.batch_size", "must be > 0"),
         ("trainer.clip_grad_norm=-1", "trainer.clip_grad_norm", "must be >= 0"),
         ("trainer.ema_decay=1.0", "trainer.ema_decay", r"must be in \(0, 1\)"),
+        ("trainer.max_time=1h30", "trainer.max_time", "must be a duration such as 90 \\(seconds\\), 90s, 30m"),
+        ("trainer.max_time=0", "trainer.max_time", "must be a duration > 0; got '0'"),
         ("trainer.device=tpu", "trainer.device", "must be auto, cpu"),
         ("trainer.num_threads=0", "trainer.num_threads", "must be > 0"),
         ("trainer.monitor=acc", "trainer.monitor", "must name a validation metric"),
@@ -118,6 +120,15 @@ def test_bad_values_name_their_key(compose_cfg, override, key, message):
     with pytest.raises(ConfigError, match=rf"^{key}: {message}") as info:
         validate(cfg)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90", 90), (90, 90), ("2.5", 2.5), ("90s", 90), ("30m", 1800), ("1.5h", 5400), ("1h30m", 5400),
+     ("2d12h", 216000), (" 1H5M10S ", 3910)],
+)
+def test_durations(text, seconds):
+    assert duration_seconds(text) == seconds
 
 
 def test_model_that_does_not_fit_the_task(compose_cfg):

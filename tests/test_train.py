@@ -205,6 +205,37 @@ def test_ema_starts_when_a_run_without_one_resumes_with_it(compose_cfg, tmp_path
     assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["ema"]["updates"] == 8
 
 
+def test_max_time_makes_the_step_that_starts_after_it_the_last(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_elapsed", lambda self: float(self.progress.step))  # a clock of 1 s per step
+    result = train(compose_cfg("debug=fast", "trainer.max_time=5s"), tmp_path)
+    # step 6 starts after 5 s: it is evaluated (each epoch of 8 steps would be first), saved and tested
+    assert result["step"] == 6 and result["max_time_reached"] and result["best"]["step"] == 6
+    assert [e.step for e in events(tmp_path).Scalars("val/acc")] == [6]
+    assert [e.step for e in events(tmp_path).Scalars("test/acc")] == [6]
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["progress"]["elapsed_s"] == 6.0
+    assert not train(compose_cfg("debug=fast"), tmp_path / "untimed")["max_time_reached"]
+
+
+def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, monkeypatch):
+    save = Trainer._save
+
+    def save_then_crash(self, improved):
+        save(self, improved)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_cfg("debug=fast", "trainer.max_time=1h"), tmp_path / "a")
+    monkeypatch.setattr(Trainer, "_save", save)
+    progress = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["progress"]
+    assert progress["step"] == 8 and 0 < progress["elapsed_s"] < 60
+    # a budget the first part of the run already spent: the resumed run's first step is its last
+    last = tmp_path / "a/checkpoints/last.pt"
+    resumed = train(compose_cfg("debug=fast", f"trainer.max_time={progress['elapsed_s']}", f"trainer.resume={last}"),
+                    tmp_path / "b")
+    assert resumed["step"] == 9 and resumed["max_time_reached"]
+
+
 def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(compose_cfg, tmp_path, monkeypatch):
     forward, loss, seen = FirstLast.forward, FirstLast.loss, {"forward": set(), "loss": set()}
 
