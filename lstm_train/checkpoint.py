@@ -1,9 +1,10 @@
 """The one checkpoint format: a dict of tensors and plain containers, for torch.load(weights_only=True).
 
-Keys (written by :meth:`lstm_train.trainer.Trainer.state_dict`): ``format``, ``model``, ``optimizer``,
-``scheduler``, ``progress`` (step, epoch, batch in epoch, best, early stopping), ``rng``, ``config`` (the
-resolved config as plain dicts), ``task`` (what the task needs to rebuild itself, e.g. a vocabulary),
-``num_params``, ``interval`` (what the steps since the last evaluation accumulated: log sums, train
+Keys (written by :meth:`lstm_train.trainer.Trainer.state_dict`): ``format``, ``model`` (the weights as trained),
+``ema`` (None, or with trainer.ema_decay their moving average: ``weights`` and ``updates``), ``optimizer``,
+``scheduler``, ``progress`` (step, epoch, batch in epoch, best, early stopping, the time spent), ``rng``,
+``config`` (the resolved config as plain dicts), ``task`` (what the task needs to rebuild itself, e.g. a
+vocabulary), ``num_params``, ``interval`` (what the steps since the last evaluation accumulated: log sums, train
 metrics, a task's carried state), so that a run stopped at any step resumes to the same numbers.
 
 A checkpoint written by an older version has an older config: :func:`migrate_config` brings it up to today's

@@ -91,7 +91,7 @@ def _monitor(v: str) -> str | None:
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)d)?(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
 
 
-def duration_seconds(text: str) -> float:
+def duration_seconds(text: str | float) -> float:
     """Seconds in a duration: a number of seconds, or days, hours, minutes and seconds (90, 90s, 30m, 1.5h, 1h30m)."""
     s = str(text).strip().lower()
     try:
@@ -103,7 +103,7 @@ def duration_seconds(text: str) -> float:
                 from None
         seconds = sum(float(n) * unit for n, unit in zip(match.groups(), (86400, 3600, 60, 1), strict=True) if n)
     if not 0 < seconds < math.inf:
-        raise ValueError(f"must be a duration > 0; got {text!r}")
+        raise ValueError(f"must be a finite duration > 0; got {text!r}")
     return seconds
 
 

@@ -170,21 +170,14 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return total
 
 
-def agreed_request(signum: int | None, save: bool) -> tuple[int | None, bool]:
-    """A stop signal (the highest number if several) and a save request, if any rank has one, on every rank:
-    a signal may reach one process before the others, and all must act on it after the same step."""
+def agreed_request(signum: int | None, save: bool, late: bool = False) -> tuple[int | None, bool, bool]:
+    """A stop signal (the highest number if several), a save request and a spent time budget, if any rank has
+    one, on every rank: a signal may reach one process before the others, each process's clock passes
+    trainer.max_time at its own moment, and all must act after the same step. One collective for the three."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return signum, save
-    requests = gather_tensor(torch.tensor([signum or 0, int(save)])).amax(0).tolist()
-    return requests[0] or None, bool(requests[1])
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if it is true on any: each rank's clock, say, passes a time limit at its own moment,
-    and all must stop after the same step."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    return bool(gather_tensor(torch.tensor([int(flag)])).amax())
+        return signum, save, late
+    requests = gather_tensor(torch.tensor([signum or 0, int(save), int(late)])).amax(0).tolist()
+    return requests[0] or None, bool(requests[1]), bool(requests[2])
 
 
 def gather_tensor(tensor: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""The training loop: steps, clipping, scheduling, evaluation, the best checkpoint, early stopping, resume.
+"""The training loop: steps, clipping, scheduling, evaluation, the best checkpoint, early stopping, resume, a
+moving average of the weights (``trainer.ema_decay``) and a time budget (``trainer.max_time``).
 
 Order of work after each optimizer step (the same in a fresh and a resumed run, which is what makes a
 resumed run end with the same numbers):
@@ -12,8 +13,8 @@ resumed run end with the same numbers):
 5. after an evaluation, checkpoints/last.pt (and best.pt if it improved) hold the state as it is now.
 Between 2 and 3, every ``probe_every_n_steps`` steps, the gate probe (lstm_train/probe.py) logs gates, cell
 states and dL/dh_t per step on a fixed val batch; it works on a copy of the model and changes nothing else.
-With ``trainer.max_time``, the first step that starts after the budget is spent is the last, as at
-``max_steps``: it is evaluated, saved and tested.
+With ``trainer.max_time``, the budget is checked at the end of every step: once it is spent, the run ends
+there if the step was evaluated, else after the next step, which is evaluated and saved as at ``max_steps``.
 
 Only the cheap part of logging runs every step: the loss and the clipping flag accumulate as tensors
 (no host sync); norms per parameter, the one sync and the TensorBoard writes happen on logging steps.
@@ -39,7 +40,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Progress:
-    """Everything a checkpoint must restore besides model, optimizer, scheduler, RNG and the log interval."""
+    """Everything a checkpoint must restore besides model, its moving average, optimizer, scheduler, RNG and the
+    log interval."""
 
     step: int = 0  # optimizer steps done
     epoch: int = 0  # the epoch in progress
@@ -77,7 +78,9 @@ class Progress:
     stopped_early: bool = False
     last_val: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
-    elapsed_s: float = 0.0  # wall time in the loop (training, evaluation, saving), over every process that ran it
+    # Wall time in the training loop (training, evaluation, saving) so far, including the time of the processes
+    # this run was resumed from: what trainer.max_time counts.
+    elapsed_s: float = 0.0
 
 
 class Trainer:
@@ -123,13 +126,13 @@ class Trainer:
             cfg.scheduler, self.optimizer, {"step": self.total_steps, "epoch": total_epochs, "eval": evals},
             mode="max" if self.maximize else "min",
         )
-        # trainer.ema_decay: a copy of the model whose weights follow the trained ones as a moving average (the
-        # first step copies them). Val, test, samples and best.pt's evaluated weights are the copy's; training,
-        # the probe and resuming use the weights as trained.
-        self.ema = None if t.ema_decay is None else AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay)
-        ).requires_grad_(False)
-        self.eval_model = model if self.ema is None else self.ema.module
+        # trainer.ema_decay: a copy of the model whose weights follow the trained ones as a moving average. Val,
+        # test, samples and best.pt's evaluated weights are the copy's; training, the probe and resuming use the
+        # weights as trained. (Not torch's AveragedModel: it moves its update count from the CPU to the weights'
+        # device at every update, which on a GPU waits for the stream each step.)
+        self.ema = None if t.ema_decay is None else copy.deepcopy(model).requires_grad_(False)
+        self.ema_updates = 0
+        self.eval_model = model if self.ema is None else self.ema
         self.clip = t.clip_grad_norm or 0.0
         # Passed only when set: a task written before label smoothing existed has loss(output, batch).
         self._loss_options = {"label_smoothing": t.label_smoothing} if t.label_smoothing else {}
@@ -143,7 +146,8 @@ class Trainer:
 
         self.progress = Progress()
         self.max_time = None if t.max_time is None else duration_seconds(t.max_time)
-        self.out_of_time = False  # trainer.max_time is spent: the step in progress is the last
+        self.out_of_time = False  # trainer.max_time is spent: the run ends at this or the next step, evaluated
+        self.max_time_reached = False  # it has ended the run
         self._clock = (time.perf_counter(), 0.0)  # (when this process's loop started, elapsed_s before it)
         self.resumed_at: int | None = None  # the step a resumed run started from
         self._train_metrics = task.new_metrics()  # since the last evaluation
@@ -163,9 +167,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": dataclasses.asdict(self.progress),
-            "ema": None if self.ema is None else {
-                "weights": self.ema.module.state_dict(), "updates": int(self.ema.n_averaged)
-            },
+            "ema": None if self.ema is None else {"weights": self.ema.state_dict(), "updates": self.ema_updates},
             # What the steps since the last evaluation accumulated, summed over the ranks (rank 0 carries the
             # sums on), and each rank's own carried state and RNG: a run stopped there resumes exactly.
             "interval": {
@@ -223,12 +225,13 @@ class Trainer:
     def _resume_ema(self, path: Path, ema: dict[str, Any] | None) -> None:
         if self.ema is None:
             return
-        if ema is None:  # the run was trained without trainer.ema_decay: the first step here starts the average
+        if ema is None:  # the run was trained without trainer.ema_decay: the average starts at its weights
             log.warning("%s holds no moving average of the weights: trainer.ema_decay starts one at step %d",
                         path, self.progress.step)
+            self.ema.load_state_dict(self.model.state_dict())
             return
-        self.ema.module.load_state_dict(ema["weights"])
-        self.ema.n_averaged.fill_(ema["updates"])
+        self.ema.load_state_dict(ema["weights"])
+        self.ema_updates = ema["updates"]
 
     def _check_fits(self, path: Path, state: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
         """Load the model's weights, or raise a ConfigError naming what makes the checkpoint not fit."""
@@ -286,10 +289,14 @@ class Trainer:
                           purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         metric_tags = [f"{split}/{m}" for split in ("val", "test") for m in self.task.metric_names]
         tracker.hparams({**self.config, "num_params": self.num_params}, metric_tags)
-        if self.max_time is not None:
-            before = f" ({_fmt_seconds(p.elapsed_s)} of it spent before the resume)" if p.elapsed_s else ""
-            log.info("trainer.max_time=%s: the first step that starts after %s of training and evaluation%s is the "
-                     "last", t.max_time, _fmt_seconds(self.max_time), before)
+        if self.max_time is not None and p.elapsed_s >= self.max_time:  # every rank read the same checkpoint
+            self.out_of_time = self.max_time_reached = True
+            log.info("trainer.max_time=%s was spent before the resume (%s): no training, the test only", t.max_time,
+                     _fmt_seconds(p.elapsed_s))
+        elif self.max_time is not None:
+            before = f", {_fmt_seconds(p.elapsed_s)} of it before the resume" if p.elapsed_s else ""
+            log.info("trainer.max_time=%s: training ends at the first evaluation after %s of training and "
+                     "evaluation%s", t.max_time, _fmt_seconds(self.max_time), before)
         clock = {"train": 0.0, "eval": 0.0}
         start = time.perf_counter()
         self._clock = (start, p.elapsed_s)
@@ -299,10 +306,12 @@ class Trainer:
                 total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                 disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
-                while p.step < self.total_steps and not (p.stopped_early or self.out_of_time) and stop.signum is None:
+                while (p.step < self.total_steps and not (p.stopped_early or self.max_time_reached)
+                       and stop.signum is None):
                     self._run_epoch(tracker, bar, clock, stop)
                 if stop.signum is not None:
                     self._stop(stop.signum)
+                elapsed = self._elapsed()
                 test = self._test(tracker)
         finally:
             tracker.close()
@@ -317,9 +326,11 @@ class Trainer:
             "epoch": p.epoch,
             "num_params": self.num_params,
             "stopped_early": p.stopped_early,
-            "max_time_reached": self.out_of_time,
-            # wall time of this process (a resumed run counts its own part only)
-            "time": {"total_s": total, "train_s": clock["train"], "eval_s": clock["eval"]},
+            "max_time_reached": self.max_time_reached,
+            # wall time of this process (a resumed run counts its own part only); elapsed_s: the training loop's,
+            # the processes it was resumed from included (what trainer.max_time counts)
+            "time": {"total_s": total, "train_s": clock["train"], "eval_s": clock["eval"],
+                     "elapsed_s": elapsed},
         }
         if self.world.main:
             (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -346,7 +357,7 @@ class Trainer:
         for batch in itertools.islice(batches, p.batch_in_epoch, None):  # skips what a resumed run has seen
             step = p.step + 1  # the step about to run
             end_of_epoch = p.batch_in_epoch + 1 == self.steps_per_epoch
-            finished = step >= self.total_steps or self._spent(step)
+            finished = step >= self.total_steps or self.out_of_time
             every = t.eval_every_n_steps
             evaluate = finished or (end_of_epoch if every is None else step % every == 0)
             log_now = evaluate or step % t.log_every_n_steps == 0
@@ -368,15 +379,22 @@ class Trainer:
                 self.scheduler.step("epoch")
                 p.epoch += 1
                 p.batch_in_epoch = 0
+            # Before the save, so that a checkpoint of a run the budget ended has it spent (a resume only tests)
+            late = self.max_time is not None and not self.out_of_time and self._elapsed() >= self.max_time
+            if self.world.size > 1:  # a signal or the clock may reach one process first: all act at the same step
+                stop.signum, stop.save, late = distributed.agreed_request(stop.signum, stop.save, late)
+            if late:
+                self.out_of_time = True
+                log.info("trainer.max_time=%s spent after step %d (%s): %s", t.max_time, step,
+                         _fmt_seconds(self._elapsed()), "the run ends" if evaluate else "one more step, evaluated")
+            self.max_time_reached = self.out_of_time and evaluate
             if evaluate:
                 self._save(improved)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
-            if self.world.size > 1:  # a signal may reach one process first: all act on it at the same step
-                stop.signum, stop.save = distributed.agreed_request(stop.signum, stop.save)
             if stop.save and stop.signum is None:
                 self._save_on_request(stop)
-            if finished or end_of_epoch or p.stopped_early or stop.signum is not None:
+            if finished or end_of_epoch or p.stopped_early or self.max_time_reached or stop.signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
 
@@ -384,15 +402,17 @@ class Trainer:
         start, before = self._clock
         return before + time.perf_counter() - start
 
-    def _spent(self, step: int) -> bool:
-        """Whether trainer.max_time is spent, as any rank sees it, before ``step``: then it is the last."""
-        if self.max_time is None:
-            return False
-        self.out_of_time = distributed.any_rank(self._elapsed() >= self.max_time)
-        if self.out_of_time:
-            log.info("trainer.max_time=%s spent (%s): step %d is the last", self.t.max_time,
-                     _fmt_seconds(self._elapsed()), step)
-        return self.out_of_time
+    def _update_ema(self) -> None:
+        """ema = d * ema + (1 - d) * w for each parameter (the first update copies w); buffers are copied."""
+        averaged, trained = list(self.ema.parameters()), [w.detach() for w in self.model.parameters()]
+        with torch.no_grad():
+            if self.ema_updates == 0:
+                torch._foreach_copy_(averaged, trained)
+            else:
+                torch._foreach_lerp_(averaged, trained, 1.0 - self.t.ema_decay)
+            for mine, theirs in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                mine.copy_(theirs)
+        self.ema_updates += 1
 
     def _train_step(self, batch: Batch, log_now: bool) -> None:
         """One optimizer step on the global ``batch`` (on the CPU), of which this rank computes its share."""
@@ -420,7 +440,7 @@ class Trainer:
         self._lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self._update_ema()
         self.scheduler.step("step")
         self.progress.step += 1
         self.progress.batch_in_epoch += 1

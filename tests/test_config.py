@@ -105,7 +105,7 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("trainer.clip_grad_norm=-1", "trainer.clip_grad_norm", "must be >= 0"),
         ("trainer.ema_decay=1.0", "trainer.ema_decay", r"must be in \(0, 1\)"),
         ("trainer.max_time=1h30", "trainer.max_time", "must be a duration such as 90 \\(seconds\\), 90s, 30m"),
-        ("trainer.max_time=0", "trainer.max_time", "must be a duration > 0; got '0'"),
+        ("trainer.max_time=0", "trainer.max_time", "must be a finite duration > 0; got '0'"),
         ("trainer.device=tpu", "trainer.device", "must be auto, cpu"),
         ("trainer.num_threads=0", "trainer.num_threads", "must be > 0"),
         ("trainer.monitor=acc", "trainer.monitor", "must name a validation metric"),

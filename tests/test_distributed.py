@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lstm_train.checkpoint import evaluated_weights
-from lstm_train.distributed import World, any_rank, shard
+from lstm_train.distributed import World, agreed_request, shard
 from lstm_train.tasks import Batch
 from lstm_train.tasks.seq2seq import Seq2SeqBatch
 from lstm_train.train import train
@@ -74,18 +74,20 @@ def test_shards_split_lists_and_keep_flags_and_give_an_empty_rank_a_dummy_row():
     assert isinstance(third, Seq2SeqBatch)
 
 
-def _any_rank_worker(rank: int, store: str, results: str) -> None:
+def _agreement_worker(rank: int, store: str, results: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:  # only rank 1 has the flag (its clock passed trainer.max_time first): both must act on it
-        seen = [any_rank(rank == 1), any_rank(False)]
+    try:  # a SIGTERM reached rank 0 only; rank 1's clock alone passed trainer.max_time: both act on both
+        seen = [agreed_request(signal.SIGTERM if rank == 0 else None, False, rank == 1),
+                agreed_request(None, rank == 0, False)]
         Path(results, str(rank)).write_text(json.dumps(seen))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_a_flag_on_one_rank_is_on_every_rank(tmp_path):
-    torch.multiprocessing.spawn(_any_rank_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
-    assert [json.loads((tmp_path / str(rank)).read_text()) for rank in (0, 1)] == [[True, False], [True, False]]
+def test_a_request_on_one_rank_is_on_every_rank(tmp_path):
+    torch.multiprocessing.spawn(_agreement_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    expected = [[int(signal.SIGTERM), False, True], [None, True, False]]
+    assert [json.loads((tmp_path / str(rank)).read_text()) for rank in (0, 1)] == [expected, expected]
 
 
 # ---- N processes against 1 ---------------------------------------------------------------------------------

@@ -170,6 +170,14 @@ def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compo
         trained.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
 
     monkeypatch.setattr(Trainer, "_train_step", record)
+    shown = []  # the weights of the model whose samples go to TensorBoard, at each evaluation
+    samples = FirstLast.samples
+
+    def spy(self, model):
+        shown.append({k: v.clone() for k, v in model.state_dict().items()})
+        return samples(self, model)
+
+    monkeypatch.setattr(FirstLast, "samples", spy)
     cfg = compose_cfg("debug=fast", "trainer.ema_decay=0.7")
     result = train(cfg, tmp_path / "ema")
     last, best = (torch.load(tmp_path / "ema/checkpoints" / n, weights_only=True) for n in ("last.pt", "best.pt"))
@@ -184,6 +192,7 @@ def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compo
     assert last["ema"]["updates"] == len(trained) == result["step"] == 16
     for k, v in expected.items():
         torch.testing.assert_close(last["ema"]["weights"][k], v, rtol=1e-5, atol=1e-6)
+        assert torch.equal(shown[-1][k], last["ema"]["weights"][k])
     # The test measured best.pt's average: a model holding it, evaluated by a trainer without one, agrees.
     task = build_task(cfg.task)
     model = build_model(cfg.model, task)
@@ -196,24 +205,38 @@ def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compo
 
 
 def test_ema_starts_when_a_run_without_one_resumes_with_it(compose_cfg, tmp_path, caplog):
-    train(compose_cfg("debug=fast", "trainer.max_epochs=1"), tmp_path / "a")
-    assert torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["ema"] is None
-    cfg = compose_cfg("debug=fast", "trainer.ema_decay=0.8", f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}")
+    first = train(compose_cfg("debug=fast", "trainer.max_epochs=1", "trainer.test_checkpoint=last"), tmp_path / "a")
+    last = tmp_path / "a/checkpoints/last.pt"
+    assert torch.load(last, weights_only=True)["ema"] is None
+    # with nothing left to train, the average is the weights as trained, not the model's initial ones
+    again = train(compose_cfg("debug=fast", "trainer.max_epochs=1", "trainer.test_checkpoint=last",
+                              "trainer.ema_decay=0.8", f"trainer.resume={last}"), tmp_path / "b")
+    assert again["test"] == first["test"]
     with caplog.at_level(logging.WARNING, logger="lstm_train.trainer"):
-        train(cfg, tmp_path / "b")
+        train(compose_cfg("debug=fast", "trainer.ema_decay=0.8", f"trainer.resume={last}"), tmp_path / "c")
     assert "holds no moving average of the weights: trainer.ema_decay starts one at step 8" in caplog.text
-    assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["ema"]["updates"] == 8
+    assert torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=True)["ema"]["updates"] == 8
 
 
-def test_max_time_makes_the_step_that_starts_after_it_the_last(compose_cfg, tmp_path, monkeypatch):
+def test_max_time_ends_the_run_at_the_next_evaluated_step(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_elapsed", lambda self: float(self.progress.step))  # a clock of 1 s per step
-    result = train(compose_cfg("debug=fast", "trainer.max_time=5s"), tmp_path)
-    # step 6 starts after 5 s: it is evaluated (each epoch of 8 steps would be first), saved and tested
+    result = train(compose_cfg("debug=fast", "trainer.max_time=5s"), tmp_path / "a")
+    # spent after step 5, which was not evaluated: step 6 is, and ends the run (an epoch is 8 steps)
     assert result["step"] == 6 and result["max_time_reached"] and result["best"]["step"] == 6
-    assert [e.step for e in events(tmp_path).Scalars("val/acc")] == [6]
-    assert [e.step for e in events(tmp_path).Scalars("test/acc")] == [6]
-    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["progress"]["elapsed_s"] == 6.0
-    assert not train(compose_cfg("debug=fast"), tmp_path / "untimed")["max_time_reached"]
+    assert [e.step for e in events(tmp_path / "a").Scalars("val/acc")] == [6]
+    assert [e.step for e in events(tmp_path / "a").Scalars("test/acc")] == [6]
+    last = tmp_path / "a/checkpoints/last.pt"
+    assert torch.load(last, weights_only=True)["progress"]["elapsed_s"] == 6.0
+    # spent after an evaluated step (the first epoch's end): the run ends there, with no extra step
+    at_eval = train(compose_cfg("debug=fast", "trainer.max_time=8"), tmp_path / "b")
+    assert at_eval["step"] == 8 and at_eval["max_time_reached"]
+    assert [e.step for e in events(tmp_path / "b").Scalars("val/acc")] == [8]
+    # resumed with its budget spent, the run only tests; resumed with more, it trains on
+    again = train(compose_cfg("debug=fast", "trainer.max_time=5s", f"trainer.resume={last}"), tmp_path / "c")
+    assert without_time(again) == without_time(result)
+    assert not (tmp_path / "c/checkpoints/last.pt").exists()
+    more = train(compose_cfg("debug=fast", "trainer.max_time=1h", f"trainer.resume={last}"), tmp_path / "d")
+    assert more["step"] == 16 and not more["max_time_reached"]
 
 
 def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, monkeypatch):
@@ -229,11 +252,13 @@ def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, monkeyp
     monkeypatch.setattr(Trainer, "_save", save)
     progress = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["progress"]
     assert progress["step"] == 8 and 0 < progress["elapsed_s"] < 60
-    # a budget the first part of the run already spent: the resumed run's first step is its last
+    # a budget the first part of the run has spent: the resumed run does not train (with a budget of its own, it
+    # would train on)
     last = tmp_path / "a/checkpoints/last.pt"
     resumed = train(compose_cfg("debug=fast", f"trainer.max_time={progress['elapsed_s']}", f"trainer.resume={last}"),
                     tmp_path / "b")
-    assert resumed["step"] == 9 and resumed["max_time_reached"]
+    assert resumed["step"] == 8 and resumed["max_time_reached"]
+    assert resumed["time"]["elapsed_s"] == pytest.approx(progress["elapsed_s"], abs=1e-2)
 
 
 def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(compose_cfg, tmp_path, monkeypatch):
