@@ -106,6 +106,8 @@ class Job:
     best: float | None = None  # the best monitored value
     best_step: int | None = None
     test: dict[str, float] = field(default_factory=dict)
+    steps: int | None = None  # optimizer steps done
+    ended: str = ""  # what ended training before its step limit: early_stopping or max_time
     wall_s: float | None = None  # start to end; to now for a running job
     host: str | None = None
     error: str | None = None
@@ -143,6 +145,9 @@ def _read_job(job_dir: Path) -> Job:
         if metrics.get("best"):
             job.best, job.best_step = metrics["best"]["value"], metrics["best"]["step"]
         job.test = metrics.get("test") or {}
+        job.steps = metrics.get("step")
+        job.ended = ("max_time" if metrics.get("max_time_reached") else
+                     "early_stopping" if metrics.get("stopped_early") else "")
         job.wall_s = metrics.get("time", {}).get("total_s")
     status = _read_json(job_dir / STATUS_FILE)
     if status:
@@ -217,11 +222,11 @@ def write_csv(jobs: list[Job], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["job", "status", *keys, "monitor", "best", "best_step", *[f"test/{t}" for t in tests],
-                    "wall_s", "host", "error", "dir"])
+                    "steps", "ended", "wall_s", "host", "error", "dir"])
         for j in jobs:
             w.writerow([j.num, j.status, *[j.overrides.get(k, "") for k in keys], j.monitor or "", _blank(j.best),
-                        _blank(j.best_step), *[_blank(j.test.get(t)) for t in tests], _blank(j.wall_s),
-                        j.host or "", j.error or "", j.dir.name])
+                        _blank(j.best_step), *[_blank(j.test.get(t)) for t in tests], _blank(j.steps), j.ended,
+                        _blank(j.wall_s), j.host or "", j.error or "", j.dir.name])
 
 
 def markdown(jobs: list[Job], title: str) -> str:
@@ -243,14 +248,21 @@ def markdown(jobs: list[Job], title: str) -> str:
     if common:
         lines.append("Every job: " + " ".join(f"`{c}`" for c in common) + ".")
     tests = _test_keys(jobs)
-    header = ["job", "status", *keys, value_header, "best step", *[f"test/{t}" for t in tests], "wall s", "error"]
+    header = ["job", "status", *keys, value_header, "best step", *[f"test/{t}" for t in tests], "steps", "wall s",
+              "error"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for j in jobs:
         value = _fmt(j.best) + (f" ({j.monitor})" if len(monitors) > 1 and j.best is not None else "")
         row = [str(j.num), j.status, *[_short(j.overrides.get(k, "")) for k in keys], value, str(_blank(j.best_step)),
-               *[_fmt(j.test.get(t)) for t in tests], _fmt(j.wall_s, ".1f"), (j.error or "").replace("|", "\\|")]
+               *[_fmt(j.test.get(t)) for t in tests], _steps(j), _fmt(j.wall_s, ".1f"),
+               (j.error or "").replace("|", "\\|")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _steps(job: Job) -> str:
+    """Steps done, and what ended training if not its step limit: a trial cut short by trainer.max_time shows."""
+    return str(_blank(job.steps)) + (f" ({job.ended.replace('_', ' ')})" if job.ended else "")
 
 
 def plot(jobs: list[Job], path: Path, title: str = "sweep") -> bool:

@@ -31,7 +31,8 @@ LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
 
 # ---- a sweep dir as lstm-train -m leaves it -------------------------------------------------------------
 def make_job(sweep: Path, num: int, overrides: list[str], *, best: float | None = None, status: dict | None = None,
-             monitor: str = "val/${task.monitor}", task: str = "first_last", task_monitor: str = "acc") -> Path:
+             monitor: str = "val/${task.monitor}", task: str = "first_last", task_monitor: str = "acc",
+             ended: dict | None = None) -> Path:
     job = sweep / f"{num}_{','.join(overrides)}"
     (job / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra/overrides.yaml")
@@ -42,7 +43,8 @@ def make_job(sweep: Path, num: int, overrides: list[str], *, best: float | None 
     )
     if best is not None:
         metrics = {"best": {"value": best, "step": 10 * (num + 1)}, "test": {"loss": 1 - best, "acc": best - 0.01},
-                   "time": {"total_s": 3.0}}
+                   "step": 10 * (num + 1) + 5, "stopped_early": False, "max_time_reached": False,
+                   "time": {"total_s": 3.0}, **(ended or {})}
         (job / "metrics.json").write_text(json.dumps(metrics))
     if status is not None:
         (job / STATUS_FILE).write_text(json.dumps({"job": num, **status}))
@@ -66,7 +68,7 @@ def sweep(tmp_path) -> Path:
     make_job(tmp_path, 2, ["optim.lr=0.1", "debug=fast"], status={
         "status": "failed", "host": host, "pid": 1, "started": 0.0, "wall_s": 1.0,
         "error": "FloatingPointError: training diverged: train/loss is nan at step 20; try a lower optim.lr"})
-    make_job(tmp_path, 3, ["optim.lr=0.003", "debug=fast"], best=0.90)
+    make_job(tmp_path, 3, ["optim.lr=0.003", "debug=fast"], best=0.90, ended={"max_time_reached": True})
     make_job(tmp_path, 4, ["optim.lr=1.0", "debug=fast"],
              status={"status": "running", "host": host, "pid": dead_pid(), "started": 0.0})
     make_job(tmp_path, 5, ["optim.lr=0.3", "debug=fast"],
@@ -94,6 +96,8 @@ def test_summary_ranks_jobs_and_keeps_failed_and_died_ones(sweep):
     assert float(by_job["1"]["wall_s"]) == 4.5  # the status file's job wall time
     assert float(by_job["3"]["wall_s"]) == 3.0  # no status file: metrics.json's
     assert by_job["2"]["error"].startswith("FloatingPointError: training diverged")
+    assert [(by_job[n]["steps"], by_job[n]["ended"]) for n in "0132"] == [
+        ("15", ""), ("25", ""), ("45", "max_time"), ("", "")]
     assert float(by_job["5"]["wall_s"]) > 0  # running: time since its start
 
     md = paths[1].read_text()
@@ -101,9 +105,10 @@ def test_summary_ranks_jobs_and_keeps_failed_and_died_ones(sweep):
     assert "Ranked by the best val/acc of each job (higher is better)." in md
     assert "Every job: `debug=fast`." in md
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert table[0] == ("| job | status | optim.lr | best val/acc | best step | test/loss | test/acc | wall s "
-                        "| error |")
+    assert table[0] == ("| job | status | optim.lr | best val/acc | best step | test/loss | test/acc | steps "
+                        "| wall s | error |")
     assert table[1].startswith("| 1 | completed | 0.01 | 0.9500 | 20 |")
+    assert table[2].startswith("| 3 | completed | 0.003 | 0.9000 | 40 | 0.1000 | 0.8900 | 45 (max time) |")
     assert table[4].startswith("| 2 | failed | 0.1 |") and "training diverged" in table[4]
 
 
