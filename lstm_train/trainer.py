@@ -295,8 +295,8 @@ class Trainer:
                      _fmt_seconds(p.elapsed_s))
         elif self.max_time is not None:
             before = f", {_fmt_seconds(p.elapsed_s)} of it before the resume" if p.elapsed_s else ""
-            log.info("trainer.max_time=%s: training ends at the first evaluation after %s of training and "
-                     "evaluation%s", t.max_time, _fmt_seconds(self.max_time), before)
+            log.info("trainer.max_time=%s: training stops once %s of training and evaluation are spent%s (at that "
+                     "step if it is evaluated, else after one more)", t.max_time, _fmt_seconds(self.max_time), before)
         clock = {"train": 0.0, "eval": 0.0}
         start = time.perf_counter()
         self._clock = (start, p.elapsed_s)
