@@ -171,13 +171,15 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 
 
 def agreed_request(signum: int | None, save: bool, late: bool = False) -> tuple[int | None, bool, bool]:
-    """A stop signal (the highest number if several), a save request and a spent time budget, if any rank has
-    one, on every rank: a signal may reach one process before the others, each process's clock passes
-    trainer.max_time at its own moment, and all must act after the same step. One collective for the three."""
+    """On every rank: a stop signal (the highest number if several) and a save request if any rank has one, and
+    whether trainer.max_time is spent by rank 0's clock. A signal may reach one process before the others and all
+    must act on it after the same step; rank 0's clock decides because rank 0 writes the checkpoints, whose
+    recorded time must agree with the decision. One collective for the three."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return signum, save, late
-    requests = gather_tensor(torch.tensor([signum or 0, int(save), int(late)])).amax(0).tolist()
-    return requests[0] or None, bool(requests[1]), bool(requests[2])
+    requests = gather_tensor(torch.tensor([signum or 0, int(save), int(late)]))
+    signum, save = requests[:, :2].amax(0).tolist()
+    return signum or None, bool(save), bool(requests[0, 2])
 
 
 def gather_tensor(tensor: Tensor) -> Tensor:

@@ -81,6 +81,8 @@ class Progress:
     # Wall time in the training loop (training, evaluation, saving) so far, including the time of the processes
     # this run was resumed from: what trainer.max_time counts.
     elapsed_s: float = 0.0
+    out_of_time: bool = False  # trainer.max_time is spent: training ends at this step if evaluated, else the next
+    max_time_reached: bool = False  # and it has: the budget, not the step limit or early stopping, ended training
 
 
 class Trainer:
@@ -146,8 +148,6 @@ class Trainer:
 
         self.progress = Progress()
         self.max_time = None if t.max_time is None else duration_seconds(t.max_time)
-        self.out_of_time = False  # trainer.max_time is spent: the run ends at this or the next step, evaluated
-        self.max_time_reached = False  # it has ended the run
         self._clock = (time.perf_counter(), 0.0)  # (when this process's loop started, elapsed_s before it)
         self.resumed_at: int | None = None  # the step a resumed run started from
         self._train_metrics = task.new_metrics()  # since the last evaluation
@@ -258,8 +258,9 @@ class Trainer:
                 "resume with the checkpoint's values",
             ) from e
 
-    def _save(self, improved: bool) -> Path:
-        self.progress.elapsed_s = self._elapsed()
+    def _save(self, improved: bool, elapsed: float | None = None) -> Path:
+        """last.pt (and best.pt if ``improved``); ``elapsed``: the time spent to record, if not the clock's now."""
+        self.progress.elapsed_s = self._elapsed() if elapsed is None else elapsed
         state = self.state_dict()  # on every rank: it gathers what each holds
         if self.world.main:
             save_checkpoint(self.checkpoints / "last.pt", state)
@@ -289,11 +290,13 @@ class Trainer:
                           purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         metric_tags = [f"{split}/{m}" for split in ("val", "test") for m in self.task.metric_names]
         tracker.hparams({**self.config, "num_params": self.num_params}, metric_tags)
-        if self.max_time is not None and p.elapsed_s >= self.max_time:  # every rank read the same checkpoint
-            self.out_of_time = self.max_time_reached = True
-            log.info("trainer.max_time=%s was spent before the resume (%s): no training, the test only", t.max_time,
-                     _fmt_seconds(p.elapsed_s))
-        elif self.max_time is not None:
+        if self.max_time is None or p.elapsed_s < self.max_time:  # no budget, or some left (maybe a larger one)
+            p.out_of_time = p.max_time_reached = False
+        elif p.step < self.total_steps:  # spent before the resume (every rank read the same checkpoint)
+            p.out_of_time = True
+            log.info("trainer.max_time=%s was spent before the resume (%s): %s", t.max_time, _fmt_seconds(p.elapsed_s),
+                     "no training, the test only" if p.max_time_reached else "one more step, evaluated")
+        if self.max_time is not None and p.elapsed_s < self.max_time:
             before = f", {_fmt_seconds(p.elapsed_s)} of it before the resume" if p.elapsed_s else ""
             log.info("trainer.max_time=%s: training stops once %s of training and evaluation are spent%s (at that "
                      "step if it is evaluated, else after one more)", t.max_time, _fmt_seconds(self.max_time), before)
@@ -306,7 +309,7 @@ class Trainer:
                 total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                 disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
-                while (p.step < self.total_steps and not (p.stopped_early or self.max_time_reached)
+                while (p.step < self.total_steps and not (p.stopped_early or p.max_time_reached)
                        and stop.signum is None):
                     self._run_epoch(tracker, bar, clock, stop)
                 if stop.signum is not None:
@@ -326,7 +329,7 @@ class Trainer:
             "epoch": p.epoch,
             "num_params": self.num_params,
             "stopped_early": p.stopped_early,
-            "max_time_reached": self.max_time_reached,
+            "max_time_reached": p.max_time_reached,
             # wall time of this process (a resumed run counts its own part only); elapsed_s: the training loop's,
             # the processes it was resumed from included (what trainer.max_time counts)
             "time": {"total_s": total, "train_s": clock["train"], "eval_s": clock["eval"],
@@ -357,7 +360,8 @@ class Trainer:
         for batch in itertools.islice(batches, p.batch_in_epoch, None):  # skips what a resumed run has seen
             step = p.step + 1  # the step about to run
             end_of_epoch = p.batch_in_epoch + 1 == self.steps_per_epoch
-            finished = step >= self.total_steps or self.out_of_time
+            at_limit = step >= self.total_steps
+            finished = at_limit or p.out_of_time
             every = t.eval_every_n_steps
             evaluate = finished or (end_of_epoch if every is None else step % every == 0)
             log_now = evaluate or step % t.log_every_n_steps == 0
@@ -379,22 +383,24 @@ class Trainer:
                 self.scheduler.step("epoch")
                 p.epoch += 1
                 p.batch_in_epoch = 0
-            # Before the save, so that a checkpoint of a run the budget ended has it spent (a resume only tests)
-            late = self.max_time is not None and not self.out_of_time and self._elapsed() >= self.max_time
-            if self.world.size > 1:  # a signal or the clock may reach one process first: all act at the same step
+            # The budget is read once, and that reading is what the checkpoint records: a run resumed from it
+            # decides as this one did (its evaluated step owed, or done).
+            now = self._elapsed()
+            late = self.max_time is not None and not p.out_of_time and now >= self.max_time
+            if self.world.size > 1:  # a signal may reach one process first: all act on it at the same step
                 stop.signum, stop.save, late = distributed.agreed_request(stop.signum, stop.save, late)
             if late:
-                self.out_of_time = True
-                log.info("trainer.max_time=%s spent after step %d (%s): %s", t.max_time, step,
-                         _fmt_seconds(self._elapsed()), "the run ends" if evaluate else "one more step, evaluated")
-            self.max_time_reached = self.out_of_time and evaluate
+                p.out_of_time = True
+                log.info("trainer.max_time=%s spent after step %d (%s): %s", t.max_time, step, _fmt_seconds(now),
+                         "training ends" if evaluate else "one more step, evaluated")
+            p.max_time_reached = p.out_of_time and evaluate and not (at_limit or p.stopped_early)
             if evaluate:
-                self._save(improved)
+                self._save(improved, now)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
             if stop.save and stop.signum is None:
                 self._save_on_request(stop)
-            if finished or end_of_epoch or p.stopped_early or self.max_time_reached or stop.signum is not None:
+            if finished or end_of_epoch or p.stopped_early or p.max_time_reached or stop.signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
 

@@ -76,9 +76,9 @@ def test_shards_split_lists_and_keep_flags_and_give_an_empty_rank_a_dummy_row():
 
 def _agreement_worker(rank: int, store: str, results: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:  # a SIGTERM reached rank 0 only; rank 1's clock alone passed trainer.max_time: both act on both
-        seen = [agreed_request(signal.SIGTERM if rank == 0 else None, False, rank == 1),
-                agreed_request(None, rank == 0, False)]
+    try:  # a SIGTERM reached rank 0 only, a save request rank 1 only: both act on both; rank 0's clock decides
+        seen = [agreed_request(signal.SIGTERM if rank == 0 else None, False, rank == 0),
+                agreed_request(None, rank == 1, rank == 1)]
         Path(results, str(rank)).write_text(json.dumps(seen))
     finally:
         torch.distributed.destroy_process_group()

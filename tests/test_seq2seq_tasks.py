@@ -288,8 +288,8 @@ def test_resume_with_a_teacher_forcing_coin_ends_like_an_uninterrupted_run(compo
     uninterrupted = train(compose_cfg(*overrides), tmp_path / "a")
     save = Trainer._save
 
-    def save_then_crash(self, improved):
-        save(self, improved)
+    def save_then_crash(self, *args):
+        save(self, *args)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "_save", save_then_crash)

@@ -63,7 +63,7 @@ def sweep(tmp_path) -> Path:
     failed, one killed hard (its pid gone), one still running (its pid alive: this test's parent)."""
     host = socket.gethostname()
     done = {"status": "completed", "host": host, "pid": 1, "started": 0.0, "wall_s": 4.5}
-    make_job(tmp_path, 0, ["optim.lr=0.001", "debug=fast"], best=0.80, status=done)
+    make_job(tmp_path, 0, ["optim.lr=0.001", "debug=fast"], best=0.80, status=done, ended={"stopped_early": True})
     make_job(tmp_path, 1, ["optim.lr=0.01", "debug=fast"], best=0.95, status=done)
     make_job(tmp_path, 2, ["optim.lr=0.1", "debug=fast"], status={
         "status": "failed", "host": host, "pid": 1, "started": 0.0, "wall_s": 1.0,
@@ -97,7 +97,7 @@ def test_summary_ranks_jobs_and_keeps_failed_and_died_ones(sweep):
     assert float(by_job["3"]["wall_s"]) == 3.0  # no status file: metrics.json's
     assert by_job["2"]["error"].startswith("FloatingPointError: training diverged")
     assert [(by_job[n]["steps"], by_job[n]["ended"]) for n in "0132"] == [
-        ("15", ""), ("25", ""), ("45", "max_time"), ("", "")]
+        ("15", "early_stopping"), ("25", ""), ("45", "max_time"), ("", "")]
     assert float(by_job["5"]["wall_s"]) > 0  # running: time since its start
 
     md = paths[1].read_text()
@@ -109,6 +109,7 @@ def test_summary_ranks_jobs_and_keeps_failed_and_died_ones(sweep):
                         "| wall s | error |")
     assert table[1].startswith("| 1 | completed | 0.01 | 0.9500 | 20 |")
     assert table[2].startswith("| 3 | completed | 0.003 | 0.9000 | 40 | 0.1000 | 0.8900 | 45 (max time) |")
+    assert table[3].startswith("| 0 | completed | 0.001 | 0.8000 | 10 | 0.2000 | 0.7900 | 15 (early stopping) |")
     assert table[4].startswith("| 2 | failed | 0.1 |") and "training diverged" in table[4]
 
 

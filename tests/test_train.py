@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lstm_train import trainer as trainer_module
 from lstm_train.config import ConfigError
+from lstm_train.interrupt import Interrupted
 from lstm_train.models import build_model
 from lstm_train.nn import compiled
 from lstm_train.tasks import build_task
@@ -100,8 +103,8 @@ def test_resume_ends_like_an_uninterrupted_run(compose_cfg, tmp_path, monkeypatc
     # The same run, killed right after its first checkpoint...
     save = Trainer._save
 
-    def save_then_crash(self, improved):
-        save(self, improved)
+    def save_then_crash(self, *args):
+        save(self, *args)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "_save", save_then_crash)
@@ -239,11 +242,34 @@ def test_max_time_ends_the_run_at_the_next_evaluated_step(compose_cfg, tmp_path,
     assert more["step"] == 16 and not more["max_time_reached"]
 
 
+def test_max_time_owed_step_survives_an_interrupt_and_the_step_limit_is_no_budget_end(compose_cfg, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(Trainer, "_elapsed", lambda self: float(self.progress.step))  # a clock of 1 s per step
+    cfg = compose_cfg("debug=fast", "trainer.max_time=5s")
+    unbroken = train(cfg, tmp_path / "a")
+    # SIGTERM in step 5, the step after which the budget is spent and one evaluated step is owed
+    train_step = Trainer._train_step
+
+    def signal_in_step_5(self, batch, log_now):
+        train_step(self, batch, log_now)
+        if self.progress.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "_train_step", signal_in_step_5)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "b")
+    monkeypatch.setattr(Trainer, "_train_step", train_step)
+    resumed = train(compose_cfg("debug=fast", "trainer.max_time=5s", "trainer.resume=auto"), tmp_path / "b")
+    assert without_time(resumed) == without_time(unbroken) and resumed["step"] == 6
+    # the budget spent at the last step: the step limit ended training, not the budget
+    assert not train(compose_cfg("debug=fast", "trainer.max_time=16"), tmp_path / "c")["max_time_reached"]
+
+
 def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, monkeypatch):
     save = Trainer._save
 
-    def save_then_crash(self, improved):
-        save(self, improved)
+    def save_then_crash(self, *args):
+        save(self, *args)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "_save", save_then_crash)
@@ -252,13 +278,13 @@ def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, monkeyp
     monkeypatch.setattr(Trainer, "_save", save)
     progress = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["progress"]
     assert progress["step"] == 8 and 0 < progress["elapsed_s"] < 60
-    # a budget the first part of the run has spent: the resumed run does not train (with a budget of its own, it
-    # would train on)
+    # a budget the first part of the run has spent: the resumed run trains one step, evaluated (with a budget of
+    # its own, it would train on to the step limit)
     last = tmp_path / "a/checkpoints/last.pt"
     resumed = train(compose_cfg("debug=fast", f"trainer.max_time={progress['elapsed_s']}", f"trainer.resume={last}"),
                     tmp_path / "b")
-    assert resumed["step"] == 8 and resumed["max_time_reached"]
-    assert resumed["time"]["elapsed_s"] == pytest.approx(progress["elapsed_s"], abs=1e-2)
+    assert resumed["step"] == 9 and resumed["max_time_reached"]
+    assert progress["elapsed_s"] < resumed["time"]["elapsed_s"] < progress["elapsed_s"] + 30
 
 
 def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(compose_cfg, tmp_path, monkeypatch):
