@@ -292,14 +292,15 @@ class Trainer:
         tracker.hparams({**self.config, "num_params": self.num_params}, metric_tags)
         if self.max_time is None or p.elapsed_s < self.max_time:  # no budget, or some left (maybe a larger one)
             p.out_of_time = p.max_time_reached = False
+            if self.max_time is not None:
+                before = f", {_fmt_seconds(p.elapsed_s)} of it before the resume" if p.elapsed_s else ""
+                log.info("trainer.max_time=%s: training stops once %s of training and evaluation are spent%s (at "
+                         "that step if it is evaluated, else after one more)", t.max_time,
+                         _fmt_seconds(self.max_time), before)
         elif p.step < self.total_steps:  # spent before the resume (every rank read the same checkpoint)
             p.out_of_time = True
             log.info("trainer.max_time=%s was spent before the resume (%s): %s", t.max_time, _fmt_seconds(p.elapsed_s),
                      "no training, the test only" if p.max_time_reached else "one more step, evaluated")
-        if self.max_time is not None and p.elapsed_s < self.max_time:
-            before = f", {_fmt_seconds(p.elapsed_s)} of it before the resume" if p.elapsed_s else ""
-            log.info("trainer.max_time=%s: training stops once %s of training and evaluation are spent%s (at that "
-                     "step if it is evaluated, else after one more)", t.max_time, _fmt_seconds(self.max_time), before)
         clock = {"train": 0.0, "eval": 0.0}
         start = time.perf_counter()
         self._clock = (start, p.elapsed_s)

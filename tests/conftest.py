@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from omegaconf import DictConfig
 
 from lstm_train.config import CONF_DIR
 from lstm_train.nn import compiled
+from lstm_train.train import train
+from lstm_train.trainer import Trainer
 from tests.paths import on_path
 
 CONF = str(CONF_DIR)
@@ -23,6 +26,24 @@ def compose_cfg() -> Iterator[Callable[..., DictConfig]]:
     """compose_cfg("model.hidden_size=8", ...) -> the config lstm-train would run with those overrides."""
     with initialize_config_dir(CONF, version_base="1.3"):
         yield lambda *overrides, **kwargs: compose("config", overrides=list(overrides), **kwargs)
+
+
+@pytest.fixture
+def killed_after_first_checkpoint() -> Callable[[DictConfig, Path], None]:
+    """killed(cfg, run_dir): train, stopped by a KeyboardInterrupt right after its first checkpoint is written."""
+
+    def killed(cfg: DictConfig, run_dir: Path) -> None:
+        save = Trainer._save
+
+        def save_then_crash(self: Trainer, *args: object) -> None:
+            save(self, *args)
+            raise KeyboardInterrupt
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            patch.setattr(Trainer, "_save", save_then_crash)
+            train(cfg, run_dir)
+
+    return killed
 
 
 @pytest.fixture

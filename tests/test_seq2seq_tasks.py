@@ -274,9 +274,8 @@ def test_synthetic_config_checked_at_build(compose_cfg):
         build_task(OmegaConf.merge(cfg.task, {"min_len": 50}))
 
 
-def test_resume_with_a_teacher_forcing_coin_ends_like_an_uninterrupted_run(compose_cfg, tmp_path, monkeypatch):
-    from lstm_train.trainer import Trainer
-
+def test_resume_with_a_teacher_forcing_coin_ends_like_an_uninterrupted_run(compose_cfg, tmp_path,
+                                                                         killed_after_first_checkpoint):
     overrides = (
         "model=seq2seq",
         "task=reverse",
@@ -286,15 +285,6 @@ def test_resume_with_a_teacher_forcing_coin_ends_like_an_uninterrupted_run(compo
         "trainer.progress_bar=false",
     )
     uninterrupted = train(compose_cfg(*overrides), tmp_path / "a")
-    save = Trainer._save
-
-    def save_then_crash(self, *args):
-        save(self, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(compose_cfg(*overrides), tmp_path / "b")
-    monkeypatch.setattr(Trainer, "_save", save)
+    killed_after_first_checkpoint(compose_cfg(*overrides), tmp_path / "b")
     resumed = train(compose_cfg(*overrides, f"trainer.resume={tmp_path / 'b/checkpoints/last.pt'}"), tmp_path / "c")
     assert {k: v for k, v in resumed.items() if k != "time"} == {k: v for k, v in uninterrupted.items() if k != "time"}

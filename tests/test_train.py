@@ -96,21 +96,12 @@ def test_short_run_writes_events_checkpoints_and_metrics(compose_cfg, tmp_path):
     ],
     ids=["fresh-cosine-midepoch", "fixed-dropout-step", "ema"],
 )
-def test_resume_ends_like_an_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, overrides):
+def test_resume_ends_like_an_uninterrupted_run(compose_cfg, tmp_path, killed_after_first_checkpoint, overrides):
     cfg = compose_cfg("debug=fast", *overrides)
     uninterrupted = train(cfg, tmp_path / "a")
 
     # The same run, killed right after its first checkpoint...
-    save = Trainer._save
-
-    def save_then_crash(self, *args):
-        save(self, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "b")
-    monkeypatch.setattr(Trainer, "_save", save)
+    killed_after_first_checkpoint(cfg, tmp_path / "b")
     assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["progress"]["step"] < 16
 
     # ...and resumed, in a new run dir, from its last.pt.
@@ -265,17 +256,8 @@ def test_max_time_owed_step_survives_an_interrupt_and_the_step_limit_is_no_budge
     assert not train(compose_cfg("debug=fast", "trainer.max_time=16"), tmp_path / "c")["max_time_reached"]
 
 
-def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, monkeypatch):
-    save = Trainer._save
-
-    def save_then_crash(self, *args):
-        save(self, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(compose_cfg("debug=fast", "trainer.max_time=1h"), tmp_path / "a")
-    monkeypatch.setattr(Trainer, "_save", save)
+def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, killed_after_first_checkpoint):
+    killed_after_first_checkpoint(compose_cfg("debug=fast", "trainer.max_time=1h"), tmp_path / "a")
     progress = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["progress"]
     assert progress["step"] == 8 and 0 < progress["elapsed_s"] < 60
     # a budget the first part of the run has spent: the resumed run trains one step, evaluated (with a budget of
