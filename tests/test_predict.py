@@ -69,8 +69,8 @@ def expected_tags(words: list[str]) -> list[str]:
 
 def test_predict_round_trip(run_dir, capsys, monkeypatch):
     checkpoint = str(run_dir / "checkpoints" / "best.pt")
-    model, task, name = predict.load(checkpoint)
-    assert name == "tagger" and task.tags == ["other", "same"]
+    model, task, cfg = predict.load(checkpoint)
+    assert cfg.model.name == "tagger" and task.tags == ["other", "same"]
     sentences = ["3 1 3 4 3 0 2", "0 0 1 2 0"]
     with torch.no_grad():
         direct = [model(task.encode(s.split())[None])[0].argmax(-1).tolist() for s in sentences]

@@ -179,7 +179,7 @@ def test_debug_run_end_to_end_and_generate_from_its_checkpoint(compose_cfg, text
     assert state["task"]["vocab"]["chars"] == "".join(build_task(cfg.task).vocab.tokens)
     # the vocabulary comes back from the checkpoint alone, without the text file
     text_file.unlink()
-    _, task = load_model(ckpt)
+    _, task, _ = load_model(ckpt)
     assert isinstance(task, TextChar) and "".join(task.vocab.tokens) == state["task"]["vocab"]["chars"]
     args = [str(ckpt), "--prompt", "the ", "--length", "12", "--seed", "3", "--num-samples", "2"]
     generate_main(args)
