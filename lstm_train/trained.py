@@ -8,8 +8,10 @@ the user has imported its module (the tools' ``--import MODULE``, :func:`lstm_tr
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +41,7 @@ def load_trained(
     if not path.is_file():
         raise ValueError(f"no checkpoint file at {path}")
     state = load_checkpoint(path, map_location=device)
-    config = state["config"]
+    config = literal(state["config"])
     try:
         for group, registry in (("task", TASKS), ("model", MODELS)):
             registry.named(config[group])
@@ -48,8 +50,8 @@ def load_trained(
         cfg = OmegaConf.create(config)
         if check is not None:
             check(cfg)
-        task = build_task(cfg.task, state=state["task"])
-        model = build_model(cfg.model, task)
+        task = build_task(config["task"], state=state["task"])  # plain dicts: read once, escapes kept
+        model = build_model(config["model"], task)
     except ConfigError as e:
         raise ValueError(f"{path}: {e}") from None
     except (KeyError, TypeError, IndexError) as e:  # a task state edited or written by something else
@@ -68,6 +70,18 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (repeatable): one that defines a model or task of your own which "
                         "the checkpoint names (its directory on PYTHONPATH); a checkpoint imports nothing itself")
+
+
+def literal(tree: Any) -> Any:
+    """A checkpoint's config (resolved when it was saved) with each ``${`` escaped, so that OmegaConf reads its
+    strings as they are: a data path holding ``${`` stays that path, and ``${oc.env:...}`` reads no variable."""
+    if isinstance(tree, dict):
+        return {k: literal(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [literal(v) for v in tree]
+    if isinstance(tree, str):  # OmegaConf reads \${ as a literal ${, and \\ before ${ as one backslash
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", tree)
+    return tree
 
 
 def checked_device(name: str) -> torch.device:

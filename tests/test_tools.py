@@ -122,6 +122,15 @@ def test_import_names_a_module_the_user_chose(tmp_path, monkeypatch):
         import_named(["no_such_module_here"])
 
 
+def test_a_checkpoints_strings_are_read_as_they_are(first_last, tmp_path):
+    """Its config was resolved when saved: a ``${`` in it (a data path, say) is text, never an interpolation."""
+    from lstm_train.trained import load_trained
+
+    odd = "runs/${x}/a\\${y} ${oc.env:HOME}"
+    cfg, task, _ = load_trained(crafted(first_last, tmp_path / "odd.pt", "task", monitor=odd))
+    assert cfg.task.monitor == odd and task.name == "first_last"
+
+
 # ---- lstm-predict on classifiers ---------------------------------------------------------------------------
 def test_predict_classifies_first_last_sequences(first_last, capsys):
     model, task, _ = predict.load(first_last)
