@@ -80,8 +80,8 @@ def run(args: argparse.Namespace, lines: Iterable[str]) -> None:
             unknown.add(line)
             try:
                 output = task.predict_line(model, line, **options)
-            except UsageError as e:
-                raise UsageError(f"input {n}: {e}") from None
+            except UsageError as e:  # an input the task cannot read is named; a bad option (--top 0) is not one
+                raise UsageError(str(e) if str(e).startswith("--") else f"input {n}: {e}") from None
             print(output, flush=True)  # as they come, for pipes
     warning = unknown.warning()
     if warning:

@@ -156,7 +156,7 @@ def test_predict_classifies_first_last_sequences(first_last, capsys):
     assert one_line(capsys, "predict", [str(first_last), "1 x"]).startswith(
         "input 1: could not convert string to float: 'x'; a first_last input is numbers")
     assert one_line(capsys, "predict", [str(first_last), "--top", "0", lines[0]]) == (
-        "input 1: --top: must be >= 1, got 0")
+        "--top: must be >= 1, got 0")
 
 
 # ---- one line for a machine's or a path's mistake ----------------------------------------------------------
