@@ -45,8 +45,8 @@ class Registry(dict[str, type]):
         ConfigStore.instance().store(name=f"schema_{self.group}_{cls.name}", node=cls.Config)
 
     def option(self, node: Mapping[str, Any]) -> type:
-        """The class of a composed group node, or of a checkpoint's config: by its ``name``, after importing the
-        module of its ``_target_`` (an option outside the package) if it has one."""
+        """The class of a composed group node (the user's own config): by its ``name``, after importing the module
+        of its ``_target_`` (an option outside the package) if it has one. A checkpoint's: :meth:`named`."""
         target = node.get("_target_")
         if target:
             module = str(target).rpartition(".")[0]
