@@ -50,12 +50,13 @@ def load_trained(
         cfg = OmegaConf.create(config)
         if check is not None:
             check(cfg)
-        task = build_task(config["task"], state=state["task"])  # plain dicts: read once, escapes kept
+        try:  # plain dicts: read once, escapes kept
+            task = build_task(config["task"], state=state["task"])
+        except (KeyError, TypeError, IndexError) as e:  # a task state edited or written by something else
+            raise ValueError(f"{path}: its task state does not fit task {config['task']['name']} ({e!r})") from None
         model = build_model(config["model"], task)
     except ConfigError as e:
         raise ValueError(f"{path}: {e}") from None
-    except (KeyError, TypeError, IndexError) as e:  # a task state edited or written by something else
-        raise ValueError(f"{path}: its task state does not fit task {config['task']['name']} ({e!r})") from None
     try:
         model.load_state_dict(evaluated_weights(state))
     except RuntimeError as e:  # torch lists every missing and unexpected weight, over many lines

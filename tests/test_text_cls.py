@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lstm_train.checkpoint import load_checkpoint
+from lstm_train.checkpoint import load_checkpoint, save_checkpoint
 from lstm_train.config import ConfigError, validate
 from lstm_train.models import build_model
 from lstm_train.tasks import Batch, build_task
@@ -195,6 +195,20 @@ def test_predict_classifies_new_text(compose_cfg, tmp_path, one_thread, capsys, 
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert records == [{"input": texts[0], "label": "pos", "probabilities": {"pos": pytest.approx(
         float(probabilities[0].max()), abs=1e-5)}}, {"input": "", "label": None, "probabilities": {}}]
+
+    state = load_checkpoint(checkpoint)  # a task state without its vocabulary, and weights of another size
+    del state["format"]
+    save_checkpoint(tmp_path / "no_vocab.pt", {**state, "task": {"labels": ["neg", "pos"]}})
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "no_vocab.pt"), "good"])
+    assert capsys.readouterr().err == (f"lstm-predict: error: {tmp_path}/no_vocab.pt: its task state does not fit "
+                                       "task text_cls (KeyError('tokens'))\n")
+    model_weights = {k: v[:1] if k.endswith("head.weight") else v for k, v in state["model"].items()}
+    save_checkpoint(tmp_path / "small.pt", {**state, "model": model_weights})
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "small.pt"), "good"])
+    assert capsys.readouterr().err.startswith(f"lstm-predict: error: {tmp_path}/small.pt: its weights do not fit its "
+                                              "model (size mismatch for head.weight")
 
     predict.main([checkpoint, "the zebra sang", "loudly today"])  # 4 of 5 words unknown
     err = capsys.readouterr().err
