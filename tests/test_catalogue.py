@@ -153,8 +153,8 @@ CASES = [
      "{d}/malicious.pt is not an lstm-train checkpoint (it holds arbitrary Python objects)", 2),
     ("generate-temperature", "a negative temperature", "lstm-generate",
      ["{char}/checkpoints/best.pt", "--temperature", "-1"], "--temperature must be >= 0", 2),
-    ("predict-char", "tagging with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
-     "{char}/checkpoints/best.pt holds a char model; lstm-predict handles tagger, seq2seq models", 2),
+    ("predict-char", "predicting with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
+     "{char}/checkpoints/best.pt holds a char model; lstm-predict handles classifier, tagger, seq2seq models", 2),
     ("predict-missing", "predicting with a checkpoint that does not exist", "lstm-predict", ["{d}/none.pt", "x"],
      "no checkpoint file at {d}/none.pt", 2),
     ("predict-foreign", "predicting with a file that is not a checkpoint", "lstm-predict", ["{d}/notes.txt", "x"],
@@ -163,6 +163,31 @@ CASES = [
      "no checkpoint file at {d}/none.pt", 2),
     ("visualize-text-file", "plotting with a text file that does not exist", "lstm-visualize",
      ["{char}/checkpoints/best.pt", "--text-file", "{d}/none.txt"], "no file at {d}/none.txt", 2),
+    # -- checkpoints the tools refuse, the tools' devices and output (tools)
+    ("tools-target", "a checkpoint that names a module of its own", "lstm-predict", ["{d}/target.pt", "1"],
+     "{d}/target.pt: task._target_: lstm_helpers.Mine is outside lstm_train and a checkpoint imports nothing by "
+     "itself; if you trust that code, pass --import lstm_helpers", 2),
+    ("tools-relative-target", "a checkpoint that names a relative module", "lstm-visualize", ["{d}/relative.pt"],
+     "{d}/relative.pt: model._target_: '..evil.X' is not a class of a module", 2),
+    ("tools-no-config", "a checkpoint without its config", "lstm-generate", ["{d}/bare.pt"],
+     "{d}/bare.pt is not a complete lstm-train checkpoint: it has no config", 2),
+    ("tools-model-string", "a checkpoint whose config.model is a string", "lstm-predict",
+     ["{d}/model-string.pt", "1"],
+     "{d}/model-string.pt is not a complete lstm-train checkpoint: its config.model is str 'classifier', not a "
+     "mapping", 2),
+    ("tools-cuda", "CUDA for a tool on a machine without it", "lstm-predict",
+     ["{cls}/checkpoints/best.pt", "1", "--device", "cuda"],
+     "--device cuda: this torch sees 0 CUDA device(s); use --device cpu", 2),
+    ("predict-numbers", "a first_last input of the wrong length", "lstm-predict",
+     ["{cls}/checkpoints/best.pt", "1 2 3"],
+     "input 1: 3 numbers; a first_last model reads steps of 10 numbers (task.input_size): give a multiple of 10, "
+     "e.g. 80 for the 8 steps it was trained on", 2),
+    ("visualize-out-file", "plots into a file", "lstm-visualize",
+     ["{cls}/checkpoints/best.pt", "--out", "{d}/notes.txt"],
+     "--out {d}/notes.txt is a file; give a directory (made if missing)", 2),
+    ("visualize-out-unwritable", "plots into a directory that cannot be made", "lstm-visualize",
+     ["{cls}/checkpoints/best.pt", "--out", "/proc/lstm-gates"],
+     "--out /proc/lstm-gates: cannot make it (No such file or directory); give a writable directory", 2),
 ]
 
 
@@ -190,6 +215,15 @@ def results(tmp_path_factory) -> dict:
     (d / "truncated.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
     (d / "malicious.pt").write_bytes(pickle.dumps({"model": Payload()}))
     torch.save({"weight": torch.zeros(2)}, d / "foreign.pt")
+    # checkpoints the tools refuse (tools): a module named by the checkpoint, a relative one, keys missing
+    (d / "lstm_helpers.py").write_text("raise SystemExit('imported by a checkpoint')\n")
+    state = torch.load(d / "cls/checkpoints/best.pt", weights_only=True)
+    torch.save({**state, "config": {**state["config"], "task": {"name": "mine", "_target_": "lstm_helpers.Mine"}}},
+               d / "target.pt")
+    torch.save({**state, "config": {**state["config"], "model": {**state["config"]["model"],
+                                                                 "_target_": "..evil.X"}}}, d / "relative.pt")
+    torch.save({"format": 1}, d / "bare.pt")
+    torch.save({**state, "config": {**state["config"], "model": "classifier"}}, d / "model-string.pt")
     (d / "notes.txt").write_text("not a checkpoint\n")
     (d / "empty.txt").write_bytes(b"")
     (d / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)

@@ -196,9 +196,11 @@ class Task(Registered, ABC):
         """lstm-generate: ``length`` tokens sampled after ``prompt``, as text, one at a time as they come."""
         raise NotImplementedError
 
-    def prompt_warning(self, prompt: str) -> str | None:
-        """lstm-generate: what to warn about in a prompt (tokens outside the vocabulary, say); None: nothing."""
-        return None
+    def unknown_tokens(self, text: str) -> tuple[list[str], int]:
+        """lstm-predict, lstm-generate, lstm-visualize: the tokens of a user's input that the model's vocabulary
+        lacks (it reads them as its unknown token), in order, and how many tokens the input has; ([], 0) for a
+        task whose inputs have no vocabulary."""
+        return [], 0
 
     def example(self, text: str | None, seed: int) -> Example:
         """lstm-visualize: the input whose gates to plot, from the user's ``text`` (or a sequence drawn with
