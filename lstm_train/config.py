@@ -34,13 +34,16 @@ from lstm_train.schema import (
     Schema,
     check_fields,
     non_negative,
+    not_a_choice,
     one_of,
     open_unit_interval,
     positive,
     probability,
     to_schema,
     unit_interval,
+    unknown_key,
     value,
+    with_suggestion,
 )
 from lstm_train.tasks import TASKS
 
@@ -65,13 +68,19 @@ def monitor_direction(monitor: str, mode: str, task: str) -> str:
     """Optuna's direction for trainer.monitor (``${monitor_direction:...}`` in conf/hydra/sweeper/):
     maximize or minimize, from trainer.monitor_mode or, with auto, the task's own ``higher_is_better``."""
     if mode == "auto":
-        metric = monitor.removeprefix("val/")
-        known = TASKS[task].higher_is_better if task in TASKS else {}
-        if metric not in known:
-            raise ConfigError("trainer.monitor", f"task {task} has no metric {monitor}; it has "
-                              + ", ".join(f"val/{m}" for m in known))
-        mode = "max" if known[metric] else "min"
+        check_monitor(monitor, task)
+        mode = "max" if TASKS[task].higher_is_better[monitor.removeprefix("val/")] else "min"
     return "maximize" if mode == "max" else "minimize"
+
+
+def check_monitor(monitor: str, task: str) -> None:
+    """A ConfigError unless ``task`` (a registered task's name) has the metric ``monitor`` (val/<metric>)."""
+    known = list(TASKS[task].higher_is_better) if task in TASKS else []
+    metric = monitor.removeprefix("val/")
+    if metric not in known:  # compared without the val/ they all share, which would make any two look close
+        raise ConfigError("trainer.monitor", with_suggestion(
+            f"task {task} has no metric {monitor}", metric, known, "it has " + ", ".join(f"val/{m}" for m in known),
+            lambda m: f"val/{m}"))
 
 
 for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction)):
@@ -79,9 +88,14 @@ for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_directi
         OmegaConf.register_new_resolver(_name, _resolver)
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
 def _device(v: str) -> str | None:
-    ok = v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
-    return None if ok else f"must be auto, cpu, cuda, cuda:N or mps; got {v!r}"
+    if v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()):
+        return None
+    meant = "cuda" if v.lower() == "gpu" else v  # what CUDA devices are often called
+    return not_a_choice(v, DEVICES, "must be auto, cpu, cuda, cuda:N or mps", meant)
 
 
 def _monitor(v: str) -> str | None:
@@ -278,6 +292,8 @@ def validate(cfg: DictConfig) -> None:
         schema = typed_group(cfg, group)
         if schema is not None:
             schema.check()
+    if cfg.task.name in TASKS:  # after typed_group: a task from outside the package is registered by now
+        check_monitor(cfg.trainer.monitor, cfg.task.name)
 
 
 def typed_group(cfg: DictConfig, group: str) -> Schema | None:
@@ -308,14 +324,15 @@ def describe_config_error(error: BaseException) -> str | None:
         cause = cause.__cause__ or cause.__context__
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return _plugin_hint(f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}")
+        known = sorted(error.options)
+        return _plugin_hint(f"{group}={option}: " + with_suggestion(
+            "no such option", option, known, f"choose one of {', '.join(known)}", lambda o: f"{group}={o}"))
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = str(getattr(cause, "msg", "") or cause).splitlines()[0]
         schema = getattr(cause, "object_type", None)
         if message.startswith("Key ") and " not in " in message and dataclasses.is_dataclass(schema):
-            known = ", ".join(f.name for f in dataclasses.fields(schema))
-            message = f"unknown key; the keys here are: {known}"
+            message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)))
         return f"{cause.full_key}: {message}"
     if isinstance(error, HydraException | OmegaConfBaseException):
         return _plugin_hint(str(error).splitlines()[0])

@@ -40,7 +40,8 @@ CASES = [
     ("wrong-type", "a value of the wrong type", "lstm-train", ["model.hidden_size=abc"],
      "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer", 2),
     ("unknown-key", "a misspelt key", "lstm-train", ["model.hiden_size=64"],
-     "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size", 2),
+     "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here are: name, backend, hidden_size",
+     2),
     ("added-key", "a new key added with +", "lstm-train", ["+model.foo=1"],
      "model.foo: unknown key; the keys here are: name, backend", 2),
     ("unknown-option", "an option a group does not have", "lstm-train", ["model=transformer"],
@@ -163,6 +164,17 @@ CASES = [
      "no checkpoint file at {d}/none.pt", 2),
     ("visualize-text-file", "plotting with a text file that does not exist", "lstm-visualize",
      ["{char}/checkpoints/best.pt", "--text-file", "{d}/none.txt"], "no file at {d}/none.txt", 2),
+    # -- config: the likely fix for a typo, before the list
+    ("misspelt-trainer-key", "a misspelt trainer key", "lstm-train", ["trainer.max_step=10"],
+     "trainer.max_step: unknown key; did you mean trainer.max_steps? The keys here are: seed, max_epochs", 2),
+    ("misspelt-option", "a misspelt group option", "lstm-train", ["model=clasifier"],
+     "model=clasifier: no such option; did you mean model=classifier? Choose one of char, classifier, seq2seq, "
+     "tagger", 2),
+    ("misspelt-value", "a misspelt value of a fixed set", "lstm-train", ["model.backend=fst"],
+     "model.backend: got 'fst'; did you mean fast? Must be one of fast, reference, torch", 2),
+    ("misspelt-metric", "a misspelt monitor", "lstm-train", ["trainer.monitor=val/accuracy"],
+     "trainer.monitor: task first_last has no metric val/accuracy; did you mean val/acc? It has val/loss, val/acc",
+     2),
 ]
 
 

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from lstm_train.config import CONF_DIR, ConfigError, describe_config_error, duration_seconds, options, validate
 from lstm_train.models import MODELS, build_model, count_parameters
+from lstm_train.schema import closest
 from lstm_train.tasks import build_task
 from lstm_train.trainer import Trainer
 
@@ -112,7 +113,18 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("optim.lr=0", "optim.lr", "must be > 0"),
         ("scheduler.interval=week", "scheduler.interval", "must be one of step, epoch, eval"),
         ("trainer.max_steps=null", "trainer.max_steps", "set trainer.max_steps or trainer.max_epochs"),
-        ("+model.hidden=3", "model.hidden", "unknown key; the keys here are: name, backend, hidden_size"),
+        ("+model.hidden=3", "model.hidden", "unknown key; did you mean model.hidden_size[?] The keys here are: "
+         "name, backend, hidden_size"),
+        ("+model.foo=3", "model.foo", "unknown key; the keys here are: name, backend, hidden_size"),
+        ("model.backend=fst", "model.backend", "got 'fst'; did you mean fast[?] Must be one of fast, reference, "
+         "torch$"),
+        ("trainer.precision=bf61", "trainer.precision", "got 'bf61'; did you mean bf16[?] Must be one of fp32, bf16$"),
+        ("trainer.device=cpuu", "trainer.device", "got 'cpuu'; did you mean cpu[?] Must be auto, cpu, cuda"),
+        ("trainer.device=gpu", "trainer.device", "got 'gpu'; did you mean cuda[?] Must be auto, cpu, cuda"),
+        ("trainer.monitor=val/accuracy", "trainer.monitor",
+         "task first_last has no metric val/accuracy; did you mean val/acc[?] It has val/loss, val/acc$"),
+        ("trainer.monitor=val/f1", "trainer.monitor", "task first_last has no metric val/f1; it has val/loss, "
+         "val/acc$"),
     ],
 )
 def test_bad_values_name_their_key(compose_cfg, override, key, message):
@@ -140,9 +152,11 @@ def test_model_that_does_not_fit_the_task(compose_cfg):
 
 def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
     cfg = compose_cfg("debug=fast", "trainer.monitor=val/f1")
-    validate(cfg)
+    message = r"^trainer\.monitor: task first_last has no metric val/f1; it has val/loss"
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)  # before any data is read
     task = build_task(cfg.task)
-    with pytest.raises(ConfigError, match=r"^trainer\.monitor: task first_last has no metric val/f1; it has val/loss"):
+    with pytest.raises(ConfigError, match=message):
         Trainer(cfg, task, build_model(cfg.model, task), tmp_path, torch.device("cpu"))
 
 
@@ -150,9 +164,19 @@ def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
     ("overrides", "expected"),
     [
         (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
-        (["model.hiden_size=3"], "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size"),
+        (["model.hiden_size=3"], "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here "
+         "are: name, backend, hidden_size"),
+        (["trainer.max_step=3"], "trainer.max_step: unknown key; did you mean trainer.max_steps? The keys here are: "
+         "seed, max_epochs"),
+        (["trainer.max=3"], "trainer.max: unknown key; did you mean trainer.max_epochs, trainer.max_steps or "
+         "trainer.max_time? The keys here are: seed, max_epochs"),
+        (["trainr.max_steps=3"], "trainr: unknown key; did you mean trainer? The keys here are: name, model, task"),
         (["trainer.lr=3"], "trainer.lr: unknown key; the keys here are: seed, max_epochs"),
         (["model=nope"], "model=nope: no such option; choose one of char, classifier, seq2seq, tagger"),
+        (["model=clasifier"], "model=clasifier: no such option; did you mean model=classifier? Choose one of char, "
+         "classifier, seq2seq, tagger"),
+        (["optim=adm"], "optim=adm: no such option; did you mean optim=adam? Choose one of adam, adamw, rmsprop, "
+         "sgd"),
         (["optim.lr=fast"], "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
     ],
 )
@@ -162,6 +186,17 @@ def test_composition_errors_become_one_line(compose_cfg, overrides, expected):
     message = describe_config_error(info.value)
     assert message.startswith(expected)
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("word", "choices", "expected"), [
+    ("max_step", ["max_epochs", "max_steps", "max_time"], ["max_steps"]),  # only the closest, not all near ones
+    ("epoch", ["seed", "max_epochs", "max_steps"], ["max_epochs"]),  # a part of the key
+    ("accuracy", ["loss", "acc"], ["acc"]),  # spelt out
+    ("tpu", ["auto", "cpu", "cuda", "mps"], []),  # another word one letter off, not a typo
+    ("lr", ["seed", "max_steps"], []),
+])
+def test_closest_choices(word, choices, expected):
+    assert closest(word, choices) == expected
 
 
 def test_missing_yaml_value_is_reported(compose_cfg):
