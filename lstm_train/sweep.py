@@ -440,3 +440,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     print(paths[1].read_text(), end="")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
