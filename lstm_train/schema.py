@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -142,6 +143,18 @@ def check_fields(node: DictConfig, prefix: str) -> None:
                 raise ConfigError(path, problem)
 
 
+def escaped(tree: Any) -> Any:
+    """Plain dicts and lists (a resolved config) with every literal ``${`` escaped, so that OmegaConf, reading them
+    again, takes it as text, not as an interpolation that does not resolve (a data file named so)."""
+    if isinstance(tree, Mapping):
+        return {k: escaped(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [escaped(v) for v in tree]
+    if isinstance(tree, str):  # OmegaConf's grammar: \${ is a literal ${; backslashes before it are doubled
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", tree)
+    return tree
+
+
 def to_schema(schema: type[S], node: DictConfig | Mapping | S, key: str) -> S:
     """``node`` (a composed config group, or the plain dict of a checkpoint's config) as an instance of
     ``schema``, its interpolations resolved: the one place values leave the config for typed attributes.
@@ -152,7 +165,7 @@ def to_schema(schema: type[S], node: DictConfig | Mapping | S, key: str) -> S:
     try:
         if isinstance(node, DictConfig) and OmegaConf.get_type(node) is schema:
             return OmegaConf.to_object(node)
-        plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        plain = escaped(OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node)
         plain.pop("_target_", None)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
     except OmegaConfBaseException as e:

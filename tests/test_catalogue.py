@@ -175,6 +175,15 @@ CASES = [
     ("misspelt-metric", "a misspelt monitor", "lstm-train", ["trainer.monitor=val/accuracy"],
      "trainer.monitor: task first_last has no metric val/accuracy; did you mean val/acc? It has val/loss, val/acc",
      2),
+    # -- config: sizes that cannot fit, seeds torch refuses
+    ("huge-model", "a model too large for memory", "lstm-train", ["model.hidden_size=1000000"],
+     "model.hidden_size: 1000000 is too large: training needs at least 192 TB for a model of 1.2e+13 recurrent "
+     "weights (4 float32 copies: weights, gradients, optimizer state) and this machine has ", 2),
+    ("huge-batch", "sequences too long for memory", "lstm-train", ["task.seq_len=100000000"],
+     "task.seq_len: 100000000 is too large: one training batch (128 sequences of 100000000 steps through 2 layers of "
+     "64 units) keeps at least 26.2 TB of activations for the backward pass and this machine has ", 2),
+    ("huge-seed", "a seed torch cannot take", "lstm-train", ["trainer.seed=1e23"],
+     "trainer.seed: must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed accepts), got 1e+23", 2),
 ]
 
 
