@@ -141,8 +141,7 @@ def collect(sweep_dir: str | Path) -> tuple[list[Job], dict[str, str]]:
     if not sweep_dir.is_dir():
         raise ValueError(f"no directory at {sweep_dir}")
     jobs, skipped = [], {}
-    for job_dir in sorted(_job_dirs(sweep_dir), key=lambda d: [int(t) if t.isdigit() else t
-                                                                for t in re.split(r"(\d+)", d.name)]):  # 2 before 10
+    for job_dir in _job_dirs(sweep_dir):
         try:
             jobs.append(_read_job(job_dir))
         except Exception as e:  # a file of another shape than ours (edited, foreign, another version's)
@@ -161,7 +160,9 @@ class OddJob(ValueError):
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
-    return [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    """The job dirs, by their names' numbers (2_... before 10_...)."""
+    dirs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    return sorted(dirs, key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", d.name)])
 
 
 def _read_job(job_dir: Path) -> Job:
