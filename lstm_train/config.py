@@ -315,10 +315,12 @@ def check_memory(cfg: DictConfig, batch_length: int | None) -> None:
     an allocation traceback, or the OS killing the process). The estimate is a lower bound, so it refuses only
     what cannot work: the recurrent weights alone (no embedding or output layer) as float32 weights, gradients
     and optimizer state; the gate activations one training batch of ``batch_length`` steps keeps for the
-    backward pass. Against the GPU's memory on CUDA, else the RAM the OS says is available."""
+    backward pass. Against the memory the device has (the machine's RAM, or the GPU's), not what is free at the
+    moment: a lower bound above that cannot work however the machine is loaded (a data-parallel worker validates
+    while its siblings allocate)."""
     m, t = cfg.model, cfg.trainer
-    available, where = available_memory(t.device)
-    if available is None:
+    memory, where = memory_size(t.device)
+    if memory is None:
         return
     gates, directions = GATES.get(m.cell, 1), 2 if m.bidirectional else 1
     inputs = cfg.task.get("input_size") or m.embedding_dim  # features, else tokens through an embedding
@@ -330,9 +332,9 @@ def check_memory(cfg: DictConfig, batch_length: int | None) -> None:
         per_step = t.batch_size * m.num_layers * directions * gates * m.hidden_size
         activations = per_step * batch_length * (2 if t.precision == "bf16" else 4) // (1 if where is None else
                                                                                          t.devices)
-    if weights + activations <= available:
+    if weights + activations <= memory:
         return
-    has = f"{where or 'this machine'} has {_bytes(available)} available"
+    has = f"{where or 'this machine'} has {_bytes(memory)} of memory"
     # The key to blame: the largest of the sizes the estimate multiplies (a typo adds zeros to one of them).
     sizes = {"model.hidden_size": m.hidden_size, "model.num_layers": m.num_layers}
     if weights >= activations:
@@ -364,9 +366,9 @@ def optimizer_states(optim: DictConfig) -> int:
         bool(optim.get("centered"))
 
 
-def available_memory(device: str) -> tuple[int | None, str | None]:
-    """Bytes a run on ``device`` (trainer.device) can use, and where: a CUDA device's total memory and its name,
-    or the RAM the OS says is available (MemAvailable) and None; (None, None) when unknown."""
+def memory_size(device: str) -> tuple[int | None, str | None]:
+    """The memory of ``device`` (trainer.device) in bytes, and where: a CUDA device's and its name, or the
+    machine's RAM and None; (None, None) when unknown."""
     import torch
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
@@ -377,13 +379,9 @@ def available_memory(device: str) -> tuple[int | None, str | None]:
             return None, None
         return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}"
     try:
-        meminfo = Path("/proc/meminfo").read_text()
-        return int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.MULTILINE).group(1)) * 1024, None
-    except (OSError, AttributeError):  # not Linux
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), None
-        except (ValueError, OSError, AttributeError):
-            return None, None
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), None
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name
+        return None, None
 
 
 def _bytes(n: float) -> str:

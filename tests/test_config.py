@@ -224,10 +224,10 @@ def test_closest_choices(word, choices, expected):
 @pytest.mark.parametrize(("overrides", "key", "message"), [
     (["model.hidden_size=1000000"], "model.hidden_size", "1000000 is too large: training needs at least 192 TB for "
      "a model of 1.2e[+]13 recurrent weights [(]4 float32 copies: weights, gradients, optimizer state[)] and this "
-     "machine has 10 GB available; choose a smaller model.hidden_size$"),
+     "machine has 10 GB of memory; choose a smaller model.hidden_size$"),
     (["task.seq_len=100000000"], "task.seq_len", "100000000 is too large: one training batch [(]128 sequences of "
      "100000000 steps through 2 layers of 64 units[)] keeps at least 26.2 TB of activations for the backward pass and "
-     "this machine has 10 GB available; choose a smaller task.seq_len [(]or trainer.batch_size[)]$"),
+     "this machine has 10 GB of memory; choose a smaller task.seq_len [(]or trainer.batch_size[)]$"),
     (["trainer.batch_size=10000000"], "trainer.batch_size", "10000000 is too large: one training batch"),
     (["model.num_layers=10000000"], "model.num_layers", "10000000 is too large: one training batch"),
     (["task.input_size=1000000000"], "task.input_size", "1000000000 is too large: training needs at least"),
@@ -240,23 +240,23 @@ def test_closest_choices(word, choices, expected):
      "20000 is too large: training needs at least 38.4 GB .* [(]2 float32 copies"),  # plain SGD keeps no state
 ])
 def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(compose_cfg, monkeypatch, overrides, key, message):
-    monkeypatch.setattr(config, "available_memory", lambda device: (10**10, None))
+    monkeypatch.setattr(config, "memory_size", lambda device: (10**10, None))
     cfg = compose_cfg(*overrides)
     with pytest.raises(ConfigError, match=rf"^{key}: {message}"):
         validate(cfg)
 
 
 def test_sizes_that_fit_pass(compose_cfg, monkeypatch):
-    monkeypatch.setattr(config, "available_memory", lambda device: (10**10, None))
+    monkeypatch.setattr(config, "memory_size", lambda device: (10**10, None))
     validate(compose_cfg("model.hidden_size=6000"))  # 4.32e8 weights: 6.9 GB
     validate(compose_cfg("task.seq_len=10000"))  # 2.6 GB of activations
-    monkeypatch.setattr(config, "available_memory", lambda device: (None, None))  # unknown: no estimate
+    monkeypatch.setattr(config, "memory_size", lambda device: (None, None))  # unknown: no estimate
     validate(compose_cfg("model.hidden_size=1000000"))
 
 
 def test_a_cuda_device_is_measured_against_its_own_memory(compose_cfg, monkeypatch):
-    monkeypatch.setattr(config, "available_memory", lambda device: (16 * 10**9, "cuda:0"))
-    with pytest.raises(ConfigError, match=r"^model.hidden_size: 50000 is too large: .* and cuda:0 has 16 GB available"):
+    monkeypatch.setattr(config, "memory_size", lambda device: (16 * 10**9, "cuda:0"))
+    with pytest.raises(ConfigError, match=r"^model.hidden_size: 50000 is too large: .* and cuda:0 has 16 GB of memory"):
         validate(compose_cfg("model.hidden_size=50000"))
 
 
