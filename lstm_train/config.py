@@ -326,12 +326,14 @@ def check_memory(cfg: DictConfig, batch_length: int | None) -> None:
     inputs = cfg.task.get("input_size") or m.embedding_dim  # features, else tokens through an embedding
     params = recurrent_weights(m, inputs)
     copies = 2 + optimizer_states(cfg.optim) + (t.ema_decay is not None)  # weights, gradients, state, average
-    weights = params * 4 * copies * (t.devices if where is None else 1)  # CPU processes share the RAM
+    # Data-parallel processes each hold the model and a share of the global batch: on the CPU all in one RAM,
+    # on CUDA one per GPU.
+    share = 1 if where is None else t.devices
+    weights = params * 4 * copies * t.devices // share
     activations = 0
     if batch_length is not None:
-        per_step = t.batch_size * m.num_layers * directions * gates * m.hidden_size
-        activations = per_step * batch_length * (2 if t.precision == "bf16" else 4) // (1 if where is None else
-                                                                                         t.devices)
+        gate_values = t.batch_size * batch_length * m.num_layers * directions * gates * m.hidden_size
+        activations = gate_values * (2 if t.precision == "bf16" else 4) // share
     if weights + activations <= memory:
         return
     has = f"{where or 'this machine'} has {_bytes(memory)} of memory"
