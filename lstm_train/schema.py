@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,7 +63,7 @@ def one_of(*choices: str) -> Check:
     return check
 
 
-def not_a_choice(v: Any, choices: Iterable[str], listing: str, meant: Any = None) -> str:
+def not_a_choice(v: Any, choices: Sequence[str], listing: str, meant: Any = None) -> str:
     """The message for a value outside ``choices``: ``listing; got v`` or, when a choice is close to ``v`` (or to
     what it ``meant``), the likely fix first: ``got v; did you mean X? Listing``."""
     meant = v if meant is None else meant
