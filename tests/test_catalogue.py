@@ -40,7 +40,8 @@ CASES = [
     ("wrong-type", "a value of the wrong type", "lstm-train", ["model.hidden_size=abc"],
      "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer", 2),
     ("unknown-key", "a misspelt key", "lstm-train", ["model.hiden_size=64"],
-     "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size", 2),
+     "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here are: name, backend, hidden_size",
+     2),
     ("added-key", "a new key added with +", "lstm-train", ["+model.foo=1"],
      "model.foo: unknown key; the keys here are: name, backend", 2),
     ("unknown-option", "an option a group does not have", "lstm-train", ["model=transformer"],
@@ -188,6 +189,26 @@ CASES = [
     ("visualize-out-unwritable", "plots into a directory that cannot be made", "lstm-visualize",
      ["{cls}/checkpoints/best.pt", "--out", "/proc/lstm-gates"],
      "--out /proc/lstm-gates: cannot make it (No such file or directory); give a writable directory", 2),
+    # -- config: the likely fix for a typo, before the list
+    ("misspelt-trainer-key", "a misspelt trainer key", "lstm-train", ["trainer.max_step=10"],
+     "trainer.max_step: unknown key; did you mean trainer.max_steps? The keys here are: seed, max_epochs", 2),
+    ("misspelt-option", "a misspelt group option", "lstm-train", ["model=clasifier"],
+     "model=clasifier: no such option; did you mean model=classifier? Choose one of char, classifier, seq2seq, "
+     "tagger", 2),
+    ("misspelt-value", "a misspelt value of a fixed set", "lstm-train", ["model.backend=fst"],
+     "model.backend: got 'fst'; did you mean fast? Must be one of fast, reference, torch", 2),
+    ("misspelt-metric", "a misspelt monitor", "lstm-train", ["trainer.monitor=val/accuracy"],
+     "trainer.monitor: task first_last has no metric val/accuracy; did you mean val/acc? It has val/loss, val/acc",
+     2),
+    # -- config: sizes that cannot fit, seeds torch refuses
+    ("huge-model", "a model too large for memory", "lstm-train", ["model.hidden_size=1000000"],
+     "model.hidden_size: 1000000 is too large: training needs at least 192 TB for a model of 1.2e+13 recurrent "
+     "weights (4 float32 copies: weights, gradients, optimizer state) and this machine has ", 2),
+    ("huge-batch", "sequences too long for memory", "lstm-train", ["task.seq_len=100000000"],
+     "task.seq_len: 100000000 is too large: one training batch (128 sequences of 100000000 steps through 2 layers of "
+     "64 units) keeps at least 26.2 TB of activations for the backward pass and this machine has ", 2),
+    ("huge-seed", "a seed torch cannot take", "lstm-train", ["trainer.seed=1e23"],
+     "trainer.seed: must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed accepts), got 1e+23", 2),
 ]
 
 

@@ -71,6 +71,11 @@ class TaskConfig(Schema):
     data_seed: int = value()  # fixes val/test (and a non-fresh train set); trainer.seed does the rest
     monitor: str = value()  # the task's headline metric: trainer.monitor defaults to val/<this>
 
+    def batch_length(self) -> int | None:
+        """The steps of the longest sequence in a batch, as far as the config alone says (the memory estimate of
+        :func:`lstm_train.config.check_memory`); None when the data decides (a cap on what is read from files)."""
+        return None
+
 
 def check_fractions(cfg: Any) -> None:
     """For the schemas of tasks that split one file by fractions: something must be left to train on."""

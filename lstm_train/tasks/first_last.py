@@ -34,6 +34,9 @@ class FirstLastConfig(TaskConfig):
     test_size: int = value(positive)
     fresh: bool = value()  # draw new training sequences every epoch instead of reusing one fixed set
 
+    def batch_length(self) -> int:  # every sequence has seq_len steps
+        return self.seq_len
+
 
 class FirstLast(ClassificationTask):
     name = "first_last"

@@ -66,6 +66,9 @@ class TextCharConfig(TaskConfig):
     def check(self) -> None:
         check_fractions(self)
 
+    def batch_length(self) -> int:  # chunks of seq_len characters
+        return self.seq_len
+
 
 def char_vocab(chars: str) -> Vocab:
     """The vocabulary of a text: :data:`UNK` (id 0: any character outside it), then its characters by code point."""
