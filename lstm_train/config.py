@@ -34,7 +34,6 @@ from lstm_train.registry import Registry
 from lstm_train.schema import (
     Schema,
     check_fields,
-    escaped,
     non_negative,
     not_a_choice,
     one_of,
@@ -409,11 +408,10 @@ def typed_group(cfg: DictConfig, group: str) -> Schema | None:
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain dicts and lists: what checkpoints, HParams and data-parallel workers get.
 
-    A literal ``${`` in a value (a data file named so, given as ``task.path='a\\${b}.txt'``) stays escaped, so that
-    the config rebuilt from it with ``OmegaConf.create`` (by the tools, a resume, a worker) reads the same text
-    instead of an interpolation that does not resolve."""
-    return escaped(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-
+    Values are kept as the run used them: a data file named ``a${b}.txt`` is that name. Whoever rebuilds an
+    OmegaConf config from it (the tools, a data-parallel worker) escapes it first with :func:`lstm_train.schema.escaped`, or
+    OmegaConf would read the ``${`` as an interpolation."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
 def describe_config_error(error: BaseException) -> str | None:

@@ -8,10 +8,8 @@ the user has imported its module (the tools' ``--import MODULE``, :func:`lstm_tr
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +18,7 @@ from lstm_train.checkpoint import evaluated_weights, load_checkpoint
 from lstm_train.errors import ConfigError
 from lstm_train.models import MODELS, Model, build_model
 from lstm_train.registry import import_named
+from lstm_train.schema import escaped
 from lstm_train.tasks import TASKS, Task, build_task
 
 
@@ -41,7 +40,7 @@ def load_trained(
     if not path.is_file():
         raise ValueError(f"no checkpoint file at {path}")
     state = load_checkpoint(path, map_location=device)
-    config = literal(state["config"])
+    config = escaped(state["config"])  # a saved ${ is text, never an interpolation
     try:
         for group, registry in (("task", TASKS), ("model", MODELS)):
             registry.named(config[group])
@@ -71,18 +70,6 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (repeatable): one that defines a model or task of your own which "
                         "the checkpoint names (its directory on PYTHONPATH); a checkpoint imports nothing itself")
-
-
-def literal(tree: Any) -> Any:
-    """A checkpoint's config (resolved when it was saved) with each ``${`` escaped, so that OmegaConf reads its
-    strings as they are: a data path holding ``${`` stays that path, and ``${oc.env:...}`` reads no variable."""
-    if isinstance(tree, dict):
-        return {k: literal(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [literal(v) for v in tree]
-    if isinstance(tree, str):  # OmegaConf reads \${ as a literal ${, and \\ before ${ as one backslash
-        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", tree)
-    return tree
 
 
 def checked_device(name: str) -> torch.device:
