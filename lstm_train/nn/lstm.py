@@ -242,6 +242,7 @@ class LSTM(nn.Module):
             x, h0, c0 = (t.to(weights[0][0].dtype) for t in (x, h0, c0))
 
         order = lengths_in = None
+        short = False  # whether the longest sequence ends before the padding does (Python, so jit.trace has no branch)
         if lengths is not None:
             lengths = lengths_in = _check_lengths(lengths, T, B)  # lengths_in: the caller's order, for a recording
             if B == 0 or int(lengths.min()) == T:
@@ -249,6 +250,7 @@ class LSTM(nn.Module):
             else:  # sort longest first once, for every layer and direction; undone at the end
                 order = torch.argsort(lengths, descending=True, stable=True)
                 lengths = lengths[order]
+                short = int(lengths[0]) < T
                 dev_order = order.to(x.device)
                 x = x[: int(lengths[0])].index_select(1, dev_order)
                 h0, c0 = h0.index_select(1, dev_order), c0.index_select(1, dev_order)
@@ -269,7 +271,7 @@ class LSTM(nn.Module):
             """A per-step (T', B, ...) tensor of the sorted batch -> the caller's order, length and layout."""
             if inverse is not None:
                 t = t.index_select(1, inverse)
-            if t.shape[0] < T:  # the longest sequence is shorter than the padding: pad back with zeros
+            if short:  # the longest sequence is shorter than the padding: pad back with zeros
                 t = torch.cat([t, t.new_zeros(T - t.shape[0], *t.shape[1:])])
             if unbatched:
                 return t.squeeze(1)
@@ -399,6 +401,8 @@ def _check_input(x: Tensor, weight: Tensor, input_size: int) -> torch.dtype | No
     elif x.dtype != weight.dtype:
         raise ValueError(f"LSTM: input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}); "
                          f"convert the input: input.to({weight.dtype}), or the model: model.to({x.dtype})")
+    if torch.jit.is_tracing():  # sizes are traced tensors there, and a trace keeps no Python check anyway
+        return lowered
     if x.shape[-1] != input_size:
         raise RuntimeError(f"LSTM: input has {x.shape[-1]} features, expected input_size={input_size}")
     if x.shape[0] == 0:
