@@ -163,6 +163,17 @@ CASES = [
      "no checkpoint file at {d}/none.pt", 2),
     ("visualize-text-file", "plotting with a text file that does not exist", "lstm-visualize",
      ["{char}/checkpoints/best.pt", "--text-file", "{d}/none.txt"], "no file at {d}/none.txt", 2),
+    # -- LSTM variants and recurrent regularisers (issue 25)
+    ("variant-gru", "an LSTM variant for a GRU", "lstm-train", ["model.cell=gru", "model.variant=v"],
+     "model.cell: model.variant=v changes an LSTM's cell; model.cell=gru has none", 2),
+    ("variant-torch", "an LSTM variant on torch.nn.LSTM", "lstm-train", ["model.backend=torch", "model.zoneout_c=0.5"],
+     "model.backend: model.zoneout_c=0.5 needs our LSTM: torch.nn.LSTM has no variants", 2),
+    ("zoneout-1", "zoneout of 1 or more", "lstm-train", ["model.zoneout_h=1"],
+     "model.zoneout_h: must be in [0, 1), got 1", 2),
+    ("resume-variant", "resuming a checkpoint as another variant", "lstm-train",
+     ["model.variant=v", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.variant (checkpoint 'lstm', now 'v')",
+     2),
 ]
 
 
