@@ -172,6 +172,7 @@ def test_a_removed_gate_is_recorded_as_its_constant(name, gate, constant):
     valid = (torch.arange(5)[:, None] < torch.tensor(LENGTHS)[None, :]).double()  # (T, B)
     for gates in rec.gates:
         torch.testing.assert_close(gates[:, :, gate], constant * valid[..., None].expand(5, 3, 4))
+    assert rec.constants == {("input", "forget", "candidate", "output")[gate]: "none: 1"}  # what the plots say
     assert all(dh.shape == (5, 3, 4) for dh in rec.hidden_grads)
 
 
@@ -332,6 +333,44 @@ def test_the_fast_path_says_once_that_a_variant_runs_on_the_pytorch_loop(caplog)
                      "serves the plain cell)"]
 
 
+@pytest.mark.parametrize("name", [v for v in VARIANTS if v != "fgr"])
+def test_one_step_calls_carrying_h_and_c_are_the_whole_sequence(name):
+    """What sampling and decoding do, in eval mode (zoneout as its expectation): every variant but FGR, whose
+    previous gates (h, c) do not carry (the char and seq2seq schemas refuse it)."""
+    torch.manual_seed(0)
+    lstm = LSTM(3, 4, 2, variant=name, layer_norm=True, zoneout_c=0.3, zoneout_h=0.1).double().eval()
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    out, state = lstm(x)
+    steps, carried = [], None
+    for x_t in x.unbind(0):
+        o, carried = lstm(x_t[None], carried)
+        steps.append(o)
+    torch.testing.assert_close(torch.cat(steps), out, **TOL)
+    torch.testing.assert_close(carried, state, **TOL)
+
+
+def test_the_probe_summarises_a_variant():
+    from lstm_train.probe import summarize
+
+    lstm = random_lstm("nig")
+    with lstm.recording(grads=True) as calls:
+        out, _ = lstm(torch.randn(5, 3, 3, dtype=torch.float64), lengths=LENGTHS)
+        out.sum().backward()
+    summary = summarize({"lstm": calls})
+    assert summary.scalars["saturation/lstm.l1_reverse/input_high"] == 1.0
+    assert "grad_highway/lstm.l0/log10_first_over_last" in summary.scalars
+
+
+def test_a_copy_loads_its_own_state():
+    import copy
+
+    lstm = random_lstm("v")
+    twin = copy.deepcopy(lstm)
+    twin.load_state_dict(lstm.state_dict())
+    with pytest.raises(RuntimeError, match="cell"):
+        twin.load_state_dict(random_lstm("noaf").state_dict())
+
+
 # ---- your own cell ---------------------------------------------------------------------------------------------
 
 
@@ -411,6 +450,8 @@ def test_noise_is_checked():
         (["model.variant=nfg", "model.forget_bias=chrono", "model.chrono_max_len=10"],
          "model.forget_bias: chrono initialises the forget gate, which model.variant=nfg has not"),
         (["model.variant=peephole"], "model.variant: must be one of lstm, v, nig"),
+        (["model=seq2seq", "task=reverse", "model.variant=fgr"],
+         "model.variant: fgr's gates read the previous step's gates, which \\(h, c\\) do not carry, and seq2seq"),
     ],
 )
 def test_config_mistakes_are_one_line(compose_cfg, overrides, message):

@@ -85,6 +85,13 @@ class ModelConfig(Schema):
             raise ConfigError("model.forget_bias", "chrono initialises the forget gate, which model.variant=nfg has "
                               "not: set a number (it is not used) or another variant")
 
+    def check_one_step_calls(self, why: str) -> None:
+        """For a model that runs its LSTM one step per call (``why``), carrying (h, c) between calls: FGR's previous
+        gates are not in (h, c), so such a model would not compute what it trained."""
+        if self.variant == "fgr":
+            raise ConfigError("model.variant", f"fgr's gates read the previous step's gates, which (h, c) do not "
+                              f"carry, and {why}: it would not run as trained; use another variant")
+
     def stack(self) -> Stack:
         forget_bias = Chrono(self.chrono_max_len) if self.forget_bias == "chrono" else float(self.forget_bias)
         return Stack(self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,

@@ -293,7 +293,7 @@ class LSTM(nn.Module):
         if recordings is not None:
             names = [f"l{k // D}" + ("_reverse" if k % D else "") for k in range(L * D)]
             recordings.append(Recording(names, gates, [restore(c) for c in cells], lengths_in, transpose, sinks,
-                                        restore))
+                                        restore, {} if self.cell is None else self.cell.constant_gates()))
         if return_gates:
             return out, (h_n, c_n), gates
         return out, (h_n, c_n)

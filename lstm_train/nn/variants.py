@@ -79,6 +79,10 @@ class Cell:
     def describe(self) -> str:
         return type(self).__name__
 
+    def constant_gates(self) -> dict[str, str]:
+        """Recorded gates that the cell does not compute (input, forget, candidate, output): what they hold."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Variant(Cell):
@@ -189,6 +193,12 @@ class Variant(Cell):
 
     def describe(self) -> str:
         return f"variant={self.name}" + (" with layer norm" if self.layer_norm else "")
+
+    def constant_gates(self) -> dict[str, str]:
+        return {
+            "nig": {"input": "none: 1"}, "nfg": {"forget": "none: 1"}, "nog": {"output": "none: 1"},
+            "cifg": {"forget": "1 - input"}, "niaf": {"candidate": "no tanh"},
+        }.get(self.name, {})
 
 
 @dataclass(frozen=True)
