@@ -18,6 +18,7 @@ from torch.func import functional_call
 from lstm_train.config import ConfigError, validate
 from lstm_train.nn import LSTM, VARIANTS, Cell, Noise, TorchLSTM, Variant, build_lstm, build_recurrent
 from lstm_train.nn.compiled import _announced
+from tests.paths import PATHS, on_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,9 +111,11 @@ def grads(outputs, inputs):
 
 
 @pytest.mark.parametrize("ln", [False, True], ids=["", "ln"])
-@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_matches_the_papers_equations(name, impl, ln):
+    """On the compiled kernel (the elementwise variants; the others fall back), the pure-PyTorch loop and the
+    reference."""
     lstm = random_lstm(name, ln, impl)
     x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
     ours = lstm(x, lengths=LENGTHS)
@@ -322,53 +325,34 @@ def test_regularisers_are_checked():
     assert isinstance(build_lstm("torch", 3, 4), TorchLSTM)
 
 
-def test_the_fast_path_says_once_that_a_variant_runs_on_the_pytorch_loop(caplog):
+def test_the_fast_path_says_once_where_a_variant_runs(caplog, compiled_kernel):
     _announced.clear()
-    lstm = LSTM(3, 4, variant="v")
-    with caplog.at_level(logging.INFO, logger="lstm_train.nn.compiled"):
-        lstm(torch.randn(2, 2, 3))
-        lstm(torch.randn(2, 2, 3))
-    lines = [r.getMessage() for r in caplog.records if "variant=v" in r.getMessage()]
-    assert lines == ["LSTM fast path: the pure-PyTorch loop through autograd, for variant=v (the compiled kernel "
-                     "serves the plain cell)"]
+    with on_path("compiled"), caplog.at_level(logging.INFO, logger="lstm_train.nn.compiled"):
+        for name in ("v", "v", "fgr", "fgr"):
+            LSTM(3, 4, variant=name)(torch.randn(2, 2, 3))
+    lines = [r.getMessage() for r in caplog.records if "variant=" in r.getMessage()]
+    assert lines == [
+        "LSTM fast path: the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp), for variant=v",
+        "LSTM fast path: the pure-PyTorch loop through autograd, for variant=fgr: the kernel has the elementwise "
+        "variants only (not layer norm, not FGR)",
+    ]
 
 
-@pytest.mark.parametrize("name", [v for v in VARIANTS if v != "fgr"])
-def test_one_step_calls_carrying_h_and_c_are_the_whole_sequence(name):
-    """What sampling and decoding do, in eval mode (zoneout as its expectation): every variant but FGR, whose
-    previous gates (h, c) do not carry (the char and seq2seq schemas refuse it)."""
+@pytest.mark.parametrize("name", ["v", "cifg", "noaf"])
+def test_double_backward_of_a_variant_on_the_kernel(name, compiled_kernel):
     torch.manual_seed(0)
-    lstm = LSTM(3, 4, 2, variant=name, layer_norm=True, zoneout_c=0.3, zoneout_h=0.1).double().eval()
-    x = torch.randn(5, 3, 3, dtype=torch.float64)
-    out, state = lstm(x)
-    steps, carried = [], None
-    for x_t in x.unbind(0):
-        o, carried = lstm(x_t[None], carried)
-        steps.append(o)
-    torch.testing.assert_close(torch.cat(steps), out, **TOL)
-    torch.testing.assert_close(carried, state, **TOL)
+    with on_path("compiled"):
+        lstm = LSTM(2, 2, variant=name).double()
+        with torch.no_grad():
+            for w in lstm.parameters():
+                w.normal_(0, 0.6)
+        x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+        peep = lstm.weight_ci_l0
 
+        def run(x, peep):
+            return torch.func.functional_call(lstm, {"weight_ci_l0": peep}, (x,), {"lengths": [3, 2]})[0]
 
-def test_the_probe_summarises_a_variant():
-    from lstm_train.probe import summarize
-
-    lstm = random_lstm("nig")
-    with lstm.recording(grads=True) as calls:
-        out, _ = lstm(torch.randn(5, 3, 3, dtype=torch.float64), lengths=LENGTHS)
-        out.sum().backward()
-    summary = summarize({"lstm": calls})
-    assert summary.scalars["saturation/lstm.l1_reverse/input_high"] == 1.0
-    assert "grad_highway/lstm.l0/log10_first_over_last" in summary.scalars
-
-
-def test_a_copy_loads_its_own_state():
-    import copy
-
-    lstm = random_lstm("v")
-    twin = copy.deepcopy(lstm)
-    twin.load_state_dict(lstm.state_dict())
-    with pytest.raises(RuntimeError, match="cell"):
-        twin.load_state_dict(random_lstm("noaf").state_dict())
+        assert torch.autograd.gradgradcheck(run, (x, peep.detach().clone().requires_grad_()))
 
 
 # ---- your own cell ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .cell import Chrono, init_lstm_weights_
 from .checks import check_bool, check_dropout, check_int
-from .compiled import _announce, auto_layer
+from .compiled import auto_layer
 from .fast import fast_cell_layer, fast_layer_applies
 from .record import Recording
 from .reference import LayerWeights, cell_layer, layer_params, reference_layer
@@ -57,9 +57,10 @@ class LSTM(nn.Module):
     - ``variant`` (Greff et al.'s names, lstm_train/nn/variants.py) and ``layer_norm``: another cell, with
       torch's weights plus its own (``weight_ci_l0``, ...); ``cell``: your own :class:`~lstm_train.nn.Cell`.
       ``zoneout_c``, ``zoneout_h``, ``recurrent_dropout`` and ``weight_drop``: recurrent regularisers, active in
-      training (zoneout at test: its expectation). A cell other than the plain one, zoneout and recurrent
-      dropout run on the pure-PyTorch loop through autograd (``impl="fast"`` hoists the input projection);
-      weight drop masks W_hh before the layer runs, so every path serves it.
+      training (zoneout at test: its expectation). ``impl="fast"`` runs the elementwise variants (all but FGR,
+      without layer norm) on the compiled kernel; other cells, zoneout and recurrent dropout run on the
+      pure-PyTorch loop through autograd (its input projection hoisted out of the loop), with a log line saying
+      so. Weight drop masks W_hh before the layer runs, so every path serves it.
     """
 
     def __init__(
@@ -320,11 +321,11 @@ class LSTM(nn.Module):
         cell = None
         if self.cell is not None or noise.active:
             cell = self.cell or Variant("lstm")
-            if run is auto_layer:
-                _announce(f"the pure-PyTorch loop through autograd, for {cell.describe()}"
-                          + (" with zoneout or recurrent dropout" if noise.active else "")
-                          + " (the compiled kernel serves the plain cell)")
-            run = fast_cell_layer if run is auto_layer else cell_layer
+            if run is reference_layer:
+                run = cell_layer
+            elif not fast_layer_applies():
+                run = fast_cell_layer
+            # else auto_layer: the kernel where it has the cell (compiled.why_not_kernel_cell), else fast_cell_layer
         elif run is auto_layer and not fast_layer_applies():
             run = reference_layer  # the plain autograd ops that torch.func, forward AD and tracing support
         elif run is auto_layer and bf16:

@@ -39,6 +39,8 @@ DESCRIPTIONS = {
 }
 GATES = ("i", "f", "g", "o")  # the rows of weight_ih / weight_hh, in torch's order
 LN_EPS = 1e-5
+# The compiled kernel's flags (csrc/recurrence.cpp: kNoInputGate, ...), by variant
+KERNEL_FLAGS = {"nig": 1, "nfg": 2, "nog": 4, "niaf": 8, "noaf": 16, "cifg": 32}
 
 Params = dict[str, Tensor]  # one layer and direction's parameters by kind: weight_ih, weight_hh, ..., the cell's own
 
@@ -66,7 +68,7 @@ class Cell:
         """The input's share of the pre-activations, (..., 4H): one GEMM over all steps with impl="fast"."""
         out = x @ p["weight_ih"].t()
         if "bias_ih" in p:
-            out = out + (p["bias_ih"] + p["bias_hh"])
+            out = out + (p["bias_ih"] + p["bias_hh"] if "bias_hh" in p else p["bias_ih"])
         return out
 
     def step(
@@ -193,6 +195,20 @@ class Variant(Cell):
 
     def describe(self) -> str:
         return f"variant={self.name}" + (" with layer norm" if self.layer_norm else "")
+
+    def kernel_flags(self) -> int | None:
+        """What the compiled kernel's cell is told (csrc/recurrence.cpp, Variant): a bit per change from V, or None
+        where the kernel has not this cell (layer norm and FGR, whose maths is not elementwise)."""
+        if self.layer_norm or self.name == "fgr":
+            return None
+        return KERNEL_FLAGS.get(self.name, 0)
+
+    def kernel_peepholes(self, own: Params) -> Tensor | None:
+        """The (3, H) peepholes of i, f, o as the kernel reads them (zeros for a gate without), None for NP."""
+        if not self.peepholes:
+            return None
+        some = own[f"weight_c{self.peepholes[0]}"]
+        return torch.stack([own.get(f"weight_c{g}", torch.zeros_like(some)) for g in ("i", "f", "o")])
 
     def constant_gates(self) -> dict[str, str]:
         return {

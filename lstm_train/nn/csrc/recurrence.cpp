@@ -16,6 +16,8 @@
 //   the same loops with x, h, W and the gate gradients rounded to bfloat16 for the products (vdpbf16ps: two
 //   products per float32 lane and instruction, accumulated in float32); the cell maths, the states, the
 //   accumulators and the saved activations stay float32. The GEMMs outside the loop take bfloat16 too.
+// - The elementwise LSTM variants (lstm_train/nn/variants.py: Greff et al.'s V, NIG, NFG, NOG, NIAF, NOAF, CIFG
+//   and NP) are flags of the one cell below and of its gradient (Variant), with their peepholes, not copies.
 // Gates stay in torch's (i, f, g, o) order; padded batches arrive sorted longest first, batch_sizes[t] rows
 // run at step t (as in PackedSequence) and every row past its length is written as zeros.
 
@@ -121,14 +123,39 @@ __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4]
   }
 }
 
-// The cell on one vector of hidden units (the first n of them real) of one row, from its pre-activations: writes
-// the new c and h at c and h, and the activations at gates (a row of 4H from the vector's offset) unless null.
+// Which cell (lstm_train/nn/variants.py, Variant.kernel_flags): flags of what V changes, and the peepholes. A removed
+// gate is the constant 1 (CIFG: f = 1 - i); NIAF and NOAF drop tanh from g and from h. peep: (3, H) peephole
+// weights of i, f (from c_{t-1}) and o (from c_t), zero for a gate without one; null for none (the plain cell).
+enum : int64_t { kNoInputGate = 1, kNoForgetGate = 2, kNoOutputGate = 4, kNoInputAct = 8, kNoOutputAct = 16, kCoupled = 32 };
+
 template <typename T>
-inline void cell(const Vectorized<T>& i_pre, const Vectorized<T>& f_pre, const Vectorized<T>& g_pre,
-                 const Vectorized<T>& o_pre, const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n) {
+struct Variant {
+  int64_t flags = 0;
+  const T* peep = nullptr;
+  bool has(int64_t flag) const { return (flags & flag) != 0; }
+};
+
+// The cell on one vector of hidden units (the first n of them real, from unit j) of one row, from its
+// pre-activations: writes the new c and h at c and h, and the activations at gates (a row of 4H from the vector's
+// offset) unless null.
+template <typename T>
+inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& g_pre, Vectorized<T> o_pre,
+                 const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n, const Variant<T>& v, int64_t j) {
   using L = Lanes<T>;
-  const auto i = L::sigmoid(i_pre), f = L::sigmoid(f_pre), g = L::tanh(g_pre), o = L::sigmoid(o_pre);
-  const auto c_new = at::vec::fmadd(f, L::load(c_prev, n), i * g);
+  using V = typename L::V;
+  const V one(T(1)), cp = L::load(c_prev, n);
+  if (v.peep != nullptr) {
+    i_pre = at::vec::fmadd(L::load(v.peep + j, n), cp, i_pre);
+    f_pre = at::vec::fmadd(L::load(v.peep + H + j, n), cp, f_pre);
+  }
+  const V i = v.has(kNoInputGate) ? one : L::sigmoid(i_pre);
+  const V f = v.has(kCoupled) ? one - i : v.has(kNoForgetGate) ? one : L::sigmoid(f_pre);
+  const V g = v.has(kNoInputAct) ? g_pre : L::tanh(g_pre);
+  const V c_new = at::vec::fmadd(f, cp, i * g);
+  if (v.peep != nullptr) {
+    o_pre = at::vec::fmadd(L::load(v.peep + 2 * H + j, n), c_new, o_pre);  // the output gate sees the new c
+  }
+  const V o = v.has(kNoOutputGate) ? one : L::sigmoid(o_pre);
   if (gates != nullptr) {
     L::store(i, gates, n);
     L::store(f, gates + H, n);
@@ -136,7 +163,7 @@ inline void cell(const Vectorized<T>& i_pre, const Vectorized<T>& f_pre, const V
     L::store(o, gates + 3 * H, n);
   }
   L::store(c_new, c, n);
-  L::store(o * L::tanh(c_new), h, n);
+  L::store(o * (v.has(kNoOutputAct) ? c_new : L::tanh(c_new)), h, n);
 }
 
 // One step of R rows x one vector of hidden units (the first j, n of them real), all in registers:
@@ -144,7 +171,8 @@ inline void cell(const Vectorized<T>& i_pre, const Vectorized<T>& f_pre, const V
 // rows of H, gates: rows of 4H for the activations, or null if not kept.
 template <typename T, int R, typename Products>
 __attribute__((always_inline)) inline void forward_cells(const Products& products, const T* bias, const T* c_prev,
-                                                         T* c, T* h, T* gates, int64_t H, int64_t j, int64_t n) {
+                                                         T* c, T* h, T* gates, int64_t H, int64_t j, int64_t n,
+                                                         const Variant<T>& v) {
   using L = Lanes<T>;
   using V = typename L::V;
   V acc[R][4];
@@ -160,7 +188,7 @@ __attribute__((always_inline)) inline void forward_cells(const Products& product
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     cell<T>(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev + r * H + j, c + r * H + j, h + r * H + j,
-            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n);
+            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n, v, j);
   }
 }
 
@@ -168,12 +196,12 @@ __attribute__((always_inline)) inline void forward_cells(const Products& product
 // layouts; x: rows of I, h_prev: rows of H.
 template <typename T, int R>
 void forward_block(const T* x, const T* bias, const T* w_ih, const T* w_hh, const T* h_prev, const T* c_prev, T* c,
-                   T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n) {
+                   T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n, const Variant<T>& v) {
   const auto products = [&](Vectorized<T>(&acc)[R][4]) {
     accumulate<T, R>(acc, x, I, I, w_ih);
     accumulate<T, R>(acc, h_prev, H, H, w_hh);
   };
-  forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n);
+  forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
 }
 
 // dh_out (R rows x 4 vectors of hidden units from j, the first n of them real) = init + products(acc) (d_pre @
@@ -250,12 +278,12 @@ inline void store_bf16(const float* src, bf16_t* dst, int64_t n) {
 template <int R>
 void forward_block_bf16(const bf16_t* x_bf, const float* bias, const bf16_t* w_ih, const bf16_t* w_hh,
                         const bf16_t* h_prev_bf, bf16_t* h_bf, const float* c_prev, float* c, float* h, float* gates,
-                        int64_t Ip, int64_t Hp, int64_t H, int64_t j, int64_t n) {
+                        int64_t Ip, int64_t Hp, int64_t H, int64_t j, int64_t n, const Variant<float>& v) {
   const auto products = [&](Vectorized<float>(&acc)[R][4]) {
     accumulate_bf16<R>(acc, x_bf, Ip, Ip / 2, w_ih);
     accumulate_bf16<R>(acc, h_prev_bf, Hp, Hp / 2, w_hh);
   };
-  forward_cells<float, R>(products, bias, c_prev, c, h, gates, H, j, n);
+  forward_cells<float, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
   for (int r = 0; r < R; ++r) {
     store_bf16(h + r * H + j, h_bf + r * Hp + j, n);
   }
@@ -342,10 +370,10 @@ inline bf16_t* bits_mut(Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr
 // d_pre: written, dL/d pre-activation (rows of 4H); dh_record (may be null): dh copied out.
 template <typename T>
 void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* dc, T* d_pre, T* dh_record,
-                    int64_t rows, int64_t H) {
+                    int64_t rows, int64_t H, const Variant<T>& v) {
   using L = Lanes<T>;
   using V = typename L::V;
-  const V one(T(1));
+  const V one(T(1)), zero(T(0));
   for (int64_t r = 0; r < rows; ++r) {
     const T* a = acts + r * 4 * H;
     T* d = d_pre + r * 4 * H;
@@ -353,15 +381,26 @@ void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* 
       const int64_t n = std::min(L::N, H - j);
       const int64_t k = r * H + j;
       const V i = L::load(a + j, n), f = L::load(a + H + j, n), g = L::load(a + 2 * H + j, n);
-      const V o = L::load(a + 3 * H + j, n);
-      const V tc = L::tanh(L::load(c + k, n));
+      const V o = L::load(a + 3 * H + j, n), cp = L::load(c_prev + k, n);
+      const bool noaf = v.has(kNoOutputAct);
+      const V tc = noaf ? L::load(c + k, n) : L::tanh(L::load(c + k, n));
       const V dh_t = L::load(dh + k, n);
-      const V dc_t = L::load(dc + k, n) + dh_t * o * (one - tc * tc);
-      L::store(dc_t * g * i * (one - i), d + j, n);
-      L::store(dc_t * L::load(c_prev + k, n) * f * (one - f), d + H + j, n);
-      L::store(dc_t * i * (one - g * g), d + 2 * H + j, n);
-      L::store(dh_t * tc * o * (one - o), d + 3 * H + j, n);
-      L::store(dc_t * f, dc + k, n);
+      V dc_t = L::load(dc + k, n) + dh_t * o * (noaf ? one : one - tc * tc);
+      const V d_o = v.has(kNoOutputGate) ? zero : dh_t * tc * o * (one - o);
+      if (v.peep != nullptr) {
+        dc_t = at::vec::fmadd(L::load(v.peep + 2 * H + j, n), d_o, dc_t);
+      }
+      const V d_i = v.has(kNoInputGate) ? zero : dc_t * (v.has(kCoupled) ? g - cp : g) * i * (one - i);
+      const V d_f = v.has(kNoForgetGate) || v.has(kCoupled) ? zero : dc_t * cp * f * (one - f);
+      L::store(d_i, d + j, n);
+      L::store(d_f, d + H + j, n);
+      L::store(dc_t * i * (v.has(kNoInputAct) ? one : one - g * g), d + 2 * H + j, n);
+      L::store(d_o, d + 3 * H + j, n);
+      V dc_prev = dc_t * f;
+      if (v.peep != nullptr) {
+        dc_prev = at::vec::fmadd(L::load(v.peep + j, n), d_i, at::vec::fmadd(L::load(v.peep + H + j, n), d_f, dc_prev));
+      }
+      L::store(dc_prev, dc + k, n);
       if (dh_record != nullptr) {
         L::store(dh_t, dh_record + k, n);
       }
@@ -388,8 +427,8 @@ void call_block(int rows, Args... args) {
 template <typename T, int R>
 struct ForwardBlock {
   static void run(const T* x, const T* bias, const T* w_ih, const T* w_hh, const T* h_prev, const T* c_prev, T* c,
-                  T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n) {
-    forward_block<T, R>(x, bias, w_ih, w_hh, h_prev, c_prev, c, h, gates, I, H, j, n);
+                  T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n, Variant<T> v) {
+    forward_block<T, R>(x, bias, w_ih, w_hh, h_prev, c_prev, c, h, gates, I, H, j, n, v);
   }
 };
 
@@ -442,6 +481,17 @@ void check_inputs(const Tensor& x, const Tensor& h0, const Tensor& c0, const Ten
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
                 "lstm_train kernel: every tensor must be on the CPU with x's dtype");
   }
+}
+
+// The peepholes (3, H), contiguous, or undefined for none.
+Tensor check_peep(const std::optional<Tensor>& peep, const Tensor& x, const Tensor& w_hh) {
+  if (!peep.has_value() || !peep->defined()) {
+    return Tensor();
+  }
+  TORCH_CHECK(peep->dim() == 2 && peep->size(0) == 3 && peep->size(1) == w_hh.size(1) && peep->device().is_cpu() &&
+                  peep->scalar_type() == x.scalar_type(),
+              "lstm_train kernel: peep must be (3, H) on the CPU with x's dtype, got ", peep->sizes());
+  return peep->contiguous();
 }
 
 // A (4H, K) weight as the forward kernel reads it: one contiguous (K, 4, N) slice per vector of N hidden units,
@@ -502,8 +552,10 @@ void check_bf16(bool bf16, const Tensor& x) {
 // the few-rows path, which stays float32).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_ih, const Tensor& w_hh,
-    const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16) {
+    const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16, int64_t flags,
+    const std::optional<Tensor>& peep_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
+  const Tensor peep = check_peep(peep_in, x_in, w_hh);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
   TORCH_CHECK(batch_sizes.empty() || static_cast<int64_t>(batch_sizes.size()) == T,
@@ -557,6 +609,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const T_* wh = w_hh_packed.defined() ? w_hh_packed.data_ptr<T_>() : nullptr;
     const T_* bias_p = bias.defined() ? bias.data_ptr<T_>() : nullptr;
     const T_* xp = x.data_ptr<T_>();
+    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr};
     T_* g = keep ? gates.data_ptr<T_>() : nullptr;
     T_* hp = hs.data_ptr<T_>();
     T_* cp = cs.data_ptr<T_>();
@@ -580,7 +633,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
               const T_* a = p + row * G + j;
               cell<T_>(Lanes<T_>::load(a, n), Lanes<T_>::load(a + H, n), Lanes<T_>::load(a + 2 * H, n),
                        Lanes<T_>::load(a + 3 * H, n), c_prev + k, c_t + k, h_t + k,
-                       keep ? g_t + row * G + j : nullptr, H, n);
+                       keep ? g_t + row * G + j : nullptr, H, n, var, j);
             }
           }
         }
@@ -594,14 +647,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                   static_cast<int>(rows), bits(x_bf) + (t * B + r) * Ip, bias_p, bits(w_ih_bf) + u * Ip * 4 * kLanes,
                   bits(w_hh_bf) + u * Hp * 4 * kLanes, bits(h_bf) + ((t + 1) % 2 * B + r) * Hp,
                   bits_mut(h_bf) + (t % 2 * B + r) * Hp, c_prev + r * H, c_t + r * H, h_t + r * H,
-                  keep ? g_t + r * G : nullptr, Ip, Hp, H, j, std::min(N, H - j));
+                  keep ? g_t + r * G : nullptr, Ip, Hp, H, j, std::min(N, H - j), var);
               continue;
             }
 #endif
             if (rows > 0) {
               call_block<T_, ForwardBlock>(static_cast<int>(rows), x_t + r * I, bias_p, wi + j * I * 4,
                                            wh + j * H * 4, h_prev + r * H, c_prev + r * H, c_t + r * H, h_t + r * H,
-                                           keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j));
+                                           keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j), var);
             }
           }
         }
@@ -630,12 +683,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 // -> (d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps); d_x, d_w_ih, d_bias undefined unless asked for,
 // dh_steps (T, B, H) dL/dh_t of every step (zero past lengths) only if record_dh. bf16: bfloat16 products (the
 // gate gradients rounded for them; float32 inputs).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, const Tensor& h0_in, const Tensor& c0_in,
     const Tensor& gates, const Tensor& hs, const Tensor& cs, const std::optional<Tensor>& d_hs_in,
     const std::optional<Tensor>& d_hn_in, const std::optional<Tensor>& d_cn_in, at::IntArrayRef batch_sizes,
-    bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16) {
+    bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16, int64_t flags,
+    const std::optional<Tensor>& peep_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
+  const Tensor peep = check_peep(peep_in, x_in, w_hh);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
   TORCH_CHECK(gates.is_contiguous() && hs.is_contiguous() && cs.is_contiguous() && gates.size(0) == T,
@@ -664,6 +719,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor w_packed = bf16 ? Tensor() : pack_backward(w_hh, N);
     const T_* a = gates.data_ptr<T_>();
     const T_* cp = cs.data_ptr<T_>();
+    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr};
     const T_* w = bf16 ? nullptr : w_packed.data_ptr<T_>();
     const T_* dhs = d_hs.defined() ? d_hs.data_ptr<T_>() : nullptr;
     const T_* dhn = d_hn.defined() ? d_hn.data_ptr<T_>() : nullptr;
@@ -691,7 +747,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
         for (const Block& blk : blocks) {
           const int64_t r = blk.start, rows = std::max<int64_t>(0, std::min(blk.rows, b - r));
           gate_gradients<T_>(a_t + r * G, c_t + r * H, c_prev + r * H, dh_p + r * H, dc_p + r * H, dp_t + r * G,
-                             rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H);
+                             rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H, var);
           const int64_t lo = std::max(r, b), hi = r + blk.rows;
           if (lo < hi) {
             std::memset(dp_t + lo * G, 0, (hi - lo) * G * sizeof(T_));
@@ -728,8 +784,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     });
   });
 
-  // Everything outside the recurrence, for all steps at once: one GEMM each.
+  // Everything outside the recurrence, for all steps at once: one GEMM each, and a reduction for the peepholes.
   const Tensor d_pre2 = d_pre.view({T * B, G});
+  Tensor d_peep;
+  if (peep.defined()) {  // d p_i = sum over t and rows of d i_pre * c_{t-1}, d p_f likewise, d p_o of d o_pre * c_t
+    const Tensor c_prev = T > 1 ? at::cat({c0.unsqueeze(0), cs.narrow(0, 0, T - 1)}) : c0.unsqueeze(0);
+    d_peep = at::stack({(d_pre.narrow(2, 0, H) * c_prev).sum({0, 1}), (d_pre.narrow(2, H, H) * c_prev).sum({0, 1}),
+                        (d_pre.narrow(2, 3 * H, H) * cs).sum({0, 1})});
+  }
 #if defined(LSTM_TRAIN_BF16)
   if (bf16) {  // the same GEMMs on bfloat16 operands (float32 accumulation, bfloat16 results: as autocast's)
     const auto bf = [](const Tensor& t) { return t.to(at::kBFloat16); };
@@ -741,7 +803,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     Tensor d_x = need_x ? at::mm(d, bf(w_ih)).to(at::kFloat).view({T, B, I}) : Tensor();
     Tensor d_w_ih = need_w_ih ? at::mm(d.t(), bf(x).view({T * B, I})).to(at::kFloat) : Tensor();
     Tensor d_bias = need_bias ? d_pre2.sum(0) : Tensor();
-    return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps};
+    return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep};
   }
 #endif
   // d W_hh = sum over t of d_pre_t^T h_{t-1}, computed transposed (h_{t-1}^T d_pre_t): measured 5-10% faster
@@ -753,7 +815,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor d_w_ih = need_w_ih ? product(d_pre2.t(), x.view({T * B, I})) : Tensor();
   Tensor d_bias = need_bias ? d_pre2.sum(0) : Tensor();
   const Tensor d_w_hh = d_w_hh_t.t().contiguous();
-  return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps};
+  return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep};
 }
 
 }  // namespace
@@ -761,11 +823,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 TORCH_LIBRARY(lstm_train, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
-      "bool keep, bool bf16) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool keep, bool bf16, int flags, Tensor? peep) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_backward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor? d_hs, Tensor? d_hn, Tensor? d_cn, int[] batch_sizes, bool need_x, bool need_w_ih, bool need_bias, "
-      "bool record_dh, bool bf16) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool record_dh, bool bf16, int flags, Tensor? peep) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_train, CPU, m) {
