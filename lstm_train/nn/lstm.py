@@ -27,6 +27,7 @@ from .variants import Cell, Noise, Params, Variant, drop_weight
 
 Impl = Literal["fast", "reference"]
 IMPLS = {"fast": auto_layer, "reference": reference_layer}  # fast: compiled.py's kernel, else fast.py's loop
+NO_NOISE = Noise()
 
 
 class LSTM(nn.Module):
@@ -315,7 +316,9 @@ class LSTM(nn.Module):
         ``bf16`` (under bfloat16 autocast): the compiled kernel's bfloat16 products, where it has them."""
         D = 2 if self.bidirectional else 1
         run = IMPLS[self.impl]
-        noise = Noise(self.zoneout_c, self.zoneout_h, self.recurrent_dropout, self.training)
+        noise = NO_NOISE  # made per call only with a regulariser: a decoding step is a few dozen microseconds
+        if self.zoneout_c or self.zoneout_h or self.recurrent_dropout:
+            noise = Noise(self.zoneout_c, self.zoneout_h, self.recurrent_dropout, self.training)
         if self.weight_drop and self.training:
             weights = [(w_ih, drop_weight(w_hh, self.weight_drop, True), *rest) for w_ih, w_hh, *rest in weights]
         cell = None
