@@ -131,12 +131,15 @@ def test_variant_matches_the_papers_equations(name, impl, ln):
 KERNEL_VARIANTS = [v for v in VARIANTS if v != "fgr"]
 
 
+@pytest.mark.parametrize("zoneout", [False, True], ids=["", "zoneout"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", KERNEL_VARIANTS)
-def test_the_kernels_blocked_loop_matches_the_reference(name, dtype, compiled_kernel):
+def test_the_kernels_blocked_loop_matches_the_reference(name, dtype, zoneout, compiled_kernel):
     """Enough rows for the kernel's register-blocked loop (the test above has few: ATen's products), in float64 and
-    in float32 (its own exp), outputs and gradients, padded, stacked, bidirectional."""
-    lstm = random_lstm(name).to(dtype)
+    in float32 (its own exp), outputs and gradients, padded, stacked, bidirectional; zoneout at test (its
+    expectation, deterministic)."""
+    lstm = random_lstm(name, zoneout_c=0.3 if zoneout else 0.0, zoneout_h=0.2 if zoneout else 0.0).to(dtype)
+    lstm.train(not zoneout)
     x = torch.randn(9, 7, 3, dtype=dtype, requires_grad=True)
     lengths = [9, 3, 8, 1, 9, 5, 2]
     results = []
@@ -304,6 +307,35 @@ def test_zoneout_in_training_keeps_each_unit_or_takes_the_new_one(impl):
     assert abs(torch.stack(kept["h"]).double().mean() - 0.3) < 0.05
 
 
+@pytest.mark.parametrize(("name", "rows"), [("v", 2), ("cifg", 2), ("noaf", 7)])
+def test_zoneout_on_the_kernel_in_training(name, rows, compiled_kernel):
+    """Each unit of the carried c is its previous value or the cell's new one, and the kernel's gradient is that of
+    its forward (the masks made the same by a seed); ``rows``: 2 takes ATen's products, 7 the blocked loop."""
+    torch.manual_seed(0)
+    with on_path("compiled"):
+        lstm = LSTM(3, 4, variant=name, zoneout_c=0.5, zoneout_h=0.3).double()
+        with torch.no_grad():
+            for w in lstm.parameters():
+                w.normal_(0, 0.6)
+        x = torch.randn(5, rows, 3, dtype=torch.float64, requires_grad=True)
+        with lstm.recording() as calls:
+            lstm(x)
+        (gates,), (c,) = calls[0].gates, calls[0].cells  # c: the state carried on
+        i, f, g = gates[:, :, 0], gates[:, :, 1], gates[:, :, 2]
+        c_prev = torch.cat([torch.zeros_like(c[:1]), c[:-1]])
+        new = f * c_prev + i * g
+        kept = torch.isclose(c, c_prev, atol=1e-12, rtol=0)
+        assert torch.all(kept | torch.isclose(c, new, atol=1e-12, rtol=0))
+        assert 0.3 < (kept & ~torch.isclose(c_prev, new)).double().mean() < 0.7
+
+        def run(x):
+            torch.manual_seed(1)
+            out, (h, c) = lstm(x, lengths=[5, 3][:rows] + [4] * (rows - 2))
+            return out, h, c
+
+        assert torch.autograd.gradcheck(run, (x,))
+
+
 def test_zoneout_at_test_is_its_expectation_and_deterministic():
     lstm, spy = spied("fast", zoneout_c=0.5, zoneout_h=0.3)
     lstm.eval()
@@ -360,11 +392,11 @@ def test_the_fast_path_says_once_where_a_variant_runs(caplog, compiled_kernel):
     ]
 
 
-@pytest.mark.parametrize("name", ["v", "cifg", "noaf"])
-def test_double_backward_of_a_variant_on_the_kernel(name, compiled_kernel):
+@pytest.mark.parametrize(("name", "zoneout"), [("v", 0.0), ("cifg", 0.0), ("noaf", 0.0), ("v", 0.4)])
+def test_double_backward_of_a_variant_on_the_kernel(name, zoneout, compiled_kernel):
     torch.manual_seed(0)
     with on_path("compiled"):
-        lstm = LSTM(2, 2, variant=name).double()
+        lstm = LSTM(2, 2, variant=name, zoneout_c=zoneout, zoneout_h=zoneout / 2).double()
         with torch.no_grad():
             for w in lstm.parameters():
                 w.normal_(0, 0.6)
@@ -372,6 +404,7 @@ def test_double_backward_of_a_variant_on_the_kernel(name, compiled_kernel):
         peep = lstm.weight_ci_l0
 
         def run(x, peep):
+            torch.manual_seed(1)  # the same zoneout masks every call
             return torch.func.functional_call(lstm, {"weight_ci_l0": peep}, (x,), {"lengths": [3, 2]})[0]
 
         assert torch.autograd.gradgradcheck(run, (x, peep.detach().clone().requires_grad_()))

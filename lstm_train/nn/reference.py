@@ -95,12 +95,14 @@ def cell_layer(
     own: Params,
     noise: Noise,
     xp: Tensor | None = None,
+    zoneout_masks: tuple[Tensor | None, Tensor | None] = (None, None),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Any :class:`~lstm_train.nn.variants.Cell` over (T, B, I) input, one direction; the contract of
     :func:`reference_layer`, plus the cell, its own parameters (``own``) and the regularisers (``noise``).
     Each step projects its input (``cell.project``), applies recurrent dropout to the h entering it, runs
     ``cell.step`` and zones out the new state. ``xp``: the input projection of every step, (T, B, 4H), when
-    the caller has computed it at once (impl="fast")."""
+    the caller has computed it at once (impl="fast"); ``zoneout_masks``: zoneout's masks of c and h, (T, B, H), when
+    given (the compiled kernel's double backward replays its own)."""
     params = layer_params(weights, own)
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     inputs = (x if xp is None else xp).unbind(0)
@@ -116,8 +118,9 @@ def cell_layer(
     for t in steps:
         step_xp = cell.project(inputs[t], params) if xp is None else inputs[t]
         h_new, c_new, g = cell.step(step_xp, h if drop is None else h * drop, c, prev, params)
-        c_new = noise.zoneout(c, c_new, noise.zoneout_c)
-        h_new = noise.zoneout(h, h_new, noise.zoneout_h)
+        keep_c, keep_h = (None if z is None else z[t] for z in zoneout_masks)
+        c_new = noise.zoneout(c, c_new, noise.zoneout_c, keep_c)
+        h_new = noise.zoneout(h, h_new, noise.zoneout_h, keep_h)
         if dh_sink is not None and h_new.requires_grad:
             h_new.register_hook(partial(_store, dh_sink, t))
         if lengths is None:

@@ -249,13 +249,24 @@ class Noise:
             return None
         return F.dropout(torch.ones_like(h0), self.recurrent_dropout, training=True)
 
-    def zoneout(self, old: Tensor, new: Tensor, rate: float) -> Tensor:
-        if not rate:
-            return new
-        if self.training:
-            keep = torch.bernoulli(torch.full_like(new, rate))
-            return torch.lerp(new, old, keep)  # keep * old + (1 - keep) * new
-        return torch.lerp(new, old, rate)
+    def zoneout(self, old: Tensor, new: Tensor, rate: float, keep: Tensor | None = None) -> Tensor:
+        """``new`` zoned out towards ``old``: a fresh mask in training (or ``keep``, a given one), z at test."""
+        if keep is None:
+            if not rate:
+                return new
+            keep = torch.bernoulli(torch.full_like(new, rate)) if self.training else rate
+        return torch.lerp(new, old, keep)  # keep * old + (1 - keep) * new
+
+    def zoneout_masks(self, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Every step's zoneout masks of c and h at once, shaped as ``like`` (T, B, H), for the compiled kernel:
+        Bernoulli draws in training, the rate itself at test (z old + (1 - z) new); None for a rate of 0."""
+        def mask(rate: float) -> Tensor | None:
+            if not rate:
+                return None
+            full = torch.full_like(like, rate)
+            return torch.bernoulli(full) if self.training else full
+
+        return mask(self.zoneout_c), mask(self.zoneout_h)
 
 
 def drop_weight(w_hh: Tensor, rate: float, training: bool) -> Tensor:

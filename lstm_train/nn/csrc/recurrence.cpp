@@ -128,11 +128,25 @@ __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4]
 // weights of i, f (from c_{t-1}) and o (from c_t), zero for a gate without one; null for none (the plain cell).
 enum : int64_t { kNoInputGate = 1, kNoForgetGate = 2, kNoOutputGate = 4, kNoInputAct = 8, kNoOutputAct = 16, kCoupled = 32 };
 
+// Zoneout (Krueger et al.): zc, zh the chance-or-mask of keeping each unit of c and h, (T, B, H) (1/0 in training,
+// the rate at test), null for none; the cell reads them, and h_prev, at a step's and block's offset (shifted()).
 template <typename T>
 struct Variant {
   int64_t flags = 0;
   const T* peep = nullptr;
+  const T* zc = nullptr;
+  const T* zh = nullptr;
+  const T* h_prev = nullptr;
   bool has(int64_t flag) const { return (flags & flag) != 0; }
+  // This one, its zoneout masks from row `row` of step t, h_prev the rows that step reads.
+  Variant shifted(int64_t t, int64_t row, int64_t B, int64_t H, const T* h_rows) const {
+    Variant v = *this;
+    const int64_t offset = (t * B + row) * H;
+    v.zc = zc == nullptr ? nullptr : zc + offset;
+    v.zh = zh == nullptr ? nullptr : zh + offset;
+    v.h_prev = h_rows;
+    return v;
+  }
 };
 
 // The cell on one vector of hidden units (the first n of them real, from unit j) of one row, from its
@@ -140,7 +154,8 @@ struct Variant {
 // offset) unless null.
 template <typename T>
 inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& g_pre, Vectorized<T> o_pre,
-                 const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n, const Variant<T>& v, int64_t j) {
+                 const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n, const Variant<T>& v, int64_t j,
+                 int64_t off) {
   using L = Lanes<T>;
   using V = typename L::V;
   const V one(T(1)), cp = L::load(c_prev, n);
@@ -162,8 +177,12 @@ inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& 
     L::store(g, gates + 2 * H, n);
     L::store(o, gates + 3 * H, n);
   }
-  L::store(c_new, c, n);
-  L::store(o * (v.has(kNoOutputAct) ? c_new : L::tanh(c_new)), h, n);
+  // zoneout: the state carried on keeps each unit's previous value where the mask says (the gates above read the
+  // new c; the backward recomputes it from them)
+  L::store(v.zc == nullptr ? c_new : at::vec::fmadd(L::load(v.zc + off, n), cp - c_new, c_new), c, n);
+  const V h_new = o * (v.has(kNoOutputAct) ? c_new : L::tanh(c_new));
+  L::store(v.zh == nullptr ? h_new : at::vec::fmadd(L::load(v.zh + off, n), L::load(v.h_prev + off, n) - h_new, h_new),
+           h, n);
 }
 
 // One step of R rows x one vector of hidden units (the first j, n of them real), all in registers:
@@ -188,7 +207,7 @@ __attribute__((always_inline)) inline void forward_cells(const Products& product
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     cell<T>(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev + r * H + j, c + r * H + j, h + r * H + j,
-            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n, v, j);
+            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n, v, j, r * H + j);
   }
 }
 
@@ -369,8 +388,10 @@ inline bf16_t* bits_mut(Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr
 // cell state and the previous one; dh: dL/dh_t; dc: dL/dc_t from the later steps in, dL/dc_{t-1} out;
 // d_pre: written, dL/d pre-activation (rows of 4H); dh_record (may be null): dh copied out.
 template <typename T>
+// With zoneout, ``carry`` receives what dL/dh_{t-1} gets past the cell (z_h dL/dh_t, plus dhs_prev: dL/dh_{t-1}
+// through the output, if not null).
 void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* dc, T* d_pre, T* dh_record,
-                    int64_t rows, int64_t H, const Variant<T>& v) {
+                    int64_t rows, int64_t H, const Variant<T>& v, const T* dhs_prev, T* carry) {
   using L = Lanes<T>;
   using V = typename L::V;
   const V one(T(1)), zero(T(0));
@@ -383,9 +404,12 @@ void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* 
       const V i = L::load(a + j, n), f = L::load(a + H + j, n), g = L::load(a + 2 * H + j, n);
       const V o = L::load(a + 3 * H + j, n), cp = L::load(c_prev + k, n);
       const bool noaf = v.has(kNoOutputAct);
-      const V tc = noaf ? L::load(c + k, n) : L::tanh(L::load(c + k, n));
-      const V dh_t = L::load(dh + k, n);
-      V dc_t = L::load(dc + k, n) + dh_t * o * (noaf ? one : one - tc * tc);
+      const V dh_in = L::load(dh + k, n), dc_in = L::load(dc + k, n);  // of the state carried on (zoned out)
+      const V mc = v.zc == nullptr ? zero : L::load(v.zc + k, n), mh = v.zh == nullptr ? zero : L::load(v.zh + k, n);
+      const V dh_t = v.zh == nullptr ? dh_in : (one - mh) * dh_in;  // of the cell's own new h and c
+      const V c_new = v.zc == nullptr ? L::load(c + k, n) : at::vec::fmadd(f, cp, i * g);
+      const V tc = noaf ? c_new : L::tanh(c_new);
+      V dc_t = (v.zc == nullptr ? dc_in : (one - mc) * dc_in) + dh_t * o * (noaf ? one : one - tc * tc);
       const V d_o = v.has(kNoOutputGate) ? zero : dh_t * tc * o * (one - o);
       if (v.peep != nullptr) {
         dc_t = at::vec::fmadd(L::load(v.peep + 2 * H + j, n), d_o, dc_t);
@@ -396,13 +420,16 @@ void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* 
       L::store(d_f, d + H + j, n);
       L::store(dc_t * i * (v.has(kNoInputAct) ? one : one - g * g), d + 2 * H + j, n);
       L::store(d_o, d + 3 * H + j, n);
-      V dc_prev = dc_t * f;
+      V dc_prev = v.zc == nullptr ? dc_t * f : at::vec::fmadd(mc, dc_in, dc_t * f);
+      if (carry != nullptr) {
+        L::store(dhs_prev == nullptr ? mh * dh_in : at::vec::fmadd(mh, dh_in, L::load(dhs_prev + k, n)), carry + k, n);
+      }
       if (v.peep != nullptr) {
         dc_prev = at::vec::fmadd(L::load(v.peep + j, n), d_i, at::vec::fmadd(L::load(v.peep + H + j, n), d_f, dc_prev));
       }
       L::store(dc_prev, dc + k, n);
       if (dh_record != nullptr) {
-        L::store(dh_t, dh_record + k, n);
+        L::store(dh_in, dh_record + k, n);
       }
     }
   }
@@ -494,6 +521,17 @@ Tensor check_peep(const std::optional<Tensor>& peep, const Tensor& x, const Tens
   return peep->contiguous();
 }
 
+// A zoneout mask (T, B, H), contiguous, or undefined for none.
+Tensor check_mask(const std::optional<Tensor>& mask, const Tensor& x, int64_t H) {
+  if (!mask.has_value() || !mask->defined()) {
+    return Tensor();
+  }
+  TORCH_CHECK(mask->dim() == 3 && mask->size(0) == x.size(0) && mask->size(1) == x.size(1) && mask->size(2) == H &&
+                  mask->device().is_cpu() && mask->scalar_type() == x.scalar_type(),
+              "lstm_train kernel: a zoneout mask must be (T, B, H) on the CPU with x's dtype, got ", mask->sizes());
+  return mask->contiguous();
+}
+
 // A (4H, K) weight as the forward kernel reads it: one contiguous (K, 4, N) slice per vector of N hidden units,
 // [j / N][k][q][j % N] = weight[q H + j][k], zero for j >= H.
 template <typename T>
@@ -553,7 +591,7 @@ void check_bf16(bool bf16, const Tensor& x) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16, int64_t flags,
-    const std::optional<Tensor>& peep_in) {
+    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
   const Tensor peep = check_peep(peep_in, x_in, w_hh);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
@@ -609,7 +647,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const T_* wh = w_hh_packed.defined() ? w_hh_packed.data_ptr<T_>() : nullptr;
     const T_* bias_p = bias.defined() ? bias.data_ptr<T_>() : nullptr;
     const T_* xp = x.data_ptr<T_>();
-    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr};
+    const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
+    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
+                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr};
     T_* g = keep ? gates.data_ptr<T_>() : nullptr;
     T_* hp = hs.data_ptr<T_>();
     T_* cp = cs.data_ptr<T_>();
@@ -633,7 +673,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
               const T_* a = p + row * G + j;
               cell<T_>(Lanes<T_>::load(a, n), Lanes<T_>::load(a + H, n), Lanes<T_>::load(a + 2 * H, n),
                        Lanes<T_>::load(a + 3 * H, n), c_prev + k, c_t + k, h_t + k,
-                       keep ? g_t + row * G + j : nullptr, H, n, var, j);
+                       keep ? g_t + row * G + j : nullptr, H, n, var.shifted(t, 0, B, H, h_prev), j, k);
             }
           }
         }
@@ -647,14 +687,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                   static_cast<int>(rows), bits(x_bf) + (t * B + r) * Ip, bias_p, bits(w_ih_bf) + u * Ip * 4 * kLanes,
                   bits(w_hh_bf) + u * Hp * 4 * kLanes, bits(h_bf) + ((t + 1) % 2 * B + r) * Hp,
                   bits_mut(h_bf) + (t % 2 * B + r) * Hp, c_prev + r * H, c_t + r * H, h_t + r * H,
-                  keep ? g_t + r * G : nullptr, Ip, Hp, H, j, std::min(N, H - j), var);
+                  keep ? g_t + r * G : nullptr, Ip, Hp, H, j, std::min(N, H - j), var.shifted(t, r, B, H, h_prev + r * H));
               continue;
             }
 #endif
             if (rows > 0) {
               call_block<T_, ForwardBlock>(static_cast<int>(rows), x_t + r * I, bias_p, wi + j * I * 4,
                                            wh + j * H * 4, h_prev + r * H, c_prev + r * H, c_t + r * H, h_t + r * H,
-                                           keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j), var);
+                                           keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j),
+                                           var.shifted(t, r, B, H, h_prev + r * H));
             }
           }
         }
@@ -688,7 +729,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor& gates, const Tensor& hs, const Tensor& cs, const std::optional<Tensor>& d_hs_in,
     const std::optional<Tensor>& d_hn_in, const std::optional<Tensor>& d_cn_in, at::IntArrayRef batch_sizes,
     bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16, int64_t flags,
-    const std::optional<Tensor>& peep_in) {
+    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
   const Tensor peep = check_peep(peep_in, x_in, w_hh);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
@@ -719,7 +760,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor w_packed = bf16 ? Tensor() : pack_backward(w_hh, N);
     const T_* a = gates.data_ptr<T_>();
     const T_* cp = cs.data_ptr<T_>();
-    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr};
+    const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
+    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
+                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr};
+    Tensor carry = zh.defined() ? at::zeros({B, H}, x.options()) : Tensor();  // dL/dh_{t-1} past the cell
+    T_* carry_p = carry.defined() ? carry.data_ptr<T_>() : nullptr;
     const T_* w = bf16 ? nullptr : w_packed.data_ptr<T_>();
     const T_* dhs = d_hs.defined() ? d_hs.data_ptr<T_>() : nullptr;
     const T_* dhn = d_hn.defined() ? d_hn.data_ptr<T_>() : nullptr;
@@ -746,8 +791,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
         T_* dp_t = dp + t * B * G;
         for (const Block& blk : blocks) {
           const int64_t r = blk.start, rows = std::max<int64_t>(0, std::min(blk.rows, b - r));
+          const T_* dhs_prev = (t == 0 || dhs == nullptr) ? nullptr : dhs + ((t - 1) * B + r) * H;
           gate_gradients<T_>(a_t + r * G, c_t + r * H, c_prev + r * H, dh_p + r * H, dc_p + r * H, dp_t + r * G,
-                             rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H, var);
+                             rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H, var.shifted(t, r, B, H, nullptr),
+                             dhs_prev, carry_p == nullptr ? nullptr : carry_p + r * H);
           const int64_t lo = std::max(r, b), hi = r + blk.rows;
           if (lo < hi) {
             std::memset(dp_t + lo * G, 0, (hi - lo) * G * sizeof(T_));
@@ -760,7 +807,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
 #endif
         }
         // dL/dh_{t-1}: through the output, plus W_hh^T d_pre_t through step t (at t = 0: dL/dh0)
-        const T_* init = (t == 0 || dhs == nullptr) ? nullptr : dhs + (t - 1) * B * H;
+        const T_* init = carry_p != nullptr ? carry_p : (t == 0 || dhs == nullptr) ? nullptr : dhs + (t - 1) * B * H;
         for (int64_t j = 0; j < H; j += 4 * N) {  // 4 vectors' weights stay in cache while each block uses them
           for (const Block& blk : blocks) {
             const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
@@ -789,8 +836,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor d_peep;
   if (peep.defined()) {  // d p_i = sum over t and rows of d i_pre * c_{t-1}, d p_f likewise, d p_o of d o_pre * c_t
     const Tensor c_prev = T > 1 ? at::cat({c0.unsqueeze(0), cs.narrow(0, 0, T - 1)}) : c0.unsqueeze(0);
+    // the output gate read the new c, not the zoned-out one carried on: recomputed from the gates then
+    const Tensor c_new = zc_in.has_value() && zc_in->defined()
+                             ? gates.narrow(2, H, H) * c_prev + gates.narrow(2, 0, H) * gates.narrow(2, 2 * H, H)
+                             : cs;
     d_peep = at::stack({(d_pre.narrow(2, 0, H) * c_prev).sum({0, 1}), (d_pre.narrow(2, H, H) * c_prev).sum({0, 1}),
-                        (d_pre.narrow(2, 3 * H, H) * cs).sum({0, 1})});
+                        (d_pre.narrow(2, 3 * H, H) * c_new).sum({0, 1})});
   }
 #if defined(LSTM_TRAIN_BF16)
   if (bf16) {  // the same GEMMs on bfloat16 operands (float32 accumulation, bfloat16 results: as autocast's)
@@ -823,12 +874,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
 TORCH_LIBRARY(lstm_train, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
-      "bool keep, bool bf16, int flags, Tensor? peep) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool keep, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
   m.def(
       "lstm_backward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor? d_hs, Tensor? d_hn, Tensor? d_cn, int[] batch_sizes, bool need_x, bool need_w_ih, bool need_bias, "
-      "bool record_dh, bool bf16, int flags, Tensor? peep) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor)");
+      "bool record_dh, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_train, CPU, m) {
