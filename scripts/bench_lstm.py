@@ -48,7 +48,7 @@ INFER_CALLS = 50  # T=1 calls per timed round, each from the previous call's (h,
 VARIANTS = {"compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"), "reference": ("reference", "auto"),
             "plain": ("fast", "compiled")}  # plain: the plain cell on the compiled kernel, beside a --variant
 # --variant / --layer-norm: the cell of our impls other than "plain" (lstm_train/nn/variants.py)
-CELL = {"variant": "lstm", "layer_norm": False}
+CELL = {"variant": "lstm", "layer_norm": False, "zoneout_c": 0.0, "zoneout_h": 0.0}
 PLAIN = dict(CELL)
 
 
@@ -65,7 +65,8 @@ def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.
     for name in impls:
         cell = PLAIN if name == "plain" else CELL
         models[name] = LSTM(inp, hidden, layers, bidirectional=bidir, impl=VARIANTS[name][0], **cell)
-        models[name].load_state_dict(models["torch"].state_dict(), strict=cell == PLAIN)  # a variant: shared weights
+        plain_weights = cell["variant"] == "lstm" and not cell["layer_norm"]
+        models[name].load_state_dict(models["torch"].state_dict(), strict=plain_weights)  # a variant: shared weights
     return {name: m.to(dtype) for name, m in models.items()}
 
 
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=CELL_VARIANTS, default="lstm",
                         help="the LSTM variant our impls run (adds the plain compiled cell as 'plain')")
     parser.add_argument("--layer-norm", action="store_true", help="our impls run the layer-normalised cell")
+    parser.add_argument("--zoneout", type=float, default=0.0, help="our impls' zoneout of c and h (in training)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per variant (median reported)")
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.autocast and (args.dtype != "float32" or args.step or args.sample or args.profile):
         parser.error("--autocast times the shape table of float32 models")
     AUTOCAST["enabled"] = args.autocast
-    CELL.update(variant=args.variant, layer_norm=args.layer_norm)
+    CELL.update(variant=args.variant, layer_norm=args.layer_norm, zoneout_c=args.zoneout, zoneout_h=args.zoneout)
     if CELL != PLAIN and "plain" not in args.impls:
         args.impls = ["plain", *args.impls]
     torch.set_num_threads(args.threads)

@@ -336,6 +336,25 @@ def test_zoneout_on_the_kernel_in_training(name, rows, compiled_kernel):
         assert torch.autograd.gradcheck(run, (x,))
 
 
+@pytest.mark.parametrize("name", ["lstm", "v", "nog"])
+def test_recurrent_dropout_on_the_kernel_matches_the_reference(name, compiled_kernel):
+    """In training: both paths draw one mask per layer and direction in the same order, so a seed gives both the
+    same masks; outputs and gradients, blocked loop and ATen's products (few rows), padded, bidirectional."""
+    lstm = random_lstm(name, recurrent_dropout=0.4)
+    for rows in (7, 2):
+        x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
+        lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
+        results = []
+        for path in ("compiled", "reference"):
+            with on_path(path) as impl:
+                lstm.impl = impl
+                torch.manual_seed(3)
+                out, (h, c) = lstm(x, lengths=lengths)
+                results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+
+
 def test_zoneout_at_test_is_its_expectation_and_deterministic():
     lstm, spy = spied("fast", zoneout_c=0.5, zoneout_h=0.3)
     lstm.eval()
@@ -396,7 +415,7 @@ def test_the_fast_path_says_once_where_a_variant_runs(caplog, compiled_kernel):
 def test_double_backward_of_a_variant_on_the_kernel(name, zoneout, compiled_kernel):
     torch.manual_seed(0)
     with on_path("compiled"):
-        lstm = LSTM(2, 2, variant=name, zoneout_c=zoneout, zoneout_h=zoneout / 2).double()
+        lstm = LSTM(2, 2, variant=name, zoneout_c=zoneout, zoneout_h=zoneout / 2, recurrent_dropout=zoneout).double()
         with torch.no_grad():
             for w in lstm.parameters():
                 w.normal_(0, 0.6)

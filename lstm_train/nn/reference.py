@@ -96,20 +96,22 @@ def cell_layer(
     noise: Noise,
     xp: Tensor | None = None,
     zoneout_masks: tuple[Tensor | None, Tensor | None] = (None, None),
+    recurrent_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Any :class:`~lstm_train.nn.variants.Cell` over (T, B, I) input, one direction; the contract of
     :func:`reference_layer`, plus the cell, its own parameters (``own``) and the regularisers (``noise``).
     Each step projects its input (``cell.project``), applies recurrent dropout to the h entering it, runs
     ``cell.step`` and zones out the new state. ``xp``: the input projection of every step, (T, B, 4H), when
-    the caller has computed it at once (impl="fast"); ``zoneout_masks``: zoneout's masks of c and h, (T, B, H), when
-    given (the compiled kernel's double backward replays its own)."""
+    the caller has computed it at once (impl="fast"); ``zoneout_masks``: zoneout's masks of c and h, (T, B, H), and
+    ``recurrent_mask`` recurrent dropout's, (B, P), when given (the compiled kernel's double backward replays its
+    own)."""
     params = layer_params(weights, own)
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     inputs = (x if xp is None else xp).unbind(0)
     if lengths is not None:
         valid = (torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None, :]).unsqueeze(-1)
         masks = valid.unbind(0)
-    drop = noise.recurrent_mask(h0)
+    drop = noise.recurrent_mask(h0) if recurrent_mask is None else recurrent_mask
     h, c = h0, c0
     prev = h0.new_zeros(c0.shape[0], 4, c0.shape[1]) if cell.reads_previous_gates else None
     outs: list[Tensor] = [x] * len(inputs)

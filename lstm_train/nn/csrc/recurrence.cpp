@@ -104,17 +104,18 @@ struct Lanes {
 };
 
 // acc[r][q] += sum over k < K of a[r * lda + k] * w[k][q] for one vector of hidden units: the register-blocked
-// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout.
-template <typename T, int R>
+// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout. Scaled: a
+// times scale (rows of lda too), recurrent dropout's mask on h.
+template <typename T, int R, bool Scaled = false>
 __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4], const T* a, int64_t lda, int64_t K,
-                                                      const T* w) {
+                                                      const T* w, const T* scale = nullptr) {
   using V = Vectorized<T>;
   constexpr int64_t N = V::size();
   for (int64_t k = 0; k < K; ++k, w += 4 * N) {
     const V w0 = V::loadu(w), w1 = V::loadu(w + N), w2 = V::loadu(w + 2 * N), w3 = V::loadu(w + 3 * N);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const V x(a[r * lda + k]);
+      const V x(Scaled ? a[r * lda + k] * scale[r * lda + k] : a[r * lda + k]);
       acc[r][0] = at::vec::fmadd(x, w0, acc[r][0]);
       acc[r][1] = at::vec::fmadd(x, w1, acc[r][1]);
       acc[r][2] = at::vec::fmadd(x, w2, acc[r][2]);
@@ -136,6 +137,7 @@ struct Variant {
   const T* peep = nullptr;
   const T* zc = nullptr;
   const T* zh = nullptr;
+  const T* drop = nullptr;  // recurrent dropout: one (B, H) mask (scaled) on the h entering the products, or null
   const T* h_prev = nullptr;
   bool has(int64_t flag) const { return (flags & flag) != 0; }
   // This one, its zoneout masks from row `row` of step t, h_prev the rows that step reads.
@@ -144,6 +146,7 @@ struct Variant {
     const int64_t offset = (t * B + row) * H;
     v.zc = zc == nullptr ? nullptr : zc + offset;
     v.zh = zh == nullptr ? nullptr : zh + offset;
+    v.drop = drop == nullptr ? nullptr : drop + row * H;
     v.h_prev = h_rows;
     return v;
   }
@@ -218,16 +221,21 @@ void forward_block(const T* x, const T* bias, const T* w_ih, const T* w_hh, cons
                    T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n, const Variant<T>& v) {
   const auto products = [&](Vectorized<T>(&acc)[R][4]) {
     accumulate<T, R>(acc, x, I, I, w_ih);
-    accumulate<T, R>(acc, h_prev, H, H, w_hh);
+    if (v.drop != nullptr) {
+      accumulate<T, R, true>(acc, h_prev, H, H, w_hh, v.drop);
+    } else {
+      accumulate<T, R>(acc, h_prev, H, H, w_hh);
+    }
   };
   forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
 }
 
 // dh_out (R rows x 4 vectors of hidden units from j, the first n of them real) = init + products(acc) (d_pre @
-// W_hh), all in registers. init, dh_out: rows of H, init null for zeros.
+// W_hh) [times scale, recurrent dropout's mask], all in registers. init, dh_out, scale: rows of H, init null for
+// zeros, scale null for none.
 template <typename T, int R, typename Products>
 __attribute__((always_inline)) inline void backward_cells(const Products& products, const T* init, T* dh_out,
-                                                          int64_t H, int64_t j, int64_t n) {
+                                                          int64_t H, int64_t j, int64_t n, const T* scale = nullptr) {
   using L = Lanes<T>;
   using V = typename L::V;
   V acc[R][4];
@@ -236,7 +244,7 @@ __attribute__((always_inline)) inline void backward_cells(const Products& produc
 #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       const int64_t m = std::clamp<int64_t>(n - q * L::N, 0, L::N);
-      acc[r][q] = init == nullptr || m == 0 ? V(T(0)) : L::load(init + r * H + j + q * L::N, m);
+      acc[r][q] = scale != nullptr || init == nullptr || m == 0 ? V(T(0)) : L::load(init + r * H + j + q * L::N, m);
     }
   }
   products(acc);
@@ -245,6 +253,11 @@ __attribute__((always_inline)) inline void backward_cells(const Products& produc
 #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       const int64_t m = std::clamp<int64_t>(n - q * L::N, 0, L::N);
+      if (m > 0 && scale != nullptr) {
+        const int64_t at_ = r * H + j + q * L::N;
+        const V base = init == nullptr ? V(T(0)) : L::load(init + at_, m);
+        acc[r][q] = at::vec::fmadd(acc[r][q], L::load(scale + at_, m), base);
+      }
       if (m > 0) {
         L::store(acc[r][q], dh_out + r * H + j + q * L::N, m);
       }
@@ -255,9 +268,10 @@ __attribute__((always_inline)) inline void backward_cells(const Products& produc
 // backward_cells with float32 (or float64) products. d_pre: rows of 4H; w: this slice of pack_backward's W_hh,
 // (4H, 4, N).
 template <typename T, int R>
-void backward_block(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n) {
+void backward_block(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n,
+                    const T* scale) {
   const auto products = [&](Vectorized<T>(&acc)[R][4]) { accumulate<T, R>(acc, d_pre, 4 * H, 4 * H, w); };
-  backward_cells<T, R>(products, init, dh_out, H, j, n);
+  backward_cells<T, R>(products, init, dh_out, H, j, n, scale);
 }
 
 #if defined(LSTM_TRAIN_BF16)
@@ -461,8 +475,9 @@ struct ForwardBlock {
 
 template <typename T, int R>
 struct BackwardBlock {
-  static void run(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n) {
-    backward_block<T, R>(d_pre, w, init, dh_out, H, j, n);
+  static void run(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n,
+                  const T* scale) {
+    backward_block<T, R>(d_pre, w, init, dh_out, H, j, n, scale);
   }
 };
 
@@ -519,6 +534,17 @@ Tensor check_peep(const std::optional<Tensor>& peep, const Tensor& x, const Tens
                   peep->scalar_type() == x.scalar_type(),
               "lstm_train kernel: peep must be (3, H) on the CPU with x's dtype, got ", peep->sizes());
   return peep->contiguous();
+}
+
+// Recurrent dropout's mask (B, H), contiguous, or undefined for none; not with bfloat16 products.
+Tensor check_drop(const std::optional<Tensor>& drop, const Tensor& h0, bool bf16) {
+  if (!drop.has_value() || !drop->defined()) {
+    return Tensor();
+  }
+  TORCH_CHECK(!bf16, "lstm_train kernel: recurrent dropout takes float32 products");
+  TORCH_CHECK(drop->sizes() == h0.sizes() && drop->device().is_cpu() && drop->scalar_type() == h0.scalar_type(),
+              "lstm_train kernel: a recurrent dropout mask must be (B, H) as h0, got ", drop->sizes());
+  return drop->contiguous();
 }
 
 // A zoneout mask (T, B, H), contiguous, or undefined for none.
@@ -591,9 +617,10 @@ void check_bf16(bool bf16, const Tensor& x) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16, int64_t flags,
-    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in) {
+    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in,
+    const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
-  const Tensor peep = check_peep(peep_in, x_in, w_hh);
+  const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
   TORCH_CHECK(batch_sizes.empty() || static_cast<int64_t>(batch_sizes.size()) == T,
@@ -649,7 +676,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const T_* xp = x.data_ptr<T_>();
     const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
     const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
-                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr};
+                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr,
+                          drop.defined() ? drop.data_ptr<T_>() : nullptr};
     T_* g = keep ? gates.data_ptr<T_>() : nullptr;
     T_* hp = hs.data_ptr<T_>();
     T_* cp = cs.data_ptr<T_>();
@@ -665,7 +693,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         T_* c_t = cp + t % c_steps * B * H;
         if (few) {
           Tensor pre_t = pre[t].narrow(0, 0, b);
-          pre_t.addmm_((t == 0 ? h0 : hs[t - 1]).narrow(0, 0, b), w_hh.t());
+          const Tensor h_in = (t == 0 ? h0 : hs[t - 1]).narrow(0, 0, b);
+          pre_t.addmm_(drop.defined() ? h_in * drop.narrow(0, 0, b) : h_in, w_hh.t());
           const T_* p = pre_t.data_ptr<T_>();
           for (int64_t row = 0; row < b; ++row) {
             for (int64_t j = 0; j < H; j += N) {
@@ -729,9 +758,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor& gates, const Tensor& hs, const Tensor& cs, const std::optional<Tensor>& d_hs_in,
     const std::optional<Tensor>& d_hn_in, const std::optional<Tensor>& d_cn_in, at::IntArrayRef batch_sizes,
     bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16, int64_t flags,
-    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in) {
+    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in,
+    const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
-  const Tensor peep = check_peep(peep_in, x_in, w_hh);
+  const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
   TORCH_CHECK(gates.is_contiguous() && hs.is_contiguous() && cs.is_contiguous() && gates.size(0) == T,
@@ -762,7 +792,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const T_* cp = cs.data_ptr<T_>();
     const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
     const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
-                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr};
+                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr,
+                          drop.defined() ? drop.data_ptr<T_>() : nullptr};
     Tensor carry = zh.defined() ? at::zeros({B, H}, x.options()) : Tensor();  // dL/dh_{t-1} past the cell
     T_* carry_p = carry.defined() ? carry.data_ptr<T_>() : nullptr;
     const T_* w = bf16 ? nullptr : w_packed.data_ptr<T_>();
@@ -823,7 +854,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
             if (rows > 0) {
               call_block<T_, BackwardBlock>(static_cast<int>(rows), dp_t + r * G, w + j * G,
                                             init == nullptr ? nullptr : init + r * H, dh_p + r * H, H, j,
-                                            std::min(4 * N, H - j));
+                                            std::min(4 * N, H - j), var.drop == nullptr ? nullptr : var.drop + r * H);
             }
           }
         }
@@ -857,10 +888,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep};
   }
 #endif
-  // d W_hh = sum over t of d_pre_t^T h_{t-1}, computed transposed (h_{t-1}^T d_pre_t): measured 5-10% faster
-  Tensor d_w_hh_t = at::mm(h0.t(), d_pre[0]);
+  // d W_hh = sum over t of d_pre_t^T h_{t-1}, computed transposed (h_{t-1}^T d_pre_t): measured 5-10% faster. With
+  // recurrent dropout, h_{t-1} as the product read it: times the mask.
+  Tensor d_w_hh_t = at::mm((drop.defined() ? h0 * drop : h0).t(), d_pre[0]);
   if (T > 1) {
-    d_w_hh_t.addmm_(hs.narrow(0, 0, T - 1).reshape({-1, H}).t(), d_pre.narrow(0, 1, T - 1).reshape({-1, G}));
+    const Tensor h_prev = drop.defined() ? hs.narrow(0, 0, T - 1) * drop : hs.narrow(0, 0, T - 1);
+    d_w_hh_t.addmm_(h_prev.reshape({-1, H}).t(), d_pre.narrow(0, 1, T - 1).reshape({-1, G}));
   }
   Tensor d_x = need_x ? product(d_pre2, w_ih).view({T, B, I}) : Tensor();
   Tensor d_w_ih = need_w_ih ? product(d_pre2.t(), x.view({T * B, I})) : Tensor();
@@ -874,13 +907,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
 TORCH_LIBRARY(lstm_train, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
-      "bool keep, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh) -> (Tensor, Tensor, Tensor, Tensor, "
-      "Tensor)");
+      "bool keep, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh, Tensor? drop) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor)");
   m.def(
       "lstm_backward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor? d_hs, Tensor? d_hn, Tensor? d_cn, int[] batch_sizes, bool need_x, bool need_w_ih, bool need_bias, "
-      "bool record_dh, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh) -> (Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor)");
+      "bool record_dh, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh, Tensor? drop) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_train, CPU, m) {
