@@ -59,7 +59,7 @@ class LSTM(nn.Module):
       torch's weights plus its own (``weight_ci_l0``, ...); ``cell``: your own :class:`~lstm_train.nn.Cell`.
       ``zoneout_c``, ``zoneout_h``, ``recurrent_dropout`` and ``weight_drop``: recurrent regularisers, active in
       training (zoneout at test: its expectation). ``impl="fast"`` runs the elementwise variants (all but FGR,
-      without layer norm) on the compiled kernel; other cells, zoneout and recurrent dropout run on the
+      without layer norm), zoneout and recurrent dropout on the compiled kernel; other cells run on the
       pure-PyTorch loop through autograd (its input projection hoisted out of the loop), with a log line saying
       so. Weight drop masks W_hh before the layer runs, so every path serves it.
     """
