@@ -9,7 +9,9 @@ and wraps it in an autograd.Function.
 :func:`auto_layer` is what ``LSTM(impl="fast")`` runs: this kernel wherever it applies, else fast.py's
 pure-PyTorch loop, with one log line per process for each reason. ``LSTM_TRAIN_FAST_PATH`` chooses:
 ``auto`` (default), ``compiled`` (the kernel wherever it applies; an error if it cannot be built) or
-``pytorch`` (never the kernel).
+``pytorch`` (never the kernel). Besides the plain cell the kernel runs the elementwise variants of
+lstm_train/nn/variants.py (flags of its one cell), zoneout and recurrent dropout; the other cells run on fast.py's
+autograd loop (``fast_cell_layer``), with one log line saying why.
 
 bfloat16 products (``bf16=True``, what ``LSTM`` asks for under ``torch.autocast(dtype=torch.bfloat16)``): on a
 CPU with AVX512-BF16 the build adds them (:func:`bf16_products`); x, h, the weights and the gate gradients are
@@ -252,7 +254,8 @@ def auto_layer(
 
 
 def why_not_kernel_cell(cell: Cell, noise: Noise | None) -> str | None:
-    """None if the kernel has this cell (an elementwise variant, no zoneout or recurrent dropout), else why not."""
+    """None if the kernel has this cell (an elementwise variant: not layer norm, not FGR, not your own), else why not;
+    it has every regulariser."""
     if not isinstance(cell, Variant):
         return "the kernel has the built-in variants only"
     if cell.kernel_flags() is None:
@@ -289,7 +292,8 @@ def compiled_layer(
     With ``lengths``, rows must be sorted longest first (the LSTM module sorts them). The weights are read
     as they are on every call: nothing is prepared or cached. ``bf16``: bfloat16 products (float32 tensors, a
     kernel with :func:`bf16_products`). ``cell``: an elementwise variant (``Variant.kernel_flags``), with its
-    peepholes in ``own``; ``noise``: its zoneout (every step's masks drawn here, before the loop).
+    peepholes in ``own``; ``noise``: zoneout (every step's masks drawn here, before the loop) and recurrent
+    dropout (one mask per sequence).
     """
     T, B = x.shape[:2]
     w_ih, w_hh, b_ih, b_hh, _ = weights  # no projection: why_not_compiled
