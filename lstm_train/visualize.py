@@ -185,7 +185,8 @@ def heatmap_figure(rec: Recording, layer: str, example: Example, title: str):
                 values.t().numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
             )
         figure.colorbar(image, ax=ax, pad=0.01, fraction=0.03)
-        ax.set_ylabel(f"{kind}\nunit", fontsize=9)
+        note = rec.constants.get(kind)  # a gate the LSTM variant does not compute (lstm_train/nn/variants.py)
+        ax.set_ylabel(f"{kind}\n" + (f"({note})" if note else "unit"), fontsize=9)
         for t in example.marks:
             ax.axvline(t, color="red", linewidth=1.0, linestyle="--")
     axes[-1].set_xticks(

@@ -209,6 +209,17 @@ CASES = [
      "64 units) keeps at least 26.2 TB of activations for the backward pass and this machine has ", 2),
     ("huge-seed", "a seed torch cannot take", "lstm-train", ["trainer.seed=1e23"],
      "trainer.seed: must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed accepts), got 1e+23", 2),
+    # -- LSTM variants and recurrent regularisers (issue 25)
+    ("variant-gru", "an LSTM variant for a GRU", "lstm-train", ["model.cell=gru", "model.variant=v"],
+     "model.cell: model.variant=v changes an LSTM's cell; model.cell=gru has none", 2),
+    ("variant-torch", "an LSTM variant on torch.nn.LSTM", "lstm-train", ["model.backend=torch", "model.zoneout_c=0.5"],
+     "model.backend: model.zoneout_c=0.5 needs our LSTM: torch.nn.LSTM has no variants", 2),
+    ("zoneout-1", "zoneout of 1 or more", "lstm-train", ["model.zoneout_h=1"],
+     "model.zoneout_h: must be in [0, 1), got 1", 2),
+    ("resume-variant", "resuming a checkpoint as another variant", "lstm-train",
+     ["debug=fast", "model.variant=v", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.variant (checkpoint 'lstm', now 'v')",
+     2),
 ]
 
 
