@@ -409,8 +409,8 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain dicts and lists: what checkpoints, HParams and data-parallel workers get.
 
     Values are kept as the run used them: a data file named ``a${b}.txt`` is that name. Whoever rebuilds an
-    OmegaConf config from it (the tools, a data-parallel worker) escapes it first with :func:`lstm_train.schema.escaped`, or
-    OmegaConf would read the ``${`` as an interpolation."""
+    OmegaConf config from it (the tools, a data-parallel worker) escapes it first
+    (:func:`lstm_train.schema.escaped`), or OmegaConf would read the ``${`` as an interpolation."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
