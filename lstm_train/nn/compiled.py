@@ -38,6 +38,9 @@ from .fast import DhCallback, dh_callback, differentiable_backward, fast_layer, 
 from .reference import LayerWeights
 
 log = logging.getLogger(__name__)
+# A CUDA build of torch on a machine without a GPU warns "No CUDA runtime is found" when cpp_extension is imported
+# (which builds and finds this kernel): noise for a CPU-only kernel, printed before the CLI's own one-line output.
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda r: not str(r.msg).startswith("No CUDA runtime"))
 
 ENV = "LSTM_TRAIN_FAST_PATH"
 PATHS = ("auto", "compiled", "pytorch")
