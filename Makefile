@@ -7,7 +7,7 @@ PIP   := $(PY) -m pip install --quiet
 # PyPI's Linux torch is a CUDA build (several GB with its nvidia-* packages). Without a visible NVIDIA GPU the CPU
 # build is meant: the one pip finds where it is configured to look (this project's machines hold it on disk), else
 # PyTorch's CPU index. With a GPU, PyPI's CUDA build. TORCH_INDEX overrides the choice (empty: PyPI's build), e.g.
-#   make train TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu130"
+#   make train TORCH_INDEX="--index-url https://download.pytorch.org/whl/<cuda tag>"
 TORCH ?= torch==2.13.0
 ifneq ($(origin TORCH_INDEX),undefined)
 INSTALL_TORCH = $(PIP) $(TORCH_INDEX) "$(TORCH)"
