@@ -49,6 +49,9 @@ from .reference import LayerWeights, cell_layer
 from .variants import Cell, Noise, Params, Variant
 
 log = logging.getLogger(__name__)
+# A CUDA build of torch on a machine without a GPU warns "No CUDA runtime is found" when cpp_extension is imported
+# (which builds and finds this kernel): noise for a CPU-only kernel, printed before the CLI's own one-line output.
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda r: not str(r.msg).startswith("No CUDA runtime"))
 
 ENV = "LSTM_TRAIN_FAST_PATH"
 PATHS = ("auto", "compiled", "pytorch")
