@@ -69,6 +69,8 @@ class StopRequest:
     at: float = 0.0  # when (time.monotonic) the first stop signal came
     save: bool = False  # save last.pt after this step, and go on
     then: Callable[[], None] | None = None  # to call after that save (submitit's checkpoint-and-requeue)
+    # Set when there is no step to finish (the test): a stop signal raises what it returns, at once.
+    at_once: Callable[[int], Interrupted] | None = None
 
 
 def submitit_signal() -> int | None:
@@ -104,6 +106,8 @@ def deferred_signals() -> Iterator[StopRequest]:
                 return  # the same stop, delivered twice (terminal and launcher): not a second request
             raise Interrupted(signum, f"interrupted again ({signal_name(signum)}): stopped at once, mid-step")
         request.signum, request.at = signum, time.monotonic()
+        if request.at_once is not None:
+            raise request.at_once(signum)
         log.warning("%s received: stopping after this step (send it again to stop at once)", signal_name(signum))
 
     handlers: dict[int, Callable] = dict.fromkeys(SIGNALS, handle)
