@@ -72,8 +72,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one it was for
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
 

@@ -735,10 +735,10 @@ def _check_resumable(path: Path, state: dict[str, Any]) -> None:
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     bad += [f"config.{g}" for g in ("model", "task", "optim", "scheduler", "trainer")
             if not isinstance(config.get(g), dict)]
-    progress = state.get("progress") if isinstance(state.get("progress"), dict) else {}
-    fields = {f.name for f in dataclasses.fields(Progress)}
-    bad += [f"progress.{k}" for k in sorted(progress.keys() - fields)]
-    bad += [] if "step" in progress else ["progress.step"]
+    if isinstance(state.get("progress"), dict):
+        fields = {f.name for f in dataclasses.fields(Progress)}
+        bad += [f"progress.{k}" for k in sorted(state["progress"].keys() - fields)]
+        bad += [] if "step" in state["progress"] else ["progress.step"]
     if bad:
         raise ConfigError("trainer.resume", f"{path} cannot be resumed: {', '.join(dict.fromkeys(bad))} missing or "
                           "not as lstm-train writes them; resume from a checkpoints/last.pt written by lstm-train")
