@@ -115,13 +115,19 @@ def trainer_for(cfg, out_dir: Path) -> Trainer:
     return Trainer(cfg, task, build_model(cfg.model, task), out_dir, torch.device("cpu"))
 
 
+# The scheduler's own copies of its settings (the rest of its state is where it is in the run)
+SCHEDULER_SETTINGS = ("base_lrs", "total_steps", "warmup_steps", "min_lr_ratio", "step_size", "gamma", "factor",
+                      "patience", "threshold", "threshold_mode", "min_lrs", "mode", "cooldown", "eps")
+
+
 def settings(trainer: Trainer) -> dict:
     """What a trainer does with its config, apart from the state a run accumulates."""
     groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in trainer.optimizer.param_groups]
+    scheduler = trainer.scheduler.state_dict() or {}
     return {
         "optimizer": (type(trainer.optimizer), groups, trainer._base_lrs),
         "scheduler": (type(trainer.scheduler.scheduler), trainer.scheduler.settings, trainer.scheduler.interval,
-                      getattr(trainer.scheduler.scheduler, "mode", None)),
+                      {k: v for k, v in scheduler.items() if k in SCHEDULER_SETTINGS}),
         "length": (trainer.run_length, trainer.steps_per_epoch),
         "monitor": (trainer.monitor, trainer.maximize), "clip": trainer.clip, "loss": trainer._loss_options,
         "max_time": trainer.max_time, "ema": trainer.ema is None, "probe": trainer.probe is None,
