@@ -163,6 +163,32 @@ CASES = [
      "no checkpoint file at {d}/none.pt", 2),
     ("visualize-text-file", "plotting with a text file that does not exist", "lstm-visualize",
      ["{char}/checkpoints/best.pt", "--text-file", "{d}/none.txt"], "no file at {d}/none.txt", 2),
+    # -- resuming with another config, and checkpoints a resume cannot use (issue 24)
+    ("resume-other-seed", "resuming with another seed", "lstm-train",
+     ["debug=fast", "trainer.seed=3", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt was trained with trainer.seed=0, not 3, which a resumed run cannot "
+     "change", 2),
+    ("resume-other-batch", "resuming with another batch size", "lstm-train",
+     ["debug=fast", "trainer.batch_size=64", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt was trained with trainer.batch_size=32, not 64, which a resumed run "
+     "cannot change", 2),
+    ("resume-other-data", "resuming on other data of the same task", "lstm-train",
+     ["debug=fast", "task.seq_len=9", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt was trained on other data: task.seq_len (checkpoint 8, now 9)", 2),
+    ("resume-other-init", "resuming with another initialisation", "lstm-train",
+     ["debug=fast", "model.forget_bias=0.5", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.forget_bias (checkpoint 2.0, now 0.5)",
+     2),
+    ("resume-partial", "resuming from a checkpoint with keys missing", "lstm-train",
+     ["debug=fast", "trainer.resume={d}/partial.pt"],
+     "trainer.resume: {d}/partial.pt cannot be resumed: optimizer, progress missing", 2),
+    ("resume-mixed-best", "resuming beside a best.pt of another save", "lstm-train",
+     ["debug=fast", "trainer.resume={d}/mixed/last.pt"],
+     "trainer.resume: {d}/mixed/best.pt holds step 3, but {d}/mixed/last.pt records its best at step 5", 2),
+    ("resume-corrupt-best", "resuming beside a damaged best.pt", "lstm-train",
+     ["debug=fast", "trainer.resume={d}/corrupt/last.pt"],
+     "trainer.resume: {d}/corrupt/best.pt is not an lstm-train checkpoint (truncated or not a torch file); move it "
+     "away to resume with the best restarted", 2),
 ]
 
 
@@ -188,6 +214,14 @@ def results(tmp_path_factory) -> dict:
               d / "char")
     checkpoint = (d / "cls/checkpoints/last.pt").read_bytes()
     (d / "truncated.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
+    state = torch.load(d / "cls/checkpoints/last.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in ("optimizer", "progress")}, d / "partial.pt")
+    for name, best in (("mixed", 5), ("corrupt", state["progress"]["best"]["step"])):
+        (d / name).mkdir()
+        torch.save({**state, "progress": {**state["progress"], "best": {**state["progress"]["best"], "step": best}}},
+                   d / name / "last.pt")
+    torch.save({**state, "progress": {**state["progress"], "step": 3}}, d / "mixed/best.pt")
+    (d / "corrupt/best.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
     (d / "malicious.pt").write_bytes(pickle.dumps({"model": Payload()}))
     torch.save({"weight": torch.zeros(2)}, d / "foreign.pt")
     (d / "notes.txt").write_text("not a checkpoint\n")
