@@ -318,6 +318,9 @@ class Trainer:
 
     def _resume_ema(self, path: Path, ema: dict[str, Any] | None) -> None:
         if self.ema is None:
+            if ema is not None:
+                log.warning("trainer.ema_decay is null: %s's moving average of the weights is dropped, and val, test "
+                            "and best.pt evaluate the weights as trained from step %d", path, self.progress.step)
             return
         if ema is None:  # the run was trained without trainer.ema_decay: the average starts at its weights
             log.warning("%s holds no moving average of the weights: trainer.ema_decay starts one at step %d",
@@ -330,7 +333,7 @@ class Trainer:
     def _check_fits(self, path: Path, state: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
         """Load the model's weights, or raise a ConfigError naming what makes the checkpoint not fit: another task,
         data, model (a model.* key the weights depend on), or a key of RESUME_REFUSED."""
-        task = state["config"]["task"]["name"]
+        task = state["config"]["task"].get("name")
         if task != self.task.name:
             raise ConfigError("trainer.resume", f"{path} was trained on task={task}, not task={self.task.name}; "
                               f"resume with task={task} and the checkpoint's other settings")
