@@ -424,13 +424,15 @@ class Trainer:
                 total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                 disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
-                while (p.step < self.total_steps and not (p.stopped_early or p.max_time_reached)
-                       and stop.signum is None):
+                while ((signum := self._agreed(stop)[0]) is None and p.step < self.total_steps
+                       and not (p.stopped_early or p.max_time_reached)):
                     self._run_epoch(tracker, bar, clock, stop)
-                if stop.signum is not None:
-                    self._stop(stop.signum)
+                if signum is not None:
+                    self._stop(signum)
                 elapsed = self._elapsed()
                 stop.at_once = self._interrupted_in_test  # no step to finish: a signal stops the test at once
+                if stop.signum is not None and self.world.size == 1:  # it came after the last check
+                    raise self._interrupted_in_test(stop.signum)
                 test, tested, unusable_best = self._test(tracker)
         finally:
             tracker.close()
@@ -459,6 +461,16 @@ class Trainer:
             raise RunError(f"{unusable_best}, so the test used the last weights (metrics.json has it, "
                            f"test_checkpoint: last); the trained run is in {self.last_checkpoint}")
         return result
+
+    def _agreed(self, stop: StopRequest, late: bool = False) -> tuple[int | None, bool, bool]:
+        """The stop signal, save request and budget end that every rank acts on now. A signal may reach one
+        process first, and one stopping or saving alone would wait for the others in a collective. A request that
+        comes during the agreement stays in ``stop`` for the next one (the agreed values do not replace it)."""
+        if self.world.size == 1:
+            return stop.signum, stop.save, late
+        signum, save, late = distributed.agreed_request(stop.signum, stop.save, late)
+        stop.signum, stop.save = stop.signum or signum, stop.save or save  # another rank's request is ours too
+        return signum, save, late
 
     def _interrupted_in_test(self, signum: int) -> Interrupted:
         return Interrupted(signum, f"interrupted ({signal_name(signum)}) in the test, after training to step "
@@ -512,8 +524,7 @@ class Trainer:
             # decides as this one did (its evaluated step owed, or done).
             now = self._elapsed()
             late = self.max_time is not None and not p.out_of_time and now >= self.max_time
-            if self.world.size > 1:  # a signal may reach one process first: all act on it at the same step
-                stop.signum, stop.save, late = distributed.agreed_request(stop.signum, stop.save, late)
+            signum, save, late = self._agreed(stop, late)
             if late:
                 p.out_of_time = True
                 log.info("trainer.max_time=%s spent after step %d (%s): %s", t.max_time, step, _fmt_seconds(now),
@@ -523,9 +534,9 @@ class Trainer:
                 self._save(improved, now)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
-            if stop.save and stop.signum is None:
+            if save and signum is None:
                 self._save_on_request(stop)
-            if finished or end_of_epoch or p.stopped_early or p.max_time_reached or stop.signum is not None:
+            if finished or end_of_epoch or p.stopped_early or p.max_time_reached or signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
 
