@@ -88,9 +88,8 @@ TAKES_EFFECT = {
     "task.monitor": ([], ["task.monitor=loss"]),
     "name": ([], ["name=renamed"]),
 }
-# Allowed keys tested elsewhere: another world size (tests/test_distributed.py), the model and task keys used at
-# run time by models and tasks other than the classifier on first_last (tests/test_interrupt.py resumes them), and
-# _partial_ (a constant of every option).
+# Allowed keys tested elsewhere: another world size (tests/test_distributed.py), and _partial_ (a constant of every
+# option). The model and task keys of other models and tasks used at run time: RUNTIME, below.
 ELSEWHERE = {"trainer.devices", "trainer.resume", "optim._partial_", "scheduler._partial_"}
 
 
@@ -418,3 +417,44 @@ def _scalars(run_dir: Path, tag: str) -> list:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return acc.Scalars(tag)
+
+
+# ---- model and task keys used at run time, by the other models and tasks ------------------------------------------
+CONLL = "EU B-ORG\nrejects O\nGerman B-MISC\ncall O\n\nPeter B-PER\nBlackburn I-PER\n\nBRUSSELS B-LOC\n1996-08-22 O\n"
+RUNTIME = {
+    "seq2seq": (["model=seq2seq", "task=reverse", "model.hidden_size=8", "model.embedding_dim=8"],
+                ["model.output_dropout=0.1", "model.teacher_forcing_ratio=0.5", "model.beam_size=2",
+                 "model.length_penalty=0.5", "model.max_length_ratio=1.5", "model.max_length_offset=3"]),
+    "text_char": (["model=char", "task=text_char", "task.seq_len=16", "task.val_fraction=0.1", "task.test_fraction=0.1",
+                   "task.sample_length=0", "task.path={d}/a.txt"], ["task.sample_length=10", "task.path={d}/b.txt"]),
+    "conll": (["model=tagger", "task=conll", "task.train={d}/a.conll", "task.val={d}/a.conll", "task.test={d}/a.conll"],
+              ["task.word_dropout=0.1", "task.train={d}/b.conll", "task.val={d}/b.conll", "task.test={d}/b.conll"]),
+}
+
+
+def plain_attributes(*objects: object) -> dict:
+    """The plain values a model's modules or a task hold (rates, sizes, paths): what their config set."""
+    modules = [m for o in objects for m in (o.modules() if isinstance(o, torch.nn.Module) else [o])]
+    return {(i, k): v for i, m in enumerate(modules) for k, v in vars(m).items()
+            if isinstance(v, bool | int | float | str | Path) and k != "training"}
+
+
+@pytest.mark.parametrize("case", RUNTIME)
+def test_run_time_model_and_task_keys_take_effect(compose_cfg, tmp_path, case):
+    """The keys of RESUME_MODEL_RUNTIME and RESUME_TASK_RUNTIME: moved data files too (the same content)."""
+    for name in ("a", "b"):  # the same data in two places
+        (tmp_path / f"{name}.txt").write_text("In the beginning God created the heaven and the earth.\n" * 40)
+        (tmp_path / f"{name}.conll").write_text(CONLL * 8)
+    first, changes = ([o.format(d=tmp_path) for o in options] for options in RUNTIME[case])
+    train(compose_cfg(*BASE, "trainer.max_epochs=1", *first), tmp_path / "first")
+    cfg = compose_cfg(*BASE, *first, *changes)
+    fresh, resumed = trainer_for(cfg, tmp_path / "fresh"), trainer_for(cfg, tmp_path / "resumed")
+    resumed.resume(tmp_path / "first/checkpoints/last.pt")
+    assert plain_attributes(resumed.model, resumed.task) == plain_attributes(fresh.model, fresh.task)
+    before = trainer_for(compose_cfg(*BASE, *first), tmp_path / "before")
+    unchanged = plain_attributes(before.model, before.task)
+    # each change shows in those values (else the comparison above would prove nothing); a moved file shows only
+    # in that the resume reads it and is not refused
+    for option in [o for o in changes if o.split("=")[0] not in ("task.path", "task.train", "task.val", "task.test")]:
+        one = trainer_for(compose_cfg(*BASE, *first, option), tmp_path / "one")
+        assert plain_attributes(one.model, one.task) != unchanged, option
