@@ -2,8 +2,9 @@
 
 During training the first signal only raises a flag: the loop finishes the step it is in, saves last.pt at
 that step and raises :class:`Interrupted`, which the CLI turns into one line and exit status 128 + signal
-(130 for SIGINT, 143 for SIGTERM). A second signal (a second or more after the first), or one outside the
-training loop, raises :class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
+(130 for SIGINT, 143 for SIGTERM). A second signal (a second or more after the first), one during the test
+(:attr:`StopRequest.at_once`: training is over and saved, there is no step to finish), or one outside the training
+loop, raises :class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
 ``except Exception`` on the way (Hydra's job runner included) swallows it.
 """
 
