@@ -16,9 +16,12 @@ from __future__ import annotations
 import io
 import os
 import pickletools
+import shutil
+import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -47,11 +50,47 @@ ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """``source``'s bytes at ``path``, atomically as :func:`save_checkpoint` writes."""
+    with open(source, "rb") as f:
+        atomic_write(path, lambda out: shutil.copyfileobj(f, out))
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then renamed over it: a reader sees the old file or
+    the whole new one, never a part. The temporary name is this write's own (two writers never share one), and
+    the data is on disk before the rename, the rename before returning (fsync of the file, then of the dir), so
+    that a power cut leaves no empty or partial file under ``path`` either."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    # Not tempfile.mkstemp: its files are private (0600); this one gets the umask's mode, as a plain open would.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one it was for
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # no directory handles to sync (Windows); its renames are journaled
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -138,6 +177,26 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     flat_old, flat_new = _flatten(old), _flatten(new)
     keys = sorted((flat_old.keys() | flat_new.keys()) - {"trainer.resume"})
     return {k: (flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)}
+
+
+# What a resumed run does with a config value that differs from its checkpoint's (README: Stopping and resuming).
+# Every key takes effect from the step reached, except those refused below. The trainer applies what the
+# checkpoint's state would override (Trainer.resume): optim.* (another optimizer starts afresh), the schedule
+# (scheduler.*, optim.lr, and trainer.max_steps, max_epochs, eval_every_n_steps: its length), trainer.monitor and
+# monitor_mode (the best restarts), ema_decay and max_time; the rest it reads anew at every step, evaluation, save
+# and test, and the model and task are built from this run's config.
+# model.* keys the weights do not depend on; any other shapes the weights or sets their initial values, which the
+# checkpoint's replace: refused ("holds a different model").
+RESUME_MODEL_RUNTIME = frozenset({"backend", "dropout", "output_dropout", "teacher_forcing_ratio", "beam_size",
+                                  "length_penalty", "max_length_ratio", "max_length_offset"})
+# task.* keys that use the same data otherwise, or name where it is (data moved: the vocabulary check compares what
+# the files hold); any other makes other data: refused ("was trained on other data").
+RESUME_TASK_RUNTIME = frozenset({"word_dropout", "sample_length", "monitor", "path", "train", "val", "test"})
+# Other keys a resumed run cannot change, and why.
+RESUME_REFUSED = {
+    "trainer.seed": "the order of the epoch in progress derives from it",
+    "trainer.batch_size": "the checkpoint's place in its epoch counts batches of its size",
+}
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

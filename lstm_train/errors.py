@@ -18,6 +18,11 @@ class ConfigError(ValueError):
         return type(self), (self.key, self.message)
 
 
+class RunError(RuntimeError):
+    """A run that failed after saving what it could (lstm-train reports it on one line, exit status 1).
+    ``str(error)`` is that line."""
+
+
 class UsageError(Exception):
     """A command-line mistake of lstm-generate, lstm-predict, lstm-visualize or a script: a wrong argument, a
     checkpoint the tool cannot use. ``str(error)`` is the one line to show."""

@@ -2,8 +2,9 @@
 
 During training the first signal only raises a flag: the loop finishes the step it is in, saves last.pt at
 that step and raises :class:`Interrupted`, which the CLI turns into one line and exit status 128 + signal
-(130 for SIGINT, 143 for SIGTERM). A second signal (a second or more after the first), or one outside the
-training loop, raises :class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
+(130 for SIGINT, 143 for SIGTERM). A second signal (a second or more after the first), one during the test
+(:attr:`StopRequest.at_once`: training is over and saved, there is no step to finish), or one outside the training
+loop, raises :class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
 ``except Exception`` on the way (Hydra's job runner included) swallows it.
 """
 
@@ -69,6 +70,8 @@ class StopRequest:
     at: float = 0.0  # when (time.monotonic) the first stop signal came
     save: bool = False  # save last.pt after this step, and go on
     then: Callable[[], None] | None = None  # to call after that save (submitit's checkpoint-and-requeue)
+    # Set when there is no step to finish (the test): a stop signal raises what it returns, at once.
+    at_once: Callable[[int], Interrupted] | None = None
 
 
 def submitit_signal() -> int | None:
@@ -104,6 +107,8 @@ def deferred_signals() -> Iterator[StopRequest]:
                 return  # the same stop, delivered twice (terminal and launcher): not a second request
             raise Interrupted(signum, f"interrupted again ({signal_name(signum)}): stopped at once, mid-step")
         request.signum, request.at = signum, time.monotonic()
+        if request.at_once is not None:
+            raise request.at_once(signum)
         log.warning("%s received: stopping after this step (send it again to stop at once)", signal_name(signum))
 
     handlers: dict[int, Callable] = dict.fromkeys(SIGNALS, handle)

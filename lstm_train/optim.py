@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from functools import partial
+from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
@@ -22,6 +24,16 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> Op
         return instantiate(cfg, _convert_="all")(params)
     except (InstantiationException, TypeError, ValueError) as e:
         raise _instantiation_error("optim", e) from e
+
+
+def optimizer_state_keys(cfg: DictConfig) -> set[str]:
+    """What the optimizer ``cfg`` builds keeps per parameter (Adam: step, exp_avg, exp_avg_sq; with amsgrad also
+    max_exp_avg_sq): a checkpoint's state fits it only with the same keys. Read from one step on a scalar."""
+    weight = torch.zeros(1, requires_grad=True)
+    weight.grad = torch.zeros(1)
+    optimizer = build_optimizer(cfg, [weight])
+    optimizer.step()
+    return set(optimizer.state[weight])
 
 
 def _instantiation_error(group: str, error: Exception) -> ConfigError:
@@ -65,13 +77,13 @@ class Scheduler:
     def __init__(self, cfg: DictConfig, optimizer: Optimizer, run_length: dict[str, int], mode: str = "min") -> None:
         """``run_length``: the run's steps, epochs and evaluations; ``mode``: min or max, the direction of the
         monitored metric (for ReduceLROnPlateau)."""
-        kwargs = to_container(cfg)
+        self.settings = self.resolve(cfg, run_length)
+        kwargs = dict(self.settings)
         self.interval: str = kwargs.pop("interval")
+        self.length = run_length.get(self.interval)
         self.scheduler: LRScheduler | ReduceLROnPlateau | None = None
         if kwargs["_target_"] is None:
             return
-        if "total_steps" in kwargs and kwargs["total_steps"] is None:
-            kwargs["total_steps"] = run_length[self.interval]  # null: the whole run
         try:
             make = instantiate(kwargs)  # a functools.partial of the scheduler class
             if issubclass(make.func, ReduceLROnPlateau):
@@ -79,6 +91,41 @@ class Scheduler:
             self.scheduler = make(optimizer)
         except (InstantiationException, TypeError, ValueError) as e:
             raise _instantiation_error("scheduler", e) from e
+
+    @staticmethod
+    def resolve(cfg: DictConfig | dict[str, Any], run_length: dict[str, int]) -> dict[str, Any]:
+        """The scheduler's arguments as this run uses them (``total_steps: null`` is the run's length): two runs
+        whose settings are equal have the same schedule."""
+        kwargs = dict(to_container(cfg)) if isinstance(cfg, DictConfig) else dict(cfg)
+        if "total_steps" in kwargs and kwargs["total_steps"] is None:
+            kwargs["total_steps"] = run_length[kwargs["interval"]]  # null: the whole run
+        return kwargs
+
+    @property
+    def adaptive(self) -> bool:
+        """A schedule driven by the monitored metric (ReduceLROnPlateau), not by the count of its steps."""
+        return isinstance(self.scheduler, ReduceLROnPlateau)
+
+    def fast_forward(self, count: int) -> None:
+        """Step a fresh schedule ``count`` times, to where a run with it from the start would be (the same
+        operations, so the same rates); a metric-driven schedule has no such place and starts where it is."""
+        if self.scheduler is None or self.adaptive:
+            return
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore")
+            for _ in range(count):
+                self.scheduler.step()
+
+    def describe(self, lr: float) -> str:
+        """The schedule in a few words, for the log: ``lr`` is the optimizer's current rate."""
+        if self.scheduler is None:
+            return f"a constant lr of {lr:.4g}"
+        args = ", ".join(f"{k}={v}" for k, v in self.settings.items() if not k.startswith("_") and k != "interval")
+        if self.adaptive:
+            return f"{type(self.scheduler).__name__}({args}) after each {self.interval}, lr now {lr:.4g}"
+        done = self.scheduler.last_epoch
+        return (f"{type(self.scheduler).__name__}({args}) per {self.interval}, at {done} of the run's "
+                f"{self.length}, lr now {lr:.4g}")
 
     def step(self, interval: str, metric: float | None = None) -> None:
         if self.scheduler is None or interval != self.interval:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_train import distributed
 from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, to_container, validate
 from lstm_train.distributed import World
+from lstm_train.errors import RunError
 from lstm_train.interrupt import Interrupted, raise_on_signals
 from lstm_train.models import build_model
 from lstm_train.schema import escaped
@@ -124,7 +125,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             metrics = spawn(cfg, out_dir)
         else:
             metrics = train(cfg, out_dir)
-    except (ConfigError, FloatingPointError) as e:
+    except (ConfigError, FloatingPointError, RunError) as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One job of a sweep: Hydra records it as failed and the sweep goes on (a SystemExit would end the
             # whole sweep, and kill the jobs running beside it); main() reports it when the sweep is over.
@@ -221,7 +222,7 @@ def run_worker(cfg: DictConfig, out_dir: str, world: World, resume: str | None) 
     """Train as one rank; rank 0 reports an error or an interruption on one line, every rank exits with it."""
     try:
         return train(cfg, out_dir, world)
-    except (ConfigError, FloatingPointError) as e:
+    except (ConfigError, FloatingPointError, RunError) as e:
         if world.main:
             fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
@@ -296,7 +297,7 @@ def _main(wants_traceback: bool) -> None:
     except Interrupted as e:
         print(f"lstm-train: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except (ConfigError, FloatingPointError) as e:  # a sweep's failed job: Hydra re-raises it after the sweep
+    except (ConfigError, FloatingPointError, RunError) as e:  # a sweep's failed job, re-raised after the sweep
         if wants_traceback:
             raise
         print(f"lstm-train: error: {e}", file=sys.stderr)

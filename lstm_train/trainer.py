@@ -30,8 +30,8 @@ import json
 import logging
 import math
 import platform
-import shutil
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lstm_train import distributed
 from lstm_train.checkpoint import (
+    RESUME_MODEL_RUNTIME,
+    RESUME_REFUSED,
+    RESUME_TASK_RUNTIME,
+    atomic_write,
     config_changes,
+    copy_checkpoint,
     evaluated_weights,
     load_checkpoint,
     rng_state,
@@ -54,10 +59,11 @@ from lstm_train.checkpoint import (
 )
 from lstm_train.config import ConfigError, duration_seconds, to_container
 from lstm_train.distributed import World
+from lstm_train.errors import RunError
 from lstm_train.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
 from lstm_train.models import count_parameters
 from lstm_train.nn.compiled import bf16_products
-from lstm_train.optim import Scheduler, build_optimizer
+from lstm_train.optim import Scheduler, build_optimizer, optimizer_state_keys
 from lstm_train.probe import Probe
 from lstm_train.tasks import Batch, Metrics, Split, Task, derive_seed
 from lstm_train.tracking import Tracker
@@ -110,24 +116,19 @@ class Trainer:
         self.num_params = count_parameters(model)
 
         self.steps_per_epoch = task.steps_per_epoch(t.batch_size)
-        limits = [n for n in (t.max_steps, t.max_epochs and t.max_epochs * self.steps_per_epoch) if n]
-        self.total_steps = min(limits)
-        total_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        evals = total_epochs if t.eval_every_n_steps is None else math.ceil(self.total_steps / t.eval_every_n_steps)
+        self.run_length = run_length(t, self.steps_per_epoch)
+        self.total_steps = self.run_length["step"]
 
         self.monitor = t.monitor.removeprefix("val/")
         if self.monitor not in task.metric_names:
             names = ", ".join(f"val/{m}" for m in task.metric_names)
             raise ConfigError("trainer.monitor", f"task {task.name} has no metric {t.monitor}; it has {names}")
-        mode = t.monitor_mode
-        self.maximize = task.higher_is_better[self.monitor] if mode == "auto" else mode == "max"
+        self.maximize = self._maximizes(t)
 
         self.params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, [p for _, p in self.params])
-        self.scheduler = Scheduler(
-            cfg.scheduler, self.optimizer, {"step": self.total_steps, "epoch": total_epochs, "eval": evals},
-            mode="max" if self.maximize else "min",
-        )
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # optim.lr, before any schedule
+        self.scheduler = self._new_scheduler()
         # trainer.ema_decay: a copy of the model whose weights follow the trained ones as a moving average. Val,
         # test, samples and best.pt's evaluated weights are the copy's; training, the probe and resuming use the
         # weights as trained. (Not torch's AveragedModel: it moves its update count from the CPU to the weights'
@@ -150,6 +151,7 @@ class Trainer:
         self.max_time = None if t.max_time is None else duration_seconds(t.max_time)
         self._clock = (time.perf_counter(), 0.0)  # (when this process's loop started, elapsed_s before it)
         self.resumed_at: int | None = None  # the step a resumed run started from
+        self.last_checkpoint: Path | None = None  # the last.pt that holds the state as it is now
         self._train_metrics = task.new_metrics()  # since the last evaluation
         self._lr = self.optimizer.param_groups[0]["lr"]
         self._reset_log_interval()
@@ -182,10 +184,14 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint. The old run's best.pt is copied over, so 'best' keeps its meaning.
+        """Continue from a checkpoint, with this run's config from the step reached. The old run's best.pt is
+        copied over, so 'best' keeps its meaning.
 
-        A checkpoint that does not fit this run's config (another task, vocabulary or model shape) is a
-        :class:`ConfigError` naming the keys that differ, raised before anything changes.
+        A checkpoint that does not fit this run's config (another task, data or model, a key a resumed run cannot
+        change: :data:`~lstm_train.checkpoint.RESUME_REFUSED`) is a :class:`ConfigError` naming the keys, raised
+        before anything is written. The other differences take effect: the optimizer's settings (another
+        optimizer starts afresh), the learning-rate schedule rebuilt over this run's length from the step reached,
+        the best restarted for another trainer.monitor; the rest is read anew as the run goes.
         """
         path = Path(path).expanduser()
         if not path.is_file():
@@ -194,13 +200,15 @@ class Trainer:
             state = load_checkpoint(path, map_location=self.device)
         except ValueError as e:
             raise ConfigError("trainer.resume", str(e)) from e
+        _check_resumable(path, state)
         changes = config_changes(state["config"], self.config)
         self._check_fits(path, state, changes)
         if changes:
             log.warning("resuming with a config that differs from the checkpoint's: %s", _fmt_changes(changes))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
+        optimizer_loaded = self._resume_optimizer(state)
+        self._resume_schedule(state, optimizer_loaded)
+        self._resume_best(path, state)  # the last check that can refuse: it copies best.pt
         self._resume_ema(path, state.get("ema"))
         set_rng_state(state["rng"])
         interval = state.get("interval")  # checkpoints written before interruption support have none
@@ -216,14 +224,103 @@ class Trainer:
             elif not self.world.main:  # another world size: rank 0 goes on from rank 0's, the others afresh
                 torch.manual_seed(derive_seed("rank", self.t.seed, self.progress.step, self.world.rank))
         self.resumed_at = self.progress.step
-        best = path.with_name("best.pt")
-        if self.world.main and best.is_file() and best.resolve() != (self.checkpoints / "best.pt").resolve():
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(best, self.checkpoints / "best.pt")
+        self.last_checkpoint = path
         log.info("resumed from %s at step %d (epoch %d)", path, self.progress.step, self.progress.epoch)
+
+    def _resume_optimizer(self, state: dict[str, Any]) -> bool:
+        """The checkpoint's optimizer state under this run's optim.* settings; False when it does not fit (another
+        optimizer, or one that keeps other state per parameter: Adam's amsgrad, RMSprop's momentum or centered),
+        and the optimizer starts afresh: one's state is never loaded into another."""
+        old, new = state["config"]["optim"].get("_target_"), self.cfg.optim._target_
+        saved = state["optimizer"].get("state") or {}
+        kept = set(next(iter(saved.values()), {}))
+        needed = kept if old == new and not saved else optimizer_state_keys(self.cfg.optim)
+        if old != new or kept != needed:
+            log.warning("the optimizer starts afresh at step %d: the checkpoint's state (%s: %s per parameter) does "
+                        "not fit this run's (%s: %s)", self.progress.step, old, ", ".join(sorted(kept)) or "none", new,
+                        ", ".join(sorted(needed)) or "none")
+            return False
+        settings = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+                    for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, mine in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(mine)  # this run's betas, weight decay, momentum...; the rates are the schedule's
+        return True
+
+    def _resume_schedule(self, state: dict[str, Any], optimizer_loaded: bool) -> None:
+        """The checkpoint's schedule when this run's is the same (same settings over the same length, the same
+        lr and monitor); otherwise this run's schedule, rebuilt from optim.lr and stepped to the step reached,
+        where a run with it from the start would be (a metric-driven one, plateau, starts afresh there)."""
+        old = state["config"]
+        old_settings = Scheduler.resolve(old["scheduler"], run_length(old["trainer"], self.steps_per_epoch))
+        if (optimizer_loaded and old_settings == self.scheduler.settings and old["optim"].get("lr") == self._base_lrs[0]
+                and not (self.scheduler.adaptive and self._monitor_changed(old["trainer"]))):
+            self.scheduler.load_state_dict(state["scheduler"])
+            return
+        for group, lr in zip(self.optimizer.param_groups, self._base_lrs, strict=True):
+            group["lr"] = lr
+            group.pop("initial_lr", None)  # else a new scheduler would take the checkpoint's as its base
+        self.scheduler = self._new_scheduler()
+        p, every = self.progress, old["trainer"]["eval_every_n_steps"]
+        done = {"step": p.step, "epoch": p.epoch, "eval": p.epoch if every is None else p.step // every}
+        self.scheduler.fast_forward(done[self.scheduler.interval])
+        log.info("learning-rate schedule from step %d: %s", p.step,
+                 self.scheduler.describe(self.optimizer.param_groups[0]["lr"]))
+
+    def _new_scheduler(self) -> Scheduler:
+        return Scheduler(self.cfg.scheduler, self.optimizer, self.run_length, mode="max" if self.maximize else "min")
+
+    def _maximizes(self, t: Mapping[str, Any]) -> bool:
+        """Whether trainer settings ``t`` (this run's, or a checkpoint's) monitor a metric to maximise."""
+        mode, metric = t["monitor_mode"], t["monitor"].removeprefix("val/")
+        return self.task.higher_is_better.get(metric, False) if mode == "auto" else mode == "max"
+
+    def _monitor_changed(self, old: Mapping[str, Any]) -> bool:
+        return (old["monitor"], self._maximizes(old)) != (self.t.monitor, self.maximize)
+
+    def _resume_best(self, path: Path, state: dict[str, Any]) -> None:
+        """Carry the checkpoint's best over, with its best.pt; restart it for another trainer.monitor.
+
+        Saves write last.pt, then best.pt (Trainer._save): a run stopped between the two leaves a last.pt that
+        records itself as the best and an older best.pt, repaired here from last.pt. Any other best.pt than the
+        one last.pt records is refused, since testing it would test weights the run's record does not name.
+        """
+        p, old = self.progress, state["config"]["trainer"]
+        if self._monitor_changed(old):
+            before = "" if p.best is None else f" (the checkpoint's, {old['monitor']} {p.best['value']:.4g} at step " \
+                f"{p.best['step']}, is not comparable)"
+            log.warning("trainer.monitor is %s (%s) now, %s (%s) in the checkpoint: the best restarts at step %d%s, "
+                        "and best.pt will be the best from here", self.t.monitor, _direction(self.maximize),
+                        old["monitor"], _direction(self._maximizes(old)), p.step, before)
+            p.best, p.bad_evals = None, 0
+            return
+        if p.best is None:
+            return
+        best, recorded = path.with_name("best.pt"), p.best["step"]
+        held = _held_step(best)
+        source = best
+        if held != recorded:
+            if recorded == p.step:  # last.pt is that best
+                log.warning("%s holds %s, but %s records itself as the best (a stop between the two saves): "
+                            "best.pt is made from it", best, "nothing" if held is None else f"step {held}", path)
+                source = path
+            elif held is None:
+                log.warning("no best.pt beside %s, which records its best at step %d: the best restarts at step %d",
+                            path, recorded, p.step)
+                p.best, p.bad_evals = None, 0
+                return
+            else:
+                raise ConfigError("trainer.resume", f"{best} holds step {held}, but {path} records its best at step "
+                                  f"{recorded}: they are not from one run's saves; resume from the last.pt saved "
+                                  "with that best.pt, or move best.pt away to restart the best")
+        if self.world.main and source.resolve() != (self.checkpoints / "best.pt").resolve():
+            copy_checkpoint(source, self.checkpoints / "best.pt")
 
     def _resume_ema(self, path: Path, ema: dict[str, Any] | None) -> None:
         if self.ema is None:
+            if ema is not None:
+                log.warning("trainer.ema_decay is null: %s's moving average of the weights is dropped, and val, test "
+                            "and best.pt evaluate the weights as trained from step %d", path, self.progress.step)
             return
         if ema is None:  # the run was trained without trainer.ema_decay: the average starts at its weights
             log.warning("%s holds no moving average of the weights: trainer.ema_decay starts one at step %d",
@@ -234,8 +331,9 @@ class Trainer:
         self.ema_updates = ema["updates"]
 
     def _check_fits(self, path: Path, state: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
-        """Load the model's weights, or raise a ConfigError naming what makes the checkpoint not fit."""
-        task = state["config"]["task"]["name"]
+        """Load the model's weights, or raise a ConfigError naming what makes the checkpoint not fit: another task,
+        data, model (a model.* key the weights depend on), or a key of RESUME_REFUSED."""
+        task = state["config"]["task"].get("name")
         if task != self.task.name:
             raise ConfigError("trainer.resume", f"{path} was trained on task={task}, not task={self.task.name}; "
                               f"resume with task={task} and the checkpoint's other settings")
@@ -248,25 +346,41 @@ class Trainer:
                 f"({_fmt_changes({k: v for k, v in changes.items() if k.startswith('task.')}) or 'same task.* keys'});"
                 " resume with the data the run was trained on",
             )
+        shaping = {k: v for k, v in changes.items() if k.startswith(("model.", "task."))}
+        model_keys = [k for k in changes if k.startswith("model.") and k[6:] not in RESUME_MODEL_RUNTIME]
         try:
+            if model_keys:  # the weights' shapes, or their initialisation, which the checkpoint's weights replace
+                raise RuntimeError(", ".join(model_keys))
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
-            shaping = {k: v for k, v in changes.items() if k.startswith(("model.", "task."))}
             raise ConfigError(
                 "trainer.resume",
                 f"{path} holds a different model: {_fmt_changes(shaping) or 'its parameters differ'}; "
                 "resume with the checkpoint's values",
             ) from e
+        data = {k: v for k, v in changes.items() if k.startswith("task.") and k[5:] not in RESUME_TASK_RUNTIME}
+        if data:
+            raise ConfigError("trainer.resume", f"{path} was trained on other data: {_fmt_changes(data)}; resume "
+                              "with the data the run was trained on")
+        for key, why in RESUME_REFUSED.items():
+            if key in changes:
+                old, new = changes[key]
+                raise ConfigError("trainer.resume", f"{path} was trained with {key}={old}, not {new}, which a resumed "
+                                  f"run cannot change ({why}); resume with {key}={old}, or start a new run")
 
     def _save(self, improved: bool, elapsed: float | None = None) -> Path:
-        """last.pt (and best.pt if ``improved``); ``elapsed``: the time spent to record, if not the clock's now."""
+        """last.pt (and best.pt if ``improved``); ``elapsed``: the time spent to record, if not the clock's now.
+
+        last.pt first: a stop between the two leaves a last.pt that records itself as the best (progress.best's
+        step is its own) beside the previous best.pt, which a resume repairs from last.pt (_resume_best)."""
         self.progress.elapsed_s = self._elapsed() if elapsed is None else elapsed
         state = self.state_dict()  # on every rank: it gathers what each holds
         if self.world.main:
             save_checkpoint(self.checkpoints / "last.pt", state)
             if improved:
                 save_checkpoint(self.checkpoints / "best.pt", state)
-        return self.checkpoints / "last.pt"
+        self.last_checkpoint = self.checkpoints / "last.pt"
+        return self.last_checkpoint
 
     # ---- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -310,13 +424,16 @@ class Trainer:
                 total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                 disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
-                while (p.step < self.total_steps and not (p.stopped_early or p.max_time_reached)
-                       and stop.signum is None):
+                while ((signum := self._agreed(stop)[0]) is None and p.step < self.total_steps
+                       and not (p.stopped_early or p.max_time_reached)):
                     self._run_epoch(tracker, bar, clock, stop)
-                if stop.signum is not None:
-                    self._stop(stop.signum)
+                if signum is not None:
+                    self._stop(signum)
                 elapsed = self._elapsed()
-                test = self._test(tracker)
+                stop.at_once = self._interrupted_in_test  # no step to finish: a signal stops the test at once
+                if stop.signum is not None and self.world.size == 1:  # it came after the last check
+                    raise self._interrupted_in_test(stop.signum)
+                test, tested, unusable_best = self._test(tracker)
         finally:
             tracker.close()
         total = time.perf_counter() - start
@@ -325,7 +442,7 @@ class Trainer:
             "val": p.last_val,
             "test": test,
             "best": p.best,
-            "test_checkpoint": t.test_checkpoint,
+            "test_checkpoint": tested,  # t.test_checkpoint, or last when there was no usable best.pt
             "step": p.step,
             "epoch": p.epoch,
             "num_params": self.num_params,
@@ -337,9 +454,28 @@ class Trainer:
                      "elapsed_s": elapsed},
         }
         if self.world.main:
-            (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+            text = json.dumps(result, indent=2) + "\n"
+            atomic_write(self.out_dir / "metrics.json", lambda f: f.write(text.encode()))
         log.info("test: %s", _fmt({f"test/{k}": v for k, v in test.items()}))
+        if unusable_best:  # the training and its test are saved; best.pt, which the run was to give, is not
+            raise RunError(f"{unusable_best}, so the test used the last weights (metrics.json has it, "
+                           f"test_checkpoint: last); the trained run is in {self.last_checkpoint}")
         return result
+
+    def _agreed(self, stop: StopRequest, late: bool = False) -> tuple[int | None, bool, bool]:
+        """The stop signal, save request and budget end that every rank acts on now. A signal may reach one
+        process first, and one stopping or saving alone would wait for the others in a collective. A request that
+        comes during the agreement stays in ``stop`` for the next one (the agreed values do not replace it)."""
+        if self.world.size == 1:
+            return stop.signum, stop.save, late
+        signum, save, late = distributed.agreed_request(stop.signum, stop.save, late)
+        stop.signum, stop.save = stop.signum or signum, stop.save or save  # another rank's request is ours too
+        return signum, save, late
+
+    def _interrupted_in_test(self, signum: int) -> Interrupted:
+        return Interrupted(signum, f"interrupted ({signal_name(signum)}) in the test, after training to step "
+                           f"{self.progress.step}/{self.total_steps} (saved in {self.last_checkpoint}): no test, no "
+                           "metrics.json", checkpoint=self.last_checkpoint)
 
     def _save_on_request(self, stop: StopRequest) -> None:
         """A scheduler's warning (submitit: SLURM's SIGTERM, its requeue signal): last.pt now, then what it asks."""
@@ -388,8 +524,7 @@ class Trainer:
             # decides as this one did (its evaluated step owed, or done).
             now = self._elapsed()
             late = self.max_time is not None and not p.out_of_time and now >= self.max_time
-            if self.world.size > 1:  # a signal may reach one process first: all act on it at the same step
-                stop.signum, stop.save, late = distributed.agreed_request(stop.signum, stop.save, late)
+            signum, save, late = self._agreed(stop, late)
             if late:
                 p.out_of_time = True
                 log.info("trainer.max_time=%s spent after step %d (%s): %s", t.max_time, step, _fmt_seconds(now),
@@ -399,9 +534,9 @@ class Trainer:
                 self._save(improved, now)
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
-            if stop.save and stop.signum is None:
+            if save and signum is None:
                 self._save_on_request(stop)
-            if finished or end_of_epoch or p.stopped_early or p.max_time_reached or stop.signum is not None:
+            if finished or end_of_epoch or p.stopped_early or p.max_time_reached or signum is not None:
                 break
         clock["train"] += time.perf_counter() - tic
 
@@ -558,21 +693,84 @@ class Trainer:
         self.model.train()
         return distributed.reduce_metrics(metrics)
 
-    def _test(self, tracker: Tracker) -> dict[str, float]:
+    def _test(self, tracker: Tracker) -> tuple[dict[str, float], str, str | None]:
+        """The test metrics, the weights tested (best or last), and why best.pt could not be, if it could not."""
         distributed.barrier()  # rank 0 has written best.pt
-        best = self.checkpoints / "best.pt"
+        tested, unusable = "last", None
         if self.t.test_checkpoint == "best":
-            if best.is_file():
-                self.eval_model.load_state_dict(evaluated_weights(load_checkpoint(best, map_location=self.device)))
+            if self.progress.best is None:
+                log.warning("no best yet (no evaluation since the run or its best started): testing the last weights")
             else:
-                log.warning("no best.pt (no evaluation happened): testing the last weights")
+                try:
+                    self.eval_model.load_state_dict(self._best_weights())
+                    tested = "best"
+                except (ValueError, KeyError, RuntimeError) as e:
+                    unusable = str(e).splitlines()[0]
+                    log.error("%s: testing the last weights instead", unusable)
         metrics = self.evaluate("test")
         test = metrics.compute()
         step = self.progress.step
         tracker.scalars({f"test/{k}": v for k, v in test.items()}, step)
         tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, step, markdown=True)
         tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, step)
-        return test
+        return test, tested, unusable
+
+    def _best_weights(self) -> dict[str, Tensor]:
+        """best.pt's evaluated weights, checked to be those of the best step the run records."""
+        best = self.checkpoints / "best.pt"
+        if not best.is_file():
+            raise ValueError(f"{best} is missing")
+        held = load_checkpoint(best, map_location=self.device)
+        if held["progress"]["step"] != self.progress.best["step"]:
+            raise ValueError(f"{best} holds step {held['progress']['step']}, not the best step "
+                             f"{self.progress.best['step']}")
+        return evaluated_weights(held)
+
+
+def run_length(t: Mapping[str, Any], steps_per_epoch: int) -> dict[str, int]:
+    """The steps, epochs and evaluations of a run with trainer settings ``t`` (a config, or a checkpoint's)."""
+    limits = [n for n in (t["max_steps"], t["max_epochs"] and t["max_epochs"] * steps_per_epoch) if n]
+    steps = min(limits)
+    epochs = math.ceil(steps / steps_per_epoch)
+    every = t["eval_every_n_steps"]
+    return {"step": steps, "epoch": epochs, "eval": epochs if every is None else math.ceil(steps / every)}
+
+
+# What trainer.resume needs of a checkpoint, and the types: the tools need less (model, config, task).
+RESUMABLE: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "optimizer": dict, "scheduler": (dict, type(None)), "progress": dict, "rng": dict, "config": dict,
+    "task": dict,
+}
+
+
+def _check_resumable(path: Path, state: dict[str, Any]) -> None:
+    """A ConfigError naming what a checkpoint lacks for a resume (one written by hand, or by another tool)."""
+    bad = [k for k, kind in RESUMABLE.items() if k not in state or not isinstance(state[k], kind)]
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    bad += [f"config.{g}" for g in ("model", "task", "optim", "scheduler", "trainer")
+            if not isinstance(config.get(g), dict)]
+    if isinstance(state.get("progress"), dict):
+        fields = {f.name for f in dataclasses.fields(Progress)}
+        bad += [f"progress.{k}" for k in sorted(state["progress"].keys() - fields)]
+        bad += [] if "step" in state["progress"] else ["progress.step"]
+    if bad:
+        raise ConfigError("trainer.resume", f"{path} cannot be resumed: {', '.join(dict.fromkeys(bad))} missing or "
+                          "not as lstm-train writes them; resume from a checkpoints/last.pt written by lstm-train")
+
+
+def _held_step(best: Path) -> int | None:
+    """The step best.pt holds; None if there is none; a ConfigError if it cannot be read."""
+    if not best.is_file():
+        return None
+    try:
+        return load_checkpoint(best)["progress"]["step"]
+    except (ValueError, KeyError, TypeError) as e:
+        problem = str(e) if isinstance(e, ValueError) else f"{best} has no progress.step"
+        raise ConfigError("trainer.resume", f"{problem}; move it away to resume with the best restarted") from e
+
+
+def _direction(maximize: bool) -> str:
+    return "max" if maximize else "min"
 
 
 def _fmt(metrics: dict[str, float]) -> str:

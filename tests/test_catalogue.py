@@ -220,6 +220,32 @@ CASES = [
      ["debug=fast", "model.variant=v", "trainer.resume={cls}/checkpoints/last.pt"],
      "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.variant (checkpoint 'lstm', now 'v')",
      2),
+    # -- resuming with another config, and checkpoints a resume cannot use (issue 24)
+    ("resume-other-seed", "resuming with another seed", "lstm-train",
+     ["debug=fast", "trainer.seed=3", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt was trained with trainer.seed=0, not 3, which a resumed run cannot "
+     "change", 2),
+    ("resume-other-batch", "resuming with another batch size", "lstm-train",
+     ["debug=fast", "trainer.batch_size=64", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt was trained with trainer.batch_size=32, not 64, which a resumed run "
+     "cannot change", 2),
+    ("resume-other-data", "resuming on other data of the same task", "lstm-train",
+     ["debug=fast", "task.seq_len=9", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt was trained on other data: task.seq_len (checkpoint 8, now 9)", 2),
+    ("resume-other-init", "resuming with another initialisation", "lstm-train",
+     ["debug=fast", "model.forget_bias=0.5", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.forget_bias (checkpoint 2.0, now 0.5)",
+     2),
+    ("resume-partial", "resuming from a checkpoint with keys missing", "lstm-train",
+     ["debug=fast", "trainer.resume={d}/partial.pt"],
+     "trainer.resume: {d}/partial.pt cannot be resumed: optimizer, progress missing", 2),
+    ("resume-mixed-best", "resuming beside a best.pt of another save", "lstm-train",
+     ["debug=fast", "trainer.resume={d}/mixed/last.pt"],
+     "trainer.resume: {d}/mixed/best.pt holds step 3, but {d}/mixed/last.pt records its best at step 5", 2),
+    ("resume-corrupt-best", "resuming beside a damaged best.pt", "lstm-train",
+     ["debug=fast", "trainer.resume={d}/corrupt/last.pt"],
+     "trainer.resume: {d}/corrupt/best.pt is not an lstm-train checkpoint (truncated or not a torch file); move it "
+     "away to resume with the best restarted", 2),
 ]
 
 
@@ -245,6 +271,14 @@ def results(tmp_path_factory) -> dict:
               d / "char")
     checkpoint = (d / "cls/checkpoints/last.pt").read_bytes()
     (d / "truncated.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
+    state = torch.load(d / "cls/checkpoints/last.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in ("optimizer", "progress")}, d / "partial.pt")
+    for name, best in (("mixed", 5), ("corrupt", state["progress"]["best"]["step"])):
+        (d / name).mkdir()
+        torch.save({**state, "progress": {**state["progress"], "best": {**state["progress"]["best"], "step": best}}},
+                   d / name / "last.pt")
+    torch.save({**state, "progress": {**state["progress"], "step": 3}}, d / "mixed/best.pt")
+    (d / "corrupt/best.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
     (d / "malicious.pt").write_bytes(pickle.dumps({"model": Payload()}))
     torch.save({"weight": torch.zeros(2)}, d / "foreign.pt")
     # checkpoints the tools refuse (tools): a module named by the checkpoint, a relative one, keys missing
@@ -311,7 +345,7 @@ real, calls = torch.save, []
 def save(obj, f, *args, **kwargs):  # the disk fills up after the first checkpoint
     calls.append(f)
     if len(calls) > 2:  # after the first evaluation's last.pt and best.pt
-        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write to an open file does: no file name
     return real(obj, f, *args, **kwargs)
 torch.save = save
 sys.argv = ["lstm-train", *sys.argv[1:]]
@@ -325,9 +359,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoint_saved_before(tmp_path)
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
-        f"lstm-train: error: {tmp_path}/checkpoints/last.pt.tmp: No space left on device; the run dir must be "
+        f"lstm-train: error: {tmp_path}/checkpoints/last.pt: No space left on device; the run dir must be "
         "writable with free space: free some, or choose another with hydra.run.dir=DIR (checkpoints already "
         "saved are intact)"
     ]
     assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["progress"]["step"] == 8
     assert "No space left on device" in (tmp_path / "train.log").read_text()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temp file

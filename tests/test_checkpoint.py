@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from lstm_train.checkpoint import FORMAT, load_checkpoint, migrate_config, save_checkpoint
+from lstm_train.checkpoint import FORMAT, atomic_write, load_checkpoint, migrate_config, save_checkpoint
 from lstm_train.config import to_container
 from lstm_train.models import count_parameters
 from lstm_train.trained import load_trained
@@ -106,3 +108,59 @@ def test_an_old_checkpoint_loads_through_the_one_migration(fixture, tmp_path, co
     for group in ("model", "task", "trainer"):
         assert set(cfg[group]) == set(today[group]), group
     assert migrate_config(old["config"])["model"]["cell"] == old["config"]["model"].get("cell", "lstm")
+
+
+# ---- saving: what a crash, a power cut or a second writer can leave ---------------------------------------------
+def test_each_save_has_its_own_temp_file_synced_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def record_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def record_replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    renames = [e for e in events if e[0] == "rename"]
+    assert len(renames) == 2 and renames[0][1] != renames[1][1]  # never one shared last.pt.tmp
+    for i, (_, tmp, dst) in enumerate(renames):
+        at = events.index(renames[i])
+        assert dst == str(path) and events[at - 1] == ("fsync", tmp)  # the data is on disk before the rename
+        assert events[at + 1] == ("fsync", str(tmp_path))  # and the rename before the save returns
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_two_writers_of_one_checkpoint_never_collide(tmp_path):
+    path = tmp_path / "last.pt"
+
+    def write(value: float) -> None:
+        for _ in range(20):
+            save_checkpoint(path, {"model": {"w": torch.full((10_000,), value)}})
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, [1.0, 2.0]))  # before unique temp names: FileNotFoundError on the shared .tmp
+    assert load_checkpoint(path)["model"]["w"][0].item() in (1.0, 2.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temp(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+
+    def fail(f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as error:
+        atomic_write(path, fail)
+    assert error.value.filename == str(path)  # named for the file the user knows, not the temp
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

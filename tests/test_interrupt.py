@@ -16,8 +16,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lstm_train import distributed
 from lstm_train.config import ConfigError
-from lstm_train.interrupt import Interrupted
+from lstm_train.distributed import World
+from lstm_train.interrupt import Interrupted, StopRequest
 from lstm_train.train import train
 from lstm_train.trainer import Trainer
 
@@ -230,3 +232,19 @@ def _is_submitit_job(proc: Path, sweep: Path) -> bool:
     except OSError:
         return False
     return "submitit.core._submit" in command and str(sweep) in command
+
+
+def test_a_signal_during_the_ranks_agreement_is_kept_for_the_next(monkeypatch):
+    """Data-parallel ranks act on the requests they agreed on; one that reaches a rank while they agree (its
+    handler runs inside the collective) must not be overwritten by the agreed 'no request'."""
+    stop = StopRequest()
+
+    def agree_while_a_signal_comes(signum, save, late):
+        stop.signum = signal.SIGTERM  # the handler, during the collective
+        return None, False, late  # what the ranks had before it
+
+    monkeypatch.setattr(distributed, "agreed_request", agree_while_a_signal_comes)
+    trainer = Trainer.__new__(Trainer)  # only its world matters here
+    trainer.world = World(rank=1, size=2)
+    assert trainer._agreed(stop) == (None, False, False)  # not acted on alone at this step...
+    assert stop.signum == signal.SIGTERM  # ...but agreed on at the next

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -338,3 +339,19 @@ def test_every_task_smooths_its_cross_entropy_over_real_targets(compose_cfg, ove
 def test_cuda_requested_without_cuda():
     with pytest.raises(ConfigError, match=r"^trainer\.device: cuda requested but this torch sees no CUDA device"):
         resolve_device("cuda")
+
+
+def test_metrics_json_is_written_atomically(compose_cfg, tmp_path, monkeypatch):
+    renamed = []
+    replace = os.replace
+
+    def record(src, dst):
+        renamed.append((str(src), str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", record)
+    train(compose_cfg("debug=fast", "trainer.max_epochs=1"), tmp_path)
+    # a temporary file beside it, renamed over it: a reader (lstm-sweep-summary) never sees half of it
+    into = [src for src, dst in renamed if dst == str(tmp_path / "metrics.json")]
+    assert len(into) == 1 and Path(into[0]).parent == tmp_path and into[0].endswith(".tmp")
+    assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 8
