@@ -188,7 +188,9 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
 # model.* keys the weights do not depend on; any other shapes the weights or sets their initial values, which the
 # checkpoint's replace: refused ("holds a different model").
 RESUME_MODEL_RUNTIME = frozenset({"backend", "dropout", "output_dropout", "teacher_forcing_ratio", "beam_size",
-                                  "length_penalty", "max_length_ratio", "max_length_offset"})
+                                  "length_penalty", "max_length_ratio", "max_length_offset",
+                                  # the recurrent regularisers: masks drawn each step, no weights of their own
+                                  "zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop"})
 # task.* keys that use the same data otherwise, or name where it is (data moved: the vocabulary check compares what
 # the files hold); any other makes other data: refused ("was trained on other data").
 RESUME_TASK_RUNTIME = frozenset({"word_dropout", "sample_length", "monitor", "path", "train", "val", "test"})

@@ -429,6 +429,8 @@ RUNTIME = {
                    "task.sample_length=0", "task.path={d}/a.txt"], ["task.sample_length=10", "task.path={d}/b.txt"]),
     "conll": (["model=tagger", "task=conll", "task.train={d}/a.conll", "task.val={d}/a.conll", "task.test={d}/a.conll"],
               ["task.word_dropout=0.1", "task.train={d}/b.conll", "task.val={d}/b.conll", "task.test={d}/b.conll"]),
+    "regularisers": ([], ["model.zoneout_c=0.1", "model.zoneout_h=0.1", "model.recurrent_dropout=0.1",
+                          "model.weight_drop=0.1"]),
 }
 
 
