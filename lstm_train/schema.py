@@ -108,9 +108,10 @@ def unknown_key(path: str, keys: Iterable[str]) -> str:
                            lambda k: f"{parent}.{k}" if parent else k)
 
 
-def value(check: Check | None = None) -> Any:
-    """A schema field: mandatory (its value comes from YAML), checked by ``check`` when not null."""
-    return field(default=MISSING, metadata={"check": check})
+def value(check: Check | None = None, default: Any = MISSING) -> Any:
+    """A schema field, checked by ``check`` when not null: mandatory (its value comes from YAML), or with a
+    ``default`` for a key added after users had written YAML files of their own without it."""
+    return field(default=default, metadata={"check": check})
 
 
 @dataclass

@@ -47,12 +47,13 @@ class ModelConfig(Schema):
     chrono_max_len: int | None = value(at_least(2))  # chrono's T_max
     embedding_dim: int = value(positive)  # used when the task's inputs are tokens
     cell: str = value(one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
-    variant: str = value(one_of(*VARIANTS))  # the LSTM's cell, Greff et al.'s names (lstm_train/nn/variants.py)
-    layer_norm: bool = value()  # Ba et al.'s layer-normalised LSTM
-    zoneout_c: float = value(probability)  # Krueger et al.: chance that a unit of c keeps its value, per step
-    zoneout_h: float = value(probability)
-    recurrent_dropout: float = value(probability)  # on the h entering the recurrence, one mask per sequence
-    weight_drop: float = value(probability)  # DropConnect on W_hh, one mask per forward call
+    # The variant keys default to the plain cell, so that a model YAML of your own written before them still works.
+    variant: str = value(one_of(*VARIANTS), "lstm")  # the LSTM's cell, Greff et al.'s names (lstm_train/nn/variants.py)
+    layer_norm: bool = value(default=False)  # Ba et al.'s layer-normalised LSTM
+    zoneout_c: float = value(probability, 0.0)  # Krueger et al.: chance that a unit of c keeps its value, per step
+    zoneout_h: float = value(probability, 0.0)
+    recurrent_dropout: float = value(probability, 0.0)  # on the h entering the recurrence, one mask per sequence
+    weight_drop: float = value(probability, 0.0)  # DropConnect on W_hh, one mask per forward call
 
     def check(self) -> None:
         self._check_variant()
