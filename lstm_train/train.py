@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_train import distributed
+from lstm_train import distributed, rundir
 from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, to_container, validate
 from lstm_train.distributed import World
 from lstm_train.interrupt import Interrupted, raise_on_signals
 from lstm_train.models import build_model
+from lstm_train.rundir import resume_path
 from lstm_train.tasks import build_task
 from lstm_train.trainer import Trainer
 
@@ -58,27 +60,6 @@ def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[
     if resume is not None:
         trainer.resume(resume)
     return trainer.fit()
-
-
-def resume_path(resume: str | None, out_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``trainer.resume`` as given, or with ``auto`` the run dir's own last.pt
-    if there is one. Refuses to start in a run dir that holds another run's checkpoints."""
-    own = out_dir / "checkpoints" / "last.pt"
-    if resume == "auto":
-        if own.is_file():
-            return own
-        log.info("trainer.resume=auto: no %s yet, starting afresh", own)
-        resume = None
-    path = None if resume is None else Path(resume).expanduser()
-    if path is not None and not path.is_file():
-        raise ConfigError("trainer.resume", f"no checkpoint file at {path}")
-    held = [p.name for p in (own, own.with_name("best.pt")) if p.is_file()]
-    if held and (path is None or path.resolve() != own.resolve()):
-        raise ConfigError(
-            "hydra.run.dir", f"{out_dir} already holds a run's checkpoints ({', '.join(held)}), which this run "
-            "would overwrite; continue that run with trainer.resume=auto, or choose another hydra.run.dir",
-        )
-    return path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,16 +94,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
         follow(world)
         return None
     log.info("run dir: %s", out_dir)
+    hydra_cfg = HydraConfig.get()
+    if cfg.trainer.resume == "auto":
+        rundir.warn_if_never_resumed(hydra_cfg, Path(out_dir))
     try:
-        if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
-            check_devices(cfg, world)
-            distributed.init(world)
-            distributed.announce({"config": to_container(cfg), "out_dir": out_dir})
-            metrics = train(cfg, out_dir, world)
-        elif cfg.trainer.devices > 1:
-            metrics = spawn(cfg, out_dir)
-        else:
-            metrics = train(cfg, out_dir)
+        with rundir.claim(Path(out_dir), discard_if_refused=hydra_cfg.mode == RunMode.RUN):
+            if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
+                check_devices(cfg, world)
+                distributed.init(world)
+                distributed.announce({"config": to_container(cfg), "out_dir": out_dir})
+                metrics = train(cfg, out_dir, world)
+            elif cfg.trainer.devices > 1:
+                metrics = spawn(cfg, out_dir)
+            else:
+                metrics = train(cfg, out_dir)
     except (ConfigError, FloatingPointError) as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One job of a sweep: Hydra records it as failed and the sweep goes on (a SystemExit would end the
@@ -144,7 +129,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     finally:
         distributed.announce(None)  # if rank 0 failed before announcing, the other ranks stop too
         distributed.finish()
-    log.info("done: %s/metrics.json; to watch it: tensorboard --logdir %s", out_dir, out_dir)
+    log.info("done: %s/metrics.json; to watch it: %s --logdir %s", out_dir, command("tensorboard"),
+             shlex.quote(out_dir))
     return metrics["best"]["value"] if metrics["best"] else None
 
 
@@ -153,8 +139,18 @@ def resume_command(checkpoint: Path) -> str:
     overrides = HydraConfig.get().overrides
     kept = [o for o in overrides.task if not o.startswith("trainer.resume=")]
     kept += [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]  # the same dir, if the user chose it
-    program = "lstm-train" if World.from_env().size == 1 else "<your torchrun/srun command> lstm_train.train"
+    program = command("lstm-train") if World.from_env().size == 1 else "<your torchrun/srun command> lstm_train.train"
     return f"{program} {shlex.join([*kept, f'trainer.resume={checkpoint.resolve()}'])}"
+
+
+def command(name: str) -> str:
+    """How to run the console script ``name`` installed beside this Python: by name if that is what the shell
+    finds on PATH, else by its full path (a venv that is not activated)."""
+    script = Path(sys.executable).with_name(name)
+    found = shutil.which(name)
+    if not script.is_file() or (found is not None and os.path.samefile(found, script)):
+        return name
+    return shlex.quote(str(script))
 
 
 def check_devices(cfg: DictConfig, world: World) -> None:
@@ -295,6 +291,11 @@ def _main(wants_traceback: bool) -> None:
     except Interrupted as e:
         print(f"lstm-train: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except rundir.Refused as e:  # before Hydra made or touched the run dir
+        if wants_traceback:
+            raise e.error from None
+        print(f"lstm-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (ConfigError, FloatingPointError) as e:  # a sweep's failed job: Hydra re-raises it after the sweep
         if wants_traceback:
             raise
@@ -341,4 +342,8 @@ def describe_override_error(error: BaseException, args: list[str]) -> str | None
 
 
 if __name__ == "__main__":
-    main()
+    # The module's own main, not this __main__ copy's: a parallel launcher (joblib) pickles the task function by
+    # reference to its module, which must be importable by name (as it is for the console script).
+    from lstm_train.train import main as module_main
+
+    module_main()
