@@ -118,6 +118,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
     except OSError as e:  # a full disk or a run dir gone read-only: the checkpoints saved so far are intact
         fail(f"lstm-train: error: {describe_os_error(e)}", 1)
+    except RuntimeError as e:
+        if not distributed.peer_gone(e):
+            raise
+        fail(f"lstm-train: error: {distributed.PEER_GONE}", 1)
     except Interrupted as e:
         if e.checkpoint is None:
             log_to_file(str(e))
@@ -224,6 +228,10 @@ def run_worker(cfg: DictConfig, out_dir: str, world: World, resume: str | None) 
         if world.main:
             fail(f"lstm-train: error: {describe_os_error(e)}", 1)
         sys.exit(1)
+    except RuntimeError as e:  # rank 0 failed to write, say, and ended while this rank waited for it
+        if not distributed.peer_gone(e):
+            raise
+        fail(f"lstm-train: {'error' if world.main else f'rank {world.rank}'}: {distributed.PEER_GONE}", 1)
     except Interrupted as e:
         if world.main:
             message = f"lstm-train: {e}" + (f"; resume with: {resume}" if e.checkpoint and resume else "")

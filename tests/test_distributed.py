@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,3 +198,39 @@ def test_a_signal_stops_every_rank_and_the_run_resumes(compose_cfg, tmp_path, si
     rest = cli(*args, "trainer.devices=2", "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert_close_metrics(json.loads((tmp_path / "b/metrics.json").read_text()), single)
+
+
+FULL_DISK_ON_RANK_0 = """
+import errno, os, sys, torch
+from lstm_train import train
+real, calls = torch.save, []
+def save(obj, f, *args, **kwargs):  # rank 0's disk fills up after its first checkpoint
+    calls.append(f)
+    if len(calls) > 2:
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    return real(obj, f, *args, **kwargs)
+if os.environ["RANK"] == "0":
+    torch.save = save
+sys.argv = ["lstm-train", *sys.argv[1:]]
+train.main()
+"""
+
+
+@pytest.mark.slow
+def test_rank_0_failing_to_write_stops_the_ranks_waiting_for_it(tmp_path):
+    """srun-style (no launcher watching the processes): the rank waiting in a collective for rank 0 stops at once
+    with one line, instead of waiting out the collective's timeout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", FULL_DISK_ON_RANK_0, "debug=fast", "task.train_size=4096", "trainer.progress_bar=false",
+         f"hydra.run.dir={tmp_path}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(port)}) for rank in (0, 1)]
+    stderr = [p.communicate(timeout=240)[1] for p in procs]  # gloo's own timeout: 30 minutes
+    assert [p.returncode for p in procs] == [1, 1], stderr
+    (rank_0,), (rank_1,) = (s.strip().splitlines() for s in stderr)
+    assert rank_0.startswith(f"lstm-train: error: {tmp_path}/checkpoints/") and "No space left on device" in rank_0
+    assert rank_1 == "lstm-train: rank 1: another process of this run ended (its own message says why); this one " \
+                     "stopped too"
