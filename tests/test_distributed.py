@@ -157,6 +157,7 @@ def test_every_backend_and_model_trains_data_parallel(compose_cfg, tmp_path, ove
     proc = cli(*args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_close_metrics(json.loads((tmp_path / "two/metrics.json").read_text()), single)
+    assert "in 2 processes on cpu (data-parallel)" in (tmp_path / "two/train.log").read_text()  # not "on cpu"
 
 
 @pytest.mark.slow
