@@ -100,10 +100,10 @@ def test_two_processes_follow_the_one_process_run(compose_cfg, tmp_path):
     two = json.loads((tmp_path / "two/metrics.json").read_text())
     assert_close_metrics(two, single)
     assert_close_models(tmp_path / "two/checkpoints/last.pt", tmp_path / "one/checkpoints/last.pt")
-    # one run dir, written by rank 0 alone: one event file, one log, one .hydra
+    # one run dir, written by rank 0 alone: one event file, one log, one .hydra, one lock (the launching process's)
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        ".hydra", "checkpoints", "events.out.tfevents." + next((tmp_path / "two").glob("events*")).name[20:],
+        ".hydra", ".lock", "checkpoints", "events.out.tfevents." + next((tmp_path / "two").glob("events*")).name[20:],
         "metrics.json", "train.log"]
     assert "Traceback" not in proc.stderr and "[rank 1]" not in proc.stderr
 
