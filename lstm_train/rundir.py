@@ -6,7 +6,8 @@
   into a warning, so it raises :class:`Refused`, a BaseException.)
 - :func:`claim`: the job holds an flock on ``<run dir>/.lock`` for its life; the OS releases it when the process
   ends, however it ends. Only the process that owns the run dir (the Hydra job) takes it, never the
-  data-parallel ranks. A run refused later (a data file missing) removes the dir it made.
+  data-parallel ranks. A run refused later (a data file missing, a checkpoint that does not fit) puts the dir
+  back as it was: removed if the run made it, else with its own .hydra/, train.log and .lock.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,17 @@ LOCK = ".lock"
 HYDRA_FILES = (".hydra", "train.log", LOCK)  # what a run writes into its dir before it trains
 RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json")  # what makes a dir hold a run
 
-_made: dict[Path, Path] = {}  # run dir -> its first ancestor that did not exist when EarlyCheck saw it
+
+
+@dataclass
+class _Before:
+    """A run dir as EarlyCheck found it, to put back if the run is refused after Hydra wrote into it."""
+
+    made: Path | None  # the first of its ancestors (or itself) that did not exist; None: the dir was there
+    files: dict[Path, bytes]  # the files a run's start rewrites (HYDRA_FILES) and their content
+
+
+_before: dict[Path, _Before] = {}
 
 
 class Refused(BaseException):
@@ -65,8 +77,8 @@ class EarlyCheck(Callback):
             raise Refused(e) from None
         except Exception:  # anything else: the job meets it again and reports it
             return
-        if not out_dir.exists():
-            _made[out_dir] = next(p for p in reversed([out_dir, *out_dir.parents]) if not p.exists())
+        made = next((p for p in reversed([out_dir, *out_dir.parents]) if not p.exists()), None)
+        _before[out_dir] = _Before(made, {p: p.read_bytes() for p in _hydra_files(out_dir)})
 
 
 def resume_path(resume: str | None, out_dir: Path) -> Path | None:
@@ -121,12 +133,12 @@ def check_free(out_dir: Path) -> None:
 
 
 @contextmanager
-def claim(out_dir: Path, discard_if_refused: bool) -> Iterator[None]:
+def claim(out_dir: Path, undo_if_refused: bool) -> Iterator[None]:
     """Hold ``out_dir``'s lock while the block runs (a :class:`ConfigError` if another process holds it).
 
-    With ``discard_if_refused``: if the block refuses the run (a ConfigError, or data-parallel workers exiting
-    with status 2) and this run made the dir, remove it while still holding the lock, if it holds nothing but
-    what Hydra wrote (a refused run leaves no new dir, whichever check refused it).
+    With ``undo_if_refused``: if the block refuses the run (a ConfigError, or data-parallel workers exiting with
+    status 2), put the dir back as EarlyCheck found it, while still holding the lock: a dir the run made is
+    removed (if it holds nothing but what Hydra wrote), a dir that was there gets its Hydra files back.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -138,10 +150,11 @@ def claim(out_dir: Path, discard_if_refused: bool) -> Iterator[None]:
         try:
             yield
         except (ConfigError, SystemExit) as e:
-            if discard_if_refused and (isinstance(e, ConfigError) or e.code == 2):
-                _discard(out_dir)
+            if undo_if_refused and (isinstance(e, ConfigError) or e.code == 2) and out_dir in _before:
+                _undo(out_dir, _before[out_dir])
             raise
     finally:
+        _before.pop(out_dir, None)
         os.close(fd)
 
 
@@ -160,20 +173,28 @@ def _lock(fd: int, out_dir: Path) -> bool:
     return True
 
 
-def _discard(out_dir: Path) -> None:
-    top = _made.pop(out_dir, None)
-    if top is None:
-        return
-    if any(p.is_file() and p.relative_to(out_dir).parts[0] not in HYDRA_FILES for p in out_dir.rglob("*")):
-        return
+def _hydra_files(out_dir: Path) -> list[Path]:
+    return [p for name in HYDRA_FILES for p in [out_dir / name, *(out_dir / name).rglob("*")] if p.is_file()]
+
+
+def _undo(out_dir: Path, before: _Before) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):  # Hydra's train.log, which would otherwise be written again
+    for handler in list(root.handlers):  # Hydra's train.log, which the error line would go to next
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(out_dir):
             root.removeHandler(handler)
             handler.close()
+    if before.made is None:
+        for path in _hydra_files(out_dir):
+            if path not in before.files:
+                path.unlink()
+        for path, data in before.files.items():
+            path.write_bytes(data)
+        return
+    if any(p.is_file() and p.relative_to(out_dir).parts[0] not in HYDRA_FILES for p in out_dir.rglob("*")):
+        return
     shutil.rmtree(out_dir, ignore_errors=True)
     for parent in out_dir.parents:  # the parents Hydra made for it, while empty
-        if not parent.is_relative_to(top):
+        if not parent.is_relative_to(before.made):
             break
         try:
             parent.rmdir()

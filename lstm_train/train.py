@@ -98,7 +98,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if cfg.trainer.resume == "auto":
         rundir.warn_if_never_resumed(hydra_cfg, Path(out_dir))
     try:
-        with rundir.claim(Path(out_dir), discard_if_refused=hydra_cfg.mode == RunMode.RUN):
+        with rundir.claim(Path(out_dir), undo_if_refused=hydra_cfg.mode == RunMode.RUN):
             if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
                 check_devices(cfg, world)
                 distributed.init(world)

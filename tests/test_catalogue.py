@@ -215,7 +215,7 @@ def results(tmp_path_factory) -> dict:
                    if program == "lstm-train" and not any(a.startswith("hydra.run.dir=") for a in args) else [])]
                 for case, _, program, args, _, _ in CASES]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    with rundir.claim(d / "busy", discard_if_refused=False):  # a run in progress there: this process
+    with rundir.claim(d / "busy", undo_if_refused=False):  # a run in progress there: this process
         proc = subprocess.run([sys.executable, str(ROOT / "tests" / "catalogue_driver.py")],
                               input=json.dumps(commands), capture_output=True, text=True, env=env, timeout=600, cwd=d)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -54,6 +54,16 @@ def test_a_refused_run_changes_nothing_of_the_run_it_refuses(finished, tmp_path)
     assert digest(finished) == before  # .hydra/config.yaml still says the run's own hidden size, train.log as it was
 
 
+def test_a_resume_refused_for_a_checkpoint_that_does_not_fit_changes_nothing_either(finished, tmp_path):
+    # Refused only once the job reads the checkpoint, after Hydra wrote .hydra/ and train.log: they are put back.
+    before = digest(finished)
+    proc = lstm_train(f"hydra.run.dir={finished}", "trainer.resume=auto", "model.hidden_size=99", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert one_line(proc).startswith(f"lstm-train: error: trainer.resume: {finished}/checkpoints/last.pt holds a "
+                                     "different model: model.hidden_size")
+    assert digest(finished) == before
+
+
 def test_a_run_dir_with_metrics_but_no_checkpoints_is_refused_too(finished, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -88,7 +98,7 @@ def test_a_refused_run_keeps_a_dir_that_was_there(tmp_path):
 
 def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "run"
-    with rundir.claim(run, discard_if_refused=False):  # this test process is the run in it
+    with rundir.claim(run, undo_if_refused=False):  # this test process is the run in it
         before = digest(run)
         proc = lstm_train(f"hydra.run.dir={run}", cwd=tmp_path)
         assert proc.returncode == 2
@@ -97,10 +107,10 @@ def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path):
         assert one_line(proc).endswith("; wait for that run to end (or stop it), or choose another hydra.run.dir")
         assert digest(run) == before
         # and in-process, a second claim
-        with pytest.raises(ConfigError, match="is in use by lstm-train"), rundir.claim(run, discard_if_refused=False):
+        with pytest.raises(ConfigError, match="is in use by lstm-train"), rundir.claim(run, undo_if_refused=False):
             pass
     rundir.check_free(run)  # released with the run
-    with rundir.claim(run, discard_if_refused=False):
+    with rundir.claim(run, undo_if_refused=False):
         pass
 
 
