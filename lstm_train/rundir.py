@@ -114,7 +114,7 @@ def warn_if_never_resumed(hydra_cfg: DictConfig, out_dir: Path) -> None:
     key = "run" if hydra_cfg.mode == RunMode.RUN else "sweep"
     pattern = str(OmegaConf.to_container(hydra_cfg[key], resolve=False)["dir"])
     if "${now:" in pattern and not (out_dir / "checkpoints" / "last.pt").is_file():
-        log.warning("trainer.resume=auto: hydra.%s.dir is named after the time the run starts (%s), so it never "
+        log.warning("trainer.resume=auto: hydra.%s.dir is named after the time it starts (%s), so it never "
                     "holds a last.pt to resume and every start trains afresh; set hydra.%s.dir=DIR, the same on "
                     "every start", key, pattern, key)
 

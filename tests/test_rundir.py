@@ -133,7 +133,7 @@ def test_a_run_dir_is_released_when_its_process_dies(tmp_path):
 def test_resume_auto_in_a_time_stamped_dir_warns_that_it_never_resumes(tmp_path):
     proc = lstm_train("trainer.resume=auto", "trainer.max_steps=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("trainer.resume=auto: hydra.run.dir is named after the time the run starts "
+    assert ("trainer.resume=auto: hydra.run.dir is named after the time it starts "
             "(outputs/runs/${now:%Y-%m-%d_%H-%M-%S.%f}_${name}), so it never holds a last.pt to resume and every "
             "start trains afresh; set hydra.run.dir=DIR, the same on every start") in proc.stdout
 
