@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 LOCK = ".lock"
 HYDRA_FILES = (".hydra", "train.log", LOCK)  # what a run writes into its dir before it trains
-RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json")  # what makes a dir hold a run
-
 
 
 @dataclass
@@ -88,7 +86,6 @@ def resume_path(resume: str | None, out_dir: Path) -> Path | None:
     if resume == "auto":
         if own.is_file():
             return own
-        log.info("trainer.resume=auto: no %s yet, starting afresh", own)
         resume = None
     path = None if resume is None else Path(resume).expanduser()
     if path is not None and not path.is_file():

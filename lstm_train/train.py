@@ -46,6 +46,8 @@ def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[
     validate(cfg)
     out_dir = Path(out_dir)
     resume = resume_path(cfg.trainer.resume, out_dir)
+    if cfg.trainer.resume == "auto" and resume is None:
+        log.info("trainer.resume=auto: no %s yet, starting afresh", out_dir / "checkpoints" / "last.pt")
     device = distributed.rank_device(resolve_device(cfg.trainer.device), world)
     distributed.init(world)
     if cfg.trainer.num_threads:
