@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import logging
@@ -186,6 +187,8 @@ def _undo(out_dir: Path, before: _Before) -> None:
                 path.unlink()
         for path, data in before.files.items():
             path.write_bytes(data)
+        with contextlib.suppress(OSError):  # a .hydra/ this run made, now empty
+            (out_dir / ".hydra").rmdir()
         return
     if any(p.is_file() and p.relative_to(out_dir).parts[0] not in HYDRA_FILES for p in out_dir.rglob("*")):
         return

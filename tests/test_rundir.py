@@ -93,7 +93,7 @@ def test_a_refused_run_keeps_a_dir_that_was_there(tmp_path):
     run.mkdir()
     proc = lstm_train("task=text_char", "model=char", "task.path=nope.txt", f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert run.is_dir()
+    assert run.is_dir() and list(run.iterdir()) == []  # and nothing in it: no .hydra/, train.log or .lock
 
 
 def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path):
