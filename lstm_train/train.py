@@ -185,13 +185,20 @@ def spawn(cfg: DictConfig, out_dir: str) -> dict[str, Any]:
     )
     payload = {"config": to_container(cfg), "out_dir": out_dir,
                "resume": resume_command(Path(out_dir) / "checkpoints" / "last.pt")}
-    logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # the launcher's own progress notes
+    # The launcher's own progress notes, and its multi-line report of a worker that failed: the worker said why.
+    for name in ("torch.distributed", "torch.multiprocessing"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return elastic_launch(launch, spawned_worker)(payload)[0]
     except SignalException as e:  # the workers got the signal too, stopped cleanly and said so
         sys.exit(128 + int(e.sigval))
-    except ChildFailedError as e:  # rank 0 printed why
-        code = min(e.failures.items())[1].exitcode
+    except ChildFailedError as e:  # rank 0 printed why, unless a signal killed a worker
+        rank, failure = min(e.failures.items())
+        code = failure.exitcode
+        if code < 0:  # killed by a signal (the OOM killer, say): nothing of ours said so
+            last = Path(out_dir) / "checkpoints" / "last.pt"
+            saved = f"; {last} holds the last evaluation: resume with: {payload['resume']}" if last.is_file() else ""
+            print(f"lstm-train: error: rank {rank}'s process was killed by signal {-code}{saved}", file=sys.stderr)
         sys.exit(128 - code if code < 0 else code)
 
 

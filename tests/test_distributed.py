@@ -235,3 +235,41 @@ def test_rank_0_failing_to_write_stops_the_ranks_waiting_for_it(tmp_path):
     assert rank_0.startswith(f"lstm-train: error: {tmp_path}/checkpoints/") and "No space left on device" in rank_0
     assert rank_1 == "lstm-train: rank 1: another process of this run ended (its own message says why); this one " \
                      "stopped too"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_killed_by_a_signal_gets_one_line_not_the_launchers_report(tmp_path):
+    args = ["debug=fast", "task.train_size=4096", "trainer.progress_bar=false", "trainer.devices=2"]
+    run = subprocess.Popen([str(BIN / "lstm-train"), *args, f"hydra.run.dir={tmp_path}"], cwd=tmp_path, env=ENV,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "checkpoints/last.pt").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = [c for c in _children(run.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGKILL)  # the OOM killer's way: no chance to say anything
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode in (1, 128 + signal.SIGKILL), stderr[-3000:]
+    assert "Traceback" not in stderr and "torch/distributed" not in stderr, stderr[-3000:]
+    assert f"lstm-train: error: rank 1's process was killed by signal 9; {tmp_path}/checkpoints/last.pt holds the " \
+           "last evaluation: resume with: " in stderr
+
+
+@pytest.mark.slow
+def test_a_run_the_workers_refuse_is_one_line_and_leaves_no_dir(tmp_path):
+    proc = cli("debug=fast", "trainer.devices=2", "task=text_char", "model=char", "task.path=nope.txt", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["lstm-train: error: task.path: no file at nope.txt"], proc.stderr
+    assert list(tmp_path.iterdir()) == []  # the run dir the launching process made is gone
