@@ -1,13 +1,21 @@
 # Two commands for a newcomer: `make train` and `make test`. Each builds .venv first if needed.
+PYTHON ?= python3
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
-# The CPU build of torch: this project's machines serve it from a CPU-only index. Elsewhere PyPI's Linux
-# torch is the CUDA build (several GB): on a CPU-only machine pass PyTorch's CPU index,
-#   make train TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
-# On a GPU machine install your own CUDA build into .venv first (or pass TORCH and TORCH_INDEX for it):
-# an existing torch is kept.
+PIP   := $(PY) -m pip install --quiet
+# The torch a new venv gets; one already in it is kept, so on a GPU machine you may install your own build first.
+# PyPI's Linux torch is a CUDA build (several GB with its nvidia-* packages). Without a visible NVIDIA GPU the CPU
+# build is meant: the one pip finds where it is configured to look (this project's machines hold it on disk), else
+# PyTorch's CPU index. With a GPU, PyPI's CUDA build. TORCH_INDEX overrides the choice (empty: PyPI's build), e.g.
+#   make train TORCH_INDEX="--index-url https://download.pytorch.org/whl/<cuda tag>"
 TORCH ?= torch==2.13.0
-TORCH_INDEX ?=
+ifneq ($(origin TORCH_INDEX),undefined)
+INSTALL_TORCH = $(PIP) $(TORCH_INDEX) "$(TORCH)"
+else ifneq ($(wildcard /proc/driver/nvidia)$(shell command -v nvidia-smi),)
+INSTALL_TORCH = $(PIP) "$(TORCH)"
+else
+INSTALL_TORCH = $(PIP) "$(TORCH)+cpu" 2>/dev/null || $(PIP) --index-url https://download.pytorch.org/whl/cpu "$(TORCH)"
+endif
 ARGS  ?=
 
 .PHONY: setup train test test-all bench lint clean
@@ -15,9 +23,9 @@ ARGS  ?=
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(INSTALL_TORCH)
+	$(PIP) -e ".[dev]"
 	touch $@
 
 train: setup

@@ -27,7 +27,10 @@ FORMAT = 1
 # Keys added to the configs since the first checkpoints, with the value that does what a config without the key
 # did: group -> {key: value}, or (group, option name) -> {key: value} for keys of one option.
 ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
-    "model": {"cell": "lstm", "chrono_max_len": None},  # the GRU/RNN baselines; chrono initialisation
+    "model": {"cell": "lstm", "chrono_max_len": None,  # the GRU/RNN baselines; chrono initialisation
+              # the LSTM variants and recurrent regularisers (the plain cell, none)
+              "variant": "lstm", "layer_norm": False, "zoneout_c": 0.0, "zoneout_h": 0.0, "recurrent_dropout": 0.0,
+              "weight_drop": 0.0},
     ("task", "text_char"): {"bptt": False, "sample_length": 0, "eval_streams": None},  # eval from zeros per chunk
     ("model", "tagger"): {"char_dim": 0, "char_hidden": 50},  # character-aware words (off)
     ("model", "seq2seq"): {"output_dropout": 0.0},
@@ -65,8 +68,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not an lstm-train checkpoint ({why})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an lstm-train checkpoint (format {FORMAT})")
-    if isinstance(state.get("config"), dict):
-        state["config"] = migrate_config(state["config"])
+    problem = contents_problem(state)
+    if problem:
+        raise ValueError(f"{path} is not a complete lstm-train checkpoint: {problem}")
+    state["config"] = migrate_config(state["config"])
     device = torch.device(map_location)
     # RNG states stay on the CPU: torch.set_rng_state and cuda.set_rng_state_all take CPU byte tensors.
     return {k: v if k == "rng" else _to_device(v, device) for k, v in state.items()}
@@ -143,3 +148,35 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def contents_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's contents for every reader (the tools, a resume, the test phase), or None:
+    the config with its model and task groups, the model weights, the task's state, the moving average if any.
+    A file edited by hand or written by something else fails here, on one line, not deep inside a reader."""
+    config = state.get("config")
+    if not isinstance(config, dict):
+        return _wrong("config", config, "a mapping")
+    for group in ("model", "task"):
+        node = config.get(group)
+        if not isinstance(node, dict):
+            return _wrong(f"config.{group}", node, "a mapping")
+        if not isinstance(node.get("name"), str):
+            return _wrong(f"config.{group}.name", node.get("name"), "a string")
+    weights = {"model": state.get("model")}
+    if state.get("ema") is not None:
+        ema = state["ema"]
+        weights["ema.weights"] = ema.get("weights") if isinstance(ema, dict) else ema
+    for key, value in weights.items():
+        if not isinstance(value, dict) or not all(isinstance(t, torch.Tensor) for t in value.values()):
+            return _wrong(key, value, "a mapping of names to tensors")
+    if not isinstance(state.get("task"), dict):
+        return _wrong("task", state.get("task"), "a mapping")
+    return None
+
+
+def _wrong(key: str, value: Any, expected: str) -> str:
+    if value is None:
+        return f"it has no {key}"
+    shown = f"a {type(value).__name__}" if isinstance(value, dict | list) else f"{type(value).__name__} {value!r:.40}"
+    return f"its {key} is {shown}, not {expected}"

@@ -15,6 +15,7 @@ import dataclasses
 import importlib.resources
 import importlib.util
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,16 @@ from lstm_train.schema import (
     Schema,
     check_fields,
     non_negative,
+    not_a_choice,
     one_of,
     open_unit_interval,
     positive,
     probability,
     to_schema,
     unit_interval,
+    unknown_key,
     value,
+    with_suggestion,
 )
 from lstm_train.tasks import TASKS
 
@@ -65,13 +69,19 @@ def monitor_direction(monitor: str, mode: str, task: str) -> str:
     """Optuna's direction for trainer.monitor (``${monitor_direction:...}`` in conf/hydra/sweeper/):
     maximize or minimize, from trainer.monitor_mode or, with auto, the task's own ``higher_is_better``."""
     if mode == "auto":
-        metric = monitor.removeprefix("val/")
-        known = TASKS[task].higher_is_better if task in TASKS else {}
-        if metric not in known:
-            raise ConfigError("trainer.monitor", f"task {task} has no metric {monitor}; it has "
-                              + ", ".join(f"val/{m}" for m in known))
-        mode = "max" if known[metric] else "min"
+        check_monitor(monitor, task)
+        mode = "max" if TASKS[task].higher_is_better[monitor.removeprefix("val/")] else "min"
     return "maximize" if mode == "max" else "minimize"
+
+
+def check_monitor(monitor: str, task: str) -> None:
+    """A ConfigError unless ``task`` (a registered task's name) has the metric ``monitor`` (val/<metric>)."""
+    known = list(TASKS[task].higher_is_better) if task in TASKS else []
+    metric = monitor.removeprefix("val/")
+    if metric not in known:  # compared without the val/ they all share, which would make any two look close
+        raise ConfigError("trainer.monitor", with_suggestion(
+            f"task {task} has no metric {monitor}", metric, known, "it has " + ", ".join(f"val/{m}" for m in known),
+            lambda m: f"val/{m}"))
 
 
 for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction)):
@@ -79,9 +89,14 @@ for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_directi
         OmegaConf.register_new_resolver(_name, _resolver)
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
 def _device(v: str) -> str | None:
-    ok = v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
-    return None if ok else f"must be auto, cpu, cuda, cuda:N or mps; got {v!r}"
+    if v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()):
+        return None
+    meant = "cuda" if v.lower() == "gpu" else v  # what CUDA devices are often called
+    return not_a_choice(v, DEVICES, "must be auto, cpu, cuda, cuda:N or mps", meant)
 
 
 def _monitor(v: str) -> str | None:
@@ -112,6 +127,13 @@ def _duration(v: str) -> str | None:
         duration_seconds(v)
     except ValueError as e:
         return str(e)
+    return None
+
+
+def _seed(v: int) -> str | None:
+    # torch.manual_seed's range; past it, an overflow traceback
+    if not -(2**63) <= v <= 2**64 - 1:
+        return f"must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed accepts), got {v}"
     return None
 
 
@@ -201,7 +223,7 @@ class PlateauConfig(SchedulerConfig):  # its mode (min or max) follows trainer.m
 # ---- trainer/ -----------------------------------------------------------------------------------------
 @dataclass
 class TrainerConfig(Schema):
-    seed: int = value()  # model init, training data order or draws, dropout
+    seed: int = value(_seed)  # model init, training data order or draws, dropout
     max_epochs: int | None = value(positive)  # the run ends at whichever of the two comes first
     max_steps: int | None = value(positive)
     max_time: str | None = value(_duration)  # a wall-clock budget for the loop (training and evaluation)
@@ -274,10 +296,99 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(missing[0], "missing value (every key needs a value; see conf/)")
     check_fields(cfg, "")
-    for group in ("trainer", "optim", "scheduler", "model", "task"):
-        schema = typed_group(cfg, group)
+    typed = {group: typed_group(cfg, group) for group in ("trainer", "optim", "scheduler", "model", "task")}
+    for schema in typed.values():
         if schema is not None:
             schema.check()
+    if cfg.task.name in TASKS:  # after typed_group: a task from outside the package is registered by now
+        check_monitor(cfg.trainer.monitor, cfg.task.name)
+    check_memory(cfg, typed["task"].batch_length() if typed["task"] is not None else None)
+
+
+# ---- sizes that cannot fit --------------------------------------------------------------------------------
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per cell (model.cell)
+
+
+def check_memory(cfg: DictConfig, batch_length: int | None) -> None:
+    """Refuse a model or a batch that cannot fit before anything is allocated (a huge size otherwise ends in
+    an allocation traceback, or the OS killing the process). The estimate is a lower bound, so it refuses only
+    what cannot work: the recurrent weights alone (no embedding or output layer) as float32 weights, gradients
+    and optimizer state; the gate activations one training batch of ``batch_length`` steps keeps for the
+    backward pass. Against the memory the device has (the machine's RAM, or the GPU's), not what is free at the
+    moment: a lower bound above that cannot work however the machine is loaded (a data-parallel worker validates
+    while its siblings allocate)."""
+    m, t = cfg.model, cfg.trainer
+    memory, where = memory_size(t.device)
+    if memory is None:
+        return
+    gates, directions = GATES.get(m.cell, 1), 2 if m.bidirectional else 1
+    inputs = cfg.task.get("input_size") or m.embedding_dim  # features, else tokens through an embedding
+    params = recurrent_weights(m, inputs)
+    copies = 2 + optimizer_states(cfg.optim) + (t.ema_decay is not None)  # weights, gradients, state, average
+    # Data-parallel processes each hold the model and a share of the global batch: on the CPU all in one RAM,
+    # on CUDA one per GPU.
+    share = 1 if where is None else t.devices
+    weights = params * 4 * copies * t.devices // share
+    activations = 0
+    if batch_length is not None:
+        gate_values = t.batch_size * batch_length * m.num_layers * directions * gates * m.hidden_size
+        activations = gate_values * (2 if t.precision == "bf16" else 4) // share
+    if weights + activations <= memory:
+        return
+    has = f"{where or 'this machine'} has {_bytes(memory)} of memory"
+    # The key to blame: the largest of the sizes the estimate multiplies (a typo adds zeros to one of them).
+    sizes = {"model.hidden_size": m.hidden_size, "model.num_layers": m.num_layers}
+    if weights >= activations:
+        sizes["task.input_size" if "input_size" in cfg.task else "model.embedding_dim"] = inputs
+        key = max(sizes, key=sizes.get)
+        raise ConfigError(key, f"{sizes[key]} is too large: training needs at least {_bytes(weights)} for a model of "
+                          f"{params:.3g} recurrent weights ({copies} float32 copies: weights, gradients, optimizer "
+                          f"state) and {has}; choose a smaller {key}")
+    sizes.update({"task.seq_len": batch_length, "trainer.batch_size": t.batch_size})
+    key, other = sorted(sizes, key=sizes.get, reverse=True)[:2]
+    raise ConfigError(key, f"{sizes[key]} is too large: one training batch ({t.batch_size} sequences of {batch_length} "
+                      f"steps through {m.num_layers} layers of {m.hidden_size} units) keeps at least "
+                      f"{_bytes(activations)} of activations for the backward pass and {has}; choose a smaller {key} "
+                      f"(or {other})")
+
+
+def recurrent_weights(model: DictConfig, inputs: int) -> int:
+    """The weights of the recurrent stack alone (torch.nn.LSTM's layout: two biases) of a model config on
+    ``inputs`` features per step: a lower bound of the model's parameters."""
+    gates, directions, h = GATES.get(model.cell, 1), 2 if model.bidirectional else 1, model.hidden_size
+    return directions * gates * h * (inputs + h + 2 + (model.num_layers - 1) * ((directions + 1) * h + 2))
+
+
+def optimizer_states(optim: DictConfig) -> int:
+    """Tensors the optimizer keeps per parameter: Adam's two moments, RMSprop's mean square, a momentum buffer,
+    RMSprop's centred mean."""
+    name = str(optim.get("_target_") or "").rpartition(".")[2]
+    return {"Adam": 2, "AdamW": 2, "RMSprop": 1}.get(name, 0) + bool(optim.get("momentum")) + \
+        bool(optim.get("centered"))
+
+
+def memory_size(device: str) -> tuple[int | None, str | None]:
+    """The memory of ``device`` (trainer.device) in bytes, and where: a CUDA device's and its name, or the
+    machine's RAM and None; (None, None) when unknown."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            return None, None  # refused with its own message when the device is resolved
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return None, None
+        return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), None
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name
+        return None, None
+
+
+def _bytes(n: float) -> str:
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
+    power = min(int(math.log10(max(n, 1))) // 3, len(units) - 1)
+    return f"{n / 1000 ** power:.3g} {units[power]}"
 
 
 def typed_group(cfg: DictConfig, group: str) -> Schema | None:
@@ -295,7 +406,11 @@ def typed_group(cfg: DictConfig, group: str) -> Schema | None:
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain dicts and lists: what checkpoints and HParams store."""
+    """The resolved config as plain dicts and lists: what checkpoints, HParams and data-parallel workers get.
+
+    Values are kept as the run used them: a data file named ``a${b}.txt`` is that name. Whoever rebuilds an
+    OmegaConf config from it (the tools, a data-parallel worker) escapes it first
+    (:func:`lstm_train.schema.escaped`), or OmegaConf would read the ``${`` as an interpolation."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
@@ -308,18 +423,32 @@ def describe_config_error(error: BaseException) -> str | None:
         cause = cause.__cause__ or cause.__context__
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return _plugin_hint(f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}")
+        known = sorted(error.options)
+        return _plugin_hint(f"{group}={option}: " + with_suggestion(
+            "no such option", option, known, f"choose one of {', '.join(known)}", lambda o: f"{group}={o}"))
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         message = str(getattr(cause, "msg", "") or cause).splitlines()[0]
         schema = getattr(cause, "object_type", None)
         if message.startswith("Key ") and " not in " in message and dataclasses.is_dataclass(schema):
-            known = ", ".join(f.name for f in dataclasses.fields(schema))
-            message = f"unknown key; the keys here are: {known}"
+            message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)))
+        elif " could not be converted to " in message and dataclasses.is_dataclass(schema):
+            message = _field_check(schema, cause.key, cause.value) or message
         return f"{cause.full_key}: {message}"
     if isinstance(error, HydraException | OmegaConfBaseException):
         return _plugin_hint(str(error).splitlines()[0])
     return None
+
+
+def _field_check(schema: type, key: Any, value: Any) -> str | None:
+    """What a field's own check says of a value of the wrong type, when it says what the value must be:
+    trainer.seed=1e23 gets the range of seeds, not only that a float is not an integer."""
+    field_ = next((f for f in dataclasses.fields(schema) if f.name == key), None)
+    check = field_.metadata.get("check") if field_ is not None else None
+    try:
+        return check(value) if check is not None else None
+    except TypeError:  # a string where a number goes: the type error says it best
+        return None
 
 
 SWEEP_PLUGINS = ("hydra_joblib_launcher", "hydra_submitit_launcher", "hydra_optuna_sweeper")

@@ -22,24 +22,26 @@ from lstm_train.models import models_for
 from lstm_train.registry import implements
 from lstm_train.tasks import TASKS, Task
 from lstm_train.tasks.files import read_text
-from lstm_train.trained import load_trained
+from lstm_train.trained import UnknownTokens, add_checkpoint_options, load_trained
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Task]:
-    """The model and its task (vocabulary only, no data) from a checkpoint written by lstm-train."""
+def load_model(
+    path: str | Path, device: str = "cpu", imports: Sequence[str] = ()
+) -> tuple[nn.Module, Task, DictConfig]:
+    """The model, its task (vocabulary only, no data) and the run's config from a checkpoint written by lstm-train."""
 
     def check(cfg: DictConfig) -> None:
         tasks = TASKS.supporting("generate")
-        if cfg.model.name not in models_for(tasks) or not implements(TASKS.option(cfg.task), "generate"):
+        if cfg.model.name not in models_for(tasks) or not implements(TASKS.named(cfg.task), "generate"):
             needs = " or ".join(f"model={m}" for m in models_for(tasks)) + " " + " or ".join(
                 f"task={t.name}" for t in tasks)
             raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs {needs}")
 
     try:
-        _, task, model = load_trained(path, device, check)
+        cfg, task, model = load_trained(path, device, check, imports)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return model, task
+    return model, task, cfg
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,7 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters only")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=None, help="makes the samples reproducible (default: random)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    add_checkpoint_options(p)
     return p.parse_args(argv)
 
 
@@ -68,8 +70,10 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(str(e)) from None
     if not prompt:
         raise UsageError("--prompt is empty; give at least one character")
-    model, task = load_model(args.checkpoint, args.device)
-    warning = task.prompt_warning(prompt)
+    model, task, cfg = load_model(args.checkpoint, args.device, args.imports)
+    unknown = UnknownTokens(cfg, task)
+    unknown.add(prompt)
+    warning = unknown.warning()
     if warning:
         print(f"lstm-generate: warning: {warning}", file=sys.stderr)
     generator = torch.Generator()

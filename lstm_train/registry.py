@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 
 from lstm_train.errors import ConfigError
+
+MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # an absolute dotted module name: nothing relative
 
 
 class Registry(dict[str, type]):
@@ -41,8 +45,8 @@ class Registry(dict[str, type]):
         ConfigStore.instance().store(name=f"schema_{self.group}_{cls.name}", node=cls.Config)
 
     def option(self, node: Mapping[str, Any]) -> type:
-        """The class of a composed group node, or of a checkpoint's config: by its ``name``, after importing the
-        module of its ``_target_`` (an option outside the package) if it has one."""
+        """The class of a composed group node (the user's own config): by its ``name``, after importing the module
+        of its ``_target_`` (an option outside the package) if it has one. A checkpoint's: :meth:`named`."""
         target = node.get("_target_")
         if target:
             module = str(target).rpartition(".")[0]
@@ -55,6 +59,29 @@ class Registry(dict[str, type]):
         if name not in self:
             raise ConfigError(f"{self.group}.name", f"unknown {self.group} {name!r}; choose one of {', '.join(self)}")
         return self[name]
+
+    def named(self, node: Any) -> type:
+        """The class of a checkpoint's group node, by its ``name`` alone: never imports a module. Its ``_target_``
+        (an option from outside the package) must be the class registered under that name, which is only the case
+        once the user has imported its module; anything else is a ConfigError."""
+        name = node.get("name") if isinstance(node, Mapping) else None
+        if not isinstance(name, str):
+            raise ConfigError(self.group, f"not a {self.group} option (a mapping with a name), got {_kind(node)}")
+        cls, target = self.get(name), node.get("_target_")
+        if target is not None:
+            module = str(target).rpartition(".")[0]
+            if not MODULE.fullmatch(module):
+                raise ConfigError(f"{self.group}._target_", f"{str(target)!r} is not a class of a module")
+            if cls is None and module not in sys.modules:
+                raise ConfigError(f"{self.group}._target_", f"{target} is outside lstm_train and a checkpoint "
+                                  f"imports nothing by itself; if you trust that code, pass --import {module}")
+            if cls is None or _where(cls) != target:
+                found = f"is {_where(cls)}" if cls is not None else "is not registered"
+                raise ConfigError(f"{self.group}._target_", f"{target} does not define {self.group} {name!r} "
+                                  f"(that name {found})")
+        if cls is None:
+            raise ConfigError(f"{self.group}.name", f"unknown {self.group} {name!r}; choose one of {', '.join(self)}")
+        return cls
 
     def supporting(self, method: str) -> list[type]:
         """The options whose class implements ``method`` (one of the base class's optional methods)."""
@@ -84,6 +111,21 @@ def import_modules(package: str, path: Iterable[str]) -> None:
     """Import every module of a package: each registers the options it defines."""
     for module in pkgutil.iter_modules(path):
         importlib.import_module(f"{package}.{module.name}")
+
+
+def import_named(modules: Iterable[str]) -> None:
+    """Import the modules a user named (the tools' ``--import``): what registers their own models and tasks."""
+    for module in modules:
+        if not MODULE.fullmatch(module):
+            raise ConfigError("--import", f"{module!r} is not a module name; give a dotted name such as my_models")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError("--import", f"cannot import {module} ({e}); put its directory on PYTHONPATH") from None
+
+
+def _kind(value: Any) -> str:
+    return "a mapping without a name" if isinstance(value, Mapping) else f"{type(value).__name__} {value!r:.40}"
 
 
 def _where(cls: type) -> str:

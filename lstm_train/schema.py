@@ -14,7 +14,9 @@ forgets is reported as missing instead of silently taking a second default.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import difflib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -56,9 +58,54 @@ def open_unit_interval(v: Any) -> str | None:
 
 def one_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
-        return None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
+        return None if v in choices else not_a_choice(v, choices, f"must be one of {', '.join(choices)}")
 
     return check
+
+
+def not_a_choice(v: Any, choices: Sequence[str], listing: str, meant: Any = None) -> str:
+    """The message for a value outside ``choices``: ``listing; got v`` or, when a choice is close to ``v`` (or to
+    what it ``meant``), the likely fix first: ``got v; did you mean X? Listing``."""
+    meant = v if meant is None else meant
+    if closest(meant, choices):
+        return with_suggestion(f"got {v!r}", meant, choices, listing)
+    return f"{listing}; got {v!r}"
+
+
+def closest(word: Any, choices: Iterable[str]) -> list[str]:
+    """The choices a typo of ``word`` most likely meant, at most three: those that hold ``word`` or are part of it
+    (epoch: max_epochs, accuracy: acc), else difflib's close matches, only those about as close as the closest
+    (max_step: max_steps, not max_time and max_epochs too); none when nothing is close."""
+    word = str(word)
+    matcher = difflib.SequenceMatcher(b=word)
+    ratios = {}
+    for choice in choices:
+        short, long = sorted((word, choice), key=len)
+        matcher.set_seq1(choice)
+        ratios[choice] = 1.0 if len(short) >= 3 and short in long else matcher.ratio()
+    best = max(ratios.values(), default=0.0)
+    # 0.7, not difflib's 0.6: a three-letter word one letter off (tpu: cpu) is another word, not a typo
+    return [c for c, r in ratios.items() if r >= max(0.7, best - 0.1)][:3]
+
+
+def with_suggestion(problem: str, word: Any, choices: Iterable[str], listing: str,
+                    shown: Callable[[str], str] = str) -> str:
+    """``problem; listing``, with "did you mean X?" between the two when a choice is close to ``word``: the likely
+    fix before the whole list (``shown`` writes a choice as the user would type it)."""
+    close = closest(word, choices)
+    if not close:
+        return f"{problem}; {listing}"
+    close = [shown(c) for c in close]
+    meant = " or ".join([", ".join(close[:-1]), close[-1]] if len(close) > 1 else close)
+    return f"{problem}; did you mean {meant}? {listing[:1].upper()}{listing[1:]}"
+
+
+def unknown_key(path: str, keys: Iterable[str]) -> str:
+    """The message for a key ``path`` (dotted) that its schema, whose keys are ``keys``, does not have."""
+    keys = list(keys)
+    parent, _, name = path.rpartition(".")
+    return with_suggestion("unknown key", name, keys, f"the keys here are: {', '.join(keys)}",
+                           lambda k: f"{parent}.{k}" if parent else k)
 
 
 def value(check: Check | None = None) -> Any:
@@ -87,13 +134,25 @@ def check_fields(node: DictConfig, prefix: str) -> None:
         child = node[key]
         path = f"{prefix}{key}"
         if checks and key not in checks:  # appended with +key=value: Hydra lets it into a schema node
-            raise ConfigError(path, f"unknown key; the keys here are: {', '.join(checks)}")
+            raise ConfigError(path, unknown_key(path, checks))
         if isinstance(child, DictConfig):
             check_fields(child, path + ".")
         elif child is not None and checks.get(key) is not None:
             problem = checks[key](child)
             if problem:
                 raise ConfigError(path, problem)
+
+
+def escaped(tree: Any) -> Any:
+    """Plain dicts and lists (a resolved config) with every literal ``${`` escaped, so that OmegaConf, reading them
+    again, takes it as text, not as an interpolation that does not resolve (a data file named so)."""
+    if isinstance(tree, Mapping):
+        return {k: escaped(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [escaped(v) for v in tree]
+    if isinstance(tree, str):  # OmegaConf's grammar: \${ is a literal ${; backslashes before it are doubled
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", tree)
+    return tree
 
 
 def to_schema(schema: type[S], node: DictConfig | Mapping | S, key: str) -> S:
@@ -106,12 +165,13 @@ def to_schema(schema: type[S], node: DictConfig | Mapping | S, key: str) -> S:
     try:
         if isinstance(node, DictConfig) and OmegaConf.get_type(node) is schema:
             return OmegaConf.to_object(node)
-        plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        plain = escaped(OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node)
         plain.pop("_target_", None)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
     except OmegaConfBaseException as e:
         where = getattr(e, "full_key", None)
+        path = f"{key}.{where}" if where else key
         message = str(getattr(e, "msg", "") or e).splitlines()[0]
         if message.startswith("Key ") and " not in " in message:
-            message = f"unknown key; the keys here are: {', '.join(f.name for f in dataclasses.fields(schema))}"
-        raise ConfigError(f"{key}.{where}" if where else key, message) from None
+            message = unknown_key(path, (f.name for f in dataclasses.fields(schema)))
+        raise ConfigError(path, message) from None

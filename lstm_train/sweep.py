@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -38,6 +39,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_train.config import monitor_direction
+from lstm_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +55,29 @@ class SweepSummary(Callback):
         self.sweep_dir: Path | None = None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
-            _write_json(Path(config.hydra.runtime.output_dir) / STATUS_FILE, {
-                "status": "running", "job": config.hydra.job.num, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": time.time(),
-            })
+        if config.hydra.mode != RunMode.MULTIRUN or _refused(config):
+            return
+        _write_json(Path(config.hydra.runtime.output_dir) / STATUS_FILE, {
+            "status": "running", "job": config.hydra.job.num, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": time.time(),
+        })
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        error = job_return._return_value if job_return.status != JobStatus.COMPLETED else None  # .return_value raises
+        if isinstance(error, ConfigError) and error.key == "hydra.run.dir":
+            return  # refused: the job dir is a run of its own (a sweep run again into its dir), whose status stands
         import torch
 
         path = Path(config.hydra.runtime.output_dir) / STATUS_FILE
-        status = _read_json(path) or {"job": config.hydra.job.num, "started": None}
-        now = time.time()
-        status.update(status="completed", ended=now, wall_s=now - status["started"] if status["started"] else None,
+        status = _read_json(path)
+        if not isinstance(status, dict):
+            status = {"job": config.hydra.job.num}
+        now, started = time.time(), status.get("started")
+        status.update(status="completed", ended=now, wall_s=now - started if isinstance(started, int | float) else None,
                       threads=torch.get_num_threads())
-        if job_return.status != JobStatus.COMPLETED:
-            error = job_return._return_value  # the exception; .return_value would raise it
+        if error is not None:
             status.update(status="failed", error=_one_line(error))
         _write_json(path, status)
 
@@ -94,6 +101,19 @@ class SweepSummary(Callback):
         log.info("sweep summary: %s", paths[1])
 
 
+def _refused(config: DictConfig) -> bool:
+    """Whether lstm-train will refuse the job because its dir holds a run's checkpoints that the job would not
+    continue (as when a finished sweep is run again into its sweep dir): the rule of
+    :func:`lstm_train.train.resume_path`, which refuses it. Nothing of that run may change."""
+    own = Path(config.hydra.runtime.output_dir) / "checkpoints" / "last.pt"
+    if not (own.is_file() or own.with_name("best.pt").is_file()):
+        return False
+    resume = OmegaConf.select(config, "trainer.resume")
+    if resume == "auto":
+        return not own.is_file()
+    return resume is None or Path(resume).expanduser().resolve() != own.resolve()
+
+
 # ---- reading a sweep dir --------------------------------------------------------------------------------
 @dataclass
 class Job:
@@ -113,26 +133,47 @@ class Job:
     error: str | None = None
 
 
-def collect(sweep_dir: str | Path) -> list[Job]:
-    """Every job of the sweep dir, in job order. Raises ValueError if it holds none."""
+def collect(sweep_dir: str | Path) -> tuple[list[Job], dict[str, str]]:
+    """Every job of the sweep dir, in job order, and the job dirs it could not read (dir name -> why), each
+    also logged as a warning: one odd dir must not cost the summary of the others. Raises ValueError if the
+    sweep dir holds no job dir it can read."""
     sweep_dir = Path(sweep_dir).expanduser()
     if not sweep_dir.is_dir():
         raise ValueError(f"no directory at {sweep_dir}")
-    jobs = [_read_job(d) for d in _job_dirs(sweep_dir)]
+    jobs, skipped = [], {}
+    for job_dir in _job_dirs(sweep_dir):
+        try:
+            jobs.append(_read_job(job_dir))
+        except Exception as e:  # a file of another shape than ours (edited, foreign, another version's)
+            skipped[job_dir.name] = str(e) if isinstance(e, OddJob) else f"unreadable ({_one_line(e)})"
+            log.warning("skipped job dir %s: %s", job_dir, skipped[job_dir.name])
     if not jobs:
+        if skipped:
+            name, why = next(iter(skipped.items()))
+            raise ValueError(f"{sweep_dir}: none of its {len(skipped)} job dirs could be read ({name}: {why})")
         raise ValueError(f"{sweep_dir} holds no job dirs (<job>/.hydra/overrides.yaml): is it a multirun dir?")
-    return sorted(jobs, key=lambda j: j.num)
+    return sorted(jobs, key=lambda j: j.num), skipped
+
+
+class OddJob(ValueError):
+    """A job dir whose files do not say what a job's files say: the one line why."""
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
-    return [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    """The job dirs, by their names' numbers (2_... before 10_...)."""
+    dirs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    return sorted(dirs, key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", d.name)])
 
 
 def _read_job(job_dir: Path) -> Job:
     hydra_dir = job_dir / ".hydra"
-    overrides = dict(o.partition("=")[::2] for o in OmegaConf.load(hydra_dir / "overrides.yaml"))  # ~key: ""
-    num = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.num
-    job = Job(num=int(num), dir=job_dir, status="unknown", overrides=overrides)
+    overrides = OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml"))
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise OddJob(".hydra/overrides.yaml is not a list of overrides")
+    num = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.job.num")
+    if not isinstance(num, int):
+        raise OddJob(".hydra/hydra.yaml holds no job number (hydra.job.num)")
+    job = Job(num=num, dir=job_dir, status="unknown", overrides=dict(o.partition("=")[::2] for o in overrides))
     try:
         cfg = OmegaConf.load(hydra_dir / "config.yaml")
         job.monitor = str(OmegaConf.select(cfg, "trainer.monitor"))
@@ -140,33 +181,48 @@ def _read_job(job_dir: Path) -> Job:
     except Exception:  # a broken or foreign config.yaml: the row still shows the job's status
         pass
     metrics = _read_json(job_dir / "metrics.json")
-    if metrics:
-        job.status = "completed"
-        if metrics.get("best"):
-            job.best, job.best_step = metrics["best"]["value"], metrics["best"]["step"]
-        job.test = metrics.get("test") or {}
-        job.steps = metrics.get("step")
-        job.ended = ("max_time" if metrics.get("max_time_reached") else
-                     "early_stopping" if metrics.get("stopped_early") else "")
-        job.wall_s = metrics.get("time", {}).get("total_s")
+    if metrics is not None:
+        _read_metrics(job, metrics)
     status = _read_json(job_dir / STATUS_FILE)
-    if status:
-        job.host, job.error = status.get("host"), status.get("error")
-        job.status = status["status"]
-        if job.status == "running":
-            job.status = _running_or_not(status)
-            if job.status == "running":
-                job.wall_s = time.time() - status["started"]
-        elif status.get("wall_s") is not None:
-            job.wall_s = status["wall_s"]
+    if status is not None:
+        _read_status(job, status)
     return job
+
+
+def _read_metrics(job: Job, metrics: Any) -> None:
+    if not isinstance(metrics, dict):
+        raise OddJob("metrics.json is not a JSON object")
+    job.status = "completed"
+    best, test, wall = metrics.get("best"), metrics.get("test") or {}, (metrics.get("time") or {}).get("total_s")
+    if best:
+        job.best, job.best_step = float(best["value"]), best["step"]
+    if not isinstance(test, dict):
+        raise OddJob("metrics.json: test is not a JSON object")
+    job.test = {k: float(v) for k, v in test.items()}
+    job.steps = metrics.get("step")
+    job.ended = ("max_time" if metrics.get("max_time_reached") else
+                 "early_stopping" if metrics.get("stopped_early") else "")
+    job.wall_s = None if wall is None else float(wall)
+
+
+def _read_status(job: Job, status: Any) -> None:
+    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+        raise OddJob(f"{STATUS_FILE} has no status")
+    job.host, job.error = status.get("host"), status.get("error")
+    job.status = status["status"]
+    if job.status == "running":
+        job.status = _running_or_not(status)
+        if job.status == "running" and isinstance(status.get("started"), int | float):
+            job.wall_s = time.time() - status["started"]
+    elif status.get("wall_s") is not None:
+        job.wall_s = float(status["wall_s"])
 
 
 def _running_or_not(status: dict[str, Any]) -> str:
     """The status of a job whose end was never recorded: running, died or unknown."""
-    if status.get("host") != socket.gethostname():
-        return "unknown"
     pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return "unknown"  # another host's, or no process to look for (pid 0 or less: a group to kill)
     if pid == os.getpid():  # the sweeping process ran it in-process and has moved past it
         return "died"
     try:
@@ -182,11 +238,12 @@ def _running_or_not(status: dict[str, Any]) -> str:
 def write_summary(sweep_dir: str | Path) -> list[Path]:
     """sweep_summary.csv, .md and (when some job has a value and a key was swept) .png; returns their paths."""
     sweep_dir = Path(sweep_dir).expanduser()
-    jobs = ranked(collect(sweep_dir))
+    jobs, skipped = collect(sweep_dir)
+    jobs = ranked(jobs)
     out = sweep_dir / SUMMARY
     paths = [out.with_suffix(".csv"), out.with_suffix(".md")]
     write_csv(jobs, paths[0])
-    paths[1].write_text(markdown(jobs, sweep_dir.name))
+    paths[1].write_text(markdown(jobs, sweep_dir.name, skipped))
     png = out.with_suffix(".png")
     if plot(jobs, png, sweep_dir.name):
         paths.append(png)
@@ -229,8 +286,9 @@ def write_csv(jobs: list[Job], path: Path) -> None:
                         _blank(j.wall_s), j.host or "", j.error or "", j.dir.name])
 
 
-def markdown(jobs: list[Job], title: str) -> str:
-    """A Markdown table of the ranked jobs; overrides all jobs share are listed once above it."""
+def markdown(jobs: list[Job], title: str, skipped: dict[str, str] | None = None) -> str:
+    """A Markdown table of the ranked jobs; overrides all jobs share are listed once above it, the job dirs that
+    could not be read (dir name -> why) below it."""
     keys = swept_keys(jobs)
     common = [f"{k}={v}" for k, v in jobs[0].overrides.items() if k not in keys]
     monitors = {j.monitor for j in jobs if j.monitor}
@@ -257,6 +315,9 @@ def markdown(jobs: list[Job], title: str) -> str:
                *[_fmt(j.test.get(t)) for t in tests], _steps(j), _fmt(j.wall_s, ".1f"),
                (j.error or "").replace("|", "\\|")]
         lines.append("| " + " | ".join(row) + " |")
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} job dir{'s' if len(skipped) > 1 else ''} that could not be read:"]
+        lines += [f"- `{name}`: {why}" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -372,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 "and a plot, written into the dir; the table is printed too.")
     p.add_argument("sweep_dir", help="a multirun dir of lstm-train -m (running, finished or died)")
     args = p.parse_args(argv)
+    logging.basicConfig(format=f"{p.prog}: %(message)s")  # a job dir it skips: one line each on stderr
     try:
         paths = write_summary(args.sweep_dir)
     except (ValueError, OSError) as e:
@@ -379,3 +441,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     print(paths[1].read_text(), end="")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ from lstm_train.distributed import World
 from lstm_train.interrupt import Interrupted, raise_on_signals
 from lstm_train.models import build_model
 from lstm_train.rundir import resume_path
+from lstm_train.schema import escaped
 from lstm_train.tasks import build_task
 from lstm_train.trainer import Trainer
 
@@ -207,7 +208,7 @@ def spawned_worker(payload: dict[str, Any]) -> dict[str, Any] | None:
     world = World.from_env()
     raise_on_signals()
     distributed.setup_worker_logging(world, payload["out_dir"])
-    cfg = OmegaConf.create(payload["config"])
+    cfg = OmegaConf.create(escaped(payload["config"]))
     if cfg.trainer.num_threads is None:  # the cores shared out, as torchrun's OMP_NUM_THREADS=1 does for 2
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
@@ -222,7 +223,7 @@ def follow(world: World) -> None:
     if payload is None:  # rank 0 stopped before training, and said why
         distributed.finish()
         sys.exit(1)
-    run_worker(OmegaConf.create(payload["config"]), payload["out_dir"], world, None)
+    run_worker(OmegaConf.create(escaped(payload["config"])), payload["out_dir"], world, None)
 
 
 def run_worker(cfg: DictConfig, out_dir: str, world: World, resume: str | None) -> dict[str, Any] | None:

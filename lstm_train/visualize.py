@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import html
 import math
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,17 +43,17 @@ from lstm_train.probe import (
 )
 from lstm_train.registry import implements
 from lstm_train.tasks import TASKS, Example, Task
-from lstm_train.trained import load_trained
+from lstm_train.trained import UnknownTokens, add_checkpoint_options, load_trained
 
 KINDS = (*GATES, "cell")  # what a unit can be coloured by: a gate's activation or the cell state
 SHORT = {"i": "input", "f": "forget", "g": "candidate", "o": "output", "c": "cell"}
 FEATURES = ("line_position", "inside_quotes", "inside_parens")  # text features units are ranked against
 
 
-def load(path: str | Path, device: str = "cpu") -> tuple[DictConfig, Task, nn.Module]:
+def load(path: str | Path, device: str = "cpu", imports: Sequence[str] = ()) -> tuple[DictConfig, Task, nn.Module]:
     """The config, the task (from its checkpoint state when it has one; no data needed) and the model."""
     try:
-        cfg, task, model = load_trained(path, device)
+        cfg, task, model = load_trained(path, device, imports=imports)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if not find_lstms(model):
@@ -183,7 +185,8 @@ def heatmap_figure(rec: Recording, layer: str, example: Example, title: str):
                 values.t().numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
             )
         figure.colorbar(image, ax=ax, pad=0.01, fraction=0.03)
-        ax.set_ylabel(f"{kind}\nunit", fontsize=9)
+        note = rec.constants.get(kind)  # a gate the LSTM variant does not compute (lstm_train/nn/variants.py)
+        ax.set_ylabel(f"{kind}\n" + (f"({note})" if note else "unit"), fontsize=9)
         for t in example.marks:
             ax.axvline(t, color="red", linewidth=1.0, linestyle="--")
     axes[-1].set_xticks(
@@ -293,10 +296,17 @@ def write_plots(
     rank: str = "variance",
     top: int = 10,
     device: str = "cpu",
+    imports: Sequence[str] = (),
 ) -> list[Path]:
     """Everything the script writes; returns the files written (and prints the ranking for text inputs)."""
-    cfg, task, model = load(checkpoint, device)
+    cfg, task, model = load(checkpoint, device, imports)
     example = make_example(task, text, seed)
+    if text is not None:
+        unknown = UnknownTokens(cfg, task)
+        unknown.add(text)
+        warning = unknown.warning()
+        if warning:
+            print(f"lstm-visualize: warning: {warning}", file=sys.stderr)
     recs = gate_recordings(task, model, example, grads=example.has_target)
     chosen = None
     if example.text is not None:  # the unit to colour the text by, checked before anything is written
@@ -313,8 +323,7 @@ def write_plots(
     elif unit is not None:
         raise UsageError("--unit colours a text; this input has none")
 
-    out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = made_out_dir(out_dir)
     where = f"{cfg.model.name} on {cfg.task.name}"
     written = []
     for lstm, rec in recs.items():
@@ -342,9 +351,27 @@ def write_plots(
     return written
 
 
+def made_out_dir(out_dir: str | Path) -> Path:
+    """The directory to write into, made if missing; a one-line UsageError if it cannot be."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a directory (made if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out_dir}: cannot make it ({e.strerror}); give a writable directory") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir} is not writable; give a writable directory")
+    return out_dir
+
+
 def default_out_dir(checkpoint: str | Path) -> Path:
-    """gates/ beside the run's checkpoints/ (RUN/checkpoints/best.pt -> RUN/gates), not in the working directory."""
-    return Path(checkpoint).expanduser().resolve().parent.parent / "gates"
+    """gates/ beside the run's checkpoints/ when the checkpoint is in one (RUN/checkpoints/best.pt -> RUN/gates);
+    else <name>_gates/ beside the file, or in the working directory when that cannot be written."""
+    path = Path(checkpoint).expanduser().resolve()
+    if path.parent.name == "checkpoints":
+        return path.parent.parent / "gates"
+    return (path.parent if os.access(path.parent, os.W_OK) else Path.cwd()) / f"{path.stem}_gates"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -354,7 +381,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--text", help="the input text (char and text-classification models; a tagger's sentence)")
     source.add_argument("--text-file", help="a UTF-8 file holding the input text")
     p.add_argument("--seed", type=int, default=0, help="first_last: the seed of the generated sequence (default 0)")
-    p.add_argument("--out", help="output directory (default: gates/ in the checkpoint's run dir)")
+    p.add_argument("--out", help="output directory (default: gates/ in the checkpoint's run dir; for a checkpoint "
+                   "outside one, <name>_gates/ beside it)")
     p.add_argument(
         "--unit",
         help="colour the text by LAYER:KIND:UNIT, e.g. l1:cell:17 (KIND: "
@@ -367,7 +395,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="how to rank units: variance over the text, or |correlation| with a text feature",
     )
     p.add_argument("--top", type=int, default=10, help="how many ranked units to print (default 10)")
-    p.add_argument("--device", default="cpu")
+    add_checkpoint_options(p)
     return p.parse_args(argv)
 
 
@@ -382,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             text = path.read_text(encoding="utf-8")
         for path in write_plots(
             args.checkpoint, args.out or default_out_dir(args.checkpoint), text, args.seed, args.unit, args.rank,
-            args.top, args.device,
+            args.top, args.device, args.imports,
         ):
             print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

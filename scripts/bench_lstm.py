@@ -12,6 +12,7 @@ fast (impl fast on the pure-PyTorch loop) and reference (impl reference).
     python scripts/bench_lstm.py --step --profile  # where a T=1 call of each variant goes
     python scripts/bench_lstm.py --sample          # chars/s of CharLM.stream (what lstm-generate runs)
     python scripts/bench_lstm.py --autocast        # under bfloat16 autocast (and ours once more without it)
+    python scripts/bench_lstm.py --variant v       # our impls run LSTM variant v; "plain": the plain compiled cell
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 from lstm_train.nn import LSTM
+from lstm_train.nn import VARIANTS as CELL_VARIANTS
 from lstm_train.nn.compiled import ENV
 
 # (batch, time, input, hidden, layers, bidirectional)
@@ -43,7 +45,11 @@ STEP_LENGTHS = (32, 128, 512)
 INFER_SHAPES = [(1, 64, 128, 1), (1, 64, 256, 2), (5, 64, 128, 2), (5, 64, 256, 2)]
 INFER_CALLS = 50  # T=1 calls per timed round, each from the previous call's (h, c)
 # Our variants: name -> (impl, the LSTM_TRAIN_FAST_PATH it runs under)
-VARIANTS = {"compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"), "reference": ("reference", "auto")}
+VARIANTS = {"compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"), "reference": ("reference", "auto"),
+            "plain": ("fast", "compiled")}  # plain: the plain cell on the compiled kernel, beside a --variant
+# --variant / --layer-norm: the cell of our impls other than "plain" (lstm_train/nn/variants.py)
+CELL = {"variant": "lstm", "layer_norm": False, "zoneout_c": 0.0, "zoneout_h": 0.0}
+PLAIN = dict(CELL)
 
 
 def select(name: str) -> None:
@@ -57,8 +63,10 @@ def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.
     _, _, inp, hidden, layers, bidir = shape
     models: dict[str, torch.nn.Module] = {"torch": torch.nn.LSTM(inp, hidden, layers, bidirectional=bidir)}
     for name in impls:
-        models[name] = LSTM(inp, hidden, layers, bidirectional=bidir, impl=VARIANTS[name][0])
-        models[name].load_state_dict(models["torch"].state_dict())
+        cell = PLAIN if name == "plain" else CELL
+        models[name] = LSTM(inp, hidden, layers, bidirectional=bidir, impl=VARIANTS[name][0], **cell)
+        plain_weights = cell["variant"] == "lstm" and not cell["layer_norm"]
+        models[name].load_state_dict(models["torch"].state_dict(), strict=plain_weights)  # a variant: shared weights
     return {name: m.to(dtype) for name, m in models.items()}
 
 
@@ -218,7 +226,12 @@ def bench_sample(impls: list[str], repeats: int, length: int = 1000) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impls", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="our variants")
+    parser.add_argument("--impls", nargs="+", default=["compiled", "fast", "reference"], choices=list(VARIANTS),
+                        help="our code paths")
+    parser.add_argument("--variant", choices=CELL_VARIANTS, default="lstm",
+                        help="the LSTM variant our impls run (adds the plain compiled cell as 'plain')")
+    parser.add_argument("--layer-norm", action="store_true", help="our impls run the layer-normalised cell")
+    parser.add_argument("--zoneout", type=float, default=0.0, help="our impls' zoneout of c and h (in training)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per variant (median reported)")
@@ -246,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.autocast and (args.dtype != "float32" or args.step or args.sample or args.profile):
         parser.error("--autocast times the shape table of float32 models")
     AUTOCAST["enabled"] = args.autocast
+    CELL.update(variant=args.variant, layer_norm=args.layer_norm, zoneout_c=args.zoneout, zoneout_h=args.zoneout)
+    if CELL != PLAIN and "plain" not in args.impls:
+        args.impls = ["plain", *args.impls]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
@@ -262,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile(shape, name, dtype)
         return 0
 
-    env = {"torch": torch.__version__, "threads": args.threads,
+    env = {"torch": torch.__version__, "threads": args.threads, "cell": CELL,
            "dtype": "bfloat16 autocast" if args.autocast else args.dtype, "repeats": repeats,
            "statistic": "fastest" if args.fastest else "median", "clock": "cpu" if args.cpu_time else "wall"}
     rows, pick = [], min if args.fastest else statistics.median
@@ -317,7 +333,7 @@ def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
 def print_row(row: dict, header: bool, env: dict) -> None:
     impls = [n for n in row["forward"] if n != "torch"]
     if header:
-        print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, "
+        print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, our cell {env['cell']}, "
               f"{env['statistic']} of {env['repeats']} rounds, {env['clock']} time")
         cols = ["(B, T, I, H, layers, bidir)", "torch fwd ms", "torch f+b ms"]
         cols += [f"{n} {k}" for n in impls for k in ("fwd ratio", "f+b ratio")]

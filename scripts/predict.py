@@ -1,4 +1,4 @@
-"""Tag sentences (or transduce inputs) with a checkpoint: ``python scripts/predict.py CKPT [INPUT ...]``.
+"""Classify, tag or transduce inputs with a checkpoint: ``python scripts/predict.py CKPT [INPUT ...]``.
 
 The same as the ``lstm-predict`` console script (lstm_train/predict.py); ``--help`` lists the options.
 """

@@ -41,7 +41,8 @@ CASES = [
     ("wrong-type", "a value of the wrong type", "lstm-train", ["model.hidden_size=abc"],
      "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer", 2),
     ("unknown-key", "a misspelt key", "lstm-train", ["model.hiden_size=64"],
-     "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size", 2),
+     "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here are: name, backend, hidden_size",
+     2),
     ("added-key", "a new key added with +", "lstm-train", ["+model.foo=1"],
      "model.foo: unknown key; the keys here are: name, backend", 2),
     ("unknown-option", "an option a group does not have", "lstm-train", ["model=transformer"],
@@ -154,8 +155,8 @@ CASES = [
      "{d}/malicious.pt is not an lstm-train checkpoint (it holds arbitrary Python objects)", 2),
     ("generate-temperature", "a negative temperature", "lstm-generate",
      ["{char}/checkpoints/best.pt", "--temperature", "-1"], "--temperature must be >= 0", 2),
-    ("predict-char", "tagging with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
-     "{char}/checkpoints/best.pt holds a char model; lstm-predict handles tagger, seq2seq models", 2),
+    ("predict-char", "predicting with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
+     "{char}/checkpoints/best.pt holds a char model; lstm-predict handles classifier, tagger, seq2seq models", 2),
     ("predict-missing", "predicting with a checkpoint that does not exist", "lstm-predict", ["{d}/none.pt", "x"],
      "no checkpoint file at {d}/none.pt", 2),
     ("predict-foreign", "predicting with a file that is not a checkpoint", "lstm-predict", ["{d}/notes.txt", "x"],
@@ -164,6 +165,62 @@ CASES = [
      "no checkpoint file at {d}/none.pt", 2),
     ("visualize-text-file", "plotting with a text file that does not exist", "lstm-visualize",
      ["{char}/checkpoints/best.pt", "--text-file", "{d}/none.txt"], "no file at {d}/none.txt", 2),
+    # -- checkpoints the tools refuse, the tools' devices and output (tools)
+    ("tools-target", "a checkpoint that names a module of its own", "lstm-predict", ["{d}/target.pt", "1"],
+     "{d}/target.pt: task._target_: lstm_helpers.Mine is outside lstm_train and a checkpoint imports nothing by "
+     "itself; if you trust that code, pass --import lstm_helpers", 2),
+    ("tools-relative-target", "a checkpoint that names a relative module", "lstm-visualize", ["{d}/relative.pt"],
+     "{d}/relative.pt: model._target_: '..evil.X' is not a class of a module", 2),
+    ("tools-no-config", "a checkpoint without its config", "lstm-generate", ["{d}/bare.pt"],
+     "{d}/bare.pt is not a complete lstm-train checkpoint: it has no config", 2),
+    ("tools-model-string", "a checkpoint whose config.model is a string", "lstm-predict",
+     ["{d}/model-string.pt", "1"],
+     "{d}/model-string.pt is not a complete lstm-train checkpoint: its config.model is str 'classifier', not a "
+     "mapping", 2),
+    ("tools-cuda", "CUDA for a tool on a machine without it", "lstm-predict",
+     ["{cls}/checkpoints/best.pt", "1", "--device", "cuda"],
+     "--device cuda: this torch sees 0 CUDA device(s); use --device cpu", 2),
+    ("predict-numbers", "a first_last input of the wrong length", "lstm-predict",
+     ["{cls}/checkpoints/best.pt", "1 2 3"],
+     "input 1: 3 numbers; a first_last model reads steps of 10 numbers (task.input_size): give a multiple of 10, "
+     "e.g. 80 for the 8 steps it was trained on", 2),
+    ("visualize-out-file", "plots into a file", "lstm-visualize",
+     ["{cls}/checkpoints/best.pt", "--out", "{d}/notes.txt"],
+     "--out {d}/notes.txt is a file; give a directory (made if missing)", 2),
+    ("visualize-out-unwritable", "plots into a directory that cannot be made", "lstm-visualize",
+     ["{cls}/checkpoints/best.pt", "--out", "/proc/lstm-gates"],
+     "--out /proc/lstm-gates: cannot make it (No such file or directory); give a writable directory", 2),
+    # -- config: the likely fix for a typo, before the list
+    ("misspelt-trainer-key", "a misspelt trainer key", "lstm-train", ["trainer.max_step=10"],
+     "trainer.max_step: unknown key; did you mean trainer.max_steps? The keys here are: seed, max_epochs", 2),
+    ("misspelt-option", "a misspelt group option", "lstm-train", ["model=clasifier"],
+     "model=clasifier: no such option; did you mean model=classifier? Choose one of char, classifier, seq2seq, "
+     "tagger", 2),
+    ("misspelt-value", "a misspelt value of a fixed set", "lstm-train", ["model.backend=fst"],
+     "model.backend: got 'fst'; did you mean fast? Must be one of fast, reference, torch", 2),
+    ("misspelt-metric", "a misspelt monitor", "lstm-train", ["trainer.monitor=val/accuracy"],
+     "trainer.monitor: task first_last has no metric val/accuracy; did you mean val/acc? It has val/loss, val/acc",
+     2),
+    # -- config: sizes that cannot fit, seeds torch refuses
+    ("huge-model", "a model too large for memory", "lstm-train", ["model.hidden_size=1000000"],
+     "model.hidden_size: 1000000 is too large: training needs at least 192 TB for a model of 1.2e+13 recurrent "
+     "weights (4 float32 copies: weights, gradients, optimizer state) and this machine has ", 2),
+    ("huge-batch", "sequences too long for memory", "lstm-train", ["task.seq_len=100000000"],
+     "task.seq_len: 100000000 is too large: one training batch (128 sequences of 100000000 steps through 2 layers of "
+     "64 units) keeps at least 26.2 TB of activations for the backward pass and this machine has ", 2),
+    ("huge-seed", "a seed torch cannot take", "lstm-train", ["trainer.seed=1e23"],
+     "trainer.seed: must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed accepts), got 1e+23", 2),
+    # -- LSTM variants and recurrent regularisers (issue 25)
+    ("variant-gru", "an LSTM variant for a GRU", "lstm-train", ["model.cell=gru", "model.variant=v"],
+     "model.cell: model.variant=v changes an LSTM's cell; model.cell=gru has none", 2),
+    ("variant-torch", "an LSTM variant on torch.nn.LSTM", "lstm-train", ["model.backend=torch", "model.zoneout_c=0.5"],
+     "model.backend: model.zoneout_c=0.5 needs our LSTM: torch.nn.LSTM has no variants", 2),
+    ("zoneout-1", "zoneout of 1 or more", "lstm-train", ["model.zoneout_h=1"],
+     "model.zoneout_h: must be in [0, 1), got 1", 2),
+    ("resume-variant", "resuming a checkpoint as another variant", "lstm-train",
+     ["debug=fast", "model.variant=v", "trainer.resume={cls}/checkpoints/last.pt"],
+     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.variant (checkpoint 'lstm', now 'v')",
+     2),
     # -- run dirs (issue 24: a refused run changes nothing; one run at a time in a dir)
     ("run-dir-metrics-only", "a run dir that holds a run's metrics.json and no checkpoints", "lstm-train",
      ["hydra.run.dir={d}/metrics-only"], "hydra.run.dir: {d}/metrics-only already holds a run's metrics.json "
@@ -197,6 +254,15 @@ def results(tmp_path_factory) -> dict:
     (d / "truncated.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
     (d / "malicious.pt").write_bytes(pickle.dumps({"model": Payload()}))
     torch.save({"weight": torch.zeros(2)}, d / "foreign.pt")
+    # checkpoints the tools refuse (tools): a module named by the checkpoint, a relative one, keys missing
+    (d / "lstm_helpers.py").write_text("raise SystemExit('imported by a checkpoint')\n")
+    state = torch.load(d / "cls/checkpoints/best.pt", weights_only=True)
+    torch.save({**state, "config": {**state["config"], "task": {"name": "mine", "_target_": "lstm_helpers.Mine"}}},
+               d / "target.pt")
+    torch.save({**state, "config": {**state["config"], "model": {**state["config"]["model"],
+                                                                 "_target_": "..evil.X"}}}, d / "relative.pt")
+    torch.save({"format": 1}, d / "bare.pt")
+    torch.save({**state, "config": {**state["config"], "model": "classifier"}}, d / "model-string.pt")
     (d / "notes.txt").write_text("not a checkpoint\n")
     (d / "empty.txt").write_bytes(b"")
     (d / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)

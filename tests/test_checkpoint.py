@@ -20,9 +20,10 @@ class _Opaque:  # an arbitrary Python object: weights_only loading refuses it
 
 def test_round_trip_and_atomic_write(tmp_path):
     path = tmp_path / "ckpt" / "last.pt"
-    save_checkpoint(path, {"model": {"w": torch.arange(3.0)}, "config": {"a": 1}})
+    config = {"model": {"name": "m"}, "task": {"name": "t"}}
+    save_checkpoint(path, {"model": {"w": torch.arange(3.0)}, "config": config, "task": {}})
     state = load_checkpoint(path)
-    assert state["format"] == FORMAT and state["config"] == {"a": 1}
+    assert state["format"] == FORMAT and state["config"]["task"] == config["task"]
     assert torch.equal(state["model"]["w"], torch.arange(3.0))
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no .tmp left behind
 
@@ -46,6 +47,39 @@ def test_foreign_files_give_one_line(tmp_path, write, why):
         load_checkpoint(path)
     message = str(info.value)
     assert message == f"{path} is not an lstm-train checkpoint ({why})"
+
+
+COMPLETE = {"config": {"model": {"name": "classifier"}, "task": {"name": "first_last"}}, "model": {}, "task": {}}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"config": None}, "it has no config"),
+        ({"config": {"task": {"name": "first_last"}}}, "it has no config.model"),
+        ({"config": {"model": "classifier", "task": {"name": "first_last"}}},
+         "its config.model is str 'classifier', not a mapping"),
+        ({"config": {"model": {"name": 3}, "task": {"name": "first_last"}}},
+         "its config.model.name is int 3, not a string"),
+        ({"model": None}, "it has no model"),
+        ({"model": {"w": [1.0]}}, "its model is a dict, not a mapping of names to tensors"),
+        ({"ema": {"updates": 3}}, "it has no ema.weights"),
+        ({"task": [1]}, "its task is a list, not a mapping"),
+    ],
+    ids=["no-config", "no-model-group", "model-group-a-string", "name-not-a-string", "no-weights", "weights-a-list",
+         "ema-without-weights", "task-state-a-list"],
+)
+def test_an_incomplete_checkpoint_gives_one_line(tmp_path, change, problem):
+    path = tmp_path / "x.pt"
+    torch.save({"format": FORMAT, **{k: v for k, v in {**COMPLETE, **change}.items() if v is not None}}, path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"{path} is not a complete lstm-train checkpoint: {problem}"
+
+
+def test_a_complete_checkpoint_passes(tmp_path):
+    torch.save({"format": FORMAT, **COMPLETE, "ema": None}, tmp_path / "x.pt")
+    assert load_checkpoint(tmp_path / "x.pt")["config"]["model"]["name"] == "classifier"
 
 
 def _saved_bytes(path):

@@ -41,7 +41,8 @@ def test_multirun_2x2(tmp_path):
 # (overrides, the one line expected on stderr); run concurrently to keep the suite quick.
 BAD = [
     (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
-    (["model.hiden_size=3"], "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size,"),
+    (["model.hiden_size=3"], "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here are: "
+                             "name, backend, hidden_size,"),
     (["model=nope"], "model=nope: no such option; choose one of char, classifier, seq2seq, tagger"),
     (["model.hidden_size=-3"], "model.hidden_size: must be > 0, got -3"),
     (["model.dropout=1.5"], "model.dropout: must be in [0, 1), got 1.5"),

@@ -10,9 +10,23 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lstm_train.config import CONF_DIR, ConfigError, describe_config_error, duration_seconds, options, validate
+from lstm_train import config
+from lstm_train.checkpoint import load_checkpoint
+from lstm_train.config import (
+    CONF_DIR,
+    ConfigError,
+    describe_config_error,
+    duration_seconds,
+    options,
+    recurrent_weights,
+    to_container,
+    validate,
+)
 from lstm_train.models import MODELS, build_model, count_parameters
+from lstm_train.schema import closest, escaped
 from lstm_train.tasks import build_task
+from lstm_train.train import train
+from lstm_train.trained import load_trained
 from lstm_train.trainer import Trainer
 
 CONF = CONF_DIR
@@ -64,6 +78,9 @@ def test_compose_every_combination(compose_cfg, tmp_path):
                 build_model(cfg.model, task_)
             continue
         model_ = build_model(cfg.model, task_)
+        # the memory estimate's weights are a lower bound of the model's (check_memory refuses only what cannot fit)
+        assert recurrent_weights(cfg.model, task_.inputs.features or cfg.model.embedding_dim) \
+            <= count_parameters(model_), overrides
         Trainer(cfg, task_, model_, tmp_path, torch.device("cpu"))  # builds optimizer and scheduler
         built += 1
     assert built > 0
@@ -112,7 +129,20 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("optim.lr=0", "optim.lr", "must be > 0"),
         ("scheduler.interval=week", "scheduler.interval", "must be one of step, epoch, eval"),
         ("trainer.max_steps=null", "trainer.max_steps", "set trainer.max_steps or trainer.max_epochs"),
-        ("+model.hidden=3", "model.hidden", "unknown key; the keys here are: name, backend, hidden_size"),
+        ("+model.hidden=3", "model.hidden", "unknown key; did you mean model.hidden_size[?] The keys here are: "
+         "name, backend, hidden_size"),
+        ("+model.foo=3", "model.foo", "unknown key; the keys here are: name, backend, hidden_size"),
+        ("model.backend=fst", "model.backend", "got 'fst'; did you mean fast[?] Must be one of fast, reference, "
+         "torch$"),
+        ("trainer.precision=bf61", "trainer.precision", "got 'bf61'; did you mean bf16[?] Must be one of fp32, bf16$"),
+        ("trainer.device=cpuu", "trainer.device", "got 'cpuu'; did you mean cpu[?] Must be auto, cpu, cuda"),
+        ("trainer.device=gpu", "trainer.device", "got 'gpu'; did you mean cuda[?] Must be auto, cpu, cuda"),
+        ("trainer.monitor=val/accuracy", "trainer.monitor",
+         "task first_last has no metric val/accuracy; did you mean val/acc[?] It has val/loss, val/acc$"),
+        ("trainer.monitor=val/f1", "trainer.monitor", "task first_last has no metric val/f1; it has val/loss, "
+         "val/acc$"),
+        ("trainer.seed=100000000000000000000000", "trainer.seed", r"must be an integer in \[-2\*\*63, 2\*\*64 - 1\] "
+         r"\(the range torch.manual_seed accepts\), got 100000000000000000000000$"),
     ],
 )
 def test_bad_values_name_their_key(compose_cfg, override, key, message):
@@ -140,9 +170,11 @@ def test_model_that_does_not_fit_the_task(compose_cfg):
 
 def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
     cfg = compose_cfg("debug=fast", "trainer.monitor=val/f1")
-    validate(cfg)
+    message = r"^trainer\.monitor: task first_last has no metric val/f1; it has val/loss"
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)  # before any data is read
     task = build_task(cfg.task)
-    with pytest.raises(ConfigError, match=r"^trainer\.monitor: task first_last has no metric val/f1; it has val/loss"):
+    with pytest.raises(ConfigError, match=message):
         Trainer(cfg, task, build_model(cfg.model, task), tmp_path, torch.device("cpu"))
 
 
@@ -150,10 +182,23 @@ def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
     ("overrides", "expected"),
     [
         (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
-        (["model.hiden_size=3"], "model.hiden_size: unknown key; the keys here are: name, backend, hidden_size"),
+        (["model.hiden_size=3"], "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here "
+         "are: name, backend, hidden_size"),
+        (["trainer.max_step=3"], "trainer.max_step: unknown key; did you mean trainer.max_steps? The keys here are: "
+         "seed, max_epochs"),
+        (["trainer.max=3"], "trainer.max: unknown key; did you mean trainer.max_epochs, trainer.max_steps or "
+         "trainer.max_time? The keys here are: seed, max_epochs"),
+        (["trainr.max_steps=3"], "trainr: unknown key; did you mean trainer? The keys here are: name, model, task"),
         (["trainer.lr=3"], "trainer.lr: unknown key; the keys here are: seed, max_epochs"),
         (["model=nope"], "model=nope: no such option; choose one of char, classifier, seq2seq, tagger"),
+        (["model=clasifier"], "model=clasifier: no such option; did you mean model=classifier? Choose one of char, "
+         "classifier, seq2seq, tagger"),
+        (["optim=adm"], "optim=adm: no such option; did you mean optim=adam? Choose one of adam, adamw, rmsprop, "
+         "sgd"),
         (["optim.lr=fast"], "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
+        (["trainer.seed=1e23"], "trainer.seed: must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed "
+         "accepts), got 1e+23"),  # the field's own check, which says more than that a float is not an int
+        (["trainer.seed=1.5"], "trainer.seed: Value '1.5' of type 'float' could not be converted to Integer"),
     ],
 )
 def test_composition_errors_become_one_line(compose_cfg, overrides, expected):
@@ -162,6 +207,79 @@ def test_composition_errors_become_one_line(compose_cfg, overrides, expected):
     message = describe_config_error(info.value)
     assert message.startswith(expected)
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("word", "choices", "expected"), [
+    ("max_step", ["max_epochs", "max_steps", "max_time"], ["max_steps"]),  # only the closest, not all near ones
+    ("epoch", ["seed", "max_epochs", "max_steps"], ["max_epochs"]),  # a part of the key
+    ("accuracy", ["loss", "acc"], ["acc"]),  # spelt out
+    ("tpu", ["auto", "cpu", "cuda", "mps"], []),  # another word one letter off, not a typo
+    ("lr", ["seed", "max_steps"], []),
+])
+def test_closest_choices(word, choices, expected):
+    assert closest(word, choices) == expected
+
+
+# ---- sizes that cannot fit ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("overrides", "key", "message"), [
+    (["model.hidden_size=1000000"], "model.hidden_size", "1000000 is too large: training needs at least 192 TB for "
+     "a model of 1.2e[+]13 recurrent weights [(]4 float32 copies: weights, gradients, optimizer state[)] and this "
+     "machine has 10 GB of memory; choose a smaller model.hidden_size$"),
+    (["task.seq_len=100000000"], "task.seq_len", "100000000 is too large: one training batch [(]128 sequences of "
+     "100000000 steps through 2 layers of 64 units[)] keeps at least 26.2 TB of activations for the backward pass and "
+     "this machine has 10 GB of memory; choose a smaller task.seq_len [(]or trainer.batch_size[)]$"),
+    (["trainer.batch_size=10000000"], "trainer.batch_size", "10000000 is too large: one training batch"),
+    (["model.num_layers=10000000"], "model.num_layers", "10000000 is too large: one training batch"),
+    (["task.input_size=1000000000"], "task.input_size", "1000000000 is too large: training needs at least"),
+    (["model=char", "task=text_char", "model.embedding_dim=1000000000"], "model.embedding_dim",
+     "1000000000 is too large: training needs at least"),
+    # each of the 2 processes on the CPU holds a copy: 2 x 4.32e8 weights x 4 bytes x 4 copies (one fits)
+    (["model.hidden_size=6000", "trainer.devices=2"], "model.hidden_size", "6000 is too large: training needs at "
+     "least 13.8 GB for a model of 4.32e[+]08"),
+    (["model.hidden_size=20000", "optim=sgd", "optim.momentum=0", "optim.nesterov=false"], "model.hidden_size",
+     "20000 is too large: training needs at least 38.4 GB .* [(]2 float32 copies"),  # plain SGD keeps no state
+])
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(compose_cfg, monkeypatch, overrides, key, message):
+    monkeypatch.setattr(config, "memory_size", lambda device: (10**10, None))
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError, match=rf"^{key}: {message}"):
+        validate(cfg)
+
+
+def test_sizes_that_fit_pass(compose_cfg, monkeypatch):
+    monkeypatch.setattr(config, "memory_size", lambda device: (10**10, None))
+    validate(compose_cfg("model.hidden_size=6000"))  # 4.32e8 weights: 6.9 GB
+    validate(compose_cfg("task.seq_len=10000"))  # 2.6 GB of activations
+    monkeypatch.setattr(config, "memory_size", lambda device: (None, None))  # unknown: no estimate
+    validate(compose_cfg("model.hidden_size=1000000"))
+
+
+def test_a_cuda_device_is_measured_against_its_own_memory(compose_cfg, monkeypatch):
+    monkeypatch.setattr(config, "memory_size", lambda device: (16 * 10**9, "cuda:0"))
+    with pytest.raises(ConfigError, match=r"^model.hidden_size: 50000 is too large: .* and cuda:0 has 16 GB of memory"):
+        validate(compose_cfg("model.hidden_size=50000"))
+
+
+# ---- a literal ${ in a value (a file named so) ----------------------------------------------------------------
+def test_a_data_path_with_a_dollar_brace_trains_and_its_checkpoint_loads(compose_cfg, tmp_path):
+    """OmegaConf reads ${ as an interpolation: the checkpoint keeps the path as used, and the tools and a
+    resume read the path back as it was."""
+    text = tmp_path / "k${x}.txt"
+    text.write_text("In the beginning God created the heaven and the earth.\n" * 40)
+    written = str(text).replace("${", "\\${")  # as on the command line: task.path='...k\${x}.txt'
+    cfg = compose_cfg("debug=fast", "task=text_char", "model=char", f"task.path={written}", "task.val_fraction=0.1",
+                      "task.test_fraction=0.1", "task.sample_length=0", "trainer.max_steps=2")
+    assert cfg.task.path == str(text)
+    train(cfg, tmp_path / "run")
+    loaded, _, _ = load_trained(tmp_path / "run/checkpoints/best.pt")
+    assert loaded.task.path == str(text)
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["config"]["task"]["path"] == str(text)  # as used
+    assert OmegaConf.create(escaped(to_container(cfg))) == cfg  # what data-parallel workers rebuild their config from
+
+
+@pytest.mark.parametrize("text", ["a${x}b", "a\\${x}", "c:\\d\\${x}\\", "${a${b}}", "plain\\path", "$${x}", "x}${"])
+def test_escaped_text_reads_back_as_it_was(text):
+    assert OmegaConf.create(escaped({"p": [text]})).p[0] == text
 
 
 def test_missing_yaml_value_is_reported(compose_cfg):

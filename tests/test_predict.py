@@ -69,8 +69,8 @@ def expected_tags(words: list[str]) -> list[str]:
 
 def test_predict_round_trip(run_dir, capsys, monkeypatch):
     checkpoint = str(run_dir / "checkpoints" / "best.pt")
-    model, task, name = predict.load(checkpoint)
-    assert name == "tagger" and task.tags == ["other", "same"]
+    model, task, cfg = predict.load(checkpoint)
+    assert cfg.model.name == "tagger" and task.tags == ["other", "same"]
     sentences = ["3 1 3 4 3 0 2", "0 0 1 2 0"]
     with torch.no_grad():
         direct = [model(task.encode(s.split())[None])[0].argmax(-1).tolist() for s in sentences]
@@ -109,7 +109,8 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     state["config"]["model"]["name"] = "char"
     save_checkpoint(tmp_path / "char.pt", {k: v for k, v in state.items() if k != "format"})
-    assert "holds a char model; lstm-predict handles tagger" in error_of(capsys, [str(tmp_path / "char.pt"), "a"])
+    handled = "holds a char model; lstm-predict handles classifier, tagger, seq2seq"
+    assert handled in error_of(capsys, [str(tmp_path / "char.pt"), "a"])
 
 
 def test_predict_reads_the_characters_of_new_words(char_run_dir, capsys):
@@ -139,3 +140,19 @@ def test_visualize_plots_a_character_aware_taggers_word_lstm(char_run_dir, tmp_p
     written = write_plots(char_run_dir / "checkpoints" / "best.pt", tmp_path, text="3 1 3 12 0")
     assert sorted(p.name for p in written) == ["gates_encoder.lstm.l0.png", "gates_encoder.lstm.l0_reverse.png",
                                                 "saturation.png"]
+
+
+def test_tools_warn_when_much_of_the_input_is_unknown(run_dir, tmp_path, capsys):
+    """A tagger of digits given English reads every word as <unk>: one warning line says so, naming the task."""
+    from lstm_train.visualize import write_plots
+
+    checkpoint = str(run_dir / "checkpoints" / "best.pt")
+    warning = ("warning: 3 of the input's 5 tokens (60%) are not in the model's vocabulary and read as unknown "
+               "('The', 'jury', 'said'); it was trained on task=tag_synthetic")
+    predict.main([checkpoint, "The jury said 3 1"])
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 and captured.err == f"lstm-predict: {warning}\n"
+    write_plots(checkpoint, tmp_path, text="The jury said 3 1")
+    assert capsys.readouterr().err == f"lstm-visualize: {warning}\n"
+    predict.main([checkpoint, "3 1 3 4 3 0 2 9"])  # one unknown word in 8: no warning
+    assert capsys.readouterr().err == ""

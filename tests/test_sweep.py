@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.lstm_train_sweeper import ResumableOptunaSweeper
 from lstm_train.config import ConfigError, describe_config_error, monitor_direction, threads_per_job
-from lstm_train.sweep import STATUS_FILE, collect, main, write_summary
+from lstm_train.sweep import STATUS_FILE, SweepSummary, collect, main, write_summary
 
 LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
 
@@ -116,8 +116,8 @@ def test_summary_ranks_jobs_and_keeps_failed_and_died_ones(sweep):
 def test_summary_ranks_lower_first_when_lower_is_better(tmp_path):
     for num, bpc in enumerate([1.9, 1.5, 1.7]):
         make_job(tmp_path, num, [f"model.hidden_size={64 << num}"], best=bpc, task="text_char", task_monitor="bpc")
-    jobs = collect(tmp_path)
-    assert [j.maximize for j in jobs] == [False] * 3 and {j.status for j in jobs} == {"completed"}
+    jobs, skipped = collect(tmp_path)
+    assert [j.maximize for j in jobs] == [False] * 3 and skipped == {} and {j.status for j in jobs} == {"completed"}
     md = write_summary(tmp_path)[1].read_text()
     assert "(lower is better)" in md
     assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:] \
@@ -126,7 +126,107 @@ def test_summary_ranks_lower_first_when_lower_is_better(tmp_path):
 
 def test_a_job_on_another_host_without_an_end_is_unknown(tmp_path):
     make_job(tmp_path, 0, ["optim.lr=0.1"], status={"status": "running", "host": "node042", "pid": 1, "started": 0.0})
-    assert collect(tmp_path)[0].status == "unknown"
+    make_job(tmp_path, 1, ["optim.lr=0.2"], status={"status": "running", "host": socket.gethostname(), "started": 0.0})
+    assert [j.status for j in collect(tmp_path)[0]] == ["unknown", "unknown"]  # the second: no pid to look for
+
+
+def odd_jobs(sweep: Path) -> dict[str, str]:
+    """Job dirs whose files have another shape than lstm-train's: dir name -> why the summary skips it."""
+    host = socket.gethostname()
+    (make_job(sweep, 6, ["optim.lr=6"]) / ".hydra/hydra.yaml").write_text("")
+    (make_job(sweep, 7, ["optim.lr=7"], best=0.5) / STATUS_FILE).write_text("[1, 2]")
+    make_job(sweep, 8, ["optim.lr=8"], status={"host": host, "pid": 1})
+    (make_job(sweep, 9, ["optim.lr=9"]) / "metrics.json").write_text('[{"best": 1}]')
+    (make_job(sweep, 10, ["optim.lr=10"]) / ".hydra/overrides.yaml").write_text("a: 1\n")
+    (make_job(sweep, 11, ["optim.lr=11"], best=0.5) / "metrics.json").write_text('{"best": [1]}')
+    return {
+        "6_optim.lr=6": ".hydra/hydra.yaml holds no job number (hydra.job.num)",
+        "7_optim.lr=7": f"{STATUS_FILE} has no status",
+        "8_optim.lr=8": f"{STATUS_FILE} has no status",
+        "9_optim.lr=9": "metrics.json is not a JSON object",
+        "10_optim.lr=10": ".hydra/overrides.yaml is not a list of overrides",
+        "11_optim.lr=11": "unreadable (TypeError: list indices must be integers or slices, not str)",
+    }
+
+
+def test_odd_job_dirs_are_skipped_and_named(sweep, capsys, caplog):
+    skipped = odd_jobs(sweep)
+    jobs, found = collect(sweep)
+    assert list(found.items()) == list(skipped.items())  # in job order
+    assert [j.num for j in jobs] == [0, 1, 2, 3, 4, 5]  # the rest, as without the odd ones
+    main([str(sweep)])
+    out = capsys.readouterr().out
+    assert "6 jobs: 3 completed, 1 failed, 1 died, 1 running." in out
+    assert "Skipped 6 job dirs that could not be read:" in out
+    for name, why in skipped.items():
+        assert f"- `{name}`: {why}\n" in out
+        assert f"skipped job dir {sweep / name}: {why}" in caplog.text  # one line each in the log (or on stderr)
+    assert [r["job"] for r in csv.DictReader((sweep / "sweep_summary.csv").open())] == ["1", "3", "0", "2", "4", "5"]
+
+
+def test_the_callback_summarises_despite_odd_job_dirs(sweep):
+    odd_jobs(sweep)
+    callback = SweepSummary()
+    callback.sweep_dir = sweep
+    callback._summarize()  # what on_multirun_end and the exit hook run
+    assert "Skipped 6 job dirs" in (sweep / "sweep_summary.md").read_text()
+
+
+def test_a_sweep_dir_of_odd_job_dirs_only_is_one_line(tmp_path, capsys):
+    (make_job(tmp_path, 0, ["optim.lr=1"]) / ".hydra/hydra.yaml").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lstm-sweep-summary: error: {tmp_path}: none of its 1 job dirs could be read (0_optim.lr=1: "
+        ".hydra/hydra.yaml holds no job number (hydra.job.num))")
+
+
+# ---- the callback in a job: its status, and a job lstm-train refuses ---------------------------------------
+def job_config(job_dir: Path, resume: str | None = None):
+    return OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(job_dir)},
+                                       "job": {"num": 0}}, "trainer": {"resume": resume}})
+
+
+REFUSED = ConfigError("hydra.run.dir", "X already holds a run's checkpoints (last.pt, best.pt), which this run would "
+                      "overwrite")
+
+
+def test_a_refused_job_leaves_its_dir_as_it_was(tmp_path):
+    """A finished sweep run again into its sweep dir: lstm-train refuses each job (its dir holds a run's
+    checkpoints); the callback must not turn the job's completed status into running, then failed."""
+    job = make_job(tmp_path, 0, ["optim.lr=0.1"], best=0.9, status={"status": "completed", "host": "h", "pid": 1,
+                                                                     "started": 0.0, "wall_s": 4.5})
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints/last.pt").write_bytes(b"weights")
+    before = {p.name: p.read_bytes() for p in job.iterdir() if p.is_file()}
+    callback = SweepSummary()
+    callback.on_job_start(job_config(job))
+    callback.on_job_end(job_config(job), JobReturn(status=JobStatus.FAILED, _return_value=REFUSED))
+    assert {p.name: p.read_bytes() for p in job.iterdir() if p.is_file()} == before
+    assert [(j.status, j.best) for j in collect(tmp_path)[0]] == [("completed", 0.9)]
+
+
+@pytest.mark.parametrize("resume", ["auto", "own"])
+def test_a_job_that_continues_its_run_dir_gets_a_new_status(tmp_path, resume):
+    job = make_job(tmp_path, 0, ["optim.lr=0.1"], status={"status": "failed", "host": "h", "pid": 1, "started": 0.0})
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints/last.pt").write_bytes(b"weights")
+    config = job_config(job, "auto" if resume == "auto" else str(job / "checkpoints/last.pt"))
+    callback = SweepSummary()
+    callback.on_job_start(config)
+    status = json.loads((job / STATUS_FILE).read_text())
+    assert (status["status"], status["pid"]) == ("running", os.getpid())
+    callback.on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=0.9))
+    assert json.loads((job / STATUS_FILE).read_text())["status"] == "completed"
+
+
+def test_a_failed_job_gets_failed_even_if_its_status_file_was_odd(tmp_path):
+    job = make_job(tmp_path, 0, ["optim.lr=0.1"])
+    (job / STATUS_FILE).write_text("[]")
+    SweepSummary().on_job_end(job_config(job), JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom")))
+    status = json.loads((job / STATUS_FILE).read_text())
+    assert (status["status"], status["error"], status["wall_s"]) == ("failed", "RuntimeError: boom", None)
 
 
 def test_lstm_sweep_summary_command(sweep, tmp_path, capsys):
@@ -141,6 +241,10 @@ def test_lstm_sweep_summary_command(sweep, tmp_path, capsys):
     proc = subprocess.run([str(Path(sys.executable).with_name("lstm-sweep-summary")), str(sweep / ".submitit")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no job dirs" in proc.stderr
+    # and as a module, as the README's other tools run
+    proc = subprocess.run([sys.executable, "-m", "lstm_train.sweep", str(sweep)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"# Sweep {sweep.name}"), proc.stderr[-2000:]
 
 
 # ---- Optuna's direction, from trainer.monitor -----------------------------------------------------------
@@ -301,3 +405,12 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
     assert rows[1]["error"] == "ConfigError: model.hidden_size: must be > 0, got -3"
     status = json.loads(next(tmp_path.glob("1_*/job_status.json")).read_text())
     assert status["status"] == "completed" and status["threads"] >= 1 and status["wall_s"] > 0
+
+    # Run again into the same sweep dir: job 1 is refused (its dir holds its checkpoints), and nothing of it changes.
+    job = next(tmp_path.glob("1_*"))
+    kept = {name: (job / name).read_bytes() for name in (STATUS_FILE, "metrics.json")}
+    again = subprocess.run(proc.args, capture_output=True, text=True, timeout=300, env={**os.environ,
+                                                                                        "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert {name: (job / name).read_bytes() for name in kept} == kept
+    assert "2 jobs: 1 completed, 1 failed." in (tmp_path / "sweep_summary.md").read_text()

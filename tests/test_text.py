@@ -179,13 +179,18 @@ def test_debug_run_end_to_end_and_generate_from_its_checkpoint(compose_cfg, text
     assert state["task"]["vocab"]["chars"] == "".join(build_task(cfg.task).vocab.tokens)
     # the vocabulary comes back from the checkpoint alone, without the text file
     text_file.unlink()
-    _, task = load_model(ckpt)
+    _, task, _ = load_model(ckpt)
     assert isinstance(task, TextChar) and "".join(task.vocab.tokens) == state["task"]["vocab"]["chars"]
     args = [str(ckpt), "--prompt", "the ", "--length", "12", "--seed", "3", "--num-samples", "2"]
     generate_main(args)
     first = capsys.readouterr().out
     generate_main(args)
     assert capsys.readouterr().out == first and first.count("the ") >= 2 and "\n---\n" in first
+    assert capsys.readouterr().err == ""
+    generate_main([str(ckpt), "--prompt", "THE CAT", "--length", "1"])  # no capitals in the text it learnt
+    assert capsys.readouterr().err == (
+        "lstm-generate: warning: 6 of the input's 7 tokens (86%) are not in the model's vocabulary and read as "
+        f"unknown ('T', 'H', 'E', 'C', 'A'); it was trained on task=text_char ({text_file})\n")
     assert OmegaConf.create(state["config"]).model.name == "char"
 
 

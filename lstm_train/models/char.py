@@ -24,6 +24,7 @@ class CharConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
+        self.check_one_step_calls("a char model samples one step per call")
         if self.tie_weights and self.hidden_size != self.embedding_dim:
             raise ConfigError("model.tie_weights", "needs model.hidden_size == model.embedding_dim "
                               f"({self.hidden_size} != {self.embedding_dim})")

@@ -28,6 +28,13 @@ class Stack:
     cell: str = "lstm"  # lstm | gru | rnn
     backend: str = "fast"  # fast | reference | torch: the LSTM's implementation
     forget_bias: float | Chrono = 1.0  # the forget gate's bias at init, or chrono initialisation
+    # The LSTM's cell and recurrent regularisers (lstm_train/nn/variants.py); passed on only when not plain
+    variant: str = "lstm"
+    layer_norm: bool = False
+    zoneout_c: float = 0.0
+    zoneout_h: float = 0.0
+    recurrent_dropout: float = 0.0
+    weight_drop: float = 0.0
 
     @property
     def output_size(self) -> int:
@@ -45,7 +52,14 @@ class Stack:
             dropout=self.dropout if self.num_layers > 1 else 0.0,  # between layers only: none to apply
             bidirectional=self.bidirectional,
             forget_bias=self.forget_bias,
+            **self.cell_options(),
         )
+
+    def cell_options(self) -> dict[str, object]:
+        """The LSTM-cell arguments that differ from the plain cell (a torch, GRU or RNN stack takes none)."""
+        plain = Stack(self.hidden_size)
+        names = ("variant", "layer_norm", "zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop")
+        return {k: getattr(self, k) for k in names if getattr(self, k) != getattr(plain, k)}
 
 
 class Encoder(nn.Module):

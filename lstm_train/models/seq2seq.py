@@ -57,6 +57,7 @@ class Seq2SeqConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
+        self.check_one_step_calls("seq2seq decodes one step per call")
         if self.max_length_ratio == 0 and self.max_length_offset == 0:
             raise ConfigError("model.max_length_offset", "with model.max_length_ratio=0 it is the output length "
                               "cap: must be > 0")

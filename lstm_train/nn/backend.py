@@ -89,9 +89,16 @@ def _run_padded(forward, input: Tensor, hx, lengths: Tensor | Sequence[int] | No
     return out, state
 
 
+# LSTM arguments that only our LSTM has: the variants, your own cell and the recurrent regularisers
+OURS_ONLY = ("variant", "layer_norm", "zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop", "cell")
+
+
 def build_lstm(backend: str, *args, **kwargs) -> nn.Module:
     """An LSTM of the given backend; the arguments are those of :class:`lstm_train.nn.LSTM`."""
     if backend == "torch":
+        ours = [k for k in OURS_ONLY if k in kwargs]
+        if ours:
+            raise ValueError(f"{', '.join(ours)} need our LSTM (backend fast or reference): torch.nn.LSTM has none")
         return TorchLSTM(*args, **kwargs)
     if backend in ("fast", "reference"):
         return LSTM(*args, impl=backend, **kwargs)
@@ -102,6 +109,9 @@ def build_recurrent(cell: str, backend: str, *args, forget_bias: float | Chrono 
     """An LSTM of ``backend`` (``cell="lstm"``), or torch's GRU or tanh RNN baseline (the backend is unused)."""
     if cell == "lstm":
         return build_lstm(backend, *args, forget_bias=forget_bias, **kwargs)
+    ours = [k for k in OURS_ONLY if k in kwargs]
+    if ours:
+        raise ValueError(f"{', '.join(ours)} apply to an LSTM; a {cell.upper()} has no such cell (use cell='lstm')")
     if cell == "gru":
         return TorchGRU(*args, **kwargs)
     if cell == "rnn":

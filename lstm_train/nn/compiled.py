@@ -9,7 +9,9 @@ and wraps it in an autograd.Function.
 :func:`auto_layer` is what ``LSTM(impl="fast")`` runs: this kernel wherever it applies, else fast.py's
 pure-PyTorch loop, with one log line per process for each reason. ``LSTM_TRAIN_FAST_PATH`` chooses:
 ``auto`` (default), ``compiled`` (the kernel wherever it applies; an error if it cannot be built) or
-``pytorch`` (never the kernel).
+``pytorch`` (never the kernel). Besides the plain cell the kernel runs the elementwise variants of
+lstm_train/nn/variants.py (flags of its one cell), zoneout and recurrent dropout; the other cells run on fast.py's
+autograd loop (``fast_cell_layer``), with one log line saying why.
 
 bfloat16 products (``bf16=True``, what ``LSTM`` asks for under ``torch.autocast(dtype=torch.bfloat16)``): on a
 CPU with AVX512-BF16 the build adds them (:func:`bf16_products`); x, h, the weights and the gate gradients are
@@ -34,10 +36,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .fast import DhCallback, dh_callback, differentiable_backward, fast_layer, reverse_within_lengths, rows_per_step
-from .reference import LayerWeights
+from .fast import (
+    DhCallback,
+    dh_callback,
+    differentiable_backward,
+    fast_cell_layer,
+    fast_layer,
+    reverse_within_lengths,
+    rows_per_step,
+)
+from .reference import LayerWeights, cell_layer
+from .variants import Cell, Noise, Params, Variant
 
 log = logging.getLogger(__name__)
+# A CUDA build of torch on a machine without a GPU warns "No CUDA runtime is found" when cpp_extension is imported
+# (which builds and finds this kernel): noise for a CPU-only kernel, printed before the CLI's own one-line output.
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda r: not str(r.msg).startswith("No CUDA runtime"))
 
 ENV = "LSTM_TRAIN_FAST_PATH"
 PATHS = ("auto", "compiled", "pytorch")
@@ -217,17 +231,39 @@ def auto_layer(
     return_gates: bool,
     dh_sink: Tensor | None = None,
     bf16: bool = False,
+    *,
+    cell: Cell | None = None,
+    own: Params | None = None,
+    noise: Noise | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer``.
+    """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer`` (or
+    for another ``cell`` than the plain one, with its own parameters ``own``, ``fast.fast_cell_layer``).
     ``bf16``: bfloat16 products where the kernel has them (see the module docstring), else float32."""
-    why = why_not_compiled(x, h0, weights)
+    why = None if cell is None else why_not_kernel_cell(cell, noise)
+    why = why or why_not_compiled(x, h0, weights)
     if why is None:
-        _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)")
+        _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)"
+                  + ("" if cell is None else f", for {cell.describe()}"))
         if bf16:
             bf16 = _bf16_products_for(x)
-        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, bf16)
+        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, bf16, cell=cell, own=own,
+                              noise=noise)
+    if cell is not None:
+        _announce(f"the pure-PyTorch loop through autograd, for {cell.describe()}: {why}")
+        return fast_cell_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, cell=cell, own=own,
+                               noise=noise)
     _announce(f"the pure-PyTorch loop, for {why}")
     return fast_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink)
+
+
+def why_not_kernel_cell(cell: Cell, noise: Noise | None) -> str | None:
+    """None if the kernel has this cell (an elementwise variant: not layer norm, not FGR, not your own), else why not;
+    it has every regulariser."""
+    if not isinstance(cell, Variant):
+        return "the kernel has the built-in variants only"
+    if cell.kernel_flags() is None:
+        return "the kernel has the elementwise variants only (not layer norm, not FGR)"
+    return None
 
 
 def _bf16_products_for(x: Tensor) -> bool:
@@ -249,12 +285,18 @@ def compiled_layer(
     return_gates: bool,
     dh_sink: Tensor | None = None,
     bf16: bool = False,
+    *,
+    cell: Variant | None = None,
+    own: Params | None = None,
+    noise: Noise | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Run (T, B, I) input through one direction with the kernel; the contract of ``fast.fast_layer``.
 
     With ``lengths``, rows must be sorted longest first (the LSTM module sorts them). The weights are read
     as they are on every call: nothing is prepared or cached. ``bf16``: bfloat16 products (float32 tensors, a
-    kernel with :func:`bf16_products`).
+    kernel with :func:`bf16_products`). ``cell``: an elementwise variant (``Variant.kernel_flags``), with its
+    peepholes in ``own``; ``noise``: zoneout (every step's masks drawn here, before the loop) and recurrent
+    dropout (one mask per sequence).
     """
     T, B = x.shape[:2]
     w_ih, w_hh, b_ih, b_hh, _ = weights  # no projection: why_not_compiled
@@ -264,12 +306,18 @@ def compiled_layer(
     bias = None if b_ih is None else b_ih + b_hh  # 4H numbers: summed per call, never kept
     batch_sizes = [] if lengths is None else rows_per_step(lengths, T)
     inputs = (x.contiguous(), h0, c0, w_ih, w_hh, bias)
-    autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    flags, peep = (0, None) if cell is None else (cell.kernel_flags(), cell.kernel_peepholes(own))
+    masks = (None, None) if noise is None else noise.zoneout_masks(x.new_empty(T, B, H))
+    drop = None if noise is None else noise.recurrent_mask(h0)
+    bf16 = bf16 and drop is None  # the kernel's bfloat16 products take no recurrent dropout
+    autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*inputs, peep))
     if autograd:
         on_dh = dh_callback(dh_sink, lengths, reverse)
-        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh, bf16)
+        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh, bf16, cell, peep,
+                                                        masks, drop)
     else:
-        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates, bf16)
+        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates, bf16, flags, peep,
+                                                          *masks, drop)
     gate_acts = None
     if return_gates:
         gate_acts = gates.view(T, B, 4, H)  # already in torch's (i, f, g, o) order
@@ -288,17 +336,21 @@ class _Recurrence(torch.autograd.Function):
     """One layer and direction through the kernel: ``(hs, h_n, c_n, gates, cs)``, the last two not differentiable.
 
     Its inputs are those of fast.py's ``_Recurrence`` (``w_hr`` always None here), so that a double backward
-    runs fast.py's differentiable fallback on the same saved tensors.
+    runs fast.py's differentiable fallback on the same saved tensors; then a variant's cell and peepholes.
     """
 
     @staticmethod
     def forward(
         ctx, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths: Tensor | None, batch_sizes: list[int],
-        on_dh: DhCallback | None, bf16: bool,
+        on_dh: DhCallback | None, bf16: bool, cell: Variant | None, peep: Tensor | None,
+        masks: tuple[Tensor | None, Tensor | None], drop: Tensor | None,
     ):
-        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True, bf16)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs)
+        flags = 0 if cell is None else cell.kernel_flags()
+        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True, bf16, flags,
+                                                      peep, *masks, drop)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs, peep, *masks, drop)
         ctx.lengths, ctx.batch_sizes, ctx.on_dh, ctx.bf16 = lengths, batch_sizes, on_dh, bf16
+        ctx.cell, ctx.flags = cell, flags
         ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
         ctx.mark_non_differentiable(gates, cs)
         return hs, h_n, c_n, gates, cs
@@ -306,14 +358,42 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_hs, d_hn, d_cn, _d_gates, _d_cs):
         if torch.is_grad_enabled():  # create_graph=True: the reference maths, which autograd can differentiate
-            return (*differentiable_backward(ctx, d_hs, d_hn, d_cn), None)  # None: for bf16
-        x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs = ctx.saved_tensors
+            if ctx.cell is not None:
+                return _differentiable_cell_backward(ctx, d_hs, d_hn, d_cn)
+            return (*differentiable_backward(ctx, d_hs, d_hn, d_cn), None, None, None, None, None)  # bf16 ... drop
+        x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs, peep, zc, zh, drop = ctx.saved_tensors
         need = ctx.needs_input_grad
         record = ctx.on_dh is not None
-        d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps = load().lstm_backward(
+        d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep = load().lstm_backward(
             x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
-            need[0], need[3], bias is not None and need[5], record, ctx.bf16,
+            need[0], need[3], bias is not None and need[5], record, ctx.bf16, ctx.flags, peep, zc, zh, drop,
         )  # fmt: skip
         if record:
             ctx.on_dh(dh_steps)
-        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None, None
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None, None, None, d_peep, None, None
+
+
+def _differentiable_cell_backward(ctx, d_hs: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None) -> tuple:
+    """fast.differentiable_backward for a variant: its reference maths (``Variant.step``) run again on the saved
+    inputs, differentiated by autograd with ``create_graph``."""
+    x, h0, c0, w_ih, w_hh, bias, _, _, _, _, peep, zc, zh, drop = ctx.saved_tensors
+    positions = {0: x, 1: h0, 2: c0, 3: w_ih, 4: w_hh, 5: bias, 12: peep}
+    wanted = [k for k, t in positions.items() if t is not None and ctx.needs_input_grad[k]]
+    result: list[Tensor | None] = [None] * 15
+    cell: Variant = ctx.cell
+    own = {} if peep is None else {f"weight_c{g}": peep[k] for k, g in enumerate("ifo") if g in cell.peepholes}
+    sink = None if ctx.on_dh is None else x.new_zeros(x.shape[0], x.shape[1], h0.shape[1])
+    with torch.enable_grad():
+        weights = (w_ih, w_hh, bias, None, None)  # bias is already b_ih + b_hh
+        hs, h_n, c_n, _, _ = cell_layer(x, h0, c0, weights, ctx.lengths, False, False, sink, cell=cell, own=own,
+                                        noise=Noise(), zoneout_masks=(zc, zh), recurrent_mask=drop)  # its own masks
+        pairs = [(out, grad) for out, grad in ((hs, d_hs), (h_n, d_hn), (c_n, d_cn)) if grad is not None]
+        if pairs and wanted:
+            outs, grads = zip(*pairs, strict=True)
+            found = torch.autograd.grad(outs, [positions[k] for k in wanted], grads, create_graph=True,
+                                        allow_unused=True)
+            for k, grad in zip(wanted, found, strict=True):
+                result[k] = grad
+    if sink is not None:
+        ctx.on_dh(sink)
+    return tuple(result)

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from .reference import LayerWeights, reference_layer
+from .reference import LayerWeights, cell_layer, layer_params, reference_layer
+from .variants import Cell, Noise, Params
 
 # Called by the backward with dL/dh_t of every step, (T, B, P) in the loop's time and batch order (P: h's size).
 DhCallback = Callable[[Tensor], None]
@@ -363,3 +364,24 @@ def fast_layer(
         if return_gates:
             gate_acts, cells = (reverse_within_lengths(v, lengths) for v in (gate_acts, cells))
     return out, h_n, c_n, gate_acts, cells
+
+
+def fast_cell_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: LayerWeights,
+    lengths: Tensor | None,
+    reverse: bool,
+    return_gates: bool,
+    dh_sink: Tensor | None = None,
+    *,
+    cell: Cell,
+    own: Params,
+    noise: Noise,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Any cell (a variant, your own) through autograd, the input projection of all steps in one GEMM (and,
+    with layer norm, one normalisation) before the loop; the contract of ``reference.cell_layer``."""
+    xp = cell.project(x, layer_params(weights, own))
+    return cell_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, cell=cell, own=own, noise=noise,
+                      xp=xp)

@@ -20,12 +20,14 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from .cell import Chrono, init_lstm_weights_
 from .checks import check_bool, check_dropout, check_int
 from .compiled import auto_layer
-from .fast import fast_layer_applies
+from .fast import fast_cell_layer, fast_layer_applies
 from .record import Recording
-from .reference import LayerWeights, reference_layer
+from .reference import LayerWeights, cell_layer, layer_params, reference_layer
+from .variants import Cell, Noise, Params, Variant, drop_weight
 
 Impl = Literal["fast", "reference"]
 IMPLS = {"fast": auto_layer, "reference": reference_layer}  # fast: compiled.py's kernel, else fast.py's loop
+NO_NOISE = Noise()
 
 
 class LSTM(nn.Module):
@@ -53,6 +55,13 @@ class LSTM(nn.Module):
     - ``with lstm.recording(grads=True) as calls:`` records every forward inside it (gates, cell states,
       and after a backward the gradient dL/dh_t of every step) without changing what forward returns,
       so the LSTM can be probed inside any model; see :class:`lstm_train.nn.record.Recording`.
+    - ``variant`` (Greff et al.'s names, lstm_train/nn/variants.py) and ``layer_norm``: another cell, with
+      torch's weights plus its own (``weight_ci_l0``, ...); ``cell``: your own :class:`~lstm_train.nn.Cell`.
+      ``zoneout_c``, ``zoneout_h``, ``recurrent_dropout`` and ``weight_drop``: recurrent regularisers, active in
+      training (zoneout at test: its expectation). ``impl="fast"`` runs the elementwise variants (all but FGR,
+      without layer norm), zoneout and recurrent dropout on the compiled kernel; other cells run on the
+      pure-PyTorch loop through autograd (its input projection hoisted out of the loop), with a log line saying
+      so. Weight drop masks W_hh before the layer runs, so every path serves it.
     """
 
     def __init__(
@@ -70,6 +79,13 @@ class LSTM(nn.Module):
         *,
         forget_bias: float | Chrono = 1.0,
         impl: Impl = "fast",
+        variant: str = "lstm",
+        layer_norm: bool = False,
+        zoneout_c: float = 0.0,
+        zoneout_h: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        cell: Cell | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -84,6 +100,15 @@ class LSTM(nn.Module):
         check_dropout(dropout)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {impl!r}")
+        check_bool("layer_norm", layer_norm)
+        if cell is not None and (variant != "lstm" or layer_norm):
+            raise ValueError("pass a cell or a variant (and layer_norm), not both: a Variant is a cell")
+        if cell is None and (variant != "lstm" or layer_norm):
+            cell = Variant(variant, layer_norm)
+        if cell is not None and not isinstance(cell, Cell):
+            raise TypeError(f"cell should be a lstm_train.nn.Cell, got: {type(cell).__name__}")
+        Noise(zoneout_c, zoneout_h, recurrent_dropout)  # checks the rates
+        check_dropout(weight_drop)
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers only; with num_layers=1 it does nothing", stacklevel=2)
         self.mode = "LSTM"
@@ -97,6 +122,10 @@ class LSTM(nn.Module):
         self.proj_size = proj_size
         self.forget_bias = forget_bias
         self.impl = impl
+        self.cell = cell  # None: the plain cell, on every path
+        self.variant, self.layer_norm = variant, layer_norm
+        self.zoneout_c, self.zoneout_h, self.recurrent_dropout = zoneout_c, zoneout_h, recurrent_dropout
+        self.weight_drop = float(weight_drop)
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
         out_size = proj_size or hidden_size  # the size of h
@@ -105,6 +134,7 @@ class LSTM(nn.Module):
         self._all_weights: list[list[str]] = []
         # per layer and direction: the names of (w_ih, w_hh, b_ih, b_hh, w_hr), None for those it has not
         self._weight_names: list[tuple[str | None, ...]] = []
+        self._cell_names: list[dict[str, str]] = []  # per layer and direction: the cell's own parameters by kind
         self._recordings: list[Recording] | None = None  # set while recording()
         self._record_grads = False
         for layer in range(num_layers):
@@ -123,14 +153,28 @@ class LSTM(nn.Module):
                     if name is not None:
                         self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 self._weight_names.append(names)
+                own = {} if cell is None else cell.parameter_shapes(hidden_size, out_size)
+                self._cell_names.append({kind: kind + suffix for kind in own})
+                for kind, shape in own.items():
+                    self.register_parameter(kind + suffix, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append([name for name in names if name is not None])
                 self._flat_weights_names.extend(self._all_weights[-1])
         self.reset_parameters()
+        if cell is not None:  # a state_dict says which cell it is for (see _check_cell)
+            self._register_state_dict_hook(_tag_cell)
+            self.register_load_state_dict_pre_hook(_check_cell)
 
     def reset_parameters(self) -> None:
         for layer_direction in range(len(self._weight_names)):
             w_ih, w_hh, b_ih, b_hh, w_hr = self._weights(layer_direction)
             init_lstm_weights_(w_ih, w_hh, b_ih, b_hh, self.forget_bias, w_hr)
+            if self.cell is not None:
+                with torch.no_grad():
+                    self.cell.reset_parameters(layer_params(self._weights(layer_direction), self._own(layer_direction)))
+
+    def _own(self, index: int) -> Params:
+        """One layer and direction's parameters of its cell's own, by kind (weight_ci, ...)."""
+        return {kind: getattr(self, name) for kind, name in self._cell_names[index].items()}
 
     def flatten_parameters(self) -> None:
         """No-op, so code written for torch.nn.LSTM (which calls this for cuDNN) runs unchanged."""
@@ -200,6 +244,7 @@ class LSTM(nn.Module):
             x, h0, c0 = (t.to(weights[0][0].dtype) for t in (x, h0, c0))
 
         order = lengths_in = None
+        short = False  # whether the longest sequence ends before the padding does (Python, so jit.trace has no branch)
         if lengths is not None:
             lengths = lengths_in = _check_lengths(lengths, T, B)  # lengths_in: the caller's order, for a recording
             if B == 0 or int(lengths.min()) == T:
@@ -207,6 +252,7 @@ class LSTM(nn.Module):
             else:  # sort longest first once, for every layer and direction; undone at the end
                 order = torch.argsort(lengths, descending=True, stable=True)
                 lengths = lengths[order]
+                short = int(lengths[0]) < T
                 dev_order = order.to(x.device)
                 x = x[: int(lengths[0])].index_select(1, dev_order)
                 h0, c0 = h0.index_select(1, dev_order), c0.index_select(1, dev_order)
@@ -227,7 +273,7 @@ class LSTM(nn.Module):
             """A per-step (T', B, ...) tensor of the sorted batch -> the caller's order, length and layout."""
             if inverse is not None:
                 t = t.index_select(1, inverse)
-            if t.shape[0] < T:  # the longest sequence is shorter than the padding: pad back with zeros
+            if short:  # the longest sequence is shorter than the padding: pad back with zeros
                 t = torch.cat([t, t.new_zeros(T - t.shape[0], *t.shape[1:])])
             if unbatched:
                 return t.squeeze(1)
@@ -249,7 +295,7 @@ class LSTM(nn.Module):
         if recordings is not None:
             names = [f"l{k // D}" + ("_reverse" if k % D else "") for k in range(L * D)]
             recordings.append(Recording(names, gates, [restore(c) for c in cells], lengths_in, transpose, sinks,
-                                        restore))
+                                        restore, {} if self.cell is None else self.cell.constant_gates()))
         if return_gates:
             return out, (h_n, c_n), gates
         return out, (h_n, c_n)
@@ -270,7 +316,20 @@ class LSTM(nn.Module):
         ``bf16`` (under bfloat16 autocast): the compiled kernel's bfloat16 products, where it has them."""
         D = 2 if self.bidirectional else 1
         run = IMPLS[self.impl]
-        if run is auto_layer and not fast_layer_applies():
+        noise = NO_NOISE  # made per call only with a regulariser: a decoding step is a few dozen microseconds
+        if self.zoneout_c or self.zoneout_h or self.recurrent_dropout:
+            noise = Noise(self.zoneout_c, self.zoneout_h, self.recurrent_dropout, self.training)
+        if self.weight_drop and self.training:
+            weights = [(w_ih, drop_weight(w_hh, self.weight_drop, True), *rest) for w_ih, w_hh, *rest in weights]
+        cell = None
+        if self.cell is not None or noise.active:
+            cell = self.cell or Variant("lstm")
+            if run is reference_layer:
+                run = cell_layer
+            elif not fast_layer_applies():
+                run = fast_cell_layer
+            # else auto_layer: the kernel where it has the cell (compiled.why_not_kernel_cell), else fast_cell_layer
+        elif run is auto_layer and not fast_layer_applies():
             run = reference_layer  # the plain autograd ops that torch.func, forward AD and tracing support
         elif run is auto_layer and bf16:
             run = partial(auto_layer, bf16=True)
@@ -282,7 +341,8 @@ class LSTM(nn.Module):
             for direction in range(D):
                 k = layer * D + direction
                 sink = None if sinks is None else sinks[k]
-                o, h, c, g, cs = run(out, h0[k], c0[k], weights[k], lengths, direction == 1, acts, sink)
+                layer_run = run if cell is None else partial(run, cell=cell, own=self._own(k), noise=noise)
+                o, h, c, g, cs = layer_run(out, h0[k], c0[k], weights[k], lengths, direction == 1, acts, sink)
                 outs.append(o)
                 h_n.append(h)
                 c_n.append(c)
@@ -299,7 +359,29 @@ class LSTM(nn.Module):
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + f", forget_bias={self.forget_bias}, impl={self.impl!r}"
+        s += f", forget_bias={self.forget_bias}, impl={self.impl!r}"
+        if self.cell is not None:
+            s += f", cell={self.cell.describe()}"
+        for name in ("zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+
+def _tag_cell(module: LSTM, state_dict: dict, prefix: str, _metadata) -> None:
+    state_dict[prefix + "cell"] = module.cell.describe()
+
+
+def _check_cell(module: LSTM, state_dict: dict, prefix: str, _metadata, _strict, missing: list, unexpected: list,
+                _errors) -> None:
+    """A state_dict of another cell, even one with the same parameters (V, NOAF), has its ``cell`` entry reported
+    as unexpected (missing, if it has none): ``load_state_dict`` refuses it, unless ``strict=False`` (which loads
+    the weights they share). Torch passes strict=True to this hook whatever the caller's, hence the keys."""
+    key = prefix + "cell"
+    if key not in state_dict:
+        missing.append(key)
+    elif state_dict.pop(key) != module.cell.describe():
+        unexpected.append(key)
 
 
 def _check_input(x: Tensor, weight: Tensor, input_size: int) -> torch.dtype | None:
@@ -323,6 +405,8 @@ def _check_input(x: Tensor, weight: Tensor, input_size: int) -> torch.dtype | No
     elif x.dtype != weight.dtype:
         raise ValueError(f"LSTM: input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}); "
                          f"convert the input: input.to({weight.dtype}), or the model: model.to({x.dtype})")
+    if torch.jit.is_tracing():  # sizes are traced tensors there, and a trace keeps no Python check anyway
+        return lowered
     if x.shape[-1] != input_size:
         raise RuntimeError(f"LSTM: input has {x.shape[-1]} features, expected input_size={input_size}")
     if x.shape[0] == 0:

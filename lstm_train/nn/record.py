@@ -21,6 +21,8 @@ class Recording:
 
     - ``gates``: (T, B, 4, H) activations in i, f, g, o order, exactly what ``return_gates`` returns;
     - ``cells``: (T, B, H) cell states c_t;
+    - ``constants``: gates the cell does not compute, by name (input, forget, candidate, output), with what is
+      recorded instead (e.g. "none: 1" for NIG's input gate, "1 - input" for CIFG's forget gate);
     - ``hidden_grads``: (T, B, H) dL/dh_t, the total gradient of the loss with respect to each step's hidden
       state (through the output, the next step and h_n), once a backward has run through this forward;
       None if the LSTM was recorded without ``grads`` or ran without autograd. With a projection, h and so
@@ -34,6 +36,7 @@ class Recording:
     batch_first: bool
     _dh: list[Tensor] | None = field(default=None, repr=False)
     _restore: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    constants: dict[str, str] = field(default_factory=dict)
 
     @property
     def hidden_grads(self) -> list[Tensor] | None:

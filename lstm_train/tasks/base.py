@@ -71,6 +71,11 @@ class TaskConfig(Schema):
     data_seed: int = value()  # fixes val/test (and a non-fresh train set); trainer.seed does the rest
     monitor: str = value()  # the task's headline metric: trainer.monitor defaults to val/<this>
 
+    def batch_length(self) -> int | None:
+        """The steps of the longest sequence in a batch, as far as the config alone says (the memory estimate of
+        :func:`lstm_train.config.check_memory`); None when the data decides (a cap on what is read from files)."""
+        return None
+
 
 def check_fractions(cfg: Any) -> None:
     """For the schemas of tasks that split one file by fractions: something must be left to train on."""
@@ -196,9 +201,11 @@ class Task(Registered, ABC):
         """lstm-generate: ``length`` tokens sampled after ``prompt``, as text, one at a time as they come."""
         raise NotImplementedError
 
-    def prompt_warning(self, prompt: str) -> str | None:
-        """lstm-generate: what to warn about in a prompt (tokens outside the vocabulary, say); None: nothing."""
-        return None
+    def unknown_tokens(self, text: str) -> tuple[list[str], int]:
+        """lstm-predict, lstm-generate, lstm-visualize: the tokens of a user's input that the model's vocabulary
+        lacks (it reads them as its unknown token), in order, and how many tokens the input has; ([], 0) for a
+        task whose inputs have no vocabulary."""
+        return [], 0
 
     def example(self, text: str | None, seed: int) -> Example:
         """lstm-visualize: the input whose gates to plot, from the user's ``text`` (or a sequence drawn with

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lstm_train.errors import UsageError
 from lstm_train.schema import at_least, positive, value
 
 from .base import Batch, Example, Inputs, Split, TaskConfig
-from .classification import ClassificationTask
+from .classification import LABEL_OPTIONS, ClassificationTask
 from .data import seeded
 
 
@@ -32,6 +33,9 @@ class FirstLastConfig(TaskConfig):
     val_size: int = value(positive)
     test_size: int = value(positive)
     fresh: bool = value()  # draw new training sequences every epoch instead of reusing one fixed set
+
+    def batch_length(self) -> int:  # every sequence has seq_len steps
+        return self.seq_len
 
 
 class FirstLast(ClassificationTask):
@@ -85,6 +89,23 @@ class FirstLast(ClassificationTask):
         x, y = self.splits[split]
         for start in range(0, len(y), batch_size):
             yield Batch(x[start : start + batch_size], y[start : start + batch_size])
+
+    predict_options: ClassVar[dict[str, dict[str, Any]]] = LABEL_OPTIONS
+
+    def predict_line(self, model: nn.Module, line: str, top: int = 1, json: bool = False) -> str:
+        """A sequence's label(s): the line's numbers (separated by spaces or commas), input_size per step."""
+        numbers = line.replace(",", " ").split()
+        try:
+            values = [float(n) for n in numbers]
+        except ValueError as e:
+            raise UsageError(f"{e}; a first_last input is numbers separated by spaces or commas") from None
+        size = self.inputs.features
+        if len(values) % size:
+            raise UsageError(f"{len(values)} numbers; a first_last model reads steps of {size} numbers "
+                             f"(task.input_size): give a multiple of {size}, e.g. {self.seq_len * size} for the "
+                             f"{self.seq_len} steps it was trained on")
+        batch = Batch(torch.tensor(values).view(1, -1, size), torch.zeros(1, dtype=torch.long)) if values else None
+        return self.labelled(model, line, batch, top, json)
 
     def example(self, text: str | None, seed: int) -> Example:
         """A sequence drawn with ``seed``, with its label: the first and last steps marked."""

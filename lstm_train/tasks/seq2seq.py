@@ -222,6 +222,10 @@ class Seq2SeqTask(Task):
             raise UsageError(f"--beam-size: must be >= 1, got {beam_size}")
         return next(transduce(model, self, [line], beam_size=beam_size))
 
+    def unknown_tokens(self, text: str) -> tuple[list[str], int]:
+        tokens = self.source_tokens(text)
+        return [t for t in tokens if t not in self.source_vocab.index], len(tokens)
+
 
 def transduce(
     model: nn.Module, task: Seq2SeqTask, lines: Iterable[str], beam_size: int | None = None, batch_size: int = 256

@@ -36,6 +36,9 @@ class SyntheticSeqConfig(TaskConfig):  # reverse, sort, copy
     def check(self) -> None:
         check_lengths(self)
 
+    def batch_length(self) -> int:  # lengths drawn up to seq_len: a batch is padded to its longest
+        return self.seq_len
+
 
 class SyntheticSeq(Seq2SeqTask):
     name: ClassVar[str]

@@ -41,6 +41,9 @@ class TagSyntheticConfig(TaskConfig):
     def check(self) -> None:
         check_lengths(self)
 
+    def batch_length(self) -> int:  # lengths drawn up to seq_len: a batch is padded to its longest
+        return self.seq_len
+
 
 class TagSynthetic(TaggingTask):
     name = "tag_synthetic"

@@ -407,6 +407,10 @@ class TaggingTask(Task):
             return "".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True))
         return " ".join(f"{w}/{t}" for w, t in zip(words, tags, strict=True))
 
+    def unknown_tokens(self, text: str) -> tuple[list[str], int]:
+        words = text.split()
+        return [w for w, n in zip(words, self.normalize(words), strict=True) if n not in self.vocab.index], len(words)
+
     def example(self, text: str | None, seed: int) -> Example:
         """A sentence, its words split at whitespace."""
         words = needs_text(self, text).split()

@@ -66,6 +66,9 @@ class TextCharConfig(TaskConfig):
     def check(self) -> None:
         check_fractions(self)
 
+    def batch_length(self) -> int:  # chunks of seq_len characters
+        return self.seq_len
+
 
 def char_vocab(chars: str) -> Vocab:
     """The vocabulary of a text: :data:`UNK` (id 0: any character outside it), then its characters by code point."""
@@ -250,9 +253,8 @@ class TextChar(Task):
         for token in model.stream(self.vocab.encode_text(prompt), length, temperature, top_k, generator):
             yield self.vocab.tokens[token]
 
-    def prompt_warning(self, prompt: str) -> str | None:
-        unknown = sorted(set(prompt) - set(self.vocab.tokens))
-        return f"not in the vocabulary, read as {UNK}: {''.join(unknown)!r}" if unknown else None
+    def unknown_tokens(self, text: str) -> tuple[list[str], int]:
+        return [c for c in text if c not in self.vocab.index], len(text)
 
     def example(self, text: str | None, seed: int) -> Example:
         """The text, a step per character."""

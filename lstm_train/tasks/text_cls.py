@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lstm_train.errors import ConfigError, UsageError
 from lstm_train.schema import one_of, positive, unit_interval, value
 
 from .base import Batch, Example, Inputs, Metrics, Split, TaskConfig, check_fractions, needs_text
-from .classification import ClassificationMetrics, ClassificationTask
+from .classification import LABEL_OPTIONS, ClassificationMetrics, ClassificationTask
 from .data import Vocab, pad, seeded
 from .files import read_text, shown, shown_all, text_lines
 from .kjv import KJV_BOOKS, kjv_chapters
@@ -329,6 +329,22 @@ class TextCls(ClassificationTask):
         for start in range(0, len(y), batch_size):
             x, lengths = pad(xs[start : start + batch_size])
             yield Batch(x, y[start : start + batch_size], lengths)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.labels
+
+    predict_options: ClassVar[dict[str, dict[str, Any]]] = LABEL_OPTIONS
+
+    def predict_line(self, model: nn.Module, line: str, top: int = 1, json: bool = False) -> str:
+        """A text's label(s) and probabilities (its tokens as in training: lowercased, cut to seq_len)."""
+        ids = self.encode(line)
+        return self.labelled(model, line, Batch(ids[None], torch.zeros(1, dtype=torch.long)) if len(ids) else None,
+                             top, json)
+
+    def unknown_tokens(self, text: str) -> tuple[list[str], int]:
+        tokens = self.tokenize(text)
+        return [t for t in tokens if t not in self.vocab.index], len(tokens)
 
     def example(self, text: str | None, seed: int) -> Example:
         """The text, a step per token; coloured by a unit when the tokens are characters."""

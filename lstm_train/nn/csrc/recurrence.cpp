@@ -16,6 +16,8 @@
 //   the same loops with x, h, W and the gate gradients rounded to bfloat16 for the products (vdpbf16ps: two
 //   products per float32 lane and instruction, accumulated in float32); the cell maths, the states, the
 //   accumulators and the saved activations stay float32. The GEMMs outside the loop take bfloat16 too.
+// - The elementwise LSTM variants (lstm_train/nn/variants.py: Greff et al.'s V, NIG, NFG, NOG, NIAF, NOAF, CIFG
+//   and NP) are flags of the one cell below and of its gradient (Variant), with their peepholes, not copies.
 // Gates stay in torch's (i, f, g, o) order; padded batches arrive sorted longest first, batch_sizes[t] rows
 // run at step t (as in PackedSequence) and every row past its length is written as zeros.
 
@@ -102,17 +104,18 @@ struct Lanes {
 };
 
 // acc[r][q] += sum over k < K of a[r * lda + k] * w[k][q] for one vector of hidden units: the register-blocked
-// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout.
-template <typename T, int R>
+// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout. Scaled: a
+// times scale (rows of lda too), recurrent dropout's mask on h.
+template <typename T, int R, bool Scaled = false>
 __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4], const T* a, int64_t lda, int64_t K,
-                                                      const T* w) {
+                                                      const T* w, const T* scale = nullptr) {
   using V = Vectorized<T>;
   constexpr int64_t N = V::size();
   for (int64_t k = 0; k < K; ++k, w += 4 * N) {
     const V w0 = V::loadu(w), w1 = V::loadu(w + N), w2 = V::loadu(w + 2 * N), w3 = V::loadu(w + 3 * N);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const V x(a[r * lda + k]);
+      const V x(Scaled ? a[r * lda + k] * scale[r * lda + k] : a[r * lda + k]);
       acc[r][0] = at::vec::fmadd(x, w0, acc[r][0]);
       acc[r][1] = at::vec::fmadd(x, w1, acc[r][1]);
       acc[r][2] = at::vec::fmadd(x, w2, acc[r][2]);
@@ -121,22 +124,68 @@ __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4]
   }
 }
 
-// The cell on one vector of hidden units (the first n of them real) of one row, from its pre-activations: writes
-// the new c and h at c and h, and the activations at gates (a row of 4H from the vector's offset) unless null.
+// Which cell (lstm_train/nn/variants.py, Variant.kernel_flags): flags of what V changes, and the peepholes. A removed
+// gate is the constant 1 (CIFG: f = 1 - i); NIAF and NOAF drop tanh from g and from h. peep: (3, H) peephole
+// weights of i, f (from c_{t-1}) and o (from c_t), zero for a gate without one; null for none (the plain cell).
+enum : int64_t { kNoInputGate = 1, kNoForgetGate = 2, kNoOutputGate = 4, kNoInputAct = 8, kNoOutputAct = 16, kCoupled = 32 };
+
+// Zoneout (Krueger et al.): zc, zh the chance-or-mask of keeping each unit of c and h, (T, B, H) (1/0 in training,
+// the rate at test), null for none; the cell reads them, and h_prev, at a step's and block's offset (shifted()).
 template <typename T>
-inline void cell(const Vectorized<T>& i_pre, const Vectorized<T>& f_pre, const Vectorized<T>& g_pre,
-                 const Vectorized<T>& o_pre, const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n) {
+struct Variant {
+  int64_t flags = 0;
+  const T* peep = nullptr;
+  const T* zc = nullptr;
+  const T* zh = nullptr;
+  const T* drop = nullptr;  // recurrent dropout: one (B, H) mask (scaled) on the h entering the products, or null
+  const T* h_prev = nullptr;
+  bool has(int64_t flag) const { return (flags & flag) != 0; }
+  // This one, its zoneout masks from row `row` of step t, h_prev the rows that step reads.
+  Variant shifted(int64_t t, int64_t row, int64_t B, int64_t H, const T* h_rows) const {
+    Variant v = *this;
+    const int64_t offset = (t * B + row) * H;
+    v.zc = zc == nullptr ? nullptr : zc + offset;
+    v.zh = zh == nullptr ? nullptr : zh + offset;
+    v.drop = drop == nullptr ? nullptr : drop + row * H;
+    v.h_prev = h_rows;
+    return v;
+  }
+};
+
+// The cell on one vector of hidden units (the first n of them real, from unit j) of one row, from its
+// pre-activations: writes the new c and h at c and h, and the activations at gates (a row of 4H from the vector's
+// offset) unless null.
+template <typename T>
+inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& g_pre, Vectorized<T> o_pre,
+                 const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n, const Variant<T>& v, int64_t j,
+                 int64_t off) {
   using L = Lanes<T>;
-  const auto i = L::sigmoid(i_pre), f = L::sigmoid(f_pre), g = L::tanh(g_pre), o = L::sigmoid(o_pre);
-  const auto c_new = at::vec::fmadd(f, L::load(c_prev, n), i * g);
+  using V = typename L::V;
+  const V one(T(1)), cp = L::load(c_prev, n);
+  if (v.peep != nullptr) {
+    i_pre = at::vec::fmadd(L::load(v.peep + j, n), cp, i_pre);
+    f_pre = at::vec::fmadd(L::load(v.peep + H + j, n), cp, f_pre);
+  }
+  const V i = v.has(kNoInputGate) ? one : L::sigmoid(i_pre);
+  const V f = v.has(kCoupled) ? one - i : v.has(kNoForgetGate) ? one : L::sigmoid(f_pre);
+  const V g = v.has(kNoInputAct) ? g_pre : L::tanh(g_pre);
+  const V c_new = at::vec::fmadd(f, cp, i * g);
+  if (v.peep != nullptr) {
+    o_pre = at::vec::fmadd(L::load(v.peep + 2 * H + j, n), c_new, o_pre);  // the output gate sees the new c
+  }
+  const V o = v.has(kNoOutputGate) ? one : L::sigmoid(o_pre);
   if (gates != nullptr) {
     L::store(i, gates, n);
     L::store(f, gates + H, n);
     L::store(g, gates + 2 * H, n);
     L::store(o, gates + 3 * H, n);
   }
-  L::store(c_new, c, n);
-  L::store(o * L::tanh(c_new), h, n);
+  // zoneout: the state carried on keeps each unit's previous value where the mask says (the gates above read the
+  // new c; the backward recomputes it from them)
+  L::store(v.zc == nullptr ? c_new : at::vec::fmadd(L::load(v.zc + off, n), cp - c_new, c_new), c, n);
+  const V h_new = o * (v.has(kNoOutputAct) ? c_new : L::tanh(c_new));
+  L::store(v.zh == nullptr ? h_new : at::vec::fmadd(L::load(v.zh + off, n), L::load(v.h_prev + off, n) - h_new, h_new),
+           h, n);
 }
 
 // One step of R rows x one vector of hidden units (the first j, n of them real), all in registers:
@@ -144,7 +193,8 @@ inline void cell(const Vectorized<T>& i_pre, const Vectorized<T>& f_pre, const V
 // rows of H, gates: rows of 4H for the activations, or null if not kept.
 template <typename T, int R, typename Products>
 __attribute__((always_inline)) inline void forward_cells(const Products& products, const T* bias, const T* c_prev,
-                                                         T* c, T* h, T* gates, int64_t H, int64_t j, int64_t n) {
+                                                         T* c, T* h, T* gates, int64_t H, int64_t j, int64_t n,
+                                                         const Variant<T>& v) {
   using L = Lanes<T>;
   using V = typename L::V;
   V acc[R][4];
@@ -160,7 +210,7 @@ __attribute__((always_inline)) inline void forward_cells(const Products& product
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     cell<T>(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev + r * H + j, c + r * H + j, h + r * H + j,
-            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n);
+            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n, v, j, r * H + j);
   }
 }
 
@@ -168,19 +218,24 @@ __attribute__((always_inline)) inline void forward_cells(const Products& product
 // layouts; x: rows of I, h_prev: rows of H.
 template <typename T, int R>
 void forward_block(const T* x, const T* bias, const T* w_ih, const T* w_hh, const T* h_prev, const T* c_prev, T* c,
-                   T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n) {
+                   T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n, const Variant<T>& v) {
   const auto products = [&](Vectorized<T>(&acc)[R][4]) {
     accumulate<T, R>(acc, x, I, I, w_ih);
-    accumulate<T, R>(acc, h_prev, H, H, w_hh);
+    if (v.drop != nullptr) {
+      accumulate<T, R, true>(acc, h_prev, H, H, w_hh, v.drop);
+    } else {
+      accumulate<T, R>(acc, h_prev, H, H, w_hh);
+    }
   };
-  forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n);
+  forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
 }
 
 // dh_out (R rows x 4 vectors of hidden units from j, the first n of them real) = init + products(acc) (d_pre @
-// W_hh), all in registers. init, dh_out: rows of H, init null for zeros.
+// W_hh) [times scale, recurrent dropout's mask], all in registers. init, dh_out, scale: rows of H, init null for
+// zeros, scale null for none.
 template <typename T, int R, typename Products>
 __attribute__((always_inline)) inline void backward_cells(const Products& products, const T* init, T* dh_out,
-                                                          int64_t H, int64_t j, int64_t n) {
+                                                          int64_t H, int64_t j, int64_t n, const T* scale = nullptr) {
   using L = Lanes<T>;
   using V = typename L::V;
   V acc[R][4];
@@ -189,7 +244,7 @@ __attribute__((always_inline)) inline void backward_cells(const Products& produc
 #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       const int64_t m = std::clamp<int64_t>(n - q * L::N, 0, L::N);
-      acc[r][q] = init == nullptr || m == 0 ? V(T(0)) : L::load(init + r * H + j + q * L::N, m);
+      acc[r][q] = scale != nullptr || init == nullptr || m == 0 ? V(T(0)) : L::load(init + r * H + j + q * L::N, m);
     }
   }
   products(acc);
@@ -198,6 +253,11 @@ __attribute__((always_inline)) inline void backward_cells(const Products& produc
 #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       const int64_t m = std::clamp<int64_t>(n - q * L::N, 0, L::N);
+      if (m > 0 && scale != nullptr) {
+        const int64_t at_ = r * H + j + q * L::N;
+        const V base = init == nullptr ? V(T(0)) : L::load(init + at_, m);
+        acc[r][q] = at::vec::fmadd(acc[r][q], L::load(scale + at_, m), base);
+      }
       if (m > 0) {
         L::store(acc[r][q], dh_out + r * H + j + q * L::N, m);
       }
@@ -208,9 +268,10 @@ __attribute__((always_inline)) inline void backward_cells(const Products& produc
 // backward_cells with float32 (or float64) products. d_pre: rows of 4H; w: this slice of pack_backward's W_hh,
 // (4H, 4, N).
 template <typename T, int R>
-void backward_block(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n) {
+void backward_block(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n,
+                    const T* scale) {
   const auto products = [&](Vectorized<T>(&acc)[R][4]) { accumulate<T, R>(acc, d_pre, 4 * H, 4 * H, w); };
-  backward_cells<T, R>(products, init, dh_out, H, j, n);
+  backward_cells<T, R>(products, init, dh_out, H, j, n, scale);
 }
 
 #if defined(LSTM_TRAIN_BF16)
@@ -250,12 +311,12 @@ inline void store_bf16(const float* src, bf16_t* dst, int64_t n) {
 template <int R>
 void forward_block_bf16(const bf16_t* x_bf, const float* bias, const bf16_t* w_ih, const bf16_t* w_hh,
                         const bf16_t* h_prev_bf, bf16_t* h_bf, const float* c_prev, float* c, float* h, float* gates,
-                        int64_t Ip, int64_t Hp, int64_t H, int64_t j, int64_t n) {
+                        int64_t Ip, int64_t Hp, int64_t H, int64_t j, int64_t n, const Variant<float>& v) {
   const auto products = [&](Vectorized<float>(&acc)[R][4]) {
     accumulate_bf16<R>(acc, x_bf, Ip, Ip / 2, w_ih);
     accumulate_bf16<R>(acc, h_prev_bf, Hp, Hp / 2, w_hh);
   };
-  forward_cells<float, R>(products, bias, c_prev, c, h, gates, H, j, n);
+  forward_cells<float, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
   for (int r = 0; r < R; ++r) {
     store_bf16(h + r * H + j, h_bf + r * Hp + j, n);
   }
@@ -341,11 +402,13 @@ inline bf16_t* bits_mut(Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr
 // cell state and the previous one; dh: dL/dh_t; dc: dL/dc_t from the later steps in, dL/dc_{t-1} out;
 // d_pre: written, dL/d pre-activation (rows of 4H); dh_record (may be null): dh copied out.
 template <typename T>
+// With zoneout, ``carry`` receives what dL/dh_{t-1} gets past the cell (z_h dL/dh_t, plus dhs_prev: dL/dh_{t-1}
+// through the output, if not null).
 void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* dc, T* d_pre, T* dh_record,
-                    int64_t rows, int64_t H) {
+                    int64_t rows, int64_t H, const Variant<T>& v, const T* dhs_prev, T* carry) {
   using L = Lanes<T>;
   using V = typename L::V;
-  const V one(T(1));
+  const V one(T(1)), zero(T(0));
   for (int64_t r = 0; r < rows; ++r) {
     const T* a = acts + r * 4 * H;
     T* d = d_pre + r * 4 * H;
@@ -353,17 +416,34 @@ void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* 
       const int64_t n = std::min(L::N, H - j);
       const int64_t k = r * H + j;
       const V i = L::load(a + j, n), f = L::load(a + H + j, n), g = L::load(a + 2 * H + j, n);
-      const V o = L::load(a + 3 * H + j, n);
-      const V tc = L::tanh(L::load(c + k, n));
-      const V dh_t = L::load(dh + k, n);
-      const V dc_t = L::load(dc + k, n) + dh_t * o * (one - tc * tc);
-      L::store(dc_t * g * i * (one - i), d + j, n);
-      L::store(dc_t * L::load(c_prev + k, n) * f * (one - f), d + H + j, n);
-      L::store(dc_t * i * (one - g * g), d + 2 * H + j, n);
-      L::store(dh_t * tc * o * (one - o), d + 3 * H + j, n);
-      L::store(dc_t * f, dc + k, n);
+      const V o = L::load(a + 3 * H + j, n), cp = L::load(c_prev + k, n);
+      const bool noaf = v.has(kNoOutputAct);
+      const V dh_in = L::load(dh + k, n), dc_in = L::load(dc + k, n);  // of the state carried on (zoned out)
+      const V mc = v.zc == nullptr ? zero : L::load(v.zc + k, n), mh = v.zh == nullptr ? zero : L::load(v.zh + k, n);
+      const V dh_t = v.zh == nullptr ? dh_in : (one - mh) * dh_in;  // of the cell's own new h and c
+      const V c_new = v.zc == nullptr ? L::load(c + k, n) : at::vec::fmadd(f, cp, i * g);
+      const V tc = noaf ? c_new : L::tanh(c_new);
+      V dc_t = (v.zc == nullptr ? dc_in : (one - mc) * dc_in) + dh_t * o * (noaf ? one : one - tc * tc);
+      const V d_o = v.has(kNoOutputGate) ? zero : dh_t * tc * o * (one - o);
+      if (v.peep != nullptr) {
+        dc_t = at::vec::fmadd(L::load(v.peep + 2 * H + j, n), d_o, dc_t);
+      }
+      const V d_i = v.has(kNoInputGate) ? zero : dc_t * (v.has(kCoupled) ? g - cp : g) * i * (one - i);
+      const V d_f = v.has(kNoForgetGate) || v.has(kCoupled) ? zero : dc_t * cp * f * (one - f);
+      L::store(d_i, d + j, n);
+      L::store(d_f, d + H + j, n);
+      L::store(dc_t * i * (v.has(kNoInputAct) ? one : one - g * g), d + 2 * H + j, n);
+      L::store(d_o, d + 3 * H + j, n);
+      V dc_prev = v.zc == nullptr ? dc_t * f : at::vec::fmadd(mc, dc_in, dc_t * f);
+      if (carry != nullptr) {
+        L::store(dhs_prev == nullptr ? mh * dh_in : at::vec::fmadd(mh, dh_in, L::load(dhs_prev + k, n)), carry + k, n);
+      }
+      if (v.peep != nullptr) {
+        dc_prev = at::vec::fmadd(L::load(v.peep + j, n), d_i, at::vec::fmadd(L::load(v.peep + H + j, n), d_f, dc_prev));
+      }
+      L::store(dc_prev, dc + k, n);
       if (dh_record != nullptr) {
-        L::store(dh_t, dh_record + k, n);
+        L::store(dh_in, dh_record + k, n);
       }
     }
   }
@@ -388,15 +468,16 @@ void call_block(int rows, Args... args) {
 template <typename T, int R>
 struct ForwardBlock {
   static void run(const T* x, const T* bias, const T* w_ih, const T* w_hh, const T* h_prev, const T* c_prev, T* c,
-                  T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n) {
-    forward_block<T, R>(x, bias, w_ih, w_hh, h_prev, c_prev, c, h, gates, I, H, j, n);
+                  T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n, Variant<T> v) {
+    forward_block<T, R>(x, bias, w_ih, w_hh, h_prev, c_prev, c, h, gates, I, H, j, n, v);
   }
 };
 
 template <typename T, int R>
 struct BackwardBlock {
-  static void run(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n) {
-    backward_block<T, R>(d_pre, w, init, dh_out, H, j, n);
+  static void run(const T* d_pre, const T* w, const T* init, T* dh_out, int64_t H, int64_t j, int64_t n,
+                  const T* scale) {
+    backward_block<T, R>(d_pre, w, init, dh_out, H, j, n, scale);
   }
 };
 
@@ -442,6 +523,39 @@ void check_inputs(const Tensor& x, const Tensor& h0, const Tensor& c0, const Ten
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
                 "lstm_train kernel: every tensor must be on the CPU with x's dtype");
   }
+}
+
+// The peepholes (3, H), contiguous, or undefined for none.
+Tensor check_peep(const std::optional<Tensor>& peep, const Tensor& x, const Tensor& w_hh) {
+  if (!peep.has_value() || !peep->defined()) {
+    return Tensor();
+  }
+  TORCH_CHECK(peep->dim() == 2 && peep->size(0) == 3 && peep->size(1) == w_hh.size(1) && peep->device().is_cpu() &&
+                  peep->scalar_type() == x.scalar_type(),
+              "lstm_train kernel: peep must be (3, H) on the CPU with x's dtype, got ", peep->sizes());
+  return peep->contiguous();
+}
+
+// Recurrent dropout's mask (B, H), contiguous, or undefined for none; not with bfloat16 products.
+Tensor check_drop(const std::optional<Tensor>& drop, const Tensor& h0, bool bf16) {
+  if (!drop.has_value() || !drop->defined()) {
+    return Tensor();
+  }
+  TORCH_CHECK(!bf16, "lstm_train kernel: recurrent dropout takes float32 products");
+  TORCH_CHECK(drop->sizes() == h0.sizes() && drop->device().is_cpu() && drop->scalar_type() == h0.scalar_type(),
+              "lstm_train kernel: a recurrent dropout mask must be (B, H) as h0, got ", drop->sizes());
+  return drop->contiguous();
+}
+
+// A zoneout mask (T, B, H), contiguous, or undefined for none.
+Tensor check_mask(const std::optional<Tensor>& mask, const Tensor& x, int64_t H) {
+  if (!mask.has_value() || !mask->defined()) {
+    return Tensor();
+  }
+  TORCH_CHECK(mask->dim() == 3 && mask->size(0) == x.size(0) && mask->size(1) == x.size(1) && mask->size(2) == H &&
+                  mask->device().is_cpu() && mask->scalar_type() == x.scalar_type(),
+              "lstm_train kernel: a zoneout mask must be (T, B, H) on the CPU with x's dtype, got ", mask->sizes());
+  return mask->contiguous();
 }
 
 // A (4H, K) weight as the forward kernel reads it: one contiguous (K, 4, N) slice per vector of N hidden units,
@@ -502,8 +616,11 @@ void check_bf16(bool bf16, const Tensor& x) {
 // the few-rows path, which stays float32).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_ih, const Tensor& w_hh,
-    const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16) {
+    const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16, int64_t flags,
+    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in,
+    const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
+  const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
   TORCH_CHECK(batch_sizes.empty() || static_cast<int64_t>(batch_sizes.size()) == T,
@@ -557,6 +674,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const T_* wh = w_hh_packed.defined() ? w_hh_packed.data_ptr<T_>() : nullptr;
     const T_* bias_p = bias.defined() ? bias.data_ptr<T_>() : nullptr;
     const T_* xp = x.data_ptr<T_>();
+    const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
+    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
+                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr,
+                          drop.defined() ? drop.data_ptr<T_>() : nullptr};
     T_* g = keep ? gates.data_ptr<T_>() : nullptr;
     T_* hp = hs.data_ptr<T_>();
     T_* cp = cs.data_ptr<T_>();
@@ -572,7 +693,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         T_* c_t = cp + t % c_steps * B * H;
         if (few) {
           Tensor pre_t = pre[t].narrow(0, 0, b);
-          pre_t.addmm_((t == 0 ? h0 : hs[t - 1]).narrow(0, 0, b), w_hh.t());
+          const Tensor h_in = (t == 0 ? h0 : hs[t - 1]).narrow(0, 0, b);
+          pre_t.addmm_(drop.defined() ? h_in * drop.narrow(0, 0, b) : h_in, w_hh.t());
           const T_* p = pre_t.data_ptr<T_>();
           for (int64_t row = 0; row < b; ++row) {
             for (int64_t j = 0; j < H; j += N) {
@@ -580,7 +702,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
               const T_* a = p + row * G + j;
               cell<T_>(Lanes<T_>::load(a, n), Lanes<T_>::load(a + H, n), Lanes<T_>::load(a + 2 * H, n),
                        Lanes<T_>::load(a + 3 * H, n), c_prev + k, c_t + k, h_t + k,
-                       keep ? g_t + row * G + j : nullptr, H, n);
+                       keep ? g_t + row * G + j : nullptr, H, n, var.shifted(t, 0, B, H, h_prev), j, k);
             }
           }
         }
@@ -594,14 +716,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                   static_cast<int>(rows), bits(x_bf) + (t * B + r) * Ip, bias_p, bits(w_ih_bf) + u * Ip * 4 * kLanes,
                   bits(w_hh_bf) + u * Hp * 4 * kLanes, bits(h_bf) + ((t + 1) % 2 * B + r) * Hp,
                   bits_mut(h_bf) + (t % 2 * B + r) * Hp, c_prev + r * H, c_t + r * H, h_t + r * H,
-                  keep ? g_t + r * G : nullptr, Ip, Hp, H, j, std::min(N, H - j));
+                  keep ? g_t + r * G : nullptr, Ip, Hp, H, j, std::min(N, H - j), var.shifted(t, r, B, H, h_prev + r * H));
               continue;
             }
 #endif
             if (rows > 0) {
               call_block<T_, ForwardBlock>(static_cast<int>(rows), x_t + r * I, bias_p, wi + j * I * 4,
                                            wh + j * H * 4, h_prev + r * H, c_prev + r * H, c_t + r * H, h_t + r * H,
-                                           keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j));
+                                           keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j),
+                                           var.shifted(t, r, B, H, h_prev + r * H));
             }
           }
         }
@@ -630,12 +753,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 // -> (d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps); d_x, d_w_ih, d_bias undefined unless asked for,
 // dh_steps (T, B, H) dL/dh_t of every step (zero past lengths) only if record_dh. bf16: bfloat16 products (the
 // gate gradients rounded for them; float32 inputs).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, const Tensor& h0_in, const Tensor& c0_in,
     const Tensor& gates, const Tensor& hs, const Tensor& cs, const std::optional<Tensor>& d_hs_in,
     const std::optional<Tensor>& d_hn_in, const std::optional<Tensor>& d_cn_in, at::IntArrayRef batch_sizes,
-    bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16) {
+    bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16, int64_t flags,
+    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in,
+    const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
+  const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
   TORCH_CHECK(gates.is_contiguous() && hs.is_contiguous() && cs.is_contiguous() && gates.size(0) == T,
@@ -664,6 +790,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor w_packed = bf16 ? Tensor() : pack_backward(w_hh, N);
     const T_* a = gates.data_ptr<T_>();
     const T_* cp = cs.data_ptr<T_>();
+    const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
+    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
+                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr,
+                          drop.defined() ? drop.data_ptr<T_>() : nullptr};
+    Tensor carry = zh.defined() ? at::zeros({B, H}, x.options()) : Tensor();  // dL/dh_{t-1} past the cell
+    T_* carry_p = carry.defined() ? carry.data_ptr<T_>() : nullptr;
     const T_* w = bf16 ? nullptr : w_packed.data_ptr<T_>();
     const T_* dhs = d_hs.defined() ? d_hs.data_ptr<T_>() : nullptr;
     const T_* dhn = d_hn.defined() ? d_hn.data_ptr<T_>() : nullptr;
@@ -690,8 +822,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
         T_* dp_t = dp + t * B * G;
         for (const Block& blk : blocks) {
           const int64_t r = blk.start, rows = std::max<int64_t>(0, std::min(blk.rows, b - r));
+          const T_* dhs_prev = (t == 0 || dhs == nullptr) ? nullptr : dhs + ((t - 1) * B + r) * H;
           gate_gradients<T_>(a_t + r * G, c_t + r * H, c_prev + r * H, dh_p + r * H, dc_p + r * H, dp_t + r * G,
-                             rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H);
+                             rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H, var.shifted(t, r, B, H, nullptr),
+                             dhs_prev, carry_p == nullptr ? nullptr : carry_p + r * H);
           const int64_t lo = std::max(r, b), hi = r + blk.rows;
           if (lo < hi) {
             std::memset(dp_t + lo * G, 0, (hi - lo) * G * sizeof(T_));
@@ -704,7 +838,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 #endif
         }
         // dL/dh_{t-1}: through the output, plus W_hh^T d_pre_t through step t (at t = 0: dL/dh0)
-        const T_* init = (t == 0 || dhs == nullptr) ? nullptr : dhs + (t - 1) * B * H;
+        const T_* init = carry_p != nullptr ? carry_p : (t == 0 || dhs == nullptr) ? nullptr : dhs + (t - 1) * B * H;
         for (int64_t j = 0; j < H; j += 4 * N) {  // 4 vectors' weights stay in cache while each block uses them
           for (const Block& blk : blocks) {
             const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
@@ -720,7 +854,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
             if (rows > 0) {
               call_block<T_, BackwardBlock>(static_cast<int>(rows), dp_t + r * G, w + j * G,
                                             init == nullptr ? nullptr : init + r * H, dh_p + r * H, H, j,
-                                            std::min(4 * N, H - j));
+                                            std::min(4 * N, H - j), var.drop == nullptr ? nullptr : var.drop + r * H);
             }
           }
         }
@@ -728,8 +862,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     });
   });
 
-  // Everything outside the recurrence, for all steps at once: one GEMM each.
+  // Everything outside the recurrence, for all steps at once: one GEMM each, and a reduction for the peepholes.
   const Tensor d_pre2 = d_pre.view({T * B, G});
+  Tensor d_peep;
+  if (peep.defined()) {  // d p_i = sum over t and rows of d i_pre * c_{t-1}, d p_f likewise, d p_o of d o_pre * c_t
+    const Tensor c_prev = T > 1 ? at::cat({c0.unsqueeze(0), cs.narrow(0, 0, T - 1)}) : c0.unsqueeze(0);
+    // the output gate read the new c, not the zoned-out one carried on: recomputed from the gates then
+    const Tensor c_new = zc_in.has_value() && zc_in->defined()
+                             ? gates.narrow(2, H, H) * c_prev + gates.narrow(2, 0, H) * gates.narrow(2, 2 * H, H)
+                             : cs;
+    d_peep = at::stack({(d_pre.narrow(2, 0, H) * c_prev).sum({0, 1}), (d_pre.narrow(2, H, H) * c_prev).sum({0, 1}),
+                        (d_pre.narrow(2, 3 * H, H) * c_new).sum({0, 1})});
+  }
 #if defined(LSTM_TRAIN_BF16)
   if (bf16) {  // the same GEMMs on bfloat16 operands (float32 accumulation, bfloat16 results: as autocast's)
     const auto bf = [](const Tensor& t) { return t.to(at::kBFloat16); };
@@ -741,19 +885,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     Tensor d_x = need_x ? at::mm(d, bf(w_ih)).to(at::kFloat).view({T, B, I}) : Tensor();
     Tensor d_w_ih = need_w_ih ? at::mm(d.t(), bf(x).view({T * B, I})).to(at::kFloat) : Tensor();
     Tensor d_bias = need_bias ? d_pre2.sum(0) : Tensor();
-    return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps};
+    return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep};
   }
 #endif
-  // d W_hh = sum over t of d_pre_t^T h_{t-1}, computed transposed (h_{t-1}^T d_pre_t): measured 5-10% faster
-  Tensor d_w_hh_t = at::mm(h0.t(), d_pre[0]);
+  // d W_hh = sum over t of d_pre_t^T h_{t-1}, computed transposed (h_{t-1}^T d_pre_t): measured 5-10% faster. With
+  // recurrent dropout, h_{t-1} as the product read it: times the mask.
+  Tensor d_w_hh_t = at::mm((drop.defined() ? h0 * drop : h0).t(), d_pre[0]);
   if (T > 1) {
-    d_w_hh_t.addmm_(hs.narrow(0, 0, T - 1).reshape({-1, H}).t(), d_pre.narrow(0, 1, T - 1).reshape({-1, G}));
+    const Tensor h_prev = drop.defined() ? hs.narrow(0, 0, T - 1) * drop : hs.narrow(0, 0, T - 1);
+    d_w_hh_t.addmm_(h_prev.reshape({-1, H}).t(), d_pre.narrow(0, 1, T - 1).reshape({-1, G}));
   }
   Tensor d_x = need_x ? product(d_pre2, w_ih).view({T, B, I}) : Tensor();
   Tensor d_w_ih = need_w_ih ? product(d_pre2.t(), x.view({T * B, I})) : Tensor();
   Tensor d_bias = need_bias ? d_pre2.sum(0) : Tensor();
   const Tensor d_w_hh = d_w_hh_t.t().contiguous();
-  return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps};
+  return {d_x, dh, dc, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep};
 }
 
 }  // namespace
@@ -761,11 +907,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 TORCH_LIBRARY(lstm_train, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
-      "bool keep, bool bf16) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool keep, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh, Tensor? drop) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor)");
   m.def(
       "lstm_backward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor? d_hs, Tensor? d_hn, Tensor? d_cn, int[] batch_sizes, bool need_x, bool need_w_ih, bool need_bias, "
-      "bool record_dh, bool bf16) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool record_dh, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh, Tensor? drop) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_train, CPU, m) {
