@@ -198,6 +198,16 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def peer_gone(error: BaseException) -> bool:
+    """Whether a collective failed because another rank's process ended (gloo notices at once, from the closed
+    connection; that process's own message says why)."""
+    return isinstance(error, RuntimeError) and any(
+        phrase in str(error) for phrase in ("Connection closed by peer", "Connection reset by peer"))
+
+
+PEER_GONE = "another process of this run ended (its own message says why); this one stopped too"
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +24,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_train import distributed
+from lstm_train import distributed, rundir
 from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, to_container, validate
 from lstm_train.distributed import World
 from lstm_train.errors import RunError
 from lstm_train.interrupt import Interrupted, raise_on_signals
 from lstm_train.models import build_model
+from lstm_train.rundir import resume_path
 from lstm_train.schema import escaped
 from lstm_train.tasks import build_task
 from lstm_train.trainer import Trainer
@@ -46,6 +48,8 @@ def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[
     validate(cfg)
     out_dir = Path(out_dir)
     resume = resume_path(cfg.trainer.resume, out_dir)
+    if cfg.trainer.resume == "auto" and resume is None:
+        log.info("trainer.resume=auto: no %s yet, starting afresh", out_dir / "checkpoints" / "last.pt")
     device = distributed.rank_device(resolve_device(cfg.trainer.device), world)
     distributed.init(world)
     if cfg.trainer.num_threads:
@@ -60,27 +64,6 @@ def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[
     if resume is not None:
         trainer.resume(resume)
     return trainer.fit()
-
-
-def resume_path(resume: str | None, out_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``trainer.resume`` as given, or with ``auto`` the run dir's own last.pt
-    if there is one. Refuses to start in a run dir that holds another run's checkpoints."""
-    own = out_dir / "checkpoints" / "last.pt"
-    if resume == "auto":
-        if own.is_file():
-            return own
-        log.info("trainer.resume=auto: no %s yet, starting afresh", own)
-        resume = None
-    path = None if resume is None else Path(resume).expanduser()
-    if path is not None and not path.is_file():
-        raise ConfigError("trainer.resume", f"no checkpoint file at {path}")
-    held = [p.name for p in (own, own.with_name("best.pt")) if p.is_file()]
-    if held and (path is None or path.resolve() != own.resolve()):
-        raise ConfigError(
-            "hydra.run.dir", f"{out_dir} already holds a run's checkpoints ({', '.join(held)}), which this run "
-            "would overwrite; continue that run with trainer.resume=auto, or choose another hydra.run.dir",
-        )
-    return path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,16 +98,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
         follow(world)
         return None
     log.info("run dir: %s", out_dir)
+    hydra_cfg = HydraConfig.get()
+    if cfg.trainer.resume == "auto":
+        rundir.warn_if_never_resumed(hydra_cfg, Path(out_dir))
     try:
-        if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
-            check_devices(cfg, world)
-            distributed.init(world)
-            distributed.announce({"config": to_container(cfg), "out_dir": out_dir})
-            metrics = train(cfg, out_dir, world)
-        elif cfg.trainer.devices > 1:
-            metrics = spawn(cfg, out_dir)
-        else:
-            metrics = train(cfg, out_dir)
+        with rundir.claim(Path(out_dir), undo_if_refused=hydra_cfg.mode == RunMode.RUN):
+            if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
+                check_devices(cfg, world)
+                distributed.init(world)
+                distributed.announce({"config": to_container(cfg), "out_dir": out_dir})
+                metrics = train(cfg, out_dir, world)
+            elif cfg.trainer.devices > 1:
+                metrics = spawn(cfg, out_dir)
+            else:
+                metrics = train(cfg, out_dir)
     except (ConfigError, FloatingPointError, RunError) as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One job of a sweep: Hydra records it as failed and the sweep goes on (a SystemExit would end the
@@ -135,6 +122,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         fail(f"lstm-train: error: {e}", 2 if isinstance(e, ConfigError) else 1)
     except OSError as e:  # a full disk or a run dir gone read-only: the checkpoints saved so far are intact
         fail(f"lstm-train: error: {describe_os_error(e)}", 1)
+    except RuntimeError as e:
+        if not distributed.peer_gone(e):
+            raise
+        fail(f"lstm-train: error: {distributed.PEER_GONE}", 1)
     except Interrupted as e:
         if e.checkpoint is None:
             log_to_file(str(e))
@@ -146,7 +137,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     finally:
         distributed.announce(None)  # if rank 0 failed before announcing, the other ranks stop too
         distributed.finish()
-    log.info("done: %s/metrics.json; to watch it: tensorboard --logdir %s", out_dir, out_dir)
+    log.info("done: %s/metrics.json; to watch it: %s --logdir %s", out_dir, command("tensorboard"),
+             shlex.quote(out_dir))
     return metrics["best"]["value"] if metrics["best"] else None
 
 
@@ -155,8 +147,18 @@ def resume_command(checkpoint: Path) -> str:
     overrides = HydraConfig.get().overrides
     kept = [o for o in overrides.task if not o.startswith("trainer.resume=")]
     kept += [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]  # the same dir, if the user chose it
-    program = "lstm-train" if World.from_env().size == 1 else "<your torchrun/srun command> lstm_train.train"
+    program = command("lstm-train") if World.from_env().size == 1 else "<your torchrun/srun command> lstm_train.train"
     return f"{program} {shlex.join([*kept, f'trainer.resume={checkpoint.resolve()}'])}"
+
+
+def command(name: str) -> str:
+    """How to run the console script ``name`` installed beside this Python: by name if that is what the shell
+    finds on PATH, else by its full path (a venv that is not activated)."""
+    script = Path(sys.executable).with_name(name)
+    found = shutil.which(name)
+    if not script.is_file() or (found is not None and os.path.samefile(found, script)):
+        return name
+    return shlex.quote(str(script))
 
 
 def check_devices(cfg: DictConfig, world: World) -> None:
@@ -185,13 +187,20 @@ def spawn(cfg: DictConfig, out_dir: str) -> dict[str, Any]:
     )
     payload = {"config": to_container(cfg), "out_dir": out_dir,
                "resume": resume_command(Path(out_dir) / "checkpoints" / "last.pt")}
-    logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # the launcher's own progress notes
+    # The launcher's own progress notes, and its multi-line report of a worker that failed: the worker said why.
+    for name in ("torch.distributed", "torch.multiprocessing"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return elastic_launch(launch, spawned_worker)(payload)[0]
     except SignalException as e:  # the workers got the signal too, stopped cleanly and said so
         sys.exit(128 + int(e.sigval))
-    except ChildFailedError as e:  # rank 0 printed why
-        code = min(e.failures.items())[1].exitcode
+    except ChildFailedError as e:  # rank 0 printed why, unless a signal killed a worker
+        rank, failure = min(e.failures.items())
+        code = failure.exitcode
+        if code < 0:  # killed by a signal (the OOM killer, say): nothing of ours said so
+            last = Path(out_dir) / "checkpoints" / "last.pt"
+            saved = f"; {last} holds the last evaluation: resume with: {payload['resume']}" if last.is_file() else ""
+            print(f"lstm-train: error: rank {rank}'s process was killed by signal {-code}{saved}", file=sys.stderr)
         sys.exit(128 - code if code < 0 else code)
 
 
@@ -230,6 +239,10 @@ def run_worker(cfg: DictConfig, out_dir: str, world: World, resume: str | None) 
         if world.main:
             fail(f"lstm-train: error: {describe_os_error(e)}", 1)
         sys.exit(1)
+    except RuntimeError as e:  # rank 0 failed to write, say, and ended while this rank waited for it
+        if not distributed.peer_gone(e):
+            raise
+        fail(f"lstm-train: {'error' if world.main else f'rank {world.rank}'}: {distributed.PEER_GONE}", 1)
     except Interrupted as e:
         if world.main:
             message = f"lstm-train: {e}" + (f"; resume with: {resume}" if e.checkpoint and resume else "")
@@ -297,7 +310,12 @@ def _main(wants_traceback: bool) -> None:
     except Interrupted as e:
         print(f"lstm-train: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except (ConfigError, FloatingPointError, RunError) as e:  # a sweep's failed job, re-raised after the sweep
+    except rundir.Refused as e:  # before Hydra made or touched the run dir
+        if wants_traceback:
+            raise e.error from None
+        print(f"lstm-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (ConfigError, FloatingPointError, RunError) as e:  # a sweep's failed job: Hydra re-raises it after the sweep
         if wants_traceback:
             raise
         print(f"lstm-train: error: {e}", file=sys.stderr)
@@ -343,4 +361,8 @@ def describe_override_error(error: BaseException, args: list[str]) -> str | None
 
 
 if __name__ == "__main__":
-    main()
+    # The module's own main, not this __main__ copy's: a parallel launcher (joblib) pickles the task function by
+    # reference to its module, which must be importable by name (as it is for the console script).
+    from lstm_train.train import main as module_main
+
+    module_main()

@@ -390,10 +390,12 @@ class Trainer:
         :class:`Interrupted` (see lstm_train/interrupt.py); a resumed run then ends with the same numbers.
         """
         t, p = self.t, self.progress
+        n = self.world.size
+        where = f"on {self.device}" if n == 1 else f"in {n} processes on {self.device.type} (data-parallel)"
         log.info(
-            "%s: %s parameters; %d steps (%d per epoch), batch %d, on %s",
+            "%s: %s parameters; %d steps (%d per epoch), batch %d, %s",
             type(self.model).__name__, f"{self.num_params:,}", self.total_steps, self.steps_per_epoch,
-            t.batch_size, self.device,
+            t.batch_size, where,
         )
         if t.ema_decay is not None:
             log.info("val, test and best.pt evaluate a moving average of the weights (trainer.ema_decay=%g: about "
@@ -421,7 +423,8 @@ class Trainer:
         self.model.train()
         try:
             with deferred_signals() as stop, logging_redirect_tqdm(), tqdm(
-                total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
+                total=self.total_steps, initial=p.step, unit="step", dynamic_ncols=True,
+                desc="train" if n == 1 else f"train ({n} processes, {self.device.type})",
                 disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
                 while ((signum := self._agreed(stop)[0]) is None and p.step < self.total_steps

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lstm_train import rundir
 from lstm_train.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +247,12 @@ CASES = [
      ["debug=fast", "trainer.resume={d}/corrupt/last.pt"],
      "trainer.resume: {d}/corrupt/best.pt is not an lstm-train checkpoint (truncated or not a torch file); move it "
      "away to resume with the best restarted", 2),
+    # -- run dirs (issue 24: a refused run changes nothing; one run at a time in a dir)
+    ("run-dir-metrics-only", "a run dir that holds a run's metrics.json and no checkpoints", "lstm-train",
+     ["hydra.run.dir={d}/metrics-only"], "hydra.run.dir: {d}/metrics-only already holds a run's metrics.json "
+     "(without checkpoints), which this run would overwrite; choose another hydra.run.dir", 2),
+    ("run-dir-in-use", "a run dir another run is using", "lstm-train", ["hydra.run.dir={d}/busy"],
+     "hydra.run.dir: {d}/busy is in use by lstm-train (pid", 2),
 ]
 
 
@@ -299,6 +306,8 @@ def results(tmp_path_factory) -> dict:
     (d / "broken.jsonl").write_text('{"text": "good", "label": 1}\n{text: bad}\n')
     (d / "ragged.conll").write_text("EU B-ORG\nrejects O O\n")
     (d / "bad.dict").write_text("hello HH AH0 L OW1\nlonely\n")
+    (d / "metrics-only").mkdir()
+    (d / "metrics-only/metrics.json").write_bytes((d / "cls/metrics.json").read_bytes())
     before = digest(d / "cls")
 
     commands = [[program, *(a.format(d=d, cls=d / "cls", char=d / "char") for a in args),
@@ -306,8 +315,9 @@ def results(tmp_path_factory) -> dict:
                    if program == "lstm-train" and not any(a.startswith("hydra.run.dir=") for a in args) else [])]
                 for case, _, program, args, _, _ in CASES]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "catalogue_driver.py")], input=json.dumps(commands),
-                          capture_output=True, text=True, env=env, timeout=600, cwd=d)
+    with rundir.claim(d / "busy", undo_if_refused=False):  # a run in progress there: this process
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "catalogue_driver.py")],
+                              input=json.dumps(commands), capture_output=True, text=True, env=env, timeout=600, cwd=d)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"code"')]
     assert len(lines) == len(CASES), proc.stdout[-3000:]

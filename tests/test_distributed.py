@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,10 +100,10 @@ def test_two_processes_follow_the_one_process_run(compose_cfg, tmp_path):
     two = json.loads((tmp_path / "two/metrics.json").read_text())
     assert_close_metrics(two, single)
     assert_close_models(tmp_path / "two/checkpoints/last.pt", tmp_path / "one/checkpoints/last.pt")
-    # one run dir, written by rank 0 alone: one event file, one log, one .hydra
+    # one run dir, written by rank 0 alone: one event file, one log, one .hydra, one lock (the launching process's)
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        ".hydra", "checkpoints", "events.out.tfevents." + next((tmp_path / "two").glob("events*")).name[20:],
+        ".hydra", ".lock", "checkpoints", "events.out.tfevents." + next((tmp_path / "two").glob("events*")).name[20:],
         "metrics.json", "train.log"]
     assert "Traceback" not in proc.stderr and "[rank 1]" not in proc.stderr
 
@@ -156,6 +157,7 @@ def test_every_backend_and_model_trains_data_parallel(compose_cfg, tmp_path, ove
     proc = cli(*args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_close_metrics(json.loads((tmp_path / "two/metrics.json").read_text()), single)
+    assert "in 2 processes on cpu (data-parallel)" in (tmp_path / "two/train.log").read_text()  # not "on cpu"
 
 
 @pytest.mark.slow
@@ -197,3 +199,77 @@ def test_a_signal_stops_every_rank_and_the_run_resumes(compose_cfg, tmp_path, si
     rest = cli(*args, "trainer.devices=2", "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert_close_metrics(json.loads((tmp_path / "b/metrics.json").read_text()), single)
+
+
+FULL_DISK_ON_RANK_0 = """
+import errno, os, sys, torch
+from lstm_train import train
+real, calls = torch.save, []
+def save(obj, f, *args, **kwargs):  # rank 0's disk fills up after its first checkpoint
+    calls.append(f)
+    if len(calls) > 2:
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    return real(obj, f, *args, **kwargs)
+if os.environ["RANK"] == "0":
+    torch.save = save
+sys.argv = ["lstm-train", *sys.argv[1:]]
+train.main()
+"""
+
+
+@pytest.mark.slow
+def test_rank_0_failing_to_write_stops_the_ranks_waiting_for_it(tmp_path):
+    """srun-style (no launcher watching the processes): the rank waiting in a collective for rank 0 stops at once
+    with one line, instead of waiting out the collective's timeout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", FULL_DISK_ON_RANK_0, "debug=fast", "task.train_size=4096", "trainer.progress_bar=false",
+         f"hydra.run.dir={tmp_path}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(port)}) for rank in (0, 1)]
+    stderr = [p.communicate(timeout=240)[1] for p in procs]  # gloo's own timeout: 30 minutes
+    assert [p.returncode for p in procs] == [1, 1], stderr
+    (rank_0,), (rank_1,) = (s.strip().splitlines() for s in stderr)
+    assert rank_0.startswith(f"lstm-train: error: {tmp_path}/checkpoints/") and "No space left on device" in rank_0
+    assert rank_1 == "lstm-train: rank 1: another process of this run ended (its own message says why); this one " \
+                     "stopped too"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_killed_by_a_signal_gets_one_line_not_the_launchers_report(tmp_path):
+    args = ["debug=fast", "task.train_size=4096", "trainer.progress_bar=false", "trainer.devices=2"]
+    run = subprocess.Popen([str(BIN / "lstm-train"), *args, f"hydra.run.dir={tmp_path}"], cwd=tmp_path, env=ENV,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "checkpoints/last.pt").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = [c for c in _children(run.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGKILL)  # the OOM killer's way: no chance to say anything
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode in (1, 128 + signal.SIGKILL), stderr[-3000:]
+    assert "Traceback" not in stderr and "torch/distributed" not in stderr, stderr[-3000:]
+    assert f"lstm-train: error: rank 1's process was killed by signal 9; {tmp_path}/checkpoints/last.pt holds the " \
+           "last evaluation: resume with: " in stderr
+
+
+@pytest.mark.slow
+def test_a_run_the_workers_refuse_is_one_line_and_leaves_no_dir(tmp_path):
+    proc = cli("debug=fast", "trainer.devices=2", "task=text_char", "model=char", "task.path=nope.txt", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["lstm-train: error: task.path: no file at nope.txt"], proc.stderr
+    assert list(tmp_path.iterdir()) == []  # the run dir the launching process made is gone

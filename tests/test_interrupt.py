@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -26,7 +25,9 @@ from lstm_train.trainer import Trainer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+# PATH without the venv's bin, as in a shell that has not activated it.
+PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != Path(LSTM_TRAIN).parent)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PATH": PATH}
 TEXT = "In the beginning God created the heaven and the earth.\nAnd the earth was without form, and void.\n" * 20
 
 
@@ -169,12 +170,10 @@ def test_sigterm_from_outside_then_the_printed_command_resumes(tmp_path):
     step = int(lines[0].split(" at step ")[1].split("/")[0])
     assert 128 <= step < 256
     assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["progress"]["step"] == step
-    assert "resume with: lstm-train " in lines[0]
-
-    command = shlex.split(lines[0].split("resume with: ")[1])
-    assert command[0] == "lstm-train"
-    resumed = subprocess.run([LSTM_TRAIN, *command[1:]], env=ENV, cwd=tmp_path, capture_output=True, text=True,
-                             timeout=300)
+    # The command as printed runs (pasted into a shell), the console script by its full path: not on this PATH.
+    assert f"resume with: {LSTM_TRAIN} " in lines[0]
+    command = lines[0].split("resume with: ")[1]
+    resumed = subprocess.run(command, shell=True, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
     a, b = (json.loads((tmp_path / run_dir / "metrics.json").read_text()) for run_dir in ("a", "b"))

@@ -52,6 +52,15 @@ def test_joblib_runs_two_jobs_side_by_side_on_one_thread_each(tmp_path):
     assert (tmp_path / "sweep_summary.png").is_file()
 
 
+def test_python_m_runs_a_joblib_sweep_as_the_console_script_does(tmp_path):
+    # joblib pickles the task function: by reference to lstm_train.train, not by value from __main__.
+    proc = subprocess.run([sys.executable, "-m", "lstm_train.train", "-m", "hydra/launcher=joblib", "debug=fast",
+                           "optim.lr=0.001,0.003", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [s["status"] for _, s in sorted(statuses(tmp_path).items())] == ["completed", "completed"]
+
+
 def test_joblib_threads_follow_trainer_num_threads(tmp_path):
     lstm_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.num_threads=2", "model.hidden_size=8,16",
                f"hydra.sweep.dir={tmp_path}")

@@ -6,9 +6,11 @@ A file that cannot be read as text is a one-line ConfigError naming the key, the
 from __future__ import annotations
 
 import bz2
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from lstm_train.errors import ConfigError
 
@@ -32,17 +34,20 @@ def read_text(path: str | Path, key: str = "task.path") -> str:
         raise ConfigError(key, f"{path} is a directory; give a file")
     if not path.is_file():
         raise ConfigError(key, f"no file at {path}")
+    limit = max_text_bytes()
+    compressed = path.suffix.lower() == ".bz2"
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        if not compressed and size > limit:
+            raise ConfigError(key, f"{path} is {_size(size)}, {too_large(limit)}")
+        if compressed:
+            with path.open("rb") as file:
+                data = _decompressed(file, path, key, limit)
+        else:
+            data = path.read_bytes()
     except OSError as e:
         raise ConfigError(key, f"cannot read {path}: {e.strerror or e}") from None
-    if path.suffix.lower() == ".bz2":
-        try:
-            data = bz2.decompress(data)
-        except (OSError, ValueError, EOFError) as e:
-            fix = "if it is plain text, drop the .bz2 from its name"
-            raise ConfigError(key, f"{path} is not bz2-compressed ({e}); {fix}") from None
-    elif data[:3] == b"BZh" and data[4:10] == b"1AY&SY":
+    if not compressed and data[:3] == b"BZh" and data[4:10] == b"1AY&SY":
         raise ConfigError(key, f"{path} is bz2-compressed; name it {path.name}.bz2 to have it read")
     for magic, what, fix in FOREIGN:
         if data.startswith(magic):
@@ -61,6 +66,43 @@ def read_text(path: str | Path, key: str = "task.path") -> str:
     if not text:
         raise ConfigError(key, f"{path} is empty")
     return text
+
+
+def _decompressed(file: BinaryIO, path: Path, key: str, limit: int) -> bytes:
+    """A .bz2 file's content, decompressed a block at a time up to ``limit`` bytes: a small file can hold far
+    more than memory (a GB of one character compresses to under a kB)."""
+    try:
+        data = bz2.BZ2File(file).read(limit + 1)
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # reading failed, not decompressing
+            raise
+        raise ConfigError(key, f"{path} is not bz2-compressed ({e}); if it is plain text, drop the .bz2 from its "
+                          "name") from None
+    if len(data) > limit:
+        raise ConfigError(key, f"{path} decompresses to more than {_size(limit)}, {too_large(limit)}")
+    return data
+
+
+def max_text_bytes() -> int:
+    """The largest data file read: a quarter of the memory available now (the task holds the text, its lines
+    and its token ids at once, several times the file's size)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4
+    except OSError:  # not Linux
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def too_large(limit: int) -> str:
+    return (f"more than this machine can read into memory now (a quarter of its available memory, {_size(limit)}); "
+            "give a part of it (head -c, or bzcat FILE | head -c 500M > part.txt), or free memory")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def shown(value: object, limit: int = 40) -> str:
