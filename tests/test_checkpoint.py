@@ -126,8 +126,8 @@ def test_each_save_has_its_own_temp_file_synced_before_the_rename(tmp_path, monk
     monkeypatch.setattr(os, "fsync", record_fsync)
     monkeypatch.setattr(os, "replace", record_replace)
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
-    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    save_checkpoint(path, {**COMPLETE, "model": {"w": torch.zeros(3)}})
+    save_checkpoint(path, {**COMPLETE, "model": {"w": torch.ones(3)}})
     renames = [e for e in events if e[0] == "rename"]
     assert len(renames) == 2 and renames[0][1] != renames[1][1]  # never one shared last.pt.tmp
     for i, (_, tmp, dst) in enumerate(renames):
@@ -143,7 +143,7 @@ def test_two_writers_of_one_checkpoint_never_collide(tmp_path):
 
     def write(value: float) -> None:
         for _ in range(20):
-            save_checkpoint(path, {"model": {"w": torch.full((10_000,), value)}})
+            save_checkpoint(path, {**COMPLETE, "model": {"w": torch.full((10_000,), value)}})
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(write, [1.0, 2.0]))  # before unique temp names: FileNotFoundError on the shared .tmp
@@ -153,7 +153,7 @@ def test_two_writers_of_one_checkpoint_never_collide(tmp_path):
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temp(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    save_checkpoint(path, {**COMPLETE, "model": {"w": torch.zeros(3)}})
 
     def fail(f):
         f.write(b"partial")
