@@ -229,11 +229,17 @@ def contents_problem(state: dict[str, Any]) -> str | None:
         ema = state["ema"]
         weights["ema.weights"] = ema.get("weights") if isinstance(ema, dict) else ema
     for key, value in weights.items():
-        if not isinstance(value, dict) or not all(isinstance(t, torch.Tensor) for t in value.values()):
+        if not isinstance(value, dict) or not all(_is_weight(k, t) for k, t in value.items()):
             return _wrong(key, value, "a mapping of names to tensors")
     if not isinstance(state.get("task"), dict):
         return _wrong("task", state.get("task"), "a mapping")
     return None
+
+
+def _is_weight(name: Any, value: Any) -> bool:
+    """A state_dict entry: a tensor, or an LSTM's ``cell`` tag (a variant's description, lstm_train/nn/lstm.py)."""
+    return isinstance(value, torch.Tensor) or (isinstance(name, str) and name.endswith("cell")
+                                               and isinstance(value, str))
 
 
 def _wrong(key: str, value: Any, expected: str) -> str:
