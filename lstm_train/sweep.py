@@ -251,6 +251,8 @@ def write_summary(sweep_dir: str | Path, replicate: str = REPLICATE, baseline: s
     Raises ValueError for a baseline (``key=value``) that names no group, and (``strict``: a key the user
     named) for a replicate key the sweep does not vary."""
     sweep_dir = Path(sweep_dir).expanduser()
+    if baseline is not None:
+        parse_baseline(baseline)  # its form first: a typo is told before any dir is read
     jobs, skipped = collect(sweep_dir)
     jobs = ranked(jobs)
     found = grouped(jobs, replicate)

@@ -449,6 +449,21 @@ def test_the_odyssey_experiments_sweep_every_variant_over_three_seeds(compose_cf
         build_model(cfg.model, build_task(cfg.task))
 
 
+@pytest.mark.xfail(strict=True, reason="checkpoint.contents_problem refuses a variant's state_dict (its 'cell' entry "
+                   "is a string), so every variant but lstm fails at its test: remove this mark with that fix")
+def test_a_tiny_study_ends_with_its_welch_table(tmp_path):
+    """experiment=odyssey_first_last cut to debug=fast, two variants x two seeds: the summary compares with v."""
+    proc = subprocess.run(
+        [LSTM_TRAIN, "-m", "experiment=odyssey_first_last", "debug=fast", "model.variant=v,nfg", "trainer.seed=0,1",
+         f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["model.variant"]: r for r in csv.DictReader((tmp_path / "sweep_summary_groups.csv").open())}
+    assert sorted(rows) == ["nfg", "v"] and {r["n"] for r in rows.values()} == {"2"}
+    assert rows["v"]["t"] == "" and rows["nfg"]["p"] != ""
+
+
 # ---- Optuna's direction, from trainer.monitor -----------------------------------------------------------
 @pytest.mark.parametrize(("monitor", "mode", "task", "direction"), [
     ("val/acc", "auto", "first_last", "maximize"),
