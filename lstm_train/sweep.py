@@ -568,10 +568,16 @@ def _baseline_of(group: Group, groups: list[Group], baseline: str) -> Group | No
     return next((g for g in groups if g.key == want), None)
 
 
+def _monitor(groups: list[Group]) -> str | None:
+    """The monitor all groups share, or None (a sweep over tasks monitors val/acc in some, val/bpc in others)."""
+    monitors = {g.monitor for g in groups if g.monitor}
+    return next(iter(monitors)) if len(monitors) == 1 else None
+
+
 def _compared(groups: list[Group]) -> str | None:
-    """The test metric the t-test compares: the monitor's own (val/acc: test acc) when every completed job
-    has it, else None: the best monitored value."""
-    monitor = next((g.monitor for g in groups if g.monitor), None)
+    """The test metric the t-test compares: the monitor's own (val/acc: test acc) when all groups share the
+    monitor and every completed job has it, else None: the best monitored value."""
+    monitor = _monitor(groups)
     metric = monitor.rpartition("/")[2] if monitor else None
     done = [j for g in groups for j in g.done]
     return metric if done and all(metric in j.test for j in done) else None
@@ -589,7 +595,7 @@ class GroupStats:
 
 def group_stats(groups: list[Group], baseline: str | None = None) -> list[GroupStats]:
     """The groups' means and stds, in their order; with a baseline, Welch's test against it (None for the
-    baseline itself, and where a group has fewer than 2 values or no baseline group)."""
+    baseline itself, and where a group has fewer than 2 values, no baseline group or another monitor)."""
     tests = _test_keys([j for g in groups for j in g.jobs])
     compared = _compared(groups)
     rows = []
@@ -598,7 +604,7 @@ def group_stats(groups: list[Group], baseline: str | None = None) -> list[GroupS
         row = GroupStats(g, len(rows) + 1 if best[0] is not None else None, best,
                          {t: mean_std(g.values(t)) for t in tests})
         base = _baseline_of(g, groups, baseline) if baseline is not None else None
-        if base is not None and base is not g:
+        if base is not None and base is not g and base.monitor == g.monitor:  # never one metric against another
             row.welch = welch(g.values(compared), base.values(compared))
         rows.append(row)
     return rows
@@ -607,16 +613,15 @@ def group_stats(groups: list[Group], baseline: str | None = None) -> list[GroupS
 def write_groups_csv(groups: list[Group], path: Path, baseline: str | None = None) -> None:
     rows = group_stats(groups, baseline)
     keys, tests = list(groups[0].key), list(rows[0].test)
-    monitor = next((g.monitor for g in groups if g.monitor), None) or "monitor"
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["rank", *keys, "n", "jobs", "failed", "running", f"best {monitor} mean", f"best {monitor} std",
+        w.writerow(["rank", *keys, "n", "jobs", "failed", "running", "monitor", "best mean", "best std",
                     *[f"test/{t} {s}" for t in tests for s in ("mean", "std")],
                     *(["t", "df", "p"] if baseline is not None else [])])
         for r in rows:
             g = r.group
             w.writerow([_blank(r.rank), *g.key.values(), len(g.done), len(g.jobs), g.count("failed", "died"),
-                        g.count("running", "unknown"), *map(_blank, r.best),
+                        g.count("running", "unknown"), g.monitor or "", *map(_blank, r.best),
                         *[_blank(v) for t in tests for v in r.test[t]],
                         *([_blank(v) for v in (r.welch or (None,) * 3)] if baseline is not None else [])])
 
@@ -626,17 +631,18 @@ def groups_markdown(groups: list[Group], replicate: str, baseline: str | None = 
     group's test metric against the baseline group's."""
     rows = group_stats(groups, baseline)
     keys, tests = list(groups[0].key), list(rows[0].test)
-    monitor = next((g.monitor for g in groups if g.monitor), None) or "monitor"
-    better = "higher" if groups[0].maximize else "lower"
+    monitor = _monitor(groups)
+    better = f"{monitor} ({'higher' if groups[0].maximize else 'lower'} is better)" if monitor else \
+        "monitored value (each in its monitor's direction)"
     lines = [f"## Over {replicate}", "",
              f"{len(groups)} group{'s' if len(groups) > 1 else ''} of jobs that differ only in {replicate}, ranked "
-             f"by the mean of their best {monitor} ({better} is better). n: completed jobs of the group's jobs, "
+             f"by the mean of their best {better}. n: completed jobs of the group's jobs, "
              "whose values give the mean ± sample std; failed counts failed and died jobs, running the running "
              "and unknown ones."]
-    header = ["rank", *keys, "n", "failed", "running", f"best {monitor}", *[f"test/{t}" for t in tests]]
+    header = ["rank", *keys, "n", "failed", "running", f"best {monitor or '(monitor)'}", *[f"test/{t}" for t in tests]]
     if baseline is not None:
         compared = _compared(groups)
-        what = f"test/{compared}" if compared else f"best {monitor}"
+        what = f"test/{compared}" if compared else "best monitored value"
         lines.append(f"Welch's t-test of each group's {what} against the group with {baseline} (and the same "
                      "other overrides): t > 0 is a higher mean, p two-sided.")
         header += ["t", "p"]
@@ -644,7 +650,8 @@ def groups_markdown(groups: list[Group], replicate: str, baseline: str | None = 
     for r in rows:
         g = r.group
         cells = [str(_blank(r.rank)), *[_short(v) for v in g.key.values()], f"{len(g.done)} of {len(g.jobs)}",
-                 str(g.count("failed", "died")), str(g.count("running", "unknown")), _pm(*r.best),
+                 str(g.count("failed", "died")), str(g.count("running", "unknown")),
+                 _pm(*r.best) + (f" ({g.monitor})" if monitor is None and g.monitor else ""),
                  *[_pm(*r.test[t]) for t in tests]]
         if baseline is not None:
             cells += [_fmt(r.welch[0], ".2f"), _fmt(r.welch[2], ".3g")] if r.welch else ["", ""]
@@ -664,9 +671,10 @@ def plot_groups(groups: list[Group], path: Path, title: str = "sweep", baseline:
         return False
     from matplotlib.figure import Figure
 
-    monitor = next((g.monitor for g in groups if g.monitor), None) or "monitored value"
     compared = _compared(groups)
-    panels = [(None, f"best {monitor}")] + ([(compared, f"test/{compared}")] if compared else [])
+    panels = [(None, f"best {_monitor(groups) or 'monitored value'}")]
+    if compared:
+        panels.append((compared, f"test/{compared}"))
     keys = list(groups[0].key)
     labels = [g.key[keys[0]] if len(keys) == 1 else g.label for g in groups]  # one key: its name on the axis
     wide = max(map(len, labels)) > 8
@@ -684,8 +692,9 @@ def plot_groups(groups: list[Group], path: Path, title: str = "sweep", baseline:
             is_base = base is not None and g.key.get(base[0]) == base[1]
             ax.errorbar([x], [mean], yerr=[std or 0.0], fmt="o", capsize=4,
                         color="tab:orange" if is_base else "tab:blue")
-            if is_base:
-                ax.axhline(mean, color="tab:orange", linestyle="--", linewidth=1, label=f"{baseline} (mean)")
+            if is_base:  # one label for the legend, however many baseline groups
+                ax.axhline(mean, color="tab:orange", linestyle="--", linewidth=1,
+                           label="_" if ax.get_legend_handles_labels()[0] else f"{baseline} (mean)")
         ax.set_xticks(range(len(groups)), labels, rotation=45 if wide else 0, ha="right" if wide else "center")
         ax.set_ylabel(ylabel)
         if len(keys) == 1:

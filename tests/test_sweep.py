@@ -301,7 +301,8 @@ def test_a_sweep_over_seeds_is_also_summarised_per_group(seeded):
     assert "trainer.seed" not in rows[0] and "debug" not in rows[0]  # the replicate key, and a key all jobs share
     for r in rows:
         variant = r["model.variant"]
-        assert (float(r["best val/acc mean"]), float(r["best val/acc std"])) == pytest.approx(stats_of(variant, 0))
+        assert r["monitor"] == "val/acc"
+        assert (float(r["best mean"]), float(r["best std"])) == pytest.approx(stats_of(variant, 0))
         assert (float(r["test/acc mean"]), float(r["test/acc std"])) == pytest.approx(stats_of(variant, 1))
         assert float(r["test/loss mean"]) == pytest.approx(1 - stats_of(variant, 1)[0])
     by_variant = {r["model.variant"]: r for r in rows}
@@ -344,9 +345,27 @@ def test_groups_rank_lower_first_for_a_loss_and_keep_other_swept_keys(tmp_path):
     rows = list(csv.DictReader(write_summary(tmp_path)[3].open()))
     assert [(r["optim.lr"], r["model.hidden_size"]) for r in rows] == [
         ("0.001", "128"), ("0.01", "64"), ("0.001", "64"), ("0.01", "128")]
-    assert float(rows[0]["best val/bpc mean"]) == pytest.approx(1.55)
-    assert float(rows[0]["best val/bpc std"]) == pytest.approx(statistics.stdev([1.5, 1.6]))
-    assert rows[3]["best val/bpc std"] == "" and "t" not in rows[0]  # one value: no std; no baseline: no test
+    assert float(rows[0]["best mean"]) == pytest.approx(1.55) and rows[0]["monitor"] == "val/bpc"
+    assert float(rows[0]["best std"]) == pytest.approx(statistics.stdev([1.5, 1.6]))
+    assert rows[3]["best std"] == "" and "t" not in rows[0]  # one value: no std; no baseline: no test
+
+
+def test_groups_of_different_monitors_say_which(tmp_path):
+    """A sweep over tasks: val/acc in some groups, val/bpc in others; each ranked in its own direction."""
+    num = 0
+    for task, monitor, values in [("first_last", "acc", [0.9, 0.8]), ("text_char", "bpc", [1.5, 1.7])]:
+        for seed, value in enumerate(values):
+            make_job(tmp_path, num, [f"task={task}", f"trainer.seed={seed}"], best=value, task=task,
+                     task_monitor=monitor, test={monitor: value})
+            num += 1
+    md = write_summary(tmp_path, baseline="task=first_last")[1].read_text()
+    table = [line for line in md[md.index("## Over"):].splitlines() if line.startswith("| ")]
+    assert "each in its monitor's direction" in md and "test value" not in md
+    assert table[0] == "| rank | task | n | failed | running | best (monitor) | test/acc | test/bpc | t | p |"
+    assert table[1].startswith("| 1 | first_last | 2 of 2 | 0 | 0 | 0.8500 ± 0.0707 (val/acc) |")
+    # text_char against first_last would be bpc against accuracy: no test
+    assert table[2].startswith("| 2 | text_char | 2 of 2 | 0 | 0 | 1.6000 ± 0.1414 (val/bpc) |")
+    assert table[2].endswith("|  |  |")
 
 
 def test_a_sweep_without_seeds_has_no_groups_and_drops_old_ones(seeded, tmp_path):
