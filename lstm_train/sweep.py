@@ -103,7 +103,11 @@ class SweepSummary(Callback):
         if self.sweep_dir is None or not any(_job_dirs(self.sweep_dir)):
             return
         try:
-            paths = write_summary(self.sweep_dir, self.replicate, self.baseline)
+            try:
+                paths = write_summary(self.sweep_dir, self.replicate, self.baseline)
+            except BaselineError as e:  # e.g. an odyssey experiment run without v, or one seed: the rest holds
+                log.warning("sweep summary: %s; written without the t-test", e)
+                paths = write_summary(self.sweep_dir, self.replicate)
         except Exception as e:  # a summary must never turn a finished sweep into a failed one
             log.warning("sweep summary failed: %s", _one_line(e))
             return
@@ -540,25 +544,29 @@ def incomplete_beta(a: float, b: float, x: float) -> float:
     return front / f
 
 
+class BaselineError(ValueError):
+    """A baseline that is not KEY=VALUE or names no group of replicates: the one line why."""
+
+
 def parse_baseline(baseline: str) -> tuple[str, str]:
-    """``key=value`` as (key, value); ValueError if it is not of that form."""
+    """``key=value`` as (key, value); BaselineError if it is not of that form."""
     key, eq, value = baseline.partition("=")
     if not eq or not key or not value:
-        raise ValueError(f"--baseline {baseline}: not KEY=VALUE; give the group the others are compared with, "
+        raise BaselineError(f"--baseline {baseline}: not KEY=VALUE; give the group the others are compared with, "
                          "e.g. --baseline model.variant=v")
     return key, value
 
 
 def check_baseline(groups: list[Group] | None, replicate: str, baseline: str) -> None:
-    """ValueError unless the baseline is one of the groups' overrides (it needs the replicates to compare)."""
+    """BaselineError unless the baseline is one of the groups' overrides (it needs the replicates to compare)."""
     key, value = parse_baseline(baseline)
     if groups is None:
-        raise ValueError(f"--baseline {baseline}: the sweep does not vary {replicate}, so there are no replicates "
+        raise BaselineError(f"--baseline {baseline}: the sweep does not vary {replicate}, so there are no replicates "
                          "to compare; sweep it (trainer.seed=0,1,2) or name the replicate key with --replicate")
     present = sorted({g.key[key] for g in groups if key in g.key})
     if value not in present:
         what = f"its values are {', '.join(present)}" if present else "it is not a swept key"
-        raise ValueError(f"--baseline {baseline}: no group has {key}={value} ({what}); choose one of them")
+        raise BaselineError(f"--baseline {baseline}: no group has {key}={value} ({what}); choose one of them")
 
 
 def _baseline_of(group: Group, groups: list[Group], baseline: str) -> Group | None:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -400,6 +401,19 @@ def test_a_baseline_or_replicate_that_names_nothing_is_one_line(seeded, capsys, 
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"lstm-sweep-summary: error: {error.format(d=seeded)}"]
     assert not (seeded / "sweep_summary.md").exists()  # refused before writing anything
+
+
+def test_the_callback_writes_the_summary_without_a_baseline_it_cannot_find(seeded, caplog):
+    """An odyssey experiment (baseline model.variant=v in its config) swept over other variants only."""
+    for job in seeded.glob("*model.variant=v,*"):
+        shutil.rmtree(job)
+    callback = SweepSummary(baseline="model.variant=v")
+    callback.sweep_dir = seeded
+    callback._summarize()
+    assert "no group has model.variant=v (its values are cifg, nfg, nog); choose one of them; written without " \
+           "the t-test" in caplog.text
+    assert "## Over trainer.seed" in (seeded / "sweep_summary.md").read_text()
+    assert "t" not in next(csv.DictReader((seeded / "sweep_summary_groups.csv").open()))
 
 
 def test_welch_against_hand_computed_values():
