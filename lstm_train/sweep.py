@@ -684,8 +684,9 @@ def plot_groups(groups: list[Group], path: Path, title: str = "sweep", baseline:
     if compared:
         panels.append((compared, f"test/{compared}"))
     keys = list(groups[0].key)
-    labels = [g.key[keys[0]] if len(keys) == 1 else g.label for g in groups]  # one key: its name on the axis
-    wide = max(map(len, labels)) > 8
+    labels = [(g.key[keys[0]] if len(keys) == 1 else g.label)  # one key: its name on the axis
+              + ("" if len(g.done) == len(g.jobs) else f"\n({len(g.done)} of {len(g.jobs)})") for g in groups]
+    wide = max(len(line) for label in labels for line in label.splitlines()) > 8
     figure = Figure(figsize=(max(6.4, 0.45 * len(groups) + 2) * len(panels), 4.2 + (1.0 if wide else 0)), dpi=100,
                     layout="constrained")
     base = parse_baseline(baseline) if baseline else None
