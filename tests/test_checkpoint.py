@@ -13,6 +13,7 @@ import torch
 from lstm_train.checkpoint import FORMAT, atomic_write, load_checkpoint, migrate_config, save_checkpoint
 from lstm_train.config import to_container
 from lstm_train.models import count_parameters
+from lstm_train.nn import LSTM
 from lstm_train.trained import load_trained
 
 
@@ -164,3 +165,11 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temp(tmp_path):
     assert error.value.filename == str(path)  # named for the file the user knows, not the temp
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_variants_weights_with_their_cell_tag_load(tmp_path):
+    """A variant's state_dict tags its cell with a string entry (so that it never loads as another variant)."""
+    weights = LSTM(3, 4, variant="v").state_dict()
+    assert any(isinstance(v, str) for v in weights.values())
+    save_checkpoint(tmp_path / "v.pt", {**COMPLETE, "model": weights, "ema": {"weights": weights}})
+    assert load_checkpoint(tmp_path / "v.pt")["model"].keys() == weights.keys()

@@ -482,8 +482,6 @@ def test_the_odyssey_experiments_sweep_every_variant_over_three_seeds(compose_cf
         build_model(cfg.model, build_task(cfg.task))
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.contents_problem refuses a variant's state_dict (its 'cell' entry "
-                   "is a string), so every variant but lstm fails at its test: remove this mark with that fix")
 def test_a_tiny_study_ends_with_its_welch_table(tmp_path):
     """experiment=odyssey_first_last cut to debug=fast, two variants x two seeds: the summary compares with v."""
     proc = subprocess.run(
