@@ -77,7 +77,7 @@ class EarlyCheck(Callback):
         except Exception:  # anything else: the job meets it again and reports it
             return
         made = next((p for p in reversed([out_dir, *out_dir.parents]) if not p.exists()), None)
-        _before[out_dir] = _Before(made, {p: p.read_bytes() for p in _hydra_files(out_dir)})
+        _before[out_dir] = _Before(made, snapshot(out_dir))
 
 
 def resume_path(resume: str | None, out_dir: Path) -> Path | None:
@@ -175,6 +175,24 @@ def _hydra_files(out_dir: Path) -> list[Path]:
     return [p for name in HYDRA_FILES for p in [out_dir / name, *(out_dir / name).rglob("*")] if p.is_file()]
 
 
+def snapshot(out_dir: Path) -> dict[Path, bytes]:
+    """The files a run's start rewrites in ``out_dir`` (HYDRA_FILES), to :func:`restore` if it is refused."""
+    return {p: p.read_bytes() for p in _hydra_files(out_dir)}
+
+
+def restore(out_dir: Path, files: dict[Path, bytes]) -> None:
+    """Put back the files of a :func:`snapshot` as they were (those written since, removed)."""
+    for path in _hydra_files(out_dir):
+        if path not in files:
+            path.unlink()
+    for path, data in files.items():
+        if not path.is_file() or path.read_bytes() != data:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    with contextlib.suppress(OSError):  # a .hydra/ the refused run made, now empty
+        (out_dir / ".hydra").rmdir()
+
+
 def _undo(out_dir: Path, before: _Before) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):  # Hydra's train.log, which the error line would go to next
@@ -182,13 +200,7 @@ def _undo(out_dir: Path, before: _Before) -> None:
             root.removeHandler(handler)
             handler.close()
     if before.made is None:
-        for path in _hydra_files(out_dir):
-            if path not in before.files:
-                path.unlink()
-        for path, data in before.files.items():
-            path.write_bytes(data)
-        with contextlib.suppress(OSError):  # a .hydra/ this run made, now empty
-            (out_dir / ".hydra").rmdir()
+        restore(out_dir, before.files)
         return
     if any(p.is_file() and p.relative_to(out_dir).parts[0] not in HYDRA_FILES for p in out_dir.rglob("*")):
         return

@@ -44,6 +44,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lstm_train import rundir
 from lstm_train.config import monitor_direction
 from lstm_train.errors import ConfigError
 
@@ -61,6 +62,7 @@ class SweepSummary(Callback):
 
     def __init__(self, replicate: str = REPLICATE, baseline: str | None = None) -> None:
         self.sweep_dir: Path | None = None
+        self.before: dict[Path, tuple[bytes | None, dict[Path, bytes]]] = {}  # by job dir: status file, Hydra's files
         self.replicate, self.baseline = replicate, baseline
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -92,6 +94,9 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        # A job dir that holds a run (a sweep run again into its dir) is refused by lstm-train, but only after
+        # Hydra rewrote its .hydra/ and appended to its train.log: what _put_back_refused undoes.
+        self.before = {d: (_read_bytes(d / STATUS_FILE), rundir.snapshot(d)) for d in _job_dirs(self.sweep_dir)}
         # on_multirun_end does not run when the sweep stops on an error (a failed job, Ctrl-C): summarize then
         atexit.register(self._summarize)
 
@@ -99,7 +104,19 @@ class SweepSummary(Callback):
         atexit.unregister(self._summarize)
         self._summarize()
 
+    def _put_back_refused(self) -> None:
+        """Job dirs whose status file this sweep left alone (their jobs were refused, or not run) get back the
+        files Hydra's job start rewrote."""
+        for job_dir, (status, files) in self.before.items():
+            if _read_bytes(job_dir / STATUS_FILE) == status:
+                try:
+                    rundir.restore(job_dir, files)
+                except OSError as e:
+                    log.warning("could not put back %s as it was: %s", job_dir, e.strerror or e)
+        self.before = {}
+
     def _summarize(self) -> None:
+        self._put_back_refused()
         if self.sweep_dir is None or not any(_job_dirs(self.sweep_dir)):
             return
         try:
@@ -115,16 +132,18 @@ class SweepSummary(Callback):
 
 
 def _refused(config: DictConfig) -> bool:
-    """Whether lstm-train will refuse the job because its dir holds a run's checkpoints that the job would not
-    continue (as when a finished sweep is run again into its sweep dir): the rule of
-    :func:`lstm_train.train.resume_path`, which refuses it. Nothing of that run may change."""
-    own = Path(config.hydra.runtime.output_dir) / "checkpoints" / "last.pt"
-    if not (own.is_file() or own.with_name("best.pt").is_file()):
-        return False
-    resume = OmegaConf.select(config, "trainer.resume")
-    if resume == "auto":
-        return not own.is_file()
-    return resume is None or Path(resume).expanduser().resolve() != own.resolve()
+    """Whether lstm-train will refuse the job because its dir holds a run that the job would not continue (as
+    when a finished sweep is run again into its sweep dir): :func:`lstm_train.rundir.resume_path`'s rule.
+    Nothing of that run may change."""
+    try:
+        rundir.resume_path(OmegaConf.select(config, "trainer.resume"), Path(config.hydra.runtime.output_dir))
+    except ConfigError as e:
+        return e.key == "hydra.run.dir"
+    return False
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
 
 
 # ---- reading a sweep dir --------------------------------------------------------------------------------

@@ -656,9 +656,13 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
 
     # Run again into the same sweep dir: job 1 is refused (its dir holds its checkpoints), and nothing of it changes.
     job = next(tmp_path.glob("1_*"))
-    kept = {name: (job / name).read_bytes() for name in (STATUS_FILE, "metrics.json")}
+    def files() -> dict[Path, bytes]:  # all of it: .hydra/*.yaml and train.log too, which Hydra's job start rewrites
+        return {p: p.read_bytes() for p in job.rglob("*") if p.is_file()}
+
+    kept = files()
+    assert {job / STATUS_FILE, job / "metrics.json", job / ".hydra/config.yaml", job / "train.log"} <= kept.keys()
     again = subprocess.run(proc.args, capture_output=True, text=True, timeout=300, env={**os.environ,
                                                                                         "OMP_NUM_THREADS": "1"})
     assert again.returncode == 2, again.stderr[-2000:]
-    assert {name: (job / name).read_bytes() for name in kept} == kept
+    assert files() == kept
     assert "2 jobs: 1 completed, 1 failed." in (tmp_path / "sweep_summary.md").read_text()
