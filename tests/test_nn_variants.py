@@ -32,8 +32,13 @@ def paper_step(x, y, c, prev, p, name, ln):
     H = c.shape[0]
     wx, ry = p["weight_ih"] @ x, p["weight_hh"] @ y
     b = p["bias_ih"] + p["bias_hh"]
-    if ln:
-        wx, ry = norm(wx, p["weight_ln_ih"], 0), norm(ry, p["weight_ln_hh"], 0)
+    if ln:  # over the pre-activations of the gates the variant has
+        has = torch.ones(4 * H, dtype=torch.bool)
+        removed = {"nig": 0, "nfg": 1, "nog": 3, "cifg": 1}.get(name)
+        if removed is not None:
+            has[removed * H : (removed + 1) * H] = False
+        wx, ry = torch.zeros_like(wx).masked_scatter(has, norm(wx[has], p["weight_ln_ih"][has], 0)), \
+            torch.zeros_like(ry).masked_scatter(has, norm(ry[has], p["weight_ln_hh"][has], 0))
     total = wx + ry + b
     a = {gate: total[k * H : (k + 1) * H] for k, gate in enumerate("ifzo")}  # torch's row order: i, f, g(z), o
     if name == "fgr":  # 9 recurrent matrices from the previous i, f, o to each of i, f, o
@@ -210,12 +215,30 @@ def test_cifg_records_f_as_one_minus_i():
     torch.testing.assert_close(gates[0][:, :, 1], 1 - gates[0][:, :, 0])
 
 
-def test_removed_gates_rows_start_at_zero_and_get_no_gradient():
+@pytest.mark.parametrize(("variant", "gate"), [("nig", 0), ("nfg", 1), ("nog", 3), ("cifg", 1)])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_removed_gates_rows_start_at_zero_and_get_no_gradient(variant, gate, layer_norm):
     torch.manual_seed(0)
-    lstm = LSTM(3, 4, variant="nig")
-    assert lstm.weight_ih_l0[:4].abs().sum() == 0 and lstm.weight_hh_l0[:4].abs().sum() == 0
+    lstm = LSTM(3, 4, variant=variant, layer_norm=layer_norm)
+    rows = slice(gate * 4, (gate + 1) * 4)
+    assert lstm.weight_ih_l0[rows].abs().sum() == 0 and lstm.weight_hh_l0[rows].abs().sum() == 0
     lstm(torch.randn(5, 2, 3))[0].sum().backward()
-    assert lstm.weight_ih_l0.grad[:4].abs().sum() == 0 and lstm.weight_hh_l0.grad[4:].abs().sum() > 0
+    assert lstm.weight_ih_l0.grad[rows].abs().sum() == 0 and lstm.weight_hh_l0.grad[rows].abs().sum() == 0
+    assert lstm.weight_hh_l0.grad.abs().sum() > 0
+
+
+def test_removed_gates_rows_do_not_change_the_output():
+    """Not even with layer norm, whose statistics cover only the gates the variant has."""
+    torch.manual_seed(0)
+    lstm, x = LSTM(3, 4, variant="nig", layer_norm=True), torch.randn(5, 2, 3)
+    before = lstm(x)[0]
+    with torch.no_grad():
+        lstm.weight_ih_l0[:4].normal_()
+    torch.testing.assert_close(lstm(x)[0], before)
+
+
+def test_nig_has_no_input_peephole():
+    lstm = LSTM(3, 4, variant="nig")
     assert {n for n, _ in lstm.named_parameters()} >= {"weight_cf_l0", "weight_co_l0"}
     assert not hasattr(lstm, "weight_ci_l0")
 

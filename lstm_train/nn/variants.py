@@ -93,9 +93,9 @@ class Variant(Cell):
     """The cell of one of Greff et al.'s variants (``name`` in :data:`VARIANTS`), optionally layer-normalised.
 
     Layer norm is Ba et al.'s own LSTM form (their eq. 20-22): LN(W_x x) + LN(W_h h) + b, each over the 4H
-    pre-activations of a row with its own gain, and h = o * tanh(LN(c)). Normalising the input and recurrent
-    products separately keeps their scales apart (the input's share is then one LN over the whole sequence,
-    outside the loop); ``bias_ih`` and ``bias_hh`` are the two LNs' shifts, so b needs no third parameter.
+    pre-activations of a row (those of the gates the variant has) with its own gain, and h = o * tanh(LN(c)).
+    Normalising the input and recurrent products separately keeps their scales apart (the input's share is
+    then one LN over the whole sequence, outside the loop); ``bias_ih`` and ``bias_hh`` are the two LNs' shifts, so b needs no third parameter.
     New parameters, per layer and direction: ``weight_ci``, ``weight_cf``, ``weight_co`` (H) the peepholes of
     the gates that have one; ``weight_fgr`` (3H, 3H) the recurrence from the previous (i, f, o) to the (i, f, o)
     pre-activations; ``weight_ln_ih``, ``weight_ln_hh`` (4H), ``weight_ln_c`` and ``bias_ln_c`` (H) the gains and
@@ -160,8 +160,19 @@ class Variant(Cell):
     def project(self, x: Tensor, p: Params) -> Tensor:
         if not self.layer_norm:
             return super().project(x, p)
-        return F.layer_norm(x @ p["weight_ih"].t(), p["weight_ln_ih"].shape, p["weight_ln_ih"], p.get("bias_ih"),
-                            LN_EPS)
+        return self._gate_norm(x @ p["weight_ih"].t(), p["weight_ln_ih"], p.get("bias_ih"))
+
+    def _gate_norm(self, v: Tensor, gain: Tensor, shift: Tensor | None) -> Tensor:
+        """Layer norm of (..., 4H) pre-activations over the gates this variant has: a removed gate has no
+        pre-activation in the paper, so its rows (left at zero) are not part of the statistics either."""
+        if not self.unused_gates:
+            return F.layer_norm(v, gain.shape, gain, shift, LN_EPS)
+        H = v.shape[-1] // 4
+        used = [k for k, gate in enumerate(GATES) if gate not in self.unused_gates]
+        pick = lambda t: torch.cat([t[..., k * H : (k + 1) * H] for k in used], dim=-1)  # noqa: E731
+        normed = F.layer_norm(pick(v), (len(used) * H,), pick(gain), None if shift is None else pick(shift), LN_EPS)
+        parts = iter(normed.split(H, dim=-1))
+        return torch.cat([next(parts) if k in used else torch.zeros_like(v[..., :H]) for k in range(4)], dim=-1)
 
     def step(
         self, xp: Tensor, h: Tensor, c: Tensor, prev: Tensor | None, p: Params
@@ -170,7 +181,7 @@ class Variant(Cell):
         name = self.name
         recurrent = h @ p["weight_hh"].t()  # R y_{t-1}
         if self.layer_norm:
-            recurrent = F.layer_norm(recurrent, p["weight_ln_hh"].shape, p["weight_ln_hh"], p.get("bias_hh"), LN_EPS)
+            recurrent = self._gate_norm(recurrent, p["weight_ln_hh"], p.get("bias_hh"))
         a_i, a_f, a_g, a_o = (xp + recurrent).chunk(4, dim=-1)
         if prev is not None:  # FGR: the previous step's i, f, o feed every sigmoid gate
             gate_rec = torch.cat([prev[:, 0], prev[:, 1], prev[:, 3]], dim=-1) @ p["weight_fgr"].t()
