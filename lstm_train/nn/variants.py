@@ -95,7 +95,8 @@ class Variant(Cell):
     Layer norm is Ba et al.'s own LSTM form (their eq. 20-22): LN(W_x x) + LN(W_h h) + b, each over the 4H
     pre-activations of a row (those of the gates the variant has) with its own gain, and h = o * tanh(LN(c)).
     Normalising the input and recurrent products separately keeps their scales apart (the input's share is
-    then one LN over the whole sequence, outside the loop); ``bias_ih`` and ``bias_hh`` are the two LNs' shifts, so b needs no third parameter.
+    then one LN over the whole sequence, outside the loop); ``bias_ih`` and ``bias_hh`` are the two LNs' shifts,
+    so b needs no third parameter.
     New parameters, per layer and direction: ``weight_ci``, ``weight_cf``, ``weight_co`` (H) the peepholes of
     the gates that have one; ``weight_fgr`` (3H, 3H) the recurrence from the previous (i, f, o) to the (i, f, o)
     pre-activations; ``weight_ln_ih``, ``weight_ln_hh`` (4H), ``weight_ln_c`` and ``bias_ln_c`` (H) the gains and
