@@ -533,6 +533,8 @@ def test_noise_is_checked():
         (["model.variant=peephole"], "model.variant: must be one of lstm, v, nig"),
         (["model=seq2seq", "task=reverse", "model.variant=fgr"],
          "model.variant: fgr's gates read the previous step's gates, which \\(h, c\\) do not carry, and seq2seq"),
+        (["model=seq2seq", "task=reverse", "model.weight_drop=0.1", "model.teacher_forcing_ratio=0.5"],
+         "model.weight_drop: draws one mask per sequence, but with model.teacher_forcing_ratio < 1 the decoder"),
     ],
 )
 def test_config_mistakes_are_one_line(compose_cfg, overrides, message):

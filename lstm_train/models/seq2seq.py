@@ -58,6 +58,12 @@ class Seq2SeqConfig(ModelConfig):
     def check(self) -> None:
         super().check()
         self.check_one_step_calls("seq2seq decodes one step per call")
+        per_sequence = [k for k in ("recurrent_dropout", "weight_drop") if getattr(self, k)]
+        if per_sequence and self.teacher_forcing_ratio < 1:
+            # a batch that is not teacher-forced decodes one LSTM call per token, each drawing its own mask
+            raise ConfigError(f"model.{per_sequence[0]}", "draws one mask per sequence, but with "
+                              "model.teacher_forcing_ratio < 1 the decoder runs one step per call, a new mask each "
+                              "step: set model.teacher_forcing_ratio=1, or use model.zoneout_h / model.dropout")
         if self.max_length_ratio == 0 and self.max_length_offset == 0:
             raise ConfigError("model.max_length_offset", "with model.max_length_ratio=0 it is the output length "
                               "cap: must be > 0")
