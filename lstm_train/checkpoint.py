@@ -13,6 +13,7 @@ keys as it is read (the one place that knows the keys' history), so everything d
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickletools
@@ -78,7 +79,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one it was for
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e  # PermissionError stays one
         raise
     _fsync_dir(path.parent)
 
@@ -89,6 +90,9 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:  # some file systems (FUSE, network mounts) cannot sync a directory: the rename stands
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
@@ -238,12 +242,14 @@ def contents_problem(state: dict[str, Any]) -> str | None:
 
 def _is_weight(name: Any, value: Any) -> bool:
     """A state_dict entry: a tensor, or an LSTM's ``cell`` tag (a variant's description, lstm_train/nn/lstm.py)."""
-    return isinstance(value, torch.Tensor) or (isinstance(name, str) and name.endswith("cell")
-                                               and isinstance(value, str))
+    return isinstance(value, torch.Tensor) or (isinstance(value, str) and (name == "cell" or
+                                                                          str(name).endswith(".cell")))
 
 
 def _wrong(key: str, value: Any, expected: str) -> str:
     if value is None:
         return f"it has no {key}"
-    shown = f"a {type(value).__name__}" if isinstance(value, dict | list) else f"{type(value).__name__} {value!r:.40}"
+    kind = type(value).__name__
+    shown = f"{'an' if kind[0] in 'AEIOUaeiou' else 'a'} {kind}" if isinstance(value, dict | list) else \
+        f"{kind} {value!r:.40}"
     return f"its {key} is {shown}, not {expected}"

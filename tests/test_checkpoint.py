@@ -173,3 +173,27 @@ def test_a_variants_weights_with_their_cell_tag_load(tmp_path):
     assert any(isinstance(v, str) for v in weights.values())
     save_checkpoint(tmp_path / "v.pt", {**COMPLETE, "model": weights, "ema": {"weights": weights}})
     assert load_checkpoint(tmp_path / "v.pt")["model"].keys() == weights.keys()
+
+
+def test_a_directory_that_cannot_be_synced_still_saves(tmp_path, monkeypatch):
+    """Some file systems (FUSE, network mounts) refuse fsync on a directory: the rename has happened, so the save
+    stands."""
+    fsync = os.fsync
+
+    def no_dir_sync(fd):
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(22, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_dir_sync)
+    save_checkpoint(tmp_path / "last.pt", {**COMPLETE, "model": {"w": torch.ones(2)}})
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(2))
+
+
+def test_a_failed_write_keeps_its_kind_of_error(tmp_path):
+    def refuse(f):
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(PermissionError) as error:
+        atomic_write(tmp_path / "last.pt", refuse)
+    assert error.value.filename == str(tmp_path / "last.pt")
