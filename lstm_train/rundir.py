@@ -4,7 +4,8 @@
   writes ``.hydra/`` and opens train.log, so the mistakes it can see refuse a run without a trace: a bad value,
   a dir that holds another run, a dir another process is running in. (Hydra turns an Exception from a callback
   into a warning, so it raises :class:`Refused`, a BaseException.)
-- :func:`claim`: the job holds an flock on ``<run dir>/.lock`` for its life; the OS releases it when the process
+- :func:`claim`: the job holds an flock on ``<run dir>/.lock`` for its life (a single run takes it in
+  EarlyCheck, before Hydra writes anything); the OS releases it when the process
   ends, however it ends. Only the process that owns the run dir (the Hydra job) takes it, never the
   data-parallel ranks. A run refused later (a data file missing, a checkpoint that does not fit) puts the dir
   back as it was: removed if the run made it, else with its own .hydra/, train.log and .lock.
@@ -49,6 +50,7 @@ class _Before:
 
 
 _before: dict[Path, _Before] = {}
+_held: dict[Path, int] = {}  # run dir -> the descriptor of its lock, taken by EarlyCheck for the job's claim
 
 
 class Refused(BaseException):
@@ -77,7 +79,14 @@ class EarlyCheck(Callback):
         except Exception:  # anything else: the job meets it again and reports it
             return
         made = next((p for p in reversed([out_dir, *out_dir.parents]) if not p.exists()), None)
-        _before[out_dir] = _Before(made, snapshot(out_dir))
+        before = _Before(made, snapshot(out_dir))
+        # The lock, taken now, before Hydra writes into the dir: a second run started at the same moment, which
+        # passed check_free too, is refused here, before it writes its .hydra/ over this one's.
+        try:
+            _held[out_dir] = _take(out_dir)
+        except ConfigError as e:  # nothing to put back: the dir and its lock file are the holder's
+            raise Refused(e) from None
+        _before[out_dir] = before
 
 
 def resume_path(resume: str | None, out_dir: Path) -> Path | None:
@@ -138,13 +147,10 @@ def claim(out_dir: Path, undo_if_refused: bool) -> Iterator[None]:
     status 2), put the dir back as EarlyCheck found it, while still holding the lock: a dir the run made is
     removed (if it holds nothing but what Hydra wrote), a dir that was there gets its Hydra files back.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _held.pop(out_dir, None)
+    if fd is None:  # not locked by EarlyCheck (a sweep's job, a call from Python)
+        fd = _take(out_dir)
     try:
-        if _lock(fd, out_dir):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"lstm-train (pid {os.getpid()} on {socket.gethostname()}, since "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
         try:
             yield
         except (ConfigError, SystemExit) as e:
@@ -154,6 +160,21 @@ def claim(out_dir: Path, undo_if_refused: bool) -> Iterator[None]:
     finally:
         _before.pop(out_dir, None)
         os.close(fd)
+
+
+def _take(out_dir: Path) -> int:
+    """Make ``out_dir`` if needed and lock it, saying in the lock file who holds it; the lock's descriptor."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if _lock(fd, out_dir):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"lstm-train (pid {os.getpid()} on {socket.gethostname()}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _lock(fd: int, out_dir: Path) -> bool:

@@ -130,6 +130,23 @@ def test_a_run_dir_is_released_when_its_process_dies(tmp_path):
     rundir.check_free(run)
 
 
+def test_a_run_that_passed_the_check_as_another_took_the_lock_writes_nothing(tmp_path):
+    """Two runs started at once on one dir both pass check_free; the second to lock is refused before Hydra
+    writes its .hydra/ and train.log into the first one's dir (the lock is taken before Hydra's job starts)."""
+    run = tmp_path / "run"
+    with rundir.claim(run, undo_if_refused=False):  # the first run, holding the dir
+        (run / "train.log").write_text("the first run's log\n")
+        before = digest(run)
+        proc = subprocess.run(  # the second, as if it had checked the dir a moment before the first locked it
+            [sys.executable, "-c", "import sys\nfrom lstm_train import rundir, train\n"
+             "rundir.check_free = lambda out_dir: None\n"
+             f"sys.argv = ['lstm-train', 'debug=fast', 'hydra.run.dir={run}']\ntrain.main()"],
+            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2
+        assert one_line(proc).startswith(f"lstm-train: error: hydra.run.dir: {run} is in use by lstm-train (pid ")
+        assert digest(run) == before
+
+
 def test_resume_auto_in_a_time_stamped_dir_warns_that_it_never_resumes(tmp_path):
     proc = lstm_train("trainer.resume=auto", "trainer.max_steps=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
