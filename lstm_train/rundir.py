@@ -180,7 +180,14 @@ def _take(out_dir: Path) -> int:
 def _lock(fd: int, out_dir: Path) -> bool:
     """Take the lock on ``fd`` (False where the file system has no locks); a ConfigError naming the holder."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for wait in (0.05, 0.1, 0.2, None):  # another start's check_free holds it for an instant: wait that out
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:
+                    raise
+                time.sleep(wait)
     except BlockingIOError:
         holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
         raise ConfigError("hydra.run.dir", f"{out_dir} is in use by {holder}; wait for that run to end (or stop "
