@@ -249,19 +249,21 @@ class Trainer:
 
     def _resume_schedule(self, state: dict[str, Any], optimizer_loaded: bool) -> None:
         """The checkpoint's schedule when this run's is the same (same settings over the same length, the same
-        lr and monitor); otherwise this run's schedule, rebuilt from optim.lr and stepped to the step reached,
+        lr and monitor, and for one stepped per evaluation the same cadence); otherwise this run's schedule, rebuilt from optim.lr and stepped to the step reached,
         where a run with it from the start would be (a metric-driven one, plateau, starts afresh there)."""
         old = state["config"]
         old_settings = Scheduler.resolve(old["scheduler"], run_length(old["trainer"], self.steps_per_epoch))
+        cadence_changed = old["trainer"]["eval_every_n_steps"] != self.t.eval_every_n_steps  # per evaluation
         if (optimizer_loaded and old_settings == self.scheduler.settings and old["optim"].get("lr") == self._base_lrs[0]
-                and not (self.scheduler.adaptive and self._monitor_changed(old["trainer"]))):
+                and not (self.scheduler.adaptive and self._monitor_changed(old["trainer"]))
+                and not (self.scheduler.interval == "eval" and cadence_changed)):
             self.scheduler.load_state_dict(state["scheduler"])
             return
         for group, lr in zip(self.optimizer.param_groups, self._base_lrs, strict=True):
             group["lr"] = lr
             group.pop("initial_lr", None)  # else a new scheduler would take the checkpoint's as its base
         self.scheduler = self._new_scheduler()
-        p, every = self.progress, old["trainer"]["eval_every_n_steps"]
+        p, every = self.progress, self.t.eval_every_n_steps  # in the new length's units
         done = {"step": p.step, "epoch": p.epoch, "eval": p.epoch if every is None else p.step // every}
         self.scheduler.fast_forward(done[self.scheduler.interval])
         log.info("learning-rate schedule from step %d: %s", p.step,

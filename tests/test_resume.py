@@ -67,6 +67,8 @@ TAKES_EFFECT = {
     "trainer.max_epochs": ([], ["trainer.max_epochs=3"]),
     "trainer.max_time": ([], ["trainer.max_time=1h"]),
     "trainer.eval_every_n_steps": ([], ["trainer.eval_every_n_steps=2"]),
+    # a schedule stepped per evaluation: the evaluations a run at the new cadence would have done
+    "trainer.eval_every_n_steps-eval-schedule": ([*STEP, "scheduler.interval=eval"], ["trainer.eval_every_n_steps=2"]),
     "trainer.log_every_n_steps": ([], ["trainer.log_every_n_steps=3"]),
     "trainer.eval_batch_size": ([], ["trainer.eval_batch_size=7"]),
     "trainer.clip_grad_norm": ([], ["trainer.clip_grad_norm=0.5"]),
@@ -175,7 +177,7 @@ def test_a_change_a_resume_allows_takes_effect(compose_cfg, tmp_path, first_runs
 LR_CASES = ["optim.lr", "optim._target_", "optim.amsgrad", "scheduler.warmup_steps", "scheduler.min_lr_ratio",
             "scheduler.total_steps", "scheduler.step_size", "scheduler.gamma", "scheduler.interval",
             "scheduler._target_", "scheduler._target_-cosine", "scheduler._target_-none", "trainer.max_steps",
-            "trainer.max_epochs"]
+            "trainer.max_epochs", "trainer.eval_every_n_steps-eval-schedule"]
 
 
 @pytest.mark.parametrize("case", LR_CASES)
