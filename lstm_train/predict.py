@@ -72,7 +72,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, lines: Iterable[str]) -> None:
     model, task, cfg = load(args.checkpoint, args.device, args.imports)
-    options = {dest: getattr(args, dest) for dest in (f.lstrip("-").replace("-", "_") for f in task.predict_options)}
+    for flag, keywords in task_options().items():  # given, but for another kind of model: say so, not ignore it
+        default = keywords.get("default", False if keywords.get("action") == "store_true" else None)
+        if flag not in task.predict_options and getattr(args, _dest(flag)) != default:
+            users = models_for(t for t in TASKS.supporting("predict_line") if flag in t.predict_options)
+            raise UsageError(f"{flag} is for {', '.join(users)} models, and {args.checkpoint} holds a "
+                             f"{cfg.model.name} model: leave it out")
+    options = {_dest(flag): getattr(args, _dest(flag)) for flag in task.predict_options}
     unknown = UnknownTokens(cfg, task)
     with torch.no_grad():
         for n, line in enumerate(lines, 1):
@@ -86,6 +92,10 @@ def run(args: argparse.Namespace, lines: Iterable[str]) -> None:
     warning = unknown.warning()
     if warning:
         print(f"lstm-predict: warning: {warning}", file=sys.stderr)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -249,8 +249,9 @@ class Trainer:
 
     def _resume_schedule(self, state: dict[str, Any], optimizer_loaded: bool) -> None:
         """The checkpoint's schedule when this run's is the same (same settings over the same length, the same
-        lr and monitor, and for one stepped per evaluation the same cadence); otherwise this run's schedule, rebuilt from optim.lr and stepped to the step reached,
-        where a run with it from the start would be (a metric-driven one, plateau, starts afresh there)."""
+        lr and monitor, and for one stepped per evaluation the same cadence); otherwise this run's schedule,
+        rebuilt from optim.lr and stepped to the step reached, where a run with it from the start would be (a
+        metric-driven one, plateau, starts afresh there)."""
         old = state["config"]
         old_settings = Scheduler.resolve(old["scheduler"], run_length(old["trainer"], self.steps_per_epoch))
         cadence_changed = old["trainer"]["eval_every_n_steps"] != self.t.eval_every_n_steps  # per evaluation

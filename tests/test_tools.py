@@ -157,6 +157,8 @@ def test_predict_classifies_first_last_sequences(first_last, capsys):
         "input 1: could not convert string to float: 'x'; a first_last input is numbers")
     assert one_line(capsys, "predict", [str(first_last), "--top", "0", lines[0]]) == (
         "--top: must be >= 1, got 0")
+    assert one_line(capsys, "predict", [str(first_last), "--beam-size", "3", lines[0]]) == (
+        f"--beam-size is for seq2seq models, and {first_last} holds a classifier model: leave it out")
 
 
 # ---- one line for a machine's or a path's mistake ----------------------------------------------------------
