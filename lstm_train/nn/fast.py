@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from .reference import LayerWeights, cell_layer, layer_params, reference_layer
+from .reference import LayerWeights, cell_layer, layer_params, reference_layer, reverse_within_lengths
 from .variants import Cell, Noise, Params
 
 # Called by the backward with dL/dh_t of every step, (T, B, P) in the loop's time and batch order (P: h's size).
@@ -298,17 +298,6 @@ def fast_layer_applies() -> bool:
         or torch.compiler.is_compiling()
         or torch.jit.is_tracing()
     )
-
-
-def reverse_within_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Reverse each sequence of a (T, B, ...) batch within its own length; padding stays in place."""
-    if lengths is None:
-        return x.flip(0)
-    T = x.shape[0]
-    t = torch.arange(T, device=x.device).unsqueeze(1)
-    n = lengths.to(x.device).unsqueeze(0)
-    index = torch.where(t < n, n - 1 - t, t)
-    return x.gather(0, index.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
 
 
 def rows_per_step(lengths: Tensor, T: int) -> list[int]:

@@ -104,13 +104,18 @@ def cell_layer(
     ``cell.step`` and zones out the new state. ``xp``: the input projection of every step, (T, B, 4H), when
     the caller has computed it at once (impl="fast"); ``zoneout_masks``: zoneout's masks of c and h, (T, B, H), and
     ``recurrent_mask`` recurrent dropout's, (B, P), when given (the compiled kernel's double backward replays its
-    own)."""
+    own); else drawn here in the kernel's order (``Noise.zoneout_masks``, then ``Noise.recurrent_mask``), so that a
+    seed gives every path the same masks."""
     params = layer_params(weights, own)
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     inputs = (x if xp is None else xp).unbind(0)
     if lengths is not None:
         valid = (torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None, :]).unsqueeze(-1)
         masks = valid.unbind(0)
+    if all(z is None for z in zoneout_masks):  # drawn as the kernel draws them: at once, in its steps' order
+        zoneout_masks = noise.zoneout_masks(x.new_empty(x.shape[0], x.shape[1], c0.shape[1]))
+        if reverse:
+            zoneout_masks = tuple(None if z is None else reverse_within_lengths(z, lengths) for z in zoneout_masks)
     drop = noise.recurrent_mask(h0) if recurrent_mask is None else recurrent_mask
     h, c = h0, c0
     prev = h0.new_zeros(c0.shape[0], 4, c0.shape[1]) if cell.reads_previous_gates else None
@@ -121,8 +126,8 @@ def cell_layer(
         step_xp = cell.project(inputs[t], params) if xp is None else inputs[t]
         h_new, c_new, g = cell.step(step_xp, h if drop is None else h * drop, c, prev, params)
         keep_c, keep_h = (None if z is None else z[t] for z in zoneout_masks)
-        c_new = noise.zoneout(c, c_new, noise.zoneout_c, keep_c)
-        h_new = noise.zoneout(h, h_new, noise.zoneout_h, keep_h)
+        c_new = noise.zoneout(c, c_new, keep_c)
+        h_new = noise.zoneout(h, h_new, keep_h)
         if dh_sink is not None and h_new.requires_grad:
             h_new.register_hook(partial(_store, dh_sink, t))
         if lengths is None:
@@ -141,3 +146,14 @@ def cell_layer(
     if not return_gates:
         return torch.stack(outs), h, c, None, None
     return torch.stack(outs), h, c, torch.stack(gates).detach(), torch.stack(cells).detach()
+
+
+def reverse_within_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of a (T, B, ...) batch within its own length; padding stays in place."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)
+    n = lengths.to(x.device).unsqueeze(0)
+    index = torch.where(t < n, n - 1 - t, t)
+    return x.gather(0, index.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))

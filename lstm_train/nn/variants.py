@@ -263,17 +263,19 @@ class Noise:
             return None
         return F.dropout(torch.ones_like(h0), self.recurrent_dropout, training=True)
 
-    def zoneout(self, old: Tensor, new: Tensor, rate: float, keep: Tensor | None = None) -> Tensor:
-        """``new`` zoned out towards ``old``: a fresh mask in training (or ``keep``, a given one), z at test."""
+    @staticmethod
+    def zoneout(old: Tensor, new: Tensor, keep: Tensor | None) -> Tensor:
+        """``new`` zoned out towards ``old`` with one step's mask ``keep`` (of :meth:`zoneout_masks`; None: no
+        zoneout)."""
         if keep is None:
-            if not rate:
-                return new
-            keep = torch.bernoulli(torch.full_like(new, rate)) if self.training else rate
+            return new
         return torch.lerp(new, old, keep)  # keep * old + (1 - keep) * new
 
     def zoneout_masks(self, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """Every step's zoneout masks of c and h at once, shaped as ``like`` (T, B, H), for the compiled kernel:
-        Bernoulli draws in training, the rate itself at test (z old + (1 - z) new); None for a rate of 0."""
+        """Every step's zoneout masks of c and h at once, shaped as ``like`` (T, B, H), in the loop's step order:
+        Bernoulli draws in training, the rate itself at test (z old + (1 - z) new); None for a rate of 0. Every path
+        (the kernel, the loops) draws them so, before its loop and its recurrent dropout mask, so that a seed gives
+        them all the same masks."""
         def mask(rate: float) -> Tensor | None:
             if not rate:
                 return None
