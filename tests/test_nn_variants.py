@@ -9,6 +9,8 @@ no code with lstm_train.nn, so outputs and gradients (autograd through both) agr
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from lstm_train.config import ConfigError, validate
-from lstm_train.nn import LSTM, VARIANTS, Cell, Noise, TorchLSTM, Variant, build_lstm, build_recurrent
+from lstm_train.nn import LSTM, VARIANTS, Cell, Noise, TorchLSTM, Variant, build_lstm, build_recurrent, variants
 from lstm_train.nn.compiled import _announced
 from tests.paths import PATHS, on_path
 
@@ -134,6 +136,18 @@ def test_variant_matches_the_papers_equations(name, impl, ln):
 
 
 KERNEL_VARIANTS = [v for v in VARIANTS if v != "fgr"]
+
+
+def test_kernel_flags_are_the_kernels_enum():
+    """variants.KERNEL_FLAGS says what csrc/recurrence.cpp's enum does: each variant's flag has the value of the
+    enumerator of the change it makes (read from the source, which the build compiles)."""
+    source = (Path(variants.__file__).parent / "csrc" / "recurrence.cpp").read_text()
+    (body,) = re.findall(r"enum\s*:\s*int64_t\s*\{([^}]*)\}", source)
+    enum = {name: int(value) for name, value in re.findall(r"(k\w+)\s*=\s*(\d+)", body)}
+    by_variant = {"nig": "kNoInputGate", "nfg": "kNoForgetGate", "nog": "kNoOutputGate", "niaf": "kNoInputAct",
+                  "noaf": "kNoOutputAct", "cifg": "kCoupled"}
+    assert sorted(enum) == sorted(by_variant.values())
+    assert {name: enum[flag] for name, flag in by_variant.items()} == variants.KERNEL_FLAGS
 
 
 @pytest.mark.parametrize("zoneout", [False, True], ids=["", "zoneout"])
