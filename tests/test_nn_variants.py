@@ -547,6 +547,10 @@ def test_a_cell_and_a_variant_do_not_mix():
         LSTM(3, 4, variant="v", cell=Coupled())
     with pytest.raises(TypeError, match=r"cell should be a lstm_train\.nn\.Cell"):
         LSTM(3, 4, cell=object())
+    # the cell is the one statement of which it is: no variant / layer_norm attributes beside it to go stale
+    for lstm in (LSTM(3, 4, variant="v", layer_norm=True), LSTM(3, 4, cell=Variant("nog"))):
+        assert not hasattr(lstm, "variant") and not hasattr(lstm, "layer_norm")
+    assert LSTM(3, 4, variant="v", layer_norm=True).cell == Variant("v", True)
 
 
 def test_noise_is_checked():

@@ -123,7 +123,6 @@ class LSTM(nn.Module):
         self.forget_bias = forget_bias
         self.impl = impl
         self.cell = cell  # None: the plain cell, on every path
-        self.variant, self.layer_norm = variant, layer_norm
         self.zoneout_c, self.zoneout_h, self.recurrent_dropout = zoneout_c, zoneout_h, recurrent_dropout
         self.weight_drop = float(weight_drop)
         factory = {"device": device, "dtype": dtype}
