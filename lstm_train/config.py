@@ -306,7 +306,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 # ---- sizes that cannot fit --------------------------------------------------------------------------------
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per cell (model.cell)
+GATE_BLOCKS = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per cell (model.cell)
 
 
 def check_memory(cfg: DictConfig, batch_length: int | None) -> None:
@@ -321,7 +321,7 @@ def check_memory(cfg: DictConfig, batch_length: int | None) -> None:
     memory, where = memory_size(t.device)
     if memory is None:
         return
-    gates, directions = GATES.get(m.cell, 1), 2 if m.bidirectional else 1
+    gates, directions = GATE_BLOCKS.get(m.cell, 1), 2 if m.bidirectional else 1
     inputs = cfg.task.get("input_size") or m.embedding_dim  # features, else tokens through an embedding
     params = recurrent_weights(m, inputs)
     copies = 2 + optimizer_states(cfg.optim) + (t.ema_decay is not None)  # weights, gradients, state, average
@@ -355,7 +355,7 @@ def check_memory(cfg: DictConfig, batch_length: int | None) -> None:
 def recurrent_weights(model: DictConfig, inputs: int) -> int:
     """The weights of the recurrent stack alone (torch.nn.LSTM's layout: two biases) of a model config on
     ``inputs`` features per step: a lower bound of the model's parameters."""
-    gates, directions, h = GATES.get(model.cell, 1), 2 if model.bidirectional else 1, model.hidden_size
+    gates, directions, h = GATE_BLOCKS.get(model.cell, 1), 2 if model.bidirectional else 1, model.hidden_size
     return directions * gates * h * (inputs + h + 2 + (model.num_layers - 1) * ((directions + 1) * h + 2))
 
 
