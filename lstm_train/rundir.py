@@ -86,6 +86,9 @@ class EarlyCheck(Callback):
             _held[out_dir] = _take(out_dir)
         except ConfigError as e:  # nothing to put back: the dir and its lock file are the holder's
             raise Refused(e) from None
+        except OSError:  # a dir that cannot be made or written: the job meets it again and reports it
+            _undo(out_dir, before)
+            return
         _before[out_dir] = before
 
 
