@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     if not prompt:
         raise UsageError("--prompt is empty; give at least one character")
     model, task, cfg = load_model(args.checkpoint, args.device, args.imports)
-    unknown = UnknownTokens(cfg, task)
+    unknown = UnknownTokens(cfg, task, share=0)  # a prompt is short: every character the model lacks is worth a word
     unknown.add(prompt)
     warning = unknown.warning()
     if warning:

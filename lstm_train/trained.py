@@ -95,8 +95,8 @@ class UnknownTokens:
 
     SHARE = 0.2  # from a fifth of the tokens unknown, the input is unlike what the model was trained on
 
-    def __init__(self, cfg: DictConfig, task: Task) -> None:
-        self.cfg, self.task = cfg, task
+    def __init__(self, cfg: DictConfig, task: Task, share: float = SHARE) -> None:
+        self.cfg, self.task, self.share = cfg, task, share  # share: from what share of unknown tokens to warn
         self.examples: dict[str, None] = {}  # the first few unknown tokens, in order, without repeats
         self.unknown = self.total = 0
 
@@ -109,7 +109,7 @@ class UnknownTokens:
 
     def warning(self) -> str | None:
         """One line naming the share and what the model was trained on, or None when the share is small."""
-        if not self.total or self.unknown / self.total < self.SHARE:
+        if not self.unknown or self.unknown / self.total < self.share:
             return None
         task = self.cfg.task
         data = next((str(task[k]) for k in ("path", "train", "dataset") if isinstance(task.get(k), str)), None)

@@ -191,6 +191,10 @@ def test_debug_run_end_to_end_and_generate_from_its_checkpoint(compose_cfg, text
     assert capsys.readouterr().err == (
         "lstm-generate: warning: 6 of the input's 7 tokens (86%) are not in the model's vocabulary and read as "
         f"unknown ('T', 'H', 'E', 'C', 'A'); it was trained on task=text_char ({text_file})\n")
+    generate_main([str(ckpt), "--prompt", "the the the the$", "--length", "1"])  # one in 16: named too
+    assert capsys.readouterr().err == (
+        "lstm-generate: warning: 1 of the input's 16 tokens (6%) are not in the model's vocabulary and read as "
+        f"unknown ('$'); it was trained on task=text_char ({text_file})\n")
     assert OmegaConf.create(state["config"]).model.name == "char"
 
 
