@@ -26,15 +26,15 @@ from typing import IO, Any
 
 import torch
 
+from lstm_train.nn.variants import PLAIN_CELL
+
 FORMAT = 1
 
 # Keys added to the configs since the first checkpoints, with the value that does what a config without the key
 # did: group -> {key: value}, or (group, option name) -> {key: value} for keys of one option.
 ADDED: dict[str | tuple[str, str], dict[str, Any]] = {
-    "model": {"cell": "lstm", "chrono_max_len": None,  # the GRU/RNN baselines; chrono initialisation
-              # the LSTM variants and recurrent regularisers (the plain cell, none)
-              "variant": "lstm", "layer_norm": False, "zoneout_c": 0.0, "zoneout_h": 0.0, "recurrent_dropout": 0.0,
-              "weight_drop": 0.0},
+    # the GRU/RNN baselines; chrono initialisation; the LSTM variants and recurrent regularisers (the plain cell)
+    "model": {"cell": "lstm", "chrono_max_len": None, **PLAIN_CELL},
     ("task", "text_char"): {"bptt": False, "sample_length": 0, "eval_streams": None},  # eval from zeros per chunk
     ("model", "tagger"): {"char_dim": 0, "char_hidden": 50},  # character-aware words (off)
     ("model", "seq2seq"): {"output_dropout": 0.0},

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from lstm_train.errors import ConfigError
-from lstm_train.nn import BACKENDS, CELLS, VARIANTS, Chrono
+from lstm_train.nn import BACKENDS, CELLS, PLAIN_CELL, VARIANTS, Chrono
 from lstm_train.registry import Registered, Registry
 from lstm_train.schema import Schema, at_least, one_of, positive, probability, to_schema, value
 from lstm_train.tasks import KINDS, Task, TaskKind
@@ -48,12 +48,12 @@ class ModelConfig(Schema):
     embedding_dim: int = value(positive)  # used when the task's inputs are tokens
     cell: str = value(one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
     # The variant keys default to the plain cell, so that a model YAML of your own written before them still works.
-    variant: str = value(one_of(*VARIANTS), "lstm")  # the LSTM's cell, Greff et al.'s names (lstm_train/nn/variants.py)
-    layer_norm: bool = value(default=False)  # Ba et al.'s layer-normalised LSTM
-    zoneout_c: float = value(probability, 0.0)  # Krueger et al.: chance that a unit of c keeps its value, per step
-    zoneout_h: float = value(probability, 0.0)
-    recurrent_dropout: float = value(probability, 0.0)  # on the h entering the recurrence, one mask per sequence
-    weight_drop: float = value(probability, 0.0)  # DropConnect on W_hh, one mask per forward call
+    variant: str = value(one_of(*VARIANTS), PLAIN_CELL["variant"])  # the LSTM's cell, Greff et al.'s names
+    layer_norm: bool = value(default=PLAIN_CELL["layer_norm"])  # Ba et al.'s layer-normalised LSTM
+    zoneout_c: float = value(probability, PLAIN_CELL["zoneout_c"])  # Krueger et al.: chance a unit of c keeps its value
+    zoneout_h: float = value(probability, PLAIN_CELL["zoneout_h"])
+    recurrent_dropout: float = value(probability, PLAIN_CELL["recurrent_dropout"])  # on h into R, one mask a sequence
+    weight_drop: float = value(probability, PLAIN_CELL["weight_drop"])  # DropConnect on W_hh, one mask per forward call
 
     def check(self) -> None:
         self._check_variant()
@@ -67,9 +67,7 @@ class ModelConfig(Schema):
 
     def _variant_keys(self) -> list[str]:
         """The LSTM-cell keys set away from the plain cell, as key=value."""
-        plain = {"variant": "lstm", "layer_norm": False, "zoneout_c": 0, "zoneout_h": 0, "recurrent_dropout": 0,
-                 "weight_drop": 0}
-        return [f"model.{k}={getattr(self, k)}" for k, v in plain.items() if getattr(self, k) != v]
+        return [f"model.{k}={getattr(self, k)}" for k, v in PLAIN_CELL.items() if getattr(self, k) != v]
 
     def _check_variant(self) -> None:
         changed = self._variant_keys()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lstm_train.nn import Chrono, build_recurrent
+from lstm_train.nn import PLAIN_CELL, Chrono, build_recurrent
 from lstm_train.tasks import Inputs
 
 
@@ -57,9 +57,7 @@ class Stack:
 
     def cell_options(self) -> dict[str, object]:
         """The LSTM-cell arguments that differ from the plain cell (a torch, GRU or RNN stack takes none)."""
-        plain = Stack(self.hidden_size)
-        names = ("variant", "layer_norm", "zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop")
-        return {k: getattr(self, k) for k in names if getattr(self, k) != getattr(plain, k)}
+        return {k: getattr(self, k) for k, plain in PLAIN_CELL.items() if getattr(self, k) != plain}
 
 
 class Encoder(nn.Module):

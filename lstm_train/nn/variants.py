@@ -39,6 +39,10 @@ DESCRIPTIONS = {
     "cifg": "V with coupled input and forget gates (f = 1 - i)",
     "fgr": "V with full gate recurrence (i, f, o also read the previous step's i, f, o)",
 }
+# The LSTM's cell and recurrent-regulariser settings (model.* keys, LSTM arguments) of the plain cell, no regulariser:
+# the one statement of "plain" for the schemas' defaults, old checkpoints' migration and what is passed on.
+PLAIN_CELL = {"variant": "lstm", "layer_norm": False, "zoneout_c": 0.0, "zoneout_h": 0.0, "recurrent_dropout": 0.0,
+              "weight_drop": 0.0}
 GATES = ("i", "f", "g", "o")  # the rows of weight_ih / weight_hh, in torch's order
 LN_EPS = 1e-5
 # The compiled kernel's flags (csrc/recurrence.cpp: kNoInputGate, ...), by variant
