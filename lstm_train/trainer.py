@@ -742,19 +742,17 @@ def run_length(t: Mapping[str, Any], steps_per_epoch: int) -> dict[str, int]:
     return {"step": steps, "epoch": epochs, "eval": epochs if every is None else math.ceil(steps / every)}
 
 
-# What trainer.resume needs of a checkpoint, and the types: the tools need less (model, config, task).
+# What trainer.resume needs of a checkpoint beyond what every reader does (the config with its model and task,
+# the weights, the task state: checkpoint.contents_problem, run by load_checkpoint), and the types.
 RESUMABLE: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "optimizer": dict, "scheduler": (dict, type(None)), "progress": dict, "rng": dict, "config": dict,
-    "task": dict,
+    "optimizer": dict, "scheduler": (dict, type(None)), "progress": dict, "rng": dict,
 }
 
 
 def _check_resumable(path: Path, state: dict[str, Any]) -> None:
-    """A ConfigError naming what a checkpoint lacks for a resume (one written by hand, or by another tool)."""
+    """A ConfigError naming what a loaded checkpoint lacks for a resume (one written by hand, or by another tool)."""
     bad = [k for k, kind in RESUMABLE.items() if k not in state or not isinstance(state[k], kind)]
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    bad += [f"config.{g}" for g in ("model", "task", "optim", "scheduler", "trainer")
-            if not isinstance(config.get(g), dict)]
+    bad += [f"config.{g}" for g in ("optim", "scheduler", "trainer") if not isinstance(state["config"].get(g), dict)]
     if isinstance(state.get("progress"), dict):
         fields = {f.name for f in dataclasses.fields(Progress)}
         bad += [f"progress.{k}" for k in sorted(state["progress"].keys() - fields)]
