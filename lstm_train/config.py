@@ -184,7 +184,7 @@ class RMSpropConfig(OptimConfig):
     centered: bool = value()
 
 
-# ---- scheduler/ (built by lstm_train.optim.build_scheduler) ------------------------------------------
+# ---- scheduler/ (built by lstm_train.training.optim.build_scheduler) ------------------------------------------
 @dataclass
 class SchedulerConfig(Schema):
     _target_: str | None = value()  # null: constant learning rate
@@ -245,7 +245,7 @@ class TrainerConfig(Schema):
     deterministic: bool = value()  # torch.use_deterministic_algorithms
     resume: str | None = value()  # path to a last.pt (or best.pt) to continue from
     progress_bar: bool = value()  # tqdm; shown only on a terminal in any case
-    probe_every_n_steps: int | None = value(positive)  # gate and gradient probe (lstm_train/probe.py); null: off
+    probe_every_n_steps: int | None = value(positive)  # gate and gradient probe (training/probe.py); null: off
     probe_size: int = value(positive)  # sequences of the val split the probe runs on
 
     def check(self) -> None:

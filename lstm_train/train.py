@@ -24,16 +24,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_train import distributed, rundir
 from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, to_container, validate
-from lstm_train.distributed import World
 from lstm_train.errors import RunError
-from lstm_train.interrupt import Interrupted, raise_on_signals
 from lstm_train.models import build_model
-from lstm_train.rundir import resume_path
+from lstm_train.runs import rundir
+from lstm_train.runs.rundir import resume_path
 from lstm_train.schema import escaped
 from lstm_train.tasks import build_task
-from lstm_train.trainer import Trainer
+from lstm_train.training import distributed
+from lstm_train.training.distributed import World
+from lstm_train.training.interrupt import Interrupted, raise_on_signals
+from lstm_train.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,10 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[str, Any]:  # noqa: B008 (frozen)
     """Train, evaluate and test as ``cfg`` says, writing events, checkpoints and metrics.json to ``out_dir``.
 
-    ``world``: this process's rank among the processes that train the model together (lstm_train/distributed.py).
+    ``world``: this process's rank among the processes that train the model together
+    (lstm_train/training/distributed.py).
     Returns the content of metrics.json. Raises :class:`ConfigError` for a config that cannot work, and
-    :class:`~lstm_train.interrupt.Interrupted` after saving last.pt when a SIGINT or SIGTERM stops it.
+    :class:`~lstm_train.training.interrupt.Interrupted` after saving last.pt when a SIGINT or SIGTERM stops it.
     """
     validate(cfg)
     out_dir = Path(out_dir)

@@ -30,9 +30,9 @@ from hydra import compose, initialize_config_dir
 from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
 from lstm_train.nn.compiled import ENV
-from lstm_train.optim import Scheduler, build_optimizer
 from lstm_train.tasks import build_task
 from lstm_train.train import train
+from lstm_train.training.optim import Scheduler, build_optimizer
 
 
 def bare_loop(cfg, steps: int) -> float:

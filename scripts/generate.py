@@ -1,9 +1,9 @@
 """Sample text from a char-model checkpoint: ``python scripts/generate.py CKPT --prompt ...``.
 
-The same as the ``lstm-generate`` console script (lstm_train/generate.py); ``--help`` lists the options.
+The same as the ``lstm-generate`` console script (lstm_train/cli/generate.py); ``--help`` lists the options.
 """
 
-from lstm_train.generate import main
+from lstm_train.cli.generate import main
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,9 @@
 """Classify, tag or transduce inputs with a checkpoint: ``python scripts/predict.py CKPT [INPUT ...]``.
 
-The same as the ``lstm-predict`` console script (lstm_train/predict.py); ``--help`` lists the options.
+The same as the ``lstm-predict`` console script (lstm_train/cli/predict.py); ``--help`` lists the options.
 """
 
-from lstm_train.predict import main
+from lstm_train.cli.predict import main
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Run many command lines in one process (imports are paid once): read a JSON list of [program, args...]
 from stdin, run each program's main() as its console script would, print one JSON result per command.
 
-Used by tests/test_catalogue.py and tests/test_toy_model.py; each result is {"code": exit status, "stderr": what
+Used by tests/test_catalogue.py and tests/models/test_toy_model.py; each result is {"code": exit status, "stderr": what
 it printed there, "traceback": an uncaught exception's traceback or null}.
 """
 
@@ -16,7 +16,8 @@ import traceback
 
 from hydra.core.global_hydra import GlobalHydra
 
-from lstm_train import generate, predict, train, visualize
+from lstm_train import train
+from lstm_train.cli import generate, predict, visualize
 
 PROGRAMS = {"lstm-train": train.main, "lstm-generate": generate.main, "lstm-predict": predict.main,
             "lstm-visualize": visualize.main}

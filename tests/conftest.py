@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from lstm_train.config import CONF_DIR
 from lstm_train.nn import compiled
 from lstm_train.train import train
-from lstm_train.trainer import Trainer
+from lstm_train.training.trainer import Trainer
 from tests.paths import on_path
 
 CONF = str(CONF_DIR)

@@ -3,7 +3,7 @@
 Every case runs the real console-script entry point (tests/catalogue_driver.py runs them all in one process)
 and must exit non-zero with exactly one line on stderr, no traceback, and lose nothing already saved. The
 README's table "What a mistake gets" lists the same cases: a test keeps the two in step. Data-file mistakes
-beyond the few here are in tests/test_bad_data.py.
+beyond the few here are in tests/tasks/test_bad_data.py.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstm_train import rundir
+from lstm_train.runs import rundir
 from lstm_train.train import train
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TEXT = "In the beginning God created the heaven and the earth.\nAnd the earth was without form.\n" * 30
 
 

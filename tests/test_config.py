@@ -11,7 +11,6 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lstm_train import config
-from lstm_train.checkpoint import load_checkpoint
 from lstm_train.config import (
     CONF_DIR,
     ConfigError,
@@ -23,11 +22,12 @@ from lstm_train.config import (
     validate,
 )
 from lstm_train.models import MODELS, build_model, count_parameters
+from lstm_train.runs.checkpoint import load_checkpoint
+from lstm_train.runs.trained import load_trained
 from lstm_train.schema import closest, escaped
 from lstm_train.tasks import build_task
 from lstm_train.train import train
-from lstm_train.trained import load_trained
-from lstm_train.trainer import Trainer
+from lstm_train.training.trainer import Trainer
 
 CONF = CONF_DIR
 
@@ -60,7 +60,7 @@ COMBINATIONS = [
 
 
 # Tasks whose data the user brings (conll: file paths; brown_pos: a corpus fetched by a script) cannot be
-# built from their defaults; tests/test_tagging.py builds them from files it writes.
+# built from their defaults; tests/tasks/test_tagging.py builds them from files it writes.
 NEEDS_DATA = {"conll", "brown_pos"}
 
 

@@ -13,16 +13,16 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from lstm_train import trainer as trainer_module
 from lstm_train.config import ConfigError
-from lstm_train.interrupt import Interrupted
 from lstm_train.models import build_model
 from lstm_train.nn import compiled
+from lstm_train.runs.trained import load_trained
 from lstm_train.tasks import build_task
 from lstm_train.tasks.first_last import FirstLast
 from lstm_train.train import resolve_device, train
-from lstm_train.trained import load_trained
-from lstm_train.trainer import Trainer
+from lstm_train.training import trainer as trainer_module
+from lstm_train.training.interrupt import Interrupted
+from lstm_train.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -207,7 +207,7 @@ def test_ema_starts_when_a_run_without_one_resumes_with_it(compose_cfg, tmp_path
     again = train(compose_cfg("debug=fast", "trainer.max_epochs=1", "trainer.test_checkpoint=last",
                               "trainer.ema_decay=0.8", f"trainer.resume={last}"), tmp_path / "b")
     assert again["test"] == first["test"]
-    with caplog.at_level(logging.WARNING, logger="lstm_train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="lstm_train.training.trainer"):
         train(compose_cfg("debug=fast", "trainer.ema_decay=0.8", f"trainer.resume={last}"), tmp_path / "c")
     assert "holds no moving average of the weights: trainer.ema_decay starts one at step 8" in caplog.text
     assert torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=True)["ema"]["updates"] == 8

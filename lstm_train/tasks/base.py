@@ -94,7 +94,7 @@ class Metrics(ABC):
 
     Its attributes that are numbers, tensors or lists of numbers must be sums over the batches (counts,
     loss times count, a confusion matrix): a data-parallel run adds them up over its processes
-    (lstm_train.distributed.reduce_metrics). Flags and names (bools, strings) are left alone.
+    (lstm_train.training.distributed.reduce_metrics). Flags and names (bools, strings) are left alone.
     """
 
     @abstractmethod

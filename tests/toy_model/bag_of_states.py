@@ -3,7 +3,7 @@ sequence's real steps, then a linear layer to class logits.
 
 It is this module and conf/model/bag.yaml beside it, with no edit anywhere else: the YAML names this class with
 ``_target_``, and lstm-train imports this module (which registers the model, see lstm_train/registry.py) when it
-checks the config. tests/test_toy_model.py trains it end to end:
+checks the config. tests/models/test_toy_model.py trains it end to end:
 
     PYTHONPATH=tests/toy_model lstm-train model=bag hydra.searchpath=[file://tests/toy_model/conf]
 """

@@ -1,0 +1,1 @@
+"""The command-line tools besides lstm-train: lstm-generate, lstm-predict, lstm-visualize, the long-range plot."""
