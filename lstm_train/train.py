@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_train import distributed, rundir
+from lstm_train import distributed, provenance, rundir
 from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, to_container, validate
 from lstm_train.distributed import World
 from lstm_train.errors import RunError
@@ -103,6 +103,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         rundir.warn_if_never_resumed(hydra_cfg, Path(out_dir))
     try:
         with rundir.claim(Path(out_dir), undo_if_refused=hydra_cfg.mode == RunMode.RUN):
+            provenance.record(Path(out_dir), cfg)
             if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
                 check_devices(cfg, world)
                 distributed.init(world)
@@ -306,6 +307,7 @@ def _main(wants_traceback: bool) -> None:
                 sys.exit(e.exit_code)
             return
     try:
+        sys.argv = provenance.rerun_argv(sys.argv)  # lstm-train --rerun RUN_DIR [overrides]
         hydra_main()
     except Interrupted as e:
         print(f"lstm-train: {e}", file=sys.stderr)
