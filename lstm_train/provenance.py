@@ -177,8 +177,8 @@ def record(out_dir: Path, cfg: DictConfig) -> None:
         f.write(("resumes:\n" if n == 1 else "") + _yaml([now]))
 
 
-def _yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
+def _yaml(data: Any) -> str:  # wide, so that a long command stays on one line to copy
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=2**20)
 
 
 def load(run_dir: Path) -> dict[str, Any]:
@@ -272,20 +272,20 @@ def rerun_argv(argv: list[str]) -> list[str]:
 
 
 def _run_dir(value: str) -> Path:
-    usage = "give a run dir, as lstm-train --rerun outputs/runs/<run> [key=value ...]"
+    usage = "give one, as lstm-train --rerun outputs/runs/<run> [key=value ...]"
     if not value or (not Path(value).exists() and "=" in value):
         raise ConfigError("--rerun", f"needs the run dir to train again; {usage}")
     path = Path(value)
     if not path.is_dir():
         raise ConfigError(f"--rerun {value}", f"{'not a directory' if path.exists() else 'no such directory'}; "
-                          f"{usage}")
+                          f"{usage.replace('one', 'a run dir')}")
     if not (path / ".hydra" / "overrides.yaml").is_file():
         if (path / "multirun.yaml").is_file():
             jobs = sorted(p.name for p in path.iterdir() if (p / ".hydra").is_dir())
             example = f" such as {path / jobs[0]}" if jobs else ""
             raise ConfigError(f"--rerun {value}", f"a sweep dir; give one of its job dirs{example}")
         raise ConfigError(f"--rerun {value}", "not a run dir of lstm-train (it has no .hydra/overrides.yaml); "
-                          f"{usage}")
+                          f"{usage.replace('one', 'a run dir')}")
     return path
 
 
