@@ -112,6 +112,8 @@ def _git() -> tuple[dict[str, Any], str | None]:
                 next(entries, None)
     git = {"commit": head[1], "branch": UNKNOWN if head[2] == "HEAD" else head[2], "dirty": changed}
     diff = _run_git("diff", "HEAD", "--binary") if changed else None
+    if diff is not None:
+        git["diff"] = DIFF  # the file it is written to (a resume's has its own name)
     if untracked:
         more = len(untracked) - MAX_UNTRACKED
         git["untracked"] = untracked[:MAX_UNTRACKED] + ([f"... and {more} more"] if more > 0 else [])
@@ -166,10 +168,8 @@ def record(out_dir: Path, cfg: DictConfig) -> None:
     path = out_dir / FILE
     n = len(load(out_dir).get("resumes") or []) + 1 if path.is_file() else 0
     if diff is not None:
-        name = f"provenance.resume{n}.diff" if n else DIFF
-        (out_dir / name).write_text(diff)
-        git = now["git"]
-        now["git"] = {k: git[k] for k in ("commit", "branch", "dirty")} | {"diff": name} | git
+        now["git"]["diff"] = f"provenance.resume{n}.diff" if n else DIFF
+        (out_dir / now["git"]["diff"]).write_text(diff)
     if not n:
         path.write_text(HEADER + _yaml(now))
         return

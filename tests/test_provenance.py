@@ -185,7 +185,7 @@ def test_a_detached_head_records_its_commit_and_an_unknown_branch(tmp_path, monk
     monkeypatch.setattr(provenance, "ROOT", tmp_path)
     record, diff = provenance.gather(["lstm-train"], 1)
     assert record["git"] == {"commit": git("rev-parse", "HEAD"), "branch": "unknown", "dirty": True,
-                             "untracked": ["new.txt"]}
+                             "diff": "provenance.diff", "untracked": ["new.txt"]}
     assert "-a\n+b\n" in diff
 
 
