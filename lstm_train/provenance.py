@@ -214,14 +214,19 @@ def differences(run_dir: Path, now: dict[str, Any], diff: str | None) -> list[st
         lines.append(f"{run_dir} ran with other uncommitted changes ({run_dir / DIFF}) than this rerun's "
                      "(git diff HEAD)")
     old, new = then.get("machine") or {}, now["machine"]
-    for key, what in (("torch_cpu_capability", "torch's CPU kernels for"), ("torch_threads", "torch threads:")):
-        if old.get(key) != new[key]:
-            lines.append(f"{run_dir} ran with {what} {old.get(key, UNKNOWN)}, this rerun with {new[key]} "
-                         "(floating-point results may differ)")
+    for key, what in (("torch_cpu_capability", "torch's CPU kernels for"), ("torch_threads", "torch threads:"),
+                      ("gpus", "GPUs:")):  # trainer.device=auto picks a GPU where there is one
+        if old.get(key, UNKNOWN) != new[key]:
+            lines.append(f"{run_dir} ran with {what} {_shown(old.get(key, UNKNOWN))}, this rerun with "
+                         f"{_shown(new[key])} (floating-point results may differ)")
     if then.get("resumes"):
         lines.append(f"{run_dir} was resumed {len(then['resumes'])} time(s) (its {FILE} lists each start); this "
                      "rerun trains it in one go, with its last start's config")
     return lines
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(map(str, value)) or "none" if isinstance(value, list) else str(value)
 
 
 def _read(path: Path) -> str | None:

@@ -106,6 +106,7 @@ def test_a_rerun_warns_one_line_for_each_version_and_code_difference(original, t
     record["versions"]["torch"] = "1.0.0"
     record["versions"]["hydra-unheard-of"] = "0.1"
     record["git"]["commit"] = "0" * 40
+    record["machine"]["gpus"] = ["NVIDIA H100", "NVIDIA H100"]
     (source / provenance.FILE).write_text(yaml.safe_dump(record, sort_keys=False))
     rerun = tmp_path / "rerun"
     lstm_train("--rerun", source, f"hydra.run.dir={rerun}", "trainer.max_steps=4")
@@ -113,6 +114,7 @@ def test_a_rerun_warns_one_line_for_each_version_and_code_difference(original, t
         f"{source} ran with torch 1.0.0, this rerun with {torch.__version__}",
         f"{source} ran with hydra-unheard-of 0.1, this rerun with not installed",
         f"{source} ran the code at commit {'0' * 40}, this rerun at {provenance.load(rerun)['git']['commit']}",
+        f"{source} ran with GPUs: NVIDIA H100, NVIDIA H100, this rerun with none (floating-point results may differ)",
     ]
 
 
