@@ -295,26 +295,33 @@ def _run_dir(value: str) -> Path:
 
 
 def _recorded(source: Path) -> tuple[dict[str, Any], list[str]]:
-    """``source``'s config (plain dicts, as the rerun starts it: from scratch) and its own task overrides."""
+    """``source``'s config (plain dicts, as the rerun starts it) and its own task overrides."""
     from lstm_train.checkpoint import load_checkpoint
 
     try:
         overrides = [str(o) for o in OmegaConf.load(source / ".hydra" / "overrides.yaml")]
         config = OmegaConf.to_container(OmegaConf.load(source / ".hydra" / "config.yaml"))
+        problem = None if isinstance(config, dict) and isinstance(config.get("trainer"), dict) else "no trainer"
     except Exception as e:
-        raise ConfigError(f"--rerun {source}", f"cannot read its .hydra/ ({str(e).splitlines()[0]}); give a run dir "
-                          "lstm-train wrote") from None
+        problem = str(e).splitlines()[0]
+    if problem is not None:
+        raise ConfigError(f"--rerun {source}", f"cannot read its .hydra/ ({problem}); give a run dir lstm-train "
+                          "wrote")
     last = source / "checkpoints" / "last.pt"
     if last.is_file():
         try:
             config = escaped(load_checkpoint(last)["config"])
         except ValueError as e:
             log.warning("%s; rerunning from %s instead", e, source / ".hydra" / "config.yaml")
-    if isinstance(config.get("trainer"), dict):
-        config["trainer"]["resume"] = None  # a rerun trains from the start, into its own dir
+    dropped = {RERUN}
+    resume = config["trainer"].get("resume")
+    # A run that continued its own last.pt is rerun from the start; one that started from another run's
+    # checkpoint starts from it again.
+    if resume in (None, "auto") or Path(resume).expanduser().resolve() == last.resolve():
+        config["trainer"]["resume"] = None
+        dropped.add("trainer.resume")
     parser = OverridesParser.create()
-    kept = [o for o in overrides if parser.parse_override(o).key_or_group not in ("trainer.resume", RERUN)]
-    return config, kept
+    return config, [o for o in overrides if parser.parse_override(o).key_or_group not in dropped]
 
 
 def _hydra_overrides(args: list[str]) -> list[str]:

@@ -153,6 +153,15 @@ def test_a_resume_appends_itself_and_keeps_the_original_record(tmp_path):
         "with its last start's config"]
 
 
+def test_a_run_started_from_another_runs_checkpoint_starts_from_it_again(tmp_path):
+    lstm_train(*QUICK, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'first'}")
+    lstm_train(*QUICK, "trainer.max_steps=8", f"trainer.resume={tmp_path / 'first/checkpoints/last.pt'}",
+               f"hydra.run.dir={tmp_path / 'then'}")
+    lstm_train("--rerun", tmp_path / "then", f"hydra.run.dir={tmp_path / 'rerun'}")
+    original, rerun = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("then", "rerun"))
+    assert rerun["test"] == original["test"] and rerun["train"] == original["train"]
+
+
 def test_a_job_of_a_sweep_reruns_as_one_run(tmp_path):
     lstm_train("-m", *QUICK, "trainer.max_steps=4", "trainer.seed=5,6", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     [job] = (tmp_path / "sweep").glob("1_*")
