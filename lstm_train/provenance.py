@@ -31,6 +31,7 @@ import torch
 import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
@@ -261,36 +262,46 @@ def rerun_argv(argv: list[str]) -> list[str]:
     value = flag.partition("=")[2] if "=" in flag else (args.pop(where) if where < len(args) else "")
     source = _run_dir(value)
     config, recorded = _recorded(source)
-    parser = OverridesParser.create()
-    user = parser.parse_overrides(_hydra_overrides(args))
+    user = OverridesParser.create().parse_overrides(_hydra_overrides(args))
+    base = _on_top(config, recorded, user)
+    ConfigStore.instance().store(group=RERUN, name="recorded", node=config, package="_global_")
+    session.rerun = source
+    # Hydra reads its overrides as one run of arguments: the recorded ones go just before the user's (after the
+    # flags before them), or first if the user gave none (a flag may take the argument after it).
+    first = next((i for i, a in enumerate(args) if user and a == user[0].input_line), len(args) if user else 0)
+    return [argv[0], *args[:first], *base, f"+{RERUN}=recorded", *args[first:]]
+
+
+def _on_top(config: dict[str, Any], recorded: list[str], user: list[Override]) -> list[str]:
+    """The recorded overrides the user's leave standing; ``config`` without the keys the user's change."""
     keys = {o.key_or_group for o in user}
+    parser = OverridesParser.create()
     base = [o for o in recorded if parser.parse_override(o).key_or_group not in keys]
     for path in _changed_by(base, [o for o in user if not o.is_hydra_override() and not o.is_sweep_override()]):
         _remove(config, path)
     for o in user:  # a sweep's keys (lstm-train --rerun DIR -m trainer.seed=1,2): each job has its own value
         if o.is_sweep_override():
             _remove(config, tuple(o.key_or_group.split(".")))
-    ConfigStore.instance().store(group=RERUN, name="recorded", node=config, package="_global_")
-    session.rerun = source
-    first = next((i for i, a in enumerate(args) if user and a == user[0].input_line), len(args) if user else 0)
-    return [argv[0], *args[:first], *base, f"+{RERUN}=recorded", *args[first:]]
+    return base
+
+
+EXAMPLE = "lstm-train --rerun outputs/runs/<run> [key=value ...]"
 
 
 def _run_dir(value: str) -> Path:
-    usage = "give one, as lstm-train --rerun outputs/runs/<run> [key=value ...]"
     if not value or (not Path(value).exists() and "=" in value):
-        raise ConfigError("--rerun", f"needs the run dir to train again; {usage}")
+        raise ConfigError("--rerun", f"needs the run dir to train again; give one, as {EXAMPLE}")
     path = Path(value)
     if not path.is_dir():
         raise ConfigError(f"--rerun {value}", f"{'not a directory' if path.exists() else 'no such directory'}; "
-                          f"{usage.replace('one', 'a run dir')}")
+                          f"give a run dir, as {EXAMPLE}")
     if not (path / ".hydra" / "overrides.yaml").is_file():
         if (path / "multirun.yaml").is_file():
             jobs = sorted(p.name for p in path.iterdir() if (p / ".hydra").is_dir())
             example = f" such as {path / jobs[0]}" if jobs else ""
             raise ConfigError(f"--rerun {value}", f"a sweep dir; give one of its job dirs{example}")
         raise ConfigError(f"--rerun {value}", "not a run dir of lstm-train (it has no .hydra/overrides.yaml); "
-                          f"{usage.replace('one', 'a run dir')}")
+                          f"give a run dir, as {EXAMPLE}")
     return path
 
 
@@ -334,7 +345,7 @@ def _hydra_overrides(args: list[str]) -> list[str]:
         return [a for a in args if not a.startswith("-")]
 
 
-def _changed_by(base: list[str], user: list[Any]) -> list[tuple[str, ...]]:
+def _changed_by(base: list[str], user: list[Override]) -> list[tuple[str, ...]]:
     """The config paths whose values ``user``'s overrides change, composed after ``base``'s, under today's conf/."""
     if not user:
         return []
