@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_train.config import CONF_DIR, CONFIG_PACKAGE, ConfigError, describe_config_error, to_container, validate
 from lstm_train.errors import RunError
 from lstm_train.models import build_model
-from lstm_train.runs import rundir
+from lstm_train.runs import provenance, rundir
 from lstm_train.runs.rundir import resume_path
 from lstm_train.schema import escaped
 from lstm_train.tasks import build_task
@@ -105,6 +105,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         rundir.warn_if_never_resumed(hydra_cfg, Path(out_dir))
     try:
         with rundir.claim(Path(out_dir), undo_if_refused=hydra_cfg.mode == RunMode.RUN):
+            provenance.record(Path(out_dir), cfg)
             if world.size > 1:  # started from outside (torchrun, srun, submitit): this is rank 0
                 check_devices(cfg, world)
                 distributed.init(world)
@@ -308,6 +309,7 @@ def _main(wants_traceback: bool) -> None:
                 sys.exit(e.exit_code)
             return
     try:
+        sys.argv = provenance.rerun_argv(sys.argv)  # lstm-train --rerun RUN_DIR [overrides]
         hydra_main()
     except Interrupted as e:
         print(f"lstm-train: {e}", file=sys.stderr)

@@ -253,6 +253,20 @@ CASES = [
      "(without checkpoints), which this run would overwrite; choose another hydra.run.dir", 2),
     ("run-dir-in-use", "a run dir another run is using", "lstm-train", ["hydra.run.dir={d}/busy"],
      "hydra.run.dir: {d}/busy is in use by lstm-train (pid", 2),
+    # -- rerunning a run dir (issue 28: provenance and rerun)
+    ("rerun-no-dir", "--rerun without a run dir", "lstm-train", ["--rerun"],
+     "--rerun: needs the run dir to train again; give one, as lstm-train --rerun outputs/runs/<run> [key=value ...]",
+     2),
+    ("rerun-missing", "rerunning a dir that does not exist", "lstm-train", ["--rerun", "{d}/none"],
+     "--rerun {d}/none: no such directory; give a run dir, as lstm-train --rerun outputs/runs/<run> [key=value ...]",
+     2),
+    ("rerun-file", "rerunning a file", "lstm-train", ["--rerun", "{d}/notes.txt"],
+     "--rerun {d}/notes.txt: not a directory; give a run dir, as lstm-train --rerun outputs/runs/<run>", 2),
+    ("rerun-not-run-dir", "rerunning a dir that is not a run dir", "lstm-train", ["--rerun", "{cls}"],
+     "--rerun {cls}: not a run dir of lstm-train (it has no .hydra/overrides.yaml); give a run dir, as lstm-train "
+     "--rerun outputs/runs/<run>", 2),
+    ("rerun-sweep-dir", "rerunning a sweep dir", "lstm-train", ["--rerun", "{d}/sweep"],
+     "--rerun {d}/sweep: a sweep dir; give one of its job dirs such as {d}/sweep/0_trainer.seed=1", 2),
 ]
 
 
@@ -306,6 +320,8 @@ def results(tmp_path_factory) -> dict:
     (d / "broken.jsonl").write_text('{"text": "good", "label": 1}\n{text: bad}\n')
     (d / "ragged.conll").write_text("EU B-ORG\nrejects O O\n")
     (d / "bad.dict").write_text("hello HH AH0 L OW1\nlonely\n")
+    (d / "sweep/0_trainer.seed=1/.hydra").mkdir(parents=True)  # a sweep dir (rerun-sweep-dir)
+    (d / "sweep/multirun.yaml").write_text("hydra: {}\n")
     (d / "metrics-only").mkdir()
     (d / "metrics-only/metrics.json").write_bytes((d / "cls/metrics.json").read_bytes())
     before = digest(d / "cls")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import fnmatch
 import logging
 import os
 import shutil
@@ -38,7 +39,8 @@ from lstm_train.errors import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
-HYDRA_FILES = (".hydra", "train.log", LOCK)  # what a run writes into its dir before it trains
+# what a run writes into its dir before it trains (names or patterns): Hydra's, the lock, runs/provenance.py's
+HYDRA_FILES = (".hydra", "train.log", LOCK, "provenance.*")
 
 
 @dataclass
@@ -203,7 +205,11 @@ def _lock(fd: int, out_dir: Path) -> bool:
 
 
 def _hydra_files(out_dir: Path) -> list[Path]:
-    return [p for name in HYDRA_FILES for p in [out_dir / name, *(out_dir / name).rglob("*")] if p.is_file()]
+    return [p for name in HYDRA_FILES for top in out_dir.glob(name) for p in [top, *top.rglob("*")] if p.is_file()]
+
+
+def _is_hydra_file(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in HYDRA_FILES)
 
 
 def snapshot(out_dir: Path) -> dict[Path, bytes]:
@@ -233,7 +239,7 @@ def _undo(out_dir: Path, before: _Before) -> None:
     if before.made is None:
         restore(out_dir, before.files)
         return
-    if any(p.is_file() and p.relative_to(out_dir).parts[0] not in HYDRA_FILES for p in out_dir.rglob("*")):
+    if any(p.is_file() and not _is_hydra_file(p.relative_to(out_dir).parts[0]) for p in out_dir.rglob("*")):
         return
     shutil.rmtree(out_dir, ignore_errors=True)
     for parent in out_dir.parents:  # the parents Hydra made for it, while empty

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lstm_train.runs import provenance
 from lstm_train.runs.checkpoint import evaluated_weights
 from lstm_train.tasks import Batch
 from lstm_train.tasks.seq2seq import Seq2SeqBatch
@@ -102,9 +103,11 @@ def test_two_processes_follow_the_one_process_run(compose_cfg, tmp_path):
     assert_close_models(tmp_path / "two/checkpoints/last.pt", tmp_path / "one/checkpoints/last.pt")
     # one run dir, written by rank 0 alone: one event file, one log, one .hydra, one lock (the launching process's)
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+    # and one provenance.yaml (with provenance.diff beside it from a dirty checkout), with no second start in it
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name != "provenance.diff") == [
         ".hydra", ".lock", "checkpoints", "events.out.tfevents." + next((tmp_path / "two").glob("events*")).name[20:],
-        "metrics.json", "train.log"]
+        "metrics.json", "provenance.yaml", "train.log"]
+    assert "resumes" not in provenance.load(tmp_path / "two")
     assert "Traceback" not in proc.stderr and "[rank 1]" not in proc.stderr
 
 
