@@ -5,18 +5,16 @@ batch, and per step one register-blocked pass computes the products and the gate
 extension.py builds it on first use; this module decides per call whether it runs and wraps it in an
 autograd.Function.
 
-:func:`auto_layer` is what ``LSTM(impl="fast")`` runs: this kernel wherever it applies, else fast.py's
-pure-PyTorch loop, with one log line per process for each reason. ``LSTM_TRAIN_FAST_PATH`` chooses:
-``auto`` (default), ``compiled`` (the kernel wherever it applies; an error if it cannot be built) or
-``pytorch`` (never the kernel). Besides the plain cell the kernel runs the elementwise variants of
-lstm_train/nn/variants.py (flags of its one cell), zoneout and recurrent dropout; the other cells run on fast.py's
-autograd loop (``fast_cell_layer``), with one log line saying why.
+:func:`auto_layer` is what ``LSTM(backend="fast")`` runs: this kernel wherever it applies, else fast.py's
+pure-PyTorch loop, with one log line per process for each reason; ``LSTM_TRAIN_FAST_PATH`` can insist on
+either (the backend table: lstm_train/nn/backend.py). Besides the plain cell the kernel runs the elementwise
+variants of lstm_train/nn/variants.py (flags of its one cell), zoneout and recurrent dropout; the other cells run
+on fast.py's autograd loop (``fast_cell_layer``), with one log line saying why.
 
 bfloat16 products (``bf16=True``, what ``LSTM`` asks for under ``torch.autocast(dtype=torch.bfloat16)``): on a
 CPU with AVX512-BF16 the build adds them (:func:`.extension.bf16_products`); x, h, the weights and the gate
 gradients are rounded to bfloat16 for the matrix products, accumulated in float32, and everything else stays
-float32.
-Elsewhere, and for one-step calls (decoding), the products stay float32.
+float32. Elsewhere, and for one-step calls (decoding), the products stay float32.
 """
 
 from __future__ import annotations
@@ -96,7 +94,7 @@ def auto_layer(
     own: Params | None = None,
     noise: Noise | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """One layer and direction of ``impl="fast"``: the compiled kernel where it applies, else ``fast_layer`` (or
+    """One layer and direction of ``backend="fast"``: the compiled kernel where it applies, else ``fast_layer`` (or
     for another ``cell`` than the plain one, with its own parameters ``own``, ``fast.fast_cell_layer``).
     ``bf16``: bfloat16 products where the kernel has them (see the module docstring), else float32."""
     why = None if cell is None else why_not_kernel_cell(cell, noise)

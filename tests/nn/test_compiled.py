@@ -71,7 +71,7 @@ def test_float32_matches_torch():
     torch.manual_seed(1)
     theirs = torch.nn.LSTM(10, 64, 2, batch_first=True)
     with on_path("compiled") as impl:
-        ours = LSTM(10, 64, 2, batch_first=True, impl=impl)
+        ours = LSTM(10, 64, 2, batch_first=True, backend=impl)
         ours.load_state_dict(theirs.state_dict())
         x = torch.randn(16, 30, 10, requires_grad=True)
         (o1, (h1, c1)), (o2, (h2, c2)) = theirs(x), ours(x)
