@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lstm_train.nn import LSTM, LSTMCell, TorchLSTM, build_lstm, lstm_cell
+from lstm_train.nn import BACKENDS, LSTM, LSTMCell, TorchLSTM, build_lstm, compiled, lstm_cell
+from lstm_train.nn.lstm import LAYERS
+from tests import ROOT
 from tests.paths import FAST_PATHS, PATHS
 
 TOL = {"atol": 1e-9, "rtol": 0}
@@ -370,6 +373,15 @@ def test_clear_errors(kwargs, call, message):
     with pytest.raises(ValueError, match=message):
         lstm = LSTM(**args)
         lstm(torch.randn(*call["x"]), lengths=call.get("lengths"))
+
+
+def test_the_backend_table_names_every_value_at_every_level():
+    """The README's table of the backend choice (config key -> LSTM argument -> environment variable) lists
+    every value each level takes, so a value cannot be added without its row."""
+    rows = [line.strip().strip("|").split("|") for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("  | `")]
+    columns = [{m.group(1) for row in rows if (m := re.match(r'\s*`"?(\w+)"?`', row[k]))} for k in range(3)]
+    assert columns == [set(BACKENDS), set(LAYERS), set(compiled.PATHS)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
