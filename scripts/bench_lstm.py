@@ -2,8 +2,8 @@
 
 All variants run in one process, interleaved round by round, with the same dtype, thread count,
 shapes and weights, so the ratios are fair even on a noisy machine. Read the ratios, not the ms.
-The variants: torch (torch.nn.LSTM), and our LSTM's code paths: compiled (impl fast on the C++ kernel),
-fast (impl fast on the pure-PyTorch loop) and reference (impl reference).
+The variants: torch (torch.nn.LSTM), and our LSTM's code paths: compiled (backend fast on the C++ kernel),
+fast (backend fast on the pure-PyTorch loop) and reference (backend reference).
 
     python scripts/bench_lstm.py                   # the table, then time per step at T = 32, 128, 512
     python scripts/bench_lstm.py --json            # the same as JSON, for machines
@@ -44,7 +44,7 @@ STEP_LENGTHS = (32, 128, 512)
 # (batch, input, hidden, layers) for --step: a char LM (batch 1) and beam search (batch 5)
 INFER_SHAPES = [(1, 64, 128, 1), (1, 64, 256, 2), (5, 64, 128, 2), (5, 64, 256, 2)]
 INFER_CALLS = 50  # T=1 calls per timed round, each from the previous call's (h, c)
-# Our variants: name -> (impl, the LSTM_TRAIN_FAST_PATH it runs under)
+# Our variants: name -> (backend, the LSTM_TRAIN_FAST_PATH it runs under)
 VARIANTS = {"compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"), "reference": ("reference", "auto"),
             "plain": ("fast", "compiled")}  # plain: the plain cell on the compiled kernel, beside a --variant
 # --variant / --layer-norm: the cell of our impls other than "plain" (lstm_train/nn/variants.py)
@@ -64,7 +64,7 @@ def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.
     models: dict[str, torch.nn.Module] = {"torch": torch.nn.LSTM(inp, hidden, layers, bidirectional=bidir)}
     for name in impls:
         cell = PLAIN if name == "plain" else CELL
-        models[name] = LSTM(inp, hidden, layers, bidirectional=bidir, impl=VARIANTS[name][0], **cell)
+        models[name] = LSTM(inp, hidden, layers, bidirectional=bidir, backend=VARIANTS[name][0], **cell)
         plain_weights = cell["variant"] == "lstm" and not cell["layer_norm"]
         models[name].load_state_dict(models["torch"].state_dict(), strict=plain_weights)  # a variant: shared weights
     return {name: m.to(dtype) for name, m in models.items()}

@@ -1,5 +1,5 @@
-"""Our LSTM's code paths, so that its tests run on each: impl fast on the compiled kernel ("compiled") or on the
-pure-PyTorch loop ("fast"), and impl reference. conftest's ``impl`` fixture takes one of them as its parameter."""
+"""Our LSTM's code paths, so that its tests run on each: backend fast on the compiled kernel ("compiled") or on the
+pure-PyTorch loop ("fast"), and backend reference. conftest's ``impl`` fixture takes one of them as its parameter."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ _SETTING = {"compiled": "compiled", "fast": "pytorch", "reference": "auto"}
 
 @contextmanager
 def on_path(path: str) -> Iterator[str]:
-    """Run the block with ``LSTM_TRAIN_FAST_PATH`` set for ``path``; yields the LSTM impl that takes it."""
+    """Run the block with ``LSTM_TRAIN_FAST_PATH`` set for ``path``; yields the LSTM backend that takes it."""
     before = os.environ.get(ENV)
     os.environ[ENV] = _SETTING[path]
     try:

@@ -61,8 +61,8 @@ def test_a_cuda_build_of_torch_without_a_gpu_builds_the_kernel_without_a_warning
     code = (
         "import logging, torch\n"
         "torch.version.cuda = '13.0'; torch.cuda._is_compiled = lambda: True; torch.cuda.is_available = lambda: False\n"
-        "from lstm_train.nn import compiled\n"
-        "compiled.build_directory('x')  # imports torch.utils.cpp_extension\n"
+        "from lstm_train.nn import extension\n"
+        "extension.build_directory('x')  # imports torch.utils.cpp_extension\n"
         "logging.getLogger('torch.utils.cpp_extension').warning('another warning')\n"
     )
     env = {**os.environ, "CUDA_HOME": str(tmp_path)}  # where cpp_extension looks first

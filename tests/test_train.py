@@ -15,13 +15,14 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lstm_train.config import ConfigError
 from lstm_train.models import build_model
-from lstm_train.nn import compiled
+from lstm_train.nn import compiled, extension
 from lstm_train.runs.trained import load_trained
 from lstm_train.tasks import build_task
 from lstm_train.tasks.first_last import FirstLast
-from lstm_train.train import resolve_device, train
+from lstm_train.train import train
 from lstm_train.training import trainer as trainer_module
 from lstm_train.training.interrupt import Interrupted
+from lstm_train.training.launch import resolve_device
 from lstm_train.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -292,7 +293,7 @@ def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(co
     assert seen == {"forward": {(True, torch.bfloat16), (False, torch.bfloat16)},
                     "loss": {(True, torch.bfloat16), (False, torch.bfloat16)}}
     assert all(torch.isfinite(torch.tensor(v)) for v in result["test"].values())
-    if compiled.bf16_products() and compiled._ops is not None:  # the kernel ran, with bfloat16 products
+    if extension.bf16_products() and extension._ops is not None:  # the kernel ran, with bfloat16 products
         assert kernel_calls and all(args == (True,) for args in kernel_calls)
     seen = {"forward": set(), "loss": set()}
     train(compose_cfg("debug=fast"), tmp_path / "fp32")

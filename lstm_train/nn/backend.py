@@ -1,4 +1,16 @@
-"""One constructor for the three recurrent backends a config can choose between, and the baselines.
+"""The LSTM's backend: what runs it, one name per level, and one constructor for all of them and the baselines.
+
+The choice has one name at each level, with the same value words where the levels mean the same thing
+(the environment variable chooses within ``fast`` only; the README's LSTM section has this table too):
+
+    config            LSTM argument         environment
+    model.backend=    LSTM(backend=...)     LSTM_TRAIN_FAST_PATH=   what runs
+    fast (default)    "fast" (default)      auto (default)          the compiled C++ kernel (compiled.py) where it
+                                                                    applies, else fast.py's pure-PyTorch loop
+                                            compiled                the kernel; an error if it cannot be built
+                                            pytorch                 fast.py's pure-PyTorch loop, never the kernel
+    reference         "reference"           (not read)              reference.py: the equations under autograd
+    torch             (build_lstm("torch")) (not read)              torch.nn.LSTM (:class:`TorchLSTM`)
 
 ``fast`` and ``reference`` are our LSTM's two implementations; ``torch`` is torch.nn.LSTM behind the
 same interface (``lengths=`` packs for it), initialised the same way, so that one config compares
@@ -101,7 +113,7 @@ def build_lstm(backend: str, *args, **kwargs) -> nn.Module:
             raise ValueError(f"{', '.join(ours)} need our LSTM (backend fast or reference): torch.nn.LSTM has none")
         return TorchLSTM(*args, **kwargs)
     if backend in ("fast", "reference"):
-        return LSTM(*args, impl=backend, **kwargs)
+        return LSTM(*args, backend=backend, **kwargs)
     raise ValueError(f"unknown LSTM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -25,8 +25,10 @@ from .record import Recording
 from .reference import LayerWeights, cell_layer, layer_params, reference_layer
 from .variants import Cell, Noise, Params, Variant, drop_weight
 
-Impl = Literal["fast", "reference"]
-IMPLS = {"fast": auto_layer, "reference": reference_layer}  # fast: compiled.py's kernel, else fast.py's loop
+Backend = Literal["fast", "reference"]
+# The layer function of each backend (the table: lstm_train/nn/backend.py); fast: compiled.py's kernel, else
+# fast.py's loop
+LAYERS = {"fast": auto_layer, "reference": reference_layer}
 NO_NOISE = Noise()
 
 
@@ -42,10 +44,11 @@ class LSTM(nn.Module):
     - ``forget_bias`` (default 1.0): the effective forget-gate bias at initialisation, or :class:`Chrono`
       (chrono initialisation of the forget and input biases, for dependencies up to a length); weights are
       Xavier-uniform (see :func:`lstm_train.nn.cell.init_lstm_weights_`).
-    - ``impl``: ``"fast"`` (default; hand-written backward) or ``"reference"`` (the equations step by
-      step under autograd). Both give the same numbers. Where the hand-written backward cannot serve
-      (torch.func transforms, forward-mode AD, torch.export/compile tracing) the fast impl runs the
-      reference's maths; a double backward (``create_graph=True``) differentiates the reference's maths.
+    - ``backend``: ``"fast"`` (default; hand-written backward) or ``"reference"`` (the equations step by
+      step under autograd), the names of ``model.backend`` (lstm_train/nn/backend.py). Both give the same
+      numbers. Where the hand-written backward cannot serve (torch.func transforms, forward-mode AD,
+      torch.export/compile tracing) the fast backend runs the reference's maths; a double backward
+      (``create_graph=True``) differentiates the reference's maths.
     - ``forward(..., lengths=...)``: right-padded batches, lengths in any order; outputs past a length
       are zero, ``h_n``/``c_n`` are each sequence's state at its true end, and the reverse direction
       starts at each sequence's last valid step: exactly what torch.nn.LSTM does on a PackedSequence.
@@ -58,7 +61,7 @@ class LSTM(nn.Module):
     - ``variant`` (Greff et al.'s names, lstm_train/nn/variants.py) and ``layer_norm``: another cell, with
       torch's weights plus its own (``weight_ci_l0``, ...); ``cell``: your own :class:`~lstm_train.nn.Cell`.
       ``zoneout_c``, ``zoneout_h``, ``recurrent_dropout`` and ``weight_drop``: recurrent regularisers, active in
-      training (zoneout at test: its expectation). ``impl="fast"`` runs the elementwise variants (all but FGR,
+      training (zoneout at test: its expectation). ``backend="fast"`` runs the elementwise variants (all but FGR,
       without layer norm), zoneout and recurrent dropout on the compiled kernel; other cells run on the
       pure-PyTorch loop through autograd (its input projection hoisted out of the loop), with a log line saying
       so. Weight drop masks W_hh before the layer runs, so every path serves it.
@@ -78,7 +81,7 @@ class LSTM(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         forget_bias: float | Chrono = 1.0,
-        impl: Impl = "fast",
+        backend: Backend = "fast",
         variant: str = "lstm",
         layer_norm: bool = False,
         zoneout_c: float = 0.0,
@@ -98,8 +101,9 @@ class LSTM(nn.Module):
         if not isinstance(bidirectional, int):  # torch takes any truthy value; a string is surely a mistake
             raise TypeError(f"bidirectional should be of type bool, got: {type(bidirectional).__name__}")
         check_dropout(dropout)
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {impl!r}")
+        if backend not in LAYERS:
+            raise ValueError(f"backend must be one of {sorted(LAYERS)}, got {backend!r} (torch.nn.LSTM behind this "
+                             "interface: lstm_train.nn.build_lstm('torch', ...))")
         check_bool("layer_norm", layer_norm)
         if cell is not None and (variant != "lstm" or layer_norm):
             raise ValueError("pass a cell or a variant (and layer_norm), not both: a Variant is a cell")
@@ -121,7 +125,7 @@ class LSTM(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.forget_bias = forget_bias
-        self.impl = impl
+        self.backend = backend
         self.cell = cell  # None: the plain cell, on every path
         self.zoneout_c, self.zoneout_h, self.recurrent_dropout = zoneout_c, zoneout_h, recurrent_dropout
         self.weight_drop = float(weight_drop)
@@ -314,7 +318,7 @@ class LSTM(nn.Module):
         ``(output, h_n, c_n, gates, cells)``, the last two per layer and direction (None unless ``acts``).
         ``bf16`` (under bfloat16 autocast): the compiled kernel's bfloat16 products, where it has them."""
         D = 2 if self.bidirectional else 1
-        run = IMPLS[self.impl]
+        run = LAYERS[self.backend]
         noise = NO_NOISE  # made per call only with a regulariser: a decoding step is a few dozen microseconds
         if self.zoneout_c or self.zoneout_h or self.recurrent_dropout:
             noise = Noise(self.zoneout_c, self.zoneout_h, self.recurrent_dropout, self.training)
@@ -358,7 +362,7 @@ class LSTM(nn.Module):
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        s += f", forget_bias={self.forget_bias}, impl={self.impl!r}"
+        s += f", forget_bias={self.forget_bias}, backend={self.backend!r}"
         if self.cell is not None:
             s += f", cell={self.cell.describe()}"
         for name in ("zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop"):
@@ -388,7 +392,7 @@ def _check_input(x: Tensor, weight: Tensor, input_size: int) -> torch.dtype | No
 
     Under autocast (for the input's device) torch.nn.LSTM takes inputs of any float dtype and returns the
     autocast dtype; so does ours. It computes at the weights' precision (float32: autocast never lowers
-    float64), except that with bfloat16 the compiled kernel (impl="fast" on a CPU with AVX512-BF16) takes its
+    float64), except that with bfloat16 the compiled kernel (backend="fast" on a CPU with AVX512-BF16) takes its
     matrix products in bfloat16 with float32 accumulation, as torch's bfloat16 LSTM does, for 1.2-1.8x the
     speed; gates, cell states and their maths stay float32 (lstm_train/nn/compiled.py).
     """

@@ -102,7 +102,7 @@ def cell_layer(
     :func:`reference_layer`, plus the cell, its own parameters (``own``) and the regularisers (``noise``).
     Each step projects its input (``cell.project``), applies recurrent dropout to the h entering it, runs
     ``cell.step`` and zones out the new state. ``xp``: the input projection of every step, (T, B, 4H), when
-    the caller has computed it at once (impl="fast"); ``zoneout_masks``: zoneout's masks of c and h, (T, B, H), and
+    the caller has computed it at once (backend="fast"); ``zoneout_masks``: zoneout's masks of c and h, (T, B, H), and
     ``recurrent_mask`` recurrent dropout's, (B, P), when given (the compiled kernel's double backward replays its
     own); else drawn here in the kernel's order (``Noise.zoneout_masks``, then ``Noise.recurrent_mask``), so that a
     seed gives every path the same masks."""

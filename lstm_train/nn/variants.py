@@ -4,7 +4,7 @@ The extension point is :class:`Cell`: a cell says which parameters of its own ea
 how they start, and how one time step goes from the step's input projection ``xp`` (B, 4H), the previous
 ``h`` (B, P) and ``c`` (B, H) to the new ones and the four gate rows it records. ``LSTM(..., cell=MyCell())``
 then runs it over stacks, both directions and padded batches, records its gates and cell states, and takes
-gradients through autograd. ``impl="fast"`` computes the input projection of the whole sequence in one GEMM
+gradients through autograd. ``backend="fast"`` computes the input projection of the whole sequence in one GEMM
 before the loop; the loop and its backward are autograd's (measured for V with layer norm: 1.6-2.7x the
 compiled plain cell's forward+backward time at scripts/bench_lstm.py's shapes, 1 thread). A cell gets onto the
 compiled kernel by becoming a flag of lstm_train/nn/csrc/recurrence.cpp's cell and its gradient (see
@@ -71,7 +71,7 @@ class Cell:
         """Initialise the cell's own parameters (under no_grad); torch's weights are already initialised."""
 
     def project(self, x: Tensor, p: Params) -> Tensor:
-        """The input's share of the pre-activations, (..., 4H): one GEMM over all steps with impl="fast"."""
+        """The input's share of the pre-activations, (..., 4H): one GEMM over all steps with backend="fast"."""
         out = x @ p["weight_ih"].t()
         if "bias_ih" in p:
             out = out + (p["bias_ih"] + p["bias_hh"] if "bias_hh" in p else p["bias_ih"])

@@ -35,6 +35,7 @@ from hydra.core.override_parser.types import Override
 from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
+from lstm_train.cli.report import command
 from lstm_train.config import CONFIG_PACKAGE
 from lstm_train.errors import ConfigError
 from lstm_train.schema import escaped
@@ -80,8 +81,6 @@ def _program(argv0: str) -> str:
     """How the user started lstm-train, as they could start it again."""
     if Path(argv0).name in ("train.py", "-m"):  # python -m lstm_train.train
         return f"{shlex.quote(sys.executable)} -m lstm_train.train"
-    from lstm_train.train import command  # train imports this module
-
     return command("lstm-train")
 
 

@@ -46,7 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from lstm_train.config import ConfigError, duration_seconds, to_container
 from lstm_train.errors import RunError
 from lstm_train.models import count_parameters
-from lstm_train.nn.compiled import bf16_products
+from lstm_train.nn.extension import bf16_products
 from lstm_train.runs.checkpoint import (
     RESUME_MODEL_RUNTIME,
     RESUME_REFUSED,

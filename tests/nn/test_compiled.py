@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from lstm_train.nn import LSTM, compiled
+from lstm_train.nn import LSTM, compiled, extension
 from tests.nn.test_lstm import grads, run_torch, twins
 from tests.paths import on_path
 
@@ -71,7 +71,7 @@ def test_float32_matches_torch():
     torch.manual_seed(1)
     theirs = torch.nn.LSTM(10, 64, 2, batch_first=True)
     with on_path("compiled") as impl:
-        ours = LSTM(10, 64, 2, batch_first=True, impl=impl)
+        ours = LSTM(10, 64, 2, batch_first=True, backend=impl)
         ours.load_state_dict(theirs.state_dict())
         x = torch.randn(16, 30, 10, requires_grad=True)
         (o1, (h1, c1)), (o2, (h2, c2)) = theirs(x), ours(x)
@@ -104,7 +104,7 @@ def test_recorded_hidden_grads_match_the_pytorch_loop():
 
 # bfloat16 products -------------------------------------------------------------------------------------------
 
-needs_bf16 = pytest.mark.skipif(not compiled.bf16_products(), reason="no AVX512-BF16 on this CPU")
+needs_bf16 = pytest.mark.skipif(not extension.bf16_products(), reason="no AVX512-BF16 on this CPU")
 
 
 def bf16(t: torch.Tensor) -> torch.Tensor:
@@ -255,8 +255,8 @@ def test_why_not_compiled():
 
 
 def test_a_kernel_that_cannot_be_built(monkeypatch, calls, caplog):
-    monkeypatch.setattr(compiled, "_ops", None)
-    monkeypatch.setattr(compiled, "_error", "CalledProcessError: c++ not found")
+    monkeypatch.setattr(extension, "_ops", None)
+    monkeypatch.setattr(extension, "_error", "CalledProcessError: c++ not found")
     lstm = LSTM(3, 4)
     x = torch.randn(5, 2, 3)
     with caplog.at_level(logging.INFO, logger=compiled.__name__):
@@ -286,10 +286,10 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next(tmp_path):
     entered = threading.Event()
 
     def second_builder() -> None:
-        with compiled._build_lock(tmp_path):
+        with extension._build_lock(tmp_path):
             entered.set()
 
-    with compiled._build_lock(tmp_path):
+    with extension._build_lock(tmp_path):
         assert not (tmp_path / "lock").exists()
         worker = threading.Thread(target=second_builder)
         worker.start()
@@ -320,9 +320,9 @@ def test_a_machine_without_build_tools_falls_back_with_one_log_line(tmp_path):
 def test_processes_building_at_once_into_an_empty_cache(tmp_path):
     """Two processes start at once with an empty extensions cache: one builds, the other waits; both then run."""
     script = (
-        "import torch; from lstm_train.nn import compiled; compiled.load(); "
+        "import torch; from lstm_train.nn import extension; extension.load(); "
         "x = torch.randn(3, 2, 4); w = torch.randn(8, 4), torch.randn(8, 2); "
-        "print(compiled.load().lstm_forward(x, torch.zeros(2, 2), torch.zeros(2, 2), *w, None, [], False, False, 0, "
+        "print(extension.load().lstm_forward(x, torch.zeros(2, 2), torch.zeros(2, 2), *w, None, [], False, False, 0, "
         "None, None, None, None)"
         "[0].shape)"
     )

@@ -28,7 +28,7 @@ TOL = {"atol": 1e-9, "rtol": 0}
 def twins(impl: str, input_size: int = 3, hidden: int = 5, **kwargs) -> tuple[nn.LSTM, LSTM]:
     """A torch.nn.LSTM and ours holding the same (random, float64) weights."""
     theirs = nn.LSTM(input_size, hidden, **kwargs).double()
-    ours = LSTM(input_size, hidden, impl=impl, **kwargs).double()
+    ours = LSTM(input_size, hidden, backend=impl, **kwargs).double()
     ours.load_state_dict(theirs.state_dict())
     return theirs, ours
 
@@ -69,7 +69,7 @@ def test_projection_shapes_names_and_packed_input(impl):
     torch.manual_seed(1)
     positional = (3, 5, 2, True, False, 0.0, True, 2)  # proj_size is torch's 8th positional argument
     theirs = nn.LSTM(*positional).double()
-    ours = LSTM(*positional, impl=impl).double()
+    ours = LSTM(*positional, backend=impl).double()
     assert ours.proj_size == theirs.proj_size == 2
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     assert list(ours.state_dict()) == list(theirs.state_dict())
@@ -88,7 +88,7 @@ def test_projection_shapes_names_and_packed_input(impl):
 def test_projection_gates_follow_the_cell_equations(impl):
     """Gates and cell states of a projected LSTM against a manual unroll of lstm_cell (with weight_hr)."""
     torch.manual_seed(2)
-    lstm = LSTM(3, 5, 1, bidirectional=True, proj_size=2, impl=impl).double()
+    lstm = LSTM(3, 5, 1, bidirectional=True, proj_size=2, backend=impl).double()
     x = torch.randn(6, 3, 3, dtype=torch.double)
     lengths = [6, 2, 4]
     with lstm.recording() as calls:
@@ -105,7 +105,7 @@ def test_projection_gates_follow_the_cell_equations(impl):
             torch.testing.assert_close(c_n[k, b], c, **TOL)
 
 
-@pytest.mark.parametrize("make", [partial(LSTM, impl="fast"), TorchLSTM, partial(build_lstm, "reference")],
+@pytest.mark.parametrize("make", [partial(LSTM, backend="fast"), TorchLSTM, partial(build_lstm, "reference")],
                          ids=["ours", "torch_backend", "build_lstm"])
 def test_projection_initialisation(make):
     torch.manual_seed(3)
@@ -212,7 +212,7 @@ def functional(lstm: nn.Module, lengths=None):
 @pytest.mark.parametrize("proj_size", [0, 1])
 def test_gradgradcheck(impl, proj_size):
     torch.manual_seed(5)
-    lstm = LSTM(2, 2, 1, bidirectional=True, proj_size=proj_size, impl=impl).double()
+    lstm = LSTM(2, 2, 1, bidirectional=True, proj_size=proj_size, backend=impl).double()
     x = torch.randn(3, 2, 2, dtype=torch.double, requires_grad=True)
     inputs = (x, *state(lstm, 2, requires_grad=True), *lstm.parameters())
     assert torch.autograd.gradgradcheck(functional(lstm, [3, 1]), inputs, fast_mode=True)
@@ -345,7 +345,7 @@ def test_vmap(impl):
     batched = torch.func.vmap(lambda x: ours(x, lengths=[4, 2])[0])(xs)
     assert_all_close(batched, torch.stack([ours(x, lengths=[4, 2])[0] for x in xs]))
     # an ensemble: one forward of several weight sets (torch.func.stack_module_state)
-    members = [LSTM(3, 5, proj_size=2, impl=impl).double() for _ in range(3)]
+    members = [LSTM(3, 5, proj_size=2, backend=impl).double() for _ in range(3)]
     params, buffers = torch.func.stack_module_state(members)
     ensemble = torch.func.vmap(lambda p, b, x: torch.func.functional_call(ours, (p, b), (x,))[0], in_dims=(0, 0, None))
     assert_all_close(ensemble(params, buffers, xs[0]), torch.stack([m(xs[0])[0] for m in members]))
@@ -443,7 +443,7 @@ def test_lstm_raises_torchs_exception_type(impl, mistake):
     expected = raised(attempt(nn.LSTM))
     assert expected is not None, "torch accepts this: not a mistake to test"
     with pytest.raises(expected) as info:
-        attempt(partial(LSTM, impl=impl))()
+        attempt(partial(LSTM, backend=impl))()
     assert "\n" not in str(info.value)
 
 
@@ -551,8 +551,8 @@ def autocast_errors(lstm: nn.Module, reference: LSTM, x: torch.Tensor, device: s
 def test_cpu_autocast_bfloat16_is_as_precise_as_torch(impl):
     torch.manual_seed(14)
     theirs = nn.LSTM(8, 32, 2, bidirectional=True)
-    ours = LSTM(8, 32, 2, bidirectional=True, impl=impl)
-    reference = LSTM(8, 32, 2, bidirectional=True, impl="reference").double()
+    ours = LSTM(8, 32, 2, bidirectional=True, backend=impl)
+    reference = LSTM(8, 32, 2, bidirectional=True, backend="reference").double()
     for m in (ours, reference):
         m.load_state_dict(theirs.state_dict())
     x = torch.randn(20, 4, 8)
@@ -585,8 +585,8 @@ def test_autocast_after_a_lowered_layer_and_lstm_cell():
 def test_cuda_autocast_float16_is_as_precise_as_torch(impl):
     torch.manual_seed(16)
     theirs = nn.LSTM(8, 32, 2).cuda()
-    ours = LSTM(8, 32, 2, impl=impl).cuda()
-    reference = LSTM(8, 32, 2, impl="reference").double().cuda()
+    ours = LSTM(8, 32, 2, backend=impl).cuda()
+    reference = LSTM(8, 32, 2, backend="reference").double().cuda()
     for m in (ours, reference):
         m.load_state_dict(theirs.state_dict())
     x = torch.randn(20, 4, 8, device="cuda")

@@ -22,7 +22,7 @@ TOL = {"atol": 1e-12, "rtol": 0}
 
 def model(impl: str = "fast", **kwargs) -> LSTM:
     torch.manual_seed(0)
-    return LSTM(3, 4, impl=impl, **kwargs).double()
+    return LSTM(3, 4, backend=impl, **kwargs).double()
 
 
 def run(lstm: LSTM, x: torch.Tensor, hx=None, lengths=None, mode: str | None = None, **kwargs):

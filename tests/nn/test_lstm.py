@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lstm_train.nn import LSTM, LSTMCell, TorchLSTM, build_lstm, lstm_cell
+from lstm_train.nn import BACKENDS, LSTM, LSTMCell, TorchLSTM, build_lstm, compiled, lstm_cell
+from lstm_train.nn.lstm import LAYERS
+from tests import ROOT
 from tests.paths import FAST_PATHS, PATHS
 
 TOL = {"atol": 1e-9, "rtol": 0}
@@ -18,7 +21,7 @@ TOL = {"atol": 1e-9, "rtol": 0}
 def twins(impl: str, input_size: int = 3, hidden: int = 4, **kwargs) -> tuple[torch.nn.LSTM, LSTM]:
     """A torch.nn.LSTM and ours holding the same (random, float64) weights."""
     theirs = torch.nn.LSTM(input_size, hidden, **kwargs).double()
-    ours = LSTM(input_size, hidden, impl=impl, **kwargs).double()
+    ours = LSTM(input_size, hidden, backend=impl, **kwargs).double()
     ours.load_state_dict(theirs.state_dict())
     return theirs, ours
 
@@ -138,7 +141,7 @@ def test_unbatched_input(impl):
 def test_float32_and_no_bias(impl):
     torch.manual_seed(4)
     theirs = torch.nn.LSTM(6, 16, 2, bias=False, bidirectional=True)
-    ours = LSTM(6, 16, 2, bias=False, bidirectional=True, impl=impl)
+    ours = LSTM(6, 16, 2, bias=False, bidirectional=True, backend=impl)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(12, 3, 6)
     o1, (h1, _) = theirs(x)
@@ -162,7 +165,7 @@ def test_state_dicts_interchange():
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_gradcheck(impl):
     torch.manual_seed(5)
-    lstm = LSTM(2, 3, 2, bidirectional=True, impl=impl).double()
+    lstm = LSTM(2, 3, 2, bidirectional=True, backend=impl).double()
     x = torch.randn(4, 3, 2, dtype=torch.double, requires_grad=True)
     h0 = torch.randn(4, 3, 3, dtype=torch.double, requires_grad=True)
     c0 = torch.randn(4, 3, 3, dtype=torch.double, requires_grad=True)
@@ -227,13 +230,13 @@ def test_dropout_between_layers_only_and_none_in_eval(impl):
     torch.manual_seed(9)
     x = torch.randn(6, 4, 3, dtype=torch.double)
     with pytest.warns(UserWarning, match="between layers"):
-        single = LSTM(3, 4, 1, dropout=0.5, impl=impl).double()
-    plain = LSTM(3, 4, 1, impl=impl).double()
+        single = LSTM(3, 4, 1, dropout=0.5, backend=impl).double()
+    plain = LSTM(3, 4, 1, backend=impl).double()
     plain.load_state_dict(single.state_dict())
     torch.testing.assert_close(single.train()(x)[0], plain(x)[0], **TOL)  # never on the last layer's output
 
-    stacked = LSTM(3, 4, 2, dropout=0.5, impl=impl).double()
-    no_drop = LSTM(3, 4, 2, impl=impl).double()
+    stacked = LSTM(3, 4, 2, dropout=0.5, backend=impl).double()
+    no_drop = LSTM(3, 4, 2, backend=impl).double()
     no_drop.load_state_dict(stacked.state_dict())
     assert not torch.allclose(stacked.train()(x)[0], no_drop(x)[0])  # between layers in training
     stacked.eval()
@@ -294,7 +297,7 @@ def manual_gates(lstm: LSTM, x: torch.Tensor, suffix: str = "_l0") -> torch.Tens
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_return_gates(impl):
     torch.manual_seed(11)
-    lstm = LSTM(3, 4, 2, bidirectional=True, impl=impl).double()
+    lstm = LSTM(3, 4, 2, bidirectional=True, backend=impl).double()
     x = torch.randn(6, 5, 3, dtype=torch.double)
     lengths = [6, 2, 1, 5, 6]
     out, _, gates = lstm(x, lengths=lengths, return_gates=True)
@@ -322,8 +325,8 @@ def test_return_gates(impl):
 @pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
 def test_gates_of_both_impls_agree_batch_first(impl):
     torch.manual_seed(12)
-    fast = LSTM(3, 4, 2, bidirectional=True, batch_first=True, impl=impl).double()
-    ref = LSTM(3, 4, 2, bidirectional=True, batch_first=True, impl="reference").double()
+    fast = LSTM(3, 4, 2, bidirectional=True, batch_first=True, backend=impl).double()
+    ref = LSTM(3, 4, 2, bidirectional=True, batch_first=True, backend="reference").double()
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(5, 6, 3, dtype=torch.double)
     g_fast = fast(x, lengths=[6, 3, 1, 6, 2], return_gates=True)[2]
@@ -357,26 +360,36 @@ def test_backends_agree_on_padded_batches(impl):
 @pytest.mark.parametrize(
     ("kwargs", "call", "message"),
     [
-        ({"impl": "cuda"}, None, "impl must be one of"),
+        ({"backend": "cuda"}, None, "backend must be one of"),
+        ({"backend": "torch"}, None, r"got 'torch' \(torch.nn.LSTM behind this interface: lstm_train.nn.build_lstm"),
         ({}, {"x": (5, 2, 3), "lengths": [5, 6]}, r"lengths must lie in \[1, 5\]"),
         ({}, {"x": (5, 2, 3), "lengths": [5, 0]}, r"lengths must lie in \[1, 5\]"),
         ({}, {"x": (5, 2, 3), "lengths": [5]}, "one length per sequence"),
     ],
 )
 def test_clear_errors(kwargs, call, message):
-    """Errors of what torch.nn.LSTM does not have (impl, lengths); those it has: tests/nn/test_dropin.py."""
+    """Errors of what torch.nn.LSTM does not have (backend, lengths); those it has: tests/nn/test_dropin.py."""
     args = {"input_size": 3, "hidden_size": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         lstm = LSTM(**args)
         lstm(torch.randn(*call["x"]), lengths=call.get("lengths"))
 
 
+def test_the_backend_table_names_every_value_at_every_level():
+    """The README's table of the backend choice (config key -> LSTM argument -> environment variable) lists
+    every value each level takes, so a value cannot be added without its row."""
+    rows = [line.strip().strip("|").split("|") for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("  | `")]
+    columns = [{m.group(1) for row in rows if (m := re.match(r'\s*`"?(\w+)"?`', row[k]))} for k in range(3)]
+    assert columns == [set(BACKENDS), set(LAYERS), set(compiled.PATHS)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_cuda_matches_cpu(impl):
     torch.manual_seed(14)
-    cpu = LSTM(3, 4, 2, bidirectional=True, impl=impl).double()
-    gpu = LSTM(3, 4, 2, bidirectional=True, impl=impl, device="cuda", dtype=torch.double)
+    cpu = LSTM(3, 4, 2, bidirectional=True, backend=impl).double()
+    gpu = LSTM(3, 4, 2, bidirectional=True, backend=impl, device="cuda", dtype=torch.double)
     gpu.load_state_dict(cpu.state_dict())
     x = torch.randn(6, 3, 3, dtype=torch.double)
     torch.testing.assert_close(gpu(x.cuda(), lengths=[6, 1, 4])[0].cpu(), cpu(x, lengths=[6, 1, 4])[0], **TOL)

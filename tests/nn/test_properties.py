@@ -44,7 +44,7 @@ def test_random_shapes_match_torch(case):
     kwargs = {k: case[k] for k in ("num_layers", "bidirectional", "batch_first", "proj_size")}
     theirs = torch.nn.LSTM(case["input_size"], case["hidden"], **kwargs).double()
     with on_path(case["path"]) as impl:
-        ours = LSTM(case["input_size"], case["hidden"], impl=impl, **kwargs).double()
+        ours = LSTM(case["input_size"], case["hidden"], backend=impl, **kwargs).double()
         ours.load_state_dict(theirs.state_dict())
         shape = (case["B"], case["T"]) if case["batch_first"] else (case["T"], case["B"])
         x = torch.randn(*shape, case["input_size"], dtype=torch.double, requires_grad=True)

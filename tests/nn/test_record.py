@@ -50,7 +50,7 @@ def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirection
     T, B, I, H, L = 5, 3, 2, 3, 2
     P = proj_size or H  # the size of h: dL/dh_t has it too
     lengths = [5, 2, 4]
-    lstm = LSTM(I, H, L, bidirectional=bidirectional, proj_size=proj_size, impl=impl).double()
+    lstm = LSTM(I, H, L, bidirectional=bidirectional, proj_size=proj_size, backend=impl).double()
     D = 2 if bidirectional else 1
     x = torch.randn(T, B, I, dtype=torch.float64)
     w_out = torch.randn(T, B, D * P, dtype=torch.float64)
@@ -88,7 +88,7 @@ def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirection
 @pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
 def test_recording_returns_what_return_gates_returns_and_changes_nothing(impl):
     torch.manual_seed(1)
-    lstm = LSTM(2, 3, 2, batch_first=True, bidirectional=True, impl=impl)
+    lstm = LSTM(2, 3, 2, batch_first=True, bidirectional=True, backend=impl)
     x = torch.randn(4, 6, 2)
     lengths = [6, 3, 1, 4]
     out, state, gates = lstm(x, lengths=lengths, return_gates=True)
@@ -113,7 +113,7 @@ def test_recording_returns_what_return_gates_returns_and_changes_nothing(impl):
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_hidden_grads_follow_the_batch_first_layout(impl):
     torch.manual_seed(2)
-    lstm = LSTM(2, 3, 1, bidirectional=True, impl=impl).double()
+    lstm = LSTM(2, 3, 1, bidirectional=True, backend=impl).double()
     x = torch.randn(5, 4, 2, dtype=torch.float64)
     lengths = [2, 5, 4, 1]
     results = []

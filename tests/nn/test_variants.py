@@ -104,7 +104,7 @@ def random_lstm(name: str, ln: bool = False, impl: str = "fast", seed: int = 0, 
     """A float64 variant whose every parameter is random (peepholes and removed gates' rows too: the maths
     must not read the latter)."""
     torch.manual_seed(seed)
-    lstm = LSTM(3, 4, num_layers=2, bidirectional=True, variant=name, layer_norm=ln, impl=impl, **kwargs).double()
+    lstm = LSTM(3, 4, num_layers=2, bidirectional=True, variant=name, layer_norm=ln, backend=impl, **kwargs).double()
     with torch.no_grad():
         for w in lstm.parameters():
             w.normal_(0, 0.6)
@@ -164,7 +164,7 @@ def test_the_kernels_blocked_loop_matches_the_reference(name, dtype, zoneout, co
     results = []
     for path in ("compiled", "reference"):
         with on_path(path) as impl:
-            lstm.impl = impl
+            lstm.backend = impl
             out, (h, c) = lstm(x, lengths=lengths)
             results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
     tol = TOL if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
@@ -310,7 +310,7 @@ class Spy(Cell):
 def spied(impl: str = "fast", **kwargs) -> tuple[LSTM, Spy]:
     torch.manual_seed(0)
     spy = Spy()
-    return LSTM(3, 8, cell=spy, impl=impl, **kwargs).double(), spy
+    return LSTM(3, 8, cell=spy, backend=impl, **kwargs).double(), spy
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])
@@ -384,7 +384,7 @@ def test_recurrent_dropout_on_the_kernel_matches_the_reference(name, compiled_ke
         results = []
         for path in ("compiled", "reference"):
             with on_path(path) as impl:
-                lstm.impl = impl
+                lstm.backend = impl
                 torch.manual_seed(3)
                 out, (h, c) = lstm(x, lengths=lengths)
                 results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
@@ -404,7 +404,7 @@ def test_a_seed_draws_the_same_regularisers_on_every_path(name, compiled_kernel)
         results = []
         for path in PATHS:
             with on_path(path) as impl:
-                lstm.impl = impl
+                lstm.backend = impl
                 torch.manual_seed(3)
                 out, (h, c) = lstm(x, lengths=lengths)
                 results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lstm_train.cli.report import command
 from lstm_train.errors import ConfigError
 from lstm_train.runs import rundir
-from lstm_train.train import command
 
 LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
