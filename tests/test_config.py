@@ -161,6 +161,14 @@ def test_durations(text, seconds):
     assert duration_seconds(text) == seconds
 
 
+def test_an_unknown_fast_path_setting_is_refused_before_the_run(compose_cfg, monkeypatch):
+    monkeypatch.setenv("LSTM_TRAIN_FAST_PATH", "cuda")
+    with pytest.raises(ConfigError, match=r"^model.backend=fast: LSTM_TRAIN_FAST_PATH=cuda is not one of auto, "
+                       r"compiled, pytorch; unset it to let the LSTM choose \(auto\)$"):
+        validate(compose_cfg())
+    validate(compose_cfg("model.backend=reference"))  # read by the fast backend only
+
+
 def test_model_that_does_not_fit_the_task(compose_cfg):
     cfg = compose_cfg("model=tagger")
     validate(cfg)

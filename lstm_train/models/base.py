@@ -17,6 +17,7 @@ from torch import nn
 
 from lstm_train.errors import ConfigError
 from lstm_train.nn import BACKENDS, CELLS, PLAIN_CELL, VARIANTS, Chrono
+from lstm_train.nn.compiled import fast_path
 from lstm_train.registry import Registered, Registry
 from lstm_train.schema import Schema, at_least, one_of, positive, probability, to_schema, value
 from lstm_train.tasks import KINDS, Task, TaskKind
@@ -57,6 +58,11 @@ class ModelConfig(Schema):
 
     def check(self) -> None:
         self._check_variant()
+        if self.backend == "fast":  # refused before the run starts, not at its first forward pass
+            try:
+                fast_path()
+            except ValueError as e:
+                raise ConfigError(f"model.backend={self.backend}", str(e)) from None
         if self.forget_bias == "chrono":
             if self.chrono_max_len is None:
                 raise ConfigError("model.chrono_max_len", "model.forget_bias=chrono needs the longest dependency to "

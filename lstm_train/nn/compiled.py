@@ -51,11 +51,17 @@ def _announce(message: str) -> None:
         log.info("LSTM fast path: %s", message)
 
 
-def why_not_compiled(x: Tensor, h0: Tensor, weights: LayerWeights) -> str | None:
-    """None if the compiled kernel runs these inputs, else why not (one short phrase)."""
+def fast_path() -> str:
+    """LSTM_TRAIN_FAST_PATH's value (auto when unset); a ValueError for any other value than PATHS'."""
     path = os.environ.get(ENV, "auto")
     if path not in PATHS:
-        raise ValueError(f"{ENV} must be one of {', '.join(PATHS)}, got {path!r}")
+        raise ValueError(f"{ENV}={path} is not one of {', '.join(PATHS)}; unset it to let the LSTM choose (auto)")
+    return path
+
+
+def why_not_compiled(x: Tensor, h0: Tensor, weights: LayerWeights) -> str | None:
+    """None if the compiled kernel runs these inputs, else why not (one short phrase)."""
+    path = fast_path()
     if path == "pytorch":
         return f"{ENV}=pytorch"
     if any(w is not None for w in weights[4:]):
