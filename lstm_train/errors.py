@@ -1,10 +1,15 @@
-"""The mistakes a user can fix, and how a command-line tool reports them: one line, no traceback, exit status 2."""
+"""The mistakes a user can fix, and how a command-line tool reports them: one line, no traceback, exit status 2;
+the commands those lines tell the user to run."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -39,3 +44,13 @@ def one_line_errors(prog: str, *also: type[BaseException]) -> Iterator[None]:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def command(name: str) -> str:
+    """How to run the console script ``name`` installed beside this Python: by name if that is what the shell
+    finds on PATH, else by its full path (a venv that is not activated)."""
+    script = Path(sys.executable).with_name(name)
+    found = shutil.which(name)
+    if not script.is_file() or (found is not None and os.path.samefile(found, script)):
+        return name
+    return shlex.quote(str(script))

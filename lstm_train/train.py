@@ -4,7 +4,7 @@
 in-process); :func:`hydra_main` is the Hydra app around it; :func:`main` is what the console script runs:
 the Hydra app, with every config mistake and every interruption reported on one line and a non-zero exit
 instead of a traceback (lstm_train/cli/report.py). How many processes train, and on which devices:
-lstm_train/training/launch.py.
+lstm_train/cli/launch.py.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lstm_train.cli import report
+from lstm_train.cli import launch, report
 from lstm_train.config import CONFIG_PACKAGE, to_container, validate
+from lstm_train.errors import command
 from lstm_train.models import build_model
 from lstm_train.runs import provenance, rundir
 from lstm_train.runs.rundir import resume_path
 from lstm_train.tasks import build_task
-from lstm_train.training import distributed, launch
+from lstm_train.training import distributed
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, raise_on_signals
 from lstm_train.training.trainer import Trainer
@@ -100,7 +101,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     finally:
         distributed.announce(None)  # if rank 0 failed before announcing, the other ranks stop too
         distributed.finish()
-    log.info("done: %s/metrics.json; to watch it: %s --logdir %s", out_dir, report.command("tensorboard"),
+    log.info("done: %s/metrics.json; to watch it: %s --logdir %s", out_dir, command("tensorboard"),
              shlex.quote(out_dir))
     return metrics["best"]["value"] if metrics["best"] else None
 

@@ -13,6 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from lstm_train.cli.launch import resolve_device
 from lstm_train.config import ConfigError
 from lstm_train.models import build_model
 from lstm_train.nn import compiled, extension
@@ -22,7 +23,6 @@ from lstm_train.tasks.first_last import FirstLast
 from lstm_train.train import train
 from lstm_train.training import trainer as trainer_module
 from lstm_train.training.interrupt import Interrupted
-from lstm_train.training.launch import resolve_device
 from lstm_train.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

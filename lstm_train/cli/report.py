@@ -2,7 +2,7 @@
 traceback; and the command lines it prints (how to resume, how to watch).
 
 :func:`job_errors` wraps one Hydra job, :func:`console_errors` the whole Hydra app as the console script runs it;
-:func:`lstm_train.training.launch.run_worker` reports a data-parallel worker's the same way. HYDRA_FULL_ERROR=1 set
+:func:`lstm_train.cli.launch.run_worker` reports a data-parallel worker's the same way. HYDRA_FULL_ERROR=1 set
 by the user (``wants_traceback``) lets the tracebacks through.
 """
 
@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import shlex
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from lstm_train.config import CONF_DIR, ConfigError, describe_config_error
-from lstm_train.errors import RunError
+from lstm_train.errors import RunError, command
 from lstm_train.runs import rundir
 from lstm_train.training import distributed
 from lstm_train.training.distributed import World
@@ -111,16 +110,6 @@ def resume_command(checkpoint: Path) -> str:
     kept += [o for o in overrides.hydra if o.startswith("hydra.run.dir=")]  # the same dir, if the user chose it
     program = command("lstm-train") if World.from_env().size == 1 else "<your torchrun/srun command> lstm_train.train"
     return f"{program} {shlex.join([*kept, f'trainer.resume={checkpoint.resolve()}'])}"
-
-
-def command(name: str) -> str:
-    """How to run the console script ``name`` installed beside this Python: by name if that is what the shell
-    finds on PATH, else by its full path (a venv that is not activated)."""
-    script = Path(sys.executable).with_name(name)
-    found = shutil.which(name)
-    if not script.is_file() or (found is not None and os.path.samefile(found, script)):
-        return name
-    return shlex.quote(str(script))
 
 
 def fail(message: str, status: int) -> None:

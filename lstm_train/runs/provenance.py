@@ -35,9 +35,8 @@ from hydra.core.override_parser.types import Override
 from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_train.cli.report import command
 from lstm_train.config import CONFIG_PACKAGE
-from lstm_train.errors import ConfigError
+from lstm_train.errors import ConfigError, command
 from lstm_train.schema import escaped
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Data-parallel training on torch.distributed: one model, N processes, one run dir.
 
-Two ways in, one trainer (the launch of each: lstm_train/training/launch.py):
+Two ways in, one trainer (the launch of each: lstm_train/cli/launch.py):
 - ``lstm-train trainer.devices=N``: the Hydra job composes the config and makes the run dir, then starts N
   workers itself with torch's elastic launcher (what ``torchrun --standalone`` runs, as a library call) and
   waits for them.

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lstm_train.cli.report import command
-from lstm_train.errors import ConfigError
+from lstm_train.errors import ConfigError, command
 from lstm_train.runs import rundir
 
 LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
