@@ -135,8 +135,10 @@ def _refused(config: DictConfig) -> bool:
     """Whether lstm-train will refuse the job because its dir holds a run that the job would not continue (as
     when a finished sweep is run again into its sweep dir): :func:`lstm_train.rundir.resume_path`'s rule.
     Nothing of that run may change."""
+    out_dir = Path(config.hydra.runtime.output_dir)
     try:
-        rundir.resume_path(OmegaConf.select(config, "trainer.resume"), Path(config.hydra.runtime.output_dir))
+        resume = rundir.job_resume(OmegaConf.select(config, "trainer.resume"), config.hydra, out_dir)
+        rundir.resume_path(resume, out_dir)
     except ConfigError as e:
         return e.key == "hydra.run.dir"
     return False
@@ -185,6 +187,16 @@ def collect(sweep_dir: str | Path) -> tuple[list[Job], dict[str, str]]:
             raise ValueError(f"{sweep_dir}: none of its {len(skipped)} job dirs could be read ({name}: {why})")
         raise ValueError(f"{sweep_dir} holds no job dirs (<job>/.hydra/overrides.yaml): is it a multirun dir?")
     return sorted(jobs, key=lambda j: j.num), skipped
+
+
+def earlier_jobs(sweep_dir: Path) -> dict[int, Job]:
+    """The jobs a sweep dir holds already, by number: none for a new dir (a dir that cannot be read is left
+    out, with a warning, as in the summary)."""
+    try:
+        jobs, _ = collect(sweep_dir)
+    except ValueError:  # no dir yet, or no job dir in it
+        return {}
+    return {job.num: job for job in jobs}
 
 
 class OddJob(ValueError):
