@@ -253,9 +253,12 @@ def _read_status(job: Job, status: Any) -> None:
     if not isinstance(status, dict) or not isinstance(status.get("status"), str):
         raise OddJob(f"{STATUS_FILE} has no status")
     job.host, job.error = status.get("host"), status.get("error")
+    finished = job.status == "completed"  # its metrics.json, the last thing a job writes before its end
     job.status = status["status"]
     if job.status == "running":
         job.status = _running_or_not(status)
+        if finished and job.status == "died":  # killed between its metrics.json and the end of its status
+            job.status = "completed"
         if job.status == "running" and isinstance(status.get("started"), int | float):
             job.wall_s = time.time() - status["started"]
     elif status.get("wall_s") is not None:
