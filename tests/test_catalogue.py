@@ -253,6 +253,10 @@ CASES = [
      "(without checkpoints), which this run would overwrite; choose another hydra.run.dir", 2),
     ("run-dir-in-use", "a run dir another run is using", "lstm-train", ["hydra.run.dir={d}/busy"],
      "hydra.run.dir: {d}/busy is in use by lstm-train (pid", 2),
+    # -- grid sweeps started again (issue 28)
+    ("sweep-other-grid", "a sweep started again with another grid", "lstm-train",
+     ["-m", "optim.lr=0.2,0.3", "hydra.sweep.dir={d}/sweep"],
+     "hydra.sweep.dir: {d}/sweep holds job 0 with optim.lr=0.1, where this sweep's job 0 has optim.lr=0.2", 2),
 ]
 
 
@@ -308,6 +312,9 @@ def results(tmp_path_factory) -> dict:
     (d / "bad.dict").write_text("hello HH AH0 L OW1\nlonely\n")
     (d / "metrics-only").mkdir()
     (d / "metrics-only/metrics.json").write_bytes((d / "cls/metrics.json").read_bytes())
+    (d / "sweep/0_optim.lr=0.1/.hydra").mkdir(parents=True)  # a sweep dir whose job 0 ran with optim.lr=0.1
+    (d / "sweep/0_optim.lr=0.1/.hydra/overrides.yaml").write_text("- optim.lr=0.1\n")
+    (d / "sweep/0_optim.lr=0.1/.hydra/hydra.yaml").write_text("hydra:\n  job:\n    num: 0\n")
     before = digest(d / "cls")
 
     commands = [[program, *(a.format(d=d, cls=d / "cls", char=d / "char") for a in args),

@@ -71,14 +71,12 @@ def check_same_grid(sweep_dir: Path, earlier: dict[int, Job], grid: Sequence[Seq
                               "in the same order; start it so, or choose another hydra.sweep.dir")
 
 
-class SkipFinished(Launcher):
-    """A launcher's stand-in that returns the stored result of the finished jobs and launches the rest."""
+class SkipFinished:
+    """A launcher's stand-in that returns the stored result of the finished jobs and launches the rest. (Not a
+    Launcher subclass: Hydra would list it as a launcher plugin of its own.)"""
 
     def __init__(self, launcher: Launcher, done: dict[int, Job]) -> None:
         self.launcher, self.done = launcher, done
-
-    def setup(self, **kwargs: Any) -> None:  # the real launcher is set up already
-        pass
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         returns: list[JobReturn] = []
