@@ -133,10 +133,12 @@ class SweepSummary(Callback):
 
 def _refused(config: DictConfig) -> bool:
     """Whether lstm-train will refuse the job because its dir holds a run that the job would not continue (as
-    when a finished sweep is run again into its sweep dir): :func:`lstm_train.rundir.resume_path`'s rule.
+    when a finished sweep is run again into its sweep dir with hydra/sweeper=basic), or that another process is
+    running (the same sweep started twice at once): :func:`lstm_train.rundir.resume_path`'s and the lock's rules.
     Nothing of that run may change."""
     out_dir = Path(config.hydra.runtime.output_dir)
     try:
+        rundir.check_free(out_dir)
         resume = rundir.job_resume(OmegaConf.select(config, "trainer.resume"), config.hydra, out_dir)
         rundir.resume_path(resume, out_dir)
     except ConfigError as e:

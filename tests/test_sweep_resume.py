@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from hydra_plugins.lstm_train_sweeper import ResumableGridSweeper
 from lstm_train import rundir
 from lstm_train.errors import ConfigError
-from lstm_train.sweep import collect
+from lstm_train.sweep import STATUS_FILE, SweepSummary, collect
 from lstm_train.train import train
 from tests.test_sweep import dead_pid, job_config, make_job
 
@@ -135,6 +135,20 @@ def test_a_grid_sweeps_killed_job_continues_its_last_pt(tmp_path, sweeper, resum
     hydra_cfg = job_config(job_dir).hydra
     hydra_cfg.sweeper = {"_target_": sweeper}
     assert rundir.job_resume(resume, hydra_cfg, job_dir) == expected
+
+
+def test_a_job_another_process_runs_keeps_its_status(tmp_path):
+    """The same sweep started twice at once: the second start's job is refused by the dir's lock, and must not
+    write its status over that of the job running there."""
+    job_dir = killed(make_job(tmp_path, 0, job("0.1", 1), status={"status": "running", "host": "h", "pid": 1}))
+    before = (job_dir / STATUS_FILE).read_bytes()
+    config = job_config(job_dir)
+    config.hydra.sweeper = {"_target_": rundir.GRID_SWEEPER}
+    with rundir.claim(job_dir, undo_if_refused=False):
+        SweepSummary().on_job_start(config)
+    assert (job_dir / STATUS_FILE).read_bytes() == before
+    SweepSummary().on_job_start(config)  # the dir free: the job continues there
+    assert json.loads((job_dir / STATUS_FILE).read_text())["pid"] == os.getpid()
 
 
 # ---- killed with SIGTERM, started again -------------------------------------------------------------------
