@@ -76,7 +76,7 @@ def test_a_new_sweep_dir_runs_the_whole_grid(tmp_path):
 
 def test_finished_jobs_are_skipped_and_the_others_launched_under_their_own_numbers(tmp_path):
     make_job(tmp_path, 0, job("0.1", 1), best=0.7)
-    killed(make_job(tmp_path, 1, job("0.1", 2)))
+    continued = killed(make_job(tmp_path, 1, job("0.1", 2)))
     make_job(tmp_path, 2, job("0.2", 1), best=0.9)
     returns = run_grid(tmp_path, grid(), launcher := Launcher())
     # jobs 1 (to continue) and 3 (never started) keep their numbers: two launches
@@ -86,6 +86,9 @@ def test_finished_jobs_are_skipped_and_the_others_launched_under_their_own_numbe
     make_job(tmp_path, 3, job("0.2", 2), best=0.8)
     run_grid(tmp_path, grid(), launcher := Launcher(), max_batch_size=3)
     assert launcher.launches == [(1, [job("0.1", 2)])]  # batches of 3: jobs 0-2, then job 3 (finished)
+    (continued / "metrics.json").write_text(json.dumps({"best": {"value": 0.6, "step": 8}}))  # it finished
+    assert run_grid(tmp_path, grid(), launcher := Launcher()) == [0.7, 0.6, 0.9, 0.8]
+    assert launcher.launches == []  # all finished: nothing to launch
 
 
 @pytest.mark.parametrize(("arguments", "held", "given"), [
@@ -160,22 +163,11 @@ def digest(job_dir: Path) -> dict[str, str]:
             for p in sorted(job_dir.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def never_killed(tmp_path_factory) -> dict[int, dict]:
-    """Each job's metrics.json trained in one go (in-process: the same numbers as a sweep's job)."""
-    from hydra import compose, initialize_config_dir
-
-    from lstm_train.config import CONF_DIR
-
-    out = tmp_path_factory.mktemp("never-killed")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return {seed: train(compose("config", ["debug=fast", f"trainer.seed={seed}"]), out / str(seed))
-                for seed in SEEDS}
-
-
-def kill_and_start_again(sweep_dir: Path, launcher: list[str], never_killed: dict[int, dict]) -> None:
+def kill_and_start_again(sweep_dir: Path, launcher: list[str], compose_cfg, third: bool) -> None:
     """Start a 3-job sweep, SIGTERM its process group once a job is finished and another has a last.pt, start it
-    again: the finished jobs' dirs are unchanged, and every job ends with the metrics of a run never killed."""
+    again: the finished jobs' dirs are unchanged, and the jobs cut off end with the metrics of a run never killed
+    (trained here in-process: the same numbers as a sweep's job). ``third``: start it a third time, which runs
+    nothing and changes no job dir."""
     args = [LSTM_TRAIN, "-m", *launcher, "debug=fast", f"trainer.seed={','.join(map(str, SEEDS))}",
             f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
@@ -192,6 +184,8 @@ def kill_and_start_again(sweep_dir: Path, launcher: list[str], never_killed: dic
     assert proc.returncode != 0  # killed before its end
     done = {p.parent: digest(p.parent) for p in sweep_dir.glob("*/metrics.json")}
     assert 0 < len(done) < len(SEEDS)
+    cut = {j.num: j.overrides["trainer.seed"] for j in collect(sweep_dir)[0] if j.dir not in done}
+    assert any((sweep_dir / f"{num}_trainer.seed={seed}/checkpoints/last.pt").is_file() for num, seed in cut.items())
 
     again = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -200,24 +194,27 @@ def kill_and_start_again(sweep_dir: Path, launcher: list[str], never_killed: dic
     rows = {int(r["job"]): r for r in csv.DictReader((sweep_dir / "sweep_summary.csv").open())}
     assert sorted(rows) == [0, 1, 2] and {r["status"] for r in rows.values()} == {"completed"}
     for num, seed in enumerate(SEEDS):
-        (job_dir,) = sweep_dir.glob(f"{num}_*")
-        metrics, expected = json.loads((job_dir / "metrics.json").read_text()), never_killed[seed]
-        assert (metrics["best"], metrics["test"], metrics["step"]) == (
-            expected["best"], expected["test"], expected["step"]), num
-        assert rows[num]["trainer.seed"] == str(seed) and float(rows[num]["best"]) == expected["best"]["value"]
-    # a third start: nothing left to run, nothing changed
+        metrics = json.loads((sweep_dir / f"{num}_trainer.seed={seed}/metrics.json").read_text())
+        assert rows[num]["trainer.seed"] == str(seed) and float(rows[num]["best"]) == metrics["best"]["value"]
+        if num in cut:
+            expected = train(compose_cfg("debug=fast", f"trainer.seed={seed}"), sweep_dir.parent / f"whole-{num}")
+            assert (metrics["best"], metrics["test"], metrics["step"]) == (
+                expected["best"], expected["test"], expected["step"]), num
+    if not third:
+        return
     everything = digest(sweep_dir)
-    third = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
-    assert third.returncode == 0 and "3 of 3 jobs finished (skipped), 0 to continue" in third.stdout
-    assert "Launching" not in third.stdout
+    last = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
+    assert last.returncode == 0 and "3 of 3 jobs finished (skipped), 0 to continue" in last.stdout
+    assert "Launching" not in last.stdout
     assert {k: v for k, v in digest(sweep_dir).items() if not k.startswith(("sweep_summary", "multirun"))} == {
         k: v for k, v in everything.items() if not k.startswith(("sweep_summary", "multirun"))}
 
 
-def test_a_sweep_killed_and_started_again_ends_as_one_never_killed(tmp_path, never_killed):
-    kill_and_start_again(tmp_path, [], never_killed)
+def test_a_sweep_killed_and_started_again_ends_as_one_never_killed(tmp_path, compose_cfg):
+    kill_and_start_again(tmp_path / "sweep", [], compose_cfg, third=False)
 
 
 @pytest.mark.slow
-def test_a_joblib_sweep_killed_and_started_again_ends_as_one_never_killed(tmp_path, never_killed):
-    kill_and_start_again(tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], never_killed)
+def test_a_joblib_sweep_killed_and_started_again_ends_as_one_never_killed(tmp_path, compose_cfg):
+    kill_and_start_again(tmp_path / "sweep", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], compose_cfg,
+                         third=True)
