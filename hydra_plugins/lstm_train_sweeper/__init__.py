@@ -6,10 +6,10 @@ dir, this subclass skips the jobs whose dir holds their metrics.json (their dirs
 value is their return), launches the others (a job whose dir holds a last.pt continues from it:
 :func:`lstm_train.rundir.job_resume`) and refuses a grid that would put other overrides under a number that
 already has a job dir. Launchers number a launch's jobs from its first one, so the jobs left run in launches of
-consecutive numbers.
+consecutive numbers. A changed grid is refused rather than given new numbers: a job's number is its place in
+the grid, in the job dirs' names and in the summary, and stays so only if the grid does.
 
-
-The plugin reloads a stored study (``load_if_exists``) but runs ``n_trials`` more trials each time it starts,
+Optuna's: the plugin reloads a stored study (``load_if_exists``) but runs ``n_trials`` more trials each time it starts,
 numbering its jobs from 0 again. This subclass counts the trials the study has finished (complete or failed),
 runs only the ones still missing, numbers the new jobs after the study's trials (so job N is trial N and no
 job dir is reused), and creates the sweep dir before Optuna opens its SQLite file there. Everything else is
@@ -38,6 +38,8 @@ IGNORED = ("trainer.resume",)  # overrides that do not make another job (a start
 
 
 class ResumableGridSweeper(BasicSweeper):
+    """Hydra's basic sweeper, continuing the sweep dir it is started on (see the module's docstring)."""
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -47,10 +49,10 @@ class ResumableGridSweeper(BasicSweeper):
             grid = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), None)[0]
             check_same_grid(sweep_dir, earlier, grid)
             done = {n for n, job in earlier.items() if (job.dir / "metrics.json").is_file() and n < len(grid)}
-            kept = sum((job.dir / "checkpoints" / "last.pt").is_file() for n, job in earlier.items()
-                       if n < len(grid) and n not in done)
+            cut = sum((job.dir / "checkpoints" / "last.pt").is_file() for n, job in earlier.items()
+                      if n < len(grid) and n not in done)
             log.info("Continuing sweep %s: %d of %d jobs finished (skipped), %d to continue from their last.pt, "
-                     "%d to start", sweep_dir, len(done), len(grid), kept, len(grid) - len(done) - kept)
+                     "%d to start", sweep_dir, len(done), len(grid), cut, len(grid) - len(done) - cut)
             self.launcher = SkipFinished(self.launcher, {n: earlier[n] for n in done})
         return super().sweep(arguments)
 
@@ -92,6 +94,7 @@ class SkipFinished:
                 log.info("\t#%d : %s: finished before%s; skipped (%s)", num, " ".join(overrides), best, job.dir.name)
                 returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=job.best))
         return returns
+
 
 try:
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
