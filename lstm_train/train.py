@@ -84,6 +84,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         return None
     log.info("run dir: %s", out_dir)
     hydra_cfg = HydraConfig.get()
+    cfg.trainer.resume = rundir.job_resume(cfg.trainer.resume, hydra_cfg, Path(out_dir))
     if cfg.trainer.resume == "auto":
         rundir.warn_if_never_resumed(hydra_cfg, Path(out_dir))
     try:

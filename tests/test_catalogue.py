@@ -267,6 +267,10 @@ CASES = [
      "--rerun outputs/runs/<run>", 2),
     ("rerun-sweep-dir", "rerunning a sweep dir", "lstm-train", ["--rerun", "{d}/sweep"],
      "--rerun {d}/sweep: a sweep dir; give one of its job dirs such as {d}/sweep/0_trainer.seed=1", 2),
+    # -- grid sweeps started again (issue 28)
+    ("sweep-other-grid", "a sweep started again with another grid", "lstm-train",
+     ["-m", "optim.lr=0.2,0.3", "hydra.sweep.dir={d}/grid"],
+     "hydra.sweep.dir: {d}/grid holds job 0 with optim.lr=0.1, where this sweep's job 0 has optim.lr=0.2", 2),
 ]
 
 
@@ -324,6 +328,9 @@ def results(tmp_path_factory) -> dict:
     (d / "sweep/multirun.yaml").write_text("hydra: {}\n")
     (d / "metrics-only").mkdir()
     (d / "metrics-only/metrics.json").write_bytes((d / "cls/metrics.json").read_bytes())
+    (d / "grid/0_optim.lr=0.1/.hydra").mkdir(parents=True)  # a sweep dir whose job 0 ran with optim.lr=0.1
+    (d / "grid/0_optim.lr=0.1/.hydra/overrides.yaml").write_text("- optim.lr=0.1\n")
+    (d / "grid/0_optim.lr=0.1/.hydra/hydra.yaml").write_text("hydra:\n  job:\n    num: 0\n")
     before = digest(d / "cls")
 
     commands = [[program, *(a.format(d=d, cls=d / "cls", char=d / "char") for a in args),

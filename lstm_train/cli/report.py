@@ -53,8 +53,12 @@ def job_errors() -> Iterator[None]:
         if e.checkpoint is None:
             log_to_file(str(e))
             raise
-        # Stopped cleanly at a step: say how to go on from there.
-        message = f"{e}; resume with: {resume_command(e.checkpoint)}"
+        # Stopped cleanly at a step: say how to go on from there (a grid sweep's job: by starting the sweep again).
+        hydra_cfg = HydraConfig.get()
+        if rundir.grid_job(hydra_cfg):
+            message = f"{e}; to continue the sweep, start it again with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+        else:
+            message = f"{e}; resume with: {resume_command(e.checkpoint)}"
         log_to_file(message)
         raise Interrupted(e.signum, message, e.checkpoint) from None
 

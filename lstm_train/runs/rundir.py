@@ -39,6 +39,7 @@ from lstm_train.errors import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
+GRID_SWEEPER = "hydra_plugins.lstm_train_sweeper.ResumableGridSweeper"  # conf/hydra/sweeper/grid.yaml
 # what a run writes into its dir before it trains (names or patterns): Hydra's, the lock, runs/provenance.py's
 HYDRA_FILES = (".hydra", "train.log", LOCK, "provenance.*")
 
@@ -119,6 +120,20 @@ def resume_path(resume: str | None, out_dir: Path) -> Path | None:
             "would overwrite; choose another hydra.run.dir",
         )
     return path
+
+
+def job_resume(resume: str | None, hydra_cfg: DictConfig, out_dir: Path) -> str | None:
+    """``trainer.resume`` as the job uses it: as given, but ``auto`` for a job of a grid sweep started again
+    whose dir holds a last.pt (a job that was killed), which continues from it. The grid sweeper has checked
+    that the dir is this job's (the same overrides), and launches no job whose dir holds its metrics.json."""
+    if resume is None and grid_job(hydra_cfg) and (out_dir / "checkpoints" / "last.pt").is_file():
+        return "auto"
+    return resume
+
+
+def grid_job(hydra_cfg: DictConfig) -> bool:
+    """Whether this is a job of lstm-train's grid sweeper, which a sweep started again continues."""
+    return hydra_cfg.mode == RunMode.MULTIRUN and OmegaConf.select(hydra_cfg, "sweeper._target_") == GRID_SWEEPER
 
 
 def warn_if_never_resumed(hydra_cfg: DictConfig, out_dir: Path) -> None:

@@ -133,10 +133,14 @@ class SweepSummary(Callback):
 
 def _refused(config: DictConfig) -> bool:
     """Whether lstm-train will refuse the job because its dir holds a run that the job would not continue (as
-    when a finished sweep is run again into its sweep dir): :func:`lstm_train.runs.rundir.resume_path`'s rule.
+    when a finished sweep is run again into its sweep dir with hydra/sweeper=basic), or that another process is
+    running (the same sweep started twice at once): :func:`lstm_train.runs.rundir.resume_path`'s and the lock's rules.
     Nothing of that run may change."""
+    out_dir = Path(config.hydra.runtime.output_dir)
     try:
-        rundir.resume_path(OmegaConf.select(config, "trainer.resume"), Path(config.hydra.runtime.output_dir))
+        rundir.check_free(out_dir)
+        resume = rundir.job_resume(OmegaConf.select(config, "trainer.resume"), config.hydra, out_dir)
+        rundir.resume_path(resume, out_dir)
     except ConfigError as e:
         return e.key == "hydra.run.dir"
     return False
@@ -185,6 +189,16 @@ def collect(sweep_dir: str | Path) -> tuple[list[Job], dict[str, str]]:
             raise ValueError(f"{sweep_dir}: none of its {len(skipped)} job dirs could be read ({name}: {why})")
         raise ValueError(f"{sweep_dir} holds no job dirs (<job>/.hydra/overrides.yaml): is it a multirun dir?")
     return sorted(jobs, key=lambda j: j.num), skipped
+
+
+def earlier_jobs(sweep_dir: Path) -> dict[int, Job]:
+    """The jobs a sweep dir holds already, by number: none for a new dir (a dir that cannot be read is left
+    out, with a warning, as in the summary)."""
+    try:
+        jobs, _ = collect(sweep_dir)
+    except ValueError:  # no dir yet, or no job dir in it
+        return {}
+    return {job.num: job for job in jobs}
 
 
 class OddJob(ValueError):
@@ -241,9 +255,12 @@ def _read_status(job: Job, status: Any) -> None:
     if not isinstance(status, dict) or not isinstance(status.get("status"), str):
         raise OddJob(f"{STATUS_FILE} has no status")
     job.host, job.error = status.get("host"), status.get("error")
+    finished = job.status == "completed"  # its metrics.json, the last thing a job writes before its end
     job.status = status["status"]
     if job.status == "running":
         job.status = _running_or_not(status)
+        if finished and job.status == "died":  # killed between its metrics.json and the end of its status
+            job.status = "completed"
         if job.status == "running" and isinstance(status.get("started"), int | float):
             job.wall_s = time.time() - status["started"]
     elif status.get("wall_s") is not None:

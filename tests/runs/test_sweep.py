@@ -654,7 +654,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
     status = json.loads(next(tmp_path.glob("1_*/job_status.json")).read_text())
     assert status["status"] == "completed" and status["threads"] >= 1 and status["wall_s"] > 0
 
-    # Run again into the same sweep dir: job 1 is refused (its dir holds its checkpoints), and nothing of it changes.
+    # Run again into the same sweep dir: job 1 finished, so it is skipped and nothing of it changes; job 0 fails again.
     job = next(tmp_path.glob("1_*"))
     def files() -> dict[Path, bytes]:  # all of it: .hydra/*.yaml and train.log too, which Hydra's job start rewrites
         return {p: p.read_bytes() for p in job.rglob("*") if p.is_file()}
@@ -664,5 +664,6 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
     again = subprocess.run(proc.args, capture_output=True, text=True, timeout=300, env={**os.environ,
                                                                                         "OMP_NUM_THREADS": "1"})
     assert again.returncode == 2, again.stderr[-2000:]
+    assert "#1 : debug=fast model.hidden_size=8: finished before" in again.stdout
     assert files() == kept
     assert "2 jobs: 1 completed, 1 failed." in (tmp_path / "sweep_summary.md").read_text()
