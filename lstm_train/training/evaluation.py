@@ -1,0 +1,34 @@
+"""Evaluation of a model on a split, data-parallel or not."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lstm_train.tasks import Metrics, Split, Task
+from lstm_train.training import distributed
+from lstm_train.training.distributed import World
+from lstm_train.training.precision import Precision
+
+
+class Evaluator:
+    """Evaluates on ``task``'s splits in batches of ``batch_size`` (trainer.eval_batch_size). Data-parallel, each
+    rank evaluates its share of every batch and the sums are added up."""
+
+    def __init__(self, task: Task, batch_size: int, precision: Precision, world: World = World()) -> None:  # noqa: B008
+        self.task, self.batch_size, self.precision, self.world = task, batch_size, precision, world
+
+    def evaluate(self, model: nn.Module, split: Split) -> Metrics:
+        """The split's accumulated metrics (all ranks'); ``model`` is left in eval mode."""
+        metrics = self.task.new_metrics()
+        model.eval()
+        with torch.inference_mode():
+            for batch in self.task.eval_batches(split, self.batch_size):
+                local, real = distributed.shard(batch, self.world)
+                if real:
+                    local = local.to(self.precision.device)
+                    with self.precision.autocast():
+                        output = self.task.forward(model, local)
+                        loss = self.task.loss(output, local)
+                    metrics.update(output, local, loss)
+        return distributed.reduce_metrics(metrics)
