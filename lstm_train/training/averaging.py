@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class WeightAverage:
@@ -19,6 +22,10 @@ class WeightAverage:
         self.decay = decay
         self.model = copy.deepcopy(model).requires_grad_(False)
         self.updates = 0
+
+    def announce(self) -> None:
+        log.info("val, test and best.pt evaluate a moving average of the weights (trainer.ema_decay=%g: about the "
+                 "last %d steps)", self.decay, round(1 / (1 - self.decay)))
 
     def update(self, trained: nn.Module) -> None:
         averaged, weights = list(self.model.parameters()), [w.detach() for w in trained.parameters()]

@@ -53,17 +53,15 @@ class TimeBudget:
         """Whether the budget is spent by ``now`` (a reading of :meth:`elapsed`), and was not before."""
         return self.limit is not None and not self.out_of_time and now >= self.limit
 
-    def spend(self, step: int, now: float, evaluated: bool) -> None:
-        """The budget is spent after ``step`` (the ranks agreed): training ends there, or after one more step."""
-        self.out_of_time = True
-        log.info("trainer.max_time=%s spent after step %d (%s): %s", self.text, step, fmt_seconds(now),
-                 "training ends" if evaluated else "one more step, evaluated")
-
-    def ends(self, evaluated: bool, ended_otherwise: bool) -> bool:
-        """Whether the budget ends training at a step: spent, the step ``evaluated``, and not ``ended_otherwise``
-        (by the step limit or early stopping)."""
+    def after_step(self, step: int, now: float, late: bool, evaluated: bool, ended_otherwise: bool) -> None:
+        """At the end of ``step``: ``late`` (:meth:`runs_out` at ``now``, as the ranks agreed) spends the budget,
+        and training ends there if the step was ``evaluated``, else after the next; ``max_time_reached`` says when
+        the budget ended it, not ``ended_otherwise`` (by the step limit or early stopping)."""
+        if late:
+            self.out_of_time = True
+            log.info("trainer.max_time=%s spent after step %d (%s): %s", self.text, step, fmt_seconds(now),
+                     "training ends" if evaluated else "one more step, evaluated")
         self.max_time_reached = self.out_of_time and evaluated and not ended_otherwise
-        return self.max_time_reached
 
     def state_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.KEYS}
@@ -72,6 +70,25 @@ class TimeBudget:
         self.elapsed_s = state.get("elapsed_s", 0.0)
         self.out_of_time = state.get("out_of_time", False)
         self.max_time_reached = state.get("max_time_reached", False)
+
+
+class Stopwatch:
+    """This process's wall time since it was made, and the part of it in training and in evaluation (metrics.json's
+    ``time``): :meth:`lap` adds the time since the last lap to one of the two, or to neither."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.start = self._last = clock()
+        self.spent = {"train": 0.0, "eval": 0.0}
+
+    def lap(self, kind: str | None = None) -> None:
+        now = self.clock()
+        if kind is not None:
+            self.spent[kind] += now - self._last
+        self._last = now
+
+    def total(self) -> float:
+        return self.clock() - self.start
 
 
 def fmt_seconds(seconds: float) -> str:

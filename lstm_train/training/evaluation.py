@@ -9,6 +9,7 @@ from lstm_train.tasks import Metrics, Split, Task
 from lstm_train.training import distributed
 from lstm_train.training.distributed import World
 from lstm_train.training.precision import Precision
+from lstm_train.training.tracking import Tracker
 
 
 class Evaluator:
@@ -32,3 +33,12 @@ class Evaluator:
                         loss = self.task.loss(output, local)
                     metrics.update(output, local, loss)
         return distributed.reduce_metrics(metrics)
+
+    def test(self, model: nn.Module, tracker: Tracker, step: int) -> dict[str, float]:
+        """The test metrics of ``model``, logged at ``step`` with the task's tables and figures."""
+        metrics = self.evaluate(model, "test")
+        test = metrics.compute()
+        tracker.scalars({f"test/{k}": v for k, v in test.items()}, step)
+        tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, step, markdown=True)
+        tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, step)
+        return test

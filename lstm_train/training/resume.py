@@ -15,8 +15,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lstm_train.errors import ConfigError
 from lstm_train.runs.checkpoint import (
     RESUME_MODEL_RUNTIME,
@@ -27,7 +25,6 @@ from lstm_train.runs.checkpoint import (
     load_checkpoint,
     set_rng_state,
 )
-from lstm_train.tasks import derive_seed
 from lstm_train.training.budget import TimeBudget
 from lstm_train.training.monitor import Monitor, maximizes
 from lstm_train.training.optim import Scheduler, optimizer_state_keys
@@ -61,18 +58,8 @@ def resume(trainer: Trainer, path: str | Path) -> None:
     resume_best(trainer, path, state)  # the last check that can refuse: it copies best.pt
     resume_ema(trainer, path, state.get("ema"))
     set_rng_state(state["rng"])
-    interval = state.get("interval")  # checkpoints written before interruption support have none
-    if interval is not None:
-        world = trainer.world
-        trainer.interval.load_state_dict(interval)
-        if world.main:  # the sums over all ranks; the other ranks start theirs from zero
-            trainer.train_metrics.load_state_dict(interval["train_metrics"])
-        ranks = interval["ranks"]
-        if len(ranks) == world.size:  # each rank goes on with its own rows' state and RNG
-            set_rng_state(ranks[world.rank]["rng"])
-            trainer.task.load_train_state(ranks[world.rank]["task"])
-        elif not world.main:  # another world size: rank 0 goes on from rank 0's, the others afresh
-            torch.manual_seed(derive_seed("rank", trainer.settings.seed, progress.step, world.rank))
+    if state.get("interval") is not None:  # checkpoints written before interruption support have none
+        trainer.interval.load_state_dict(state["interval"], trainer.settings.seed, progress.step)
     trainer.resumed_at = progress.step
     trainer.checkpoints.last = path
     log.info("resumed from %s at step %d (epoch %d)", path, progress.step, progress.epoch)

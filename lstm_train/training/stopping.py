@@ -1,6 +1,6 @@
 """What stops or pauses the loop from outside: SIGINT or SIGTERM (save last.pt at the step, then stop), a
-scheduler's request to save (submitit: SLURM's warning before a requeue). Data-parallel ranks act on them
-together (see lstm_train/training/interrupt.py and distributed.py)."""
+scheduler's request to save (submitit: SLURM's warning before a requeue); see interrupt.py. Data-parallel ranks act
+on them together, as they agree (data_parallel.agreed)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from lstm_train.training import distributed
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, StopRequest, signal_name
 
 log = logging.getLogger(__name__)
-
-
-def agreed(stop: StopRequest, world: World, late: bool = False) -> tuple[int | None, bool, bool]:
-    """The stop signal, save request and budget end (``late``) that every rank acts on now. A signal may reach
-    one process first, and one stopping or saving alone would wait for the others in a collective. A request that
-    comes during the agreement stays in ``stop`` for the next one (the agreed values do not replace it)."""
-    if world.size == 1:
-        return stop.signum, stop.save, late
-    signum, save, late = distributed.agreed_request(stop.signum, stop.save, late)
-    stop.signum, stop.save = stop.signum or signum, stop.save or save  # another rank's request is ours too
-    return signum, save, late
 
 
 def save_on_request(stop: StopRequest, save: Callable[[], Path], step: int) -> None:
@@ -45,3 +33,11 @@ def stopped_in_test(signum: int, step: int, total: int, last: Path | None) -> In
     """The stop after a signal in the test, which has no step to finish: the training is saved in ``last``."""
     return Interrupted(signum, f"interrupted ({signal_name(signum)}) in the test, after training to step {step}/"
                        f"{total} (saved in {last}): no test, no metrics.json", checkpoint=last)
+
+
+def at_once_from_now(stop: StopRequest, world: World, interrupted: Callable[[int], Interrupted]) -> None:
+    """Training is over and saved: from now on a signal stops at once, raising ``interrupted(signum)``, and so does
+    one that came after the loop's last check (alone: data-parallel ranks only act on what they agreed on)."""
+    stop.at_once = interrupted
+    if stop.signum is not None and world.size == 1:
+        raise interrupted(stop.signum)

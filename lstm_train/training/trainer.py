@@ -1,8 +1,6 @@
-"""The training loop: steps, clipping, scheduling, evaluation, checkpoints and the test. Each concern beside the
-loop is a collaborator of its own (lstm_train/training/): the best checkpoint and early stopping (monitor.py), the
-train log (interval_log.py), the time budget (budget.py), the moving average of the weights (averaging.py),
-mixed precision (precision.py), evaluation (evaluation.py), the checkpoints dir (checkpoints.py), signals
-(stopping.py) and resuming (resume.py).
+"""The training loop: steps, clipping, scheduling, evaluation, checkpoints, the test. Each concern beside it is a
+collaborator in lstm_train/training/ (monitor, interval_log, budget, averaging, precision, evaluation, checkpoints,
+stopping, resume).
 
 Order of work after each optimizer step (the same in a fresh and a resumed run, which is what makes a
 resumed run end with the same numbers):
@@ -14,20 +12,18 @@ resumed run end with the same numbers):
    the eval-interval scheduler, best and early-stopping bookkeeping;
 4. at the end of an epoch, the epoch-interval scheduler steps;
 5. after an evaluation, checkpoints/last.pt (and best.pt if it improved) hold the state as it is now.
-Between 2 and 3, every ``probe_every_n_steps`` steps, the gate probe (lstm_train/training/probe.py) logs gates, cell
-states and dL/dh_t per step on a fixed val batch; it works on a copy of the model and changes nothing else.
-With ``trainer.max_time``, the budget is checked at the end of every step (budget.py).
+Between 2 and 3, every ``probe_every_n_steps`` steps, the gate probe (probe.py) logs what the gates do on a fixed
+val batch; it works on a copy of the model and changes nothing else.
+With ``trainer.max_time``, the budget is read at the end of every step (budget.py).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import itertools
 import json
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,9 +40,9 @@ from lstm_train.models import count_parameters
 from lstm_train.runs.checkpoint import atomic_write, rng_state
 from lstm_train.schema import to_schema
 from lstm_train.tasks import Batch, Metrics, Split, Task
-from lstm_train.training import distributed, resume
+from lstm_train.training import data_parallel, distributed, resume, stopping
 from lstm_train.training.averaging import WeightAverage
-from lstm_train.training.budget import TimeBudget
+from lstm_train.training.budget import Stopwatch, TimeBudget
 from lstm_train.training.callbacks import Callback
 from lstm_train.training.checkpoints import Checkpoints
 from lstm_train.training.distributed import World
@@ -58,7 +54,6 @@ from lstm_train.training.optim import Scheduler, build_optimizer
 from lstm_train.training.precision import Precision
 from lstm_train.training.probe import Probe
 from lstm_train.training.progress import Progress, run_length
-from lstm_train.training.stopping import agreed, save_on_request, stopped, stopped_in_test
 from lstm_train.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -83,10 +78,7 @@ class Trainer:
     ):
         self.settings = t = settings
         self.config, self.task, self.model, self.device, self.world = config, task, model, device, world
-        # Training calls go through DDP (it all-reduces the gradients); evaluation uses the model itself.
-        self.train_model = model if world.size == 1 else nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        self.train_model = data_parallel.wrap(model, device, world)  # training's; evaluation uses the model itself
         self.out_dir = Path(out_dir)
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", world)
         self.callbacks = list(callbacks)
@@ -94,7 +86,6 @@ class Trainer:
         self.steps_per_epoch = task.steps_per_epoch(t.batch_size)
         self.run_length = run_length(t.max_steps, t.max_epochs, t.eval_every_n_steps, self.steps_per_epoch)
         self.total_steps = self.run_length["step"]
-
         self.monitor = Monitor.for_task(t.monitor, t.monitor_mode, t.early_stopping_patience, task)
         self.params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(config["optim"], [p for _, p in self.params])
@@ -102,7 +93,6 @@ class Trainer:
         self.scheduler = self.new_scheduler()
         self.ema = None if t.ema_decay is None else WeightAverage(model, t.ema_decay)
         self.eval_model = model if self.ema is None else self.ema.model  # what val, test and samples evaluate
-        self.clip = t.clip_grad_norm or 0.0
         # Passed only when set: a task written before label smoothing existed has loss(output, batch).
         self.loss_options = {"label_smoothing": t.label_smoothing} if t.label_smoothing else {}
         if self.loss_options and "label_smoothing" not in inspect.signature(task.loss).parameters:
@@ -113,8 +103,7 @@ class Trainer:
         self.progress = Progress()
         self.budget = TimeBudget(None if t.max_time is None else duration_seconds(t.max_time), t.max_time)
         self.resumed_at: int | None = None  # the step a resumed run started from
-        self.interval = IntervalLog(self.params, device, world)  # the train log since its last write
-        self.train_metrics = task.new_metrics()  # since the last evaluation
+        self.interval = IntervalLog(self.params, task, device, world)  # since the last log and evaluation
         self.probe = None
         if t.probe_every_n_steps:
             try:
@@ -125,7 +114,6 @@ class Trainer:
     def new_scheduler(self) -> Scheduler:
         return Scheduler(self.config["scheduler"], self.optimizer, self.run_length, mode=self.monitor.direction)
 
-    # ---- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -133,17 +121,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "progress": {**dataclasses.asdict(self.progress), **self.monitor.state_dict(), **self.budget.state_dict()},
             "ema": None if self.ema is None else self.ema.state_dict(),
-            # What the steps since the last evaluation accumulated, summed over the ranks (rank 0 carries the
-            # sums on), and each rank's own carried state and RNG: a run stopped there resumes exactly.
-            "interval": {
-                **self.interval.state_dict(),
-                "train_metrics": distributed.reduce_metrics(copy.deepcopy(self.train_metrics)).state_dict(),
-                "ranks": distributed.gather({"rng": rng_state(), "task": self.task.train_state()}),
-            },
-            "rng": rng_state(),
-            "config": self.config,
-            "task": self.task.state_dict(),
-            "num_params": self.num_params,
+            "interval": self.interval.state_dict(),  # what the steps since the last evaluation accumulated
+            "rng": rng_state(), "config": self.config, "task": self.task.state_dict(), "num_params": self.num_params,
         }
 
     def resume(self, path: str | Path) -> None:
@@ -155,21 +134,16 @@ class Trainer:
         self.budget.elapsed_s = self.budget.elapsed() if elapsed is None else elapsed
         return self.checkpoints.save(self.state_dict(), improved)  # on every rank: it gathers what each holds
 
-    # ---- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train, test, write metrics.json; returns its content.
-
-        A SIGINT or SIGTERM stops the loop after the step in progress, saves last.pt at that step and raises
-        :class:`~lstm_train.training.interrupt.Interrupted` (see lstm_train/training/interrupt.py); a resumed run
-        then ends with the same numbers.
-        """
+        """Train, test, write metrics.json; returns its content. A SIGINT or SIGTERM stops the loop after the step in
+        progress, saves last.pt at that step and raises :class:`~lstm_train.training.interrupt.Interrupted`
+        (interrupt.py); a resumed run then ends with the same numbers."""
         t, p, n = self.settings, self.progress, self.world.size
         where = f"on {self.device}" if n == 1 else f"in {n} processes on {self.device.type} (data-parallel)"
         log.info("%s: %s parameters; %d steps (%d per epoch), batch %d, %s", type(self.model).__name__,
                  f"{self.num_params:,}", self.total_steps, self.steps_per_epoch, t.batch_size, where)
         if self.ema is not None:
-            log.info("val, test and best.pt evaluate a moving average of the weights (trainer.ema_decay=%g: about "
-                     "the last %d steps)", t.ema_decay, round(1 / (1 - t.ema_decay)))
+            self.ema.announce()
         # purge_step: a run resumed into its own dir hides the events a killed process logged after last.pt
         # (those up to the checkpoint's step were logged before it was saved).
         tracker = Tracker(self.out_dir if self.world.main else None,
@@ -179,8 +153,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_start(self)
         self.budget.start(p.step, self.total_steps)
-        clock = {"train": 0.0, "eval": 0.0}
-        start = time.perf_counter()
+        watch = Stopwatch()
         self.model.train()
         try:
             with deferred_signals() as stop, logging_redirect_tqdm(), tqdm(
@@ -188,16 +161,14 @@ class Trainer:
                 desc="train" if n == 1 else f"train ({n} processes, {self.device.type})",
                 disable=None if t.progress_bar and self.world.main else True, mininterval=1.0,
             ) as bar:
-                while ((signum := agreed(stop, self.world)[0]) is None and p.step < self.total_steps
+                while ((signum := data_parallel.agreed(stop, self.world)[0]) is None and p.step < self.total_steps
                        and not (self.monitor.stopped_early or self.budget.max_time_reached)):
-                    self._run_epoch(tracker, bar, clock, stop)
+                    self._run_epoch(tracker, bar, watch, stop)
                 if signum is not None:
-                    raise stopped(signum, self._save(improved=False), p.step, self.total_steps)
+                    raise stopping.stopped(signum, self._save(improved=False), p.step, self.total_steps)
                 elapsed = self.budget.elapsed()
-                # no step to finish: a signal stops the test at once
-                stop.at_once = lambda signum: stopped_in_test(signum, p.step, self.total_steps, self.checkpoints.last)
-                if stop.signum is not None and n == 1:  # it came after the last check
-                    raise stop.at_once(stop.signum)
+                stopping.at_once_from_now(stop, self.world, lambda signum: stopping.stopped_in_test(
+                    signum, p.step, self.total_steps, self.checkpoints.last))
                 test, tested, unusable_best = self._test(tracker)
         finally:
             tracker.close()
@@ -208,7 +179,7 @@ class Trainer:
             "stopped_early": self.monitor.stopped_early, "max_time_reached": self.budget.max_time_reached,
             # wall time of this process (a resumed run counts its own part only); elapsed_s: the training loop's,
             # the processes it was resumed from included (what trainer.max_time counts)
-            "time": {"total_s": time.perf_counter() - start, "train_s": clock["train"], "eval_s": clock["eval"],
+            "time": {"total_s": watch.total(), "train_s": watch.spent["train"], "eval_s": watch.spent["eval"],
                      "elapsed_s": elapsed},
         }
         if self.world.main:
@@ -220,17 +191,16 @@ class Trainer:
                            f"test_checkpoint: last); the trained run is in {self.checkpoints.last}")
         return result
 
-    def _run_epoch(self, tracker: Tracker, bar: tqdm, clock: dict[str, float], stop: StopRequest) -> None:
+    def _run_epoch(self, tracker: Tracker, bar: tqdm, watch: Stopwatch, stop: StopRequest) -> None:
         t, p, budget = self.settings, self.progress, self.budget
         batches = self.task.train_batches(p.epoch, t.batch_size, t.seed)
-        tic = time.perf_counter()
+        watch.lap()
         for batch in itertools.islice(batches, p.batch_in_epoch, None):  # skips what a resumed run has seen
             step = p.step + 1  # the step about to run
             end_of_epoch = p.batch_in_epoch + 1 == self.steps_per_epoch
             at_limit = step >= self.total_steps
             finished = at_limit or budget.out_of_time
-            every = t.eval_every_n_steps
-            evaluate = finished or (end_of_epoch if every is None else step % every == 0)
+            evaluate = finished or (end_of_epoch if t.eval_every_n_steps is None else step % t.eval_every_n_steps == 0)
             log_now = evaluate or step % t.log_every_n_steps == 0
             self._train_step(batch, log_now)
             bar.update(1)
@@ -243,8 +213,7 @@ class Trainer:
                 tracker.figures(summary.figures, step)
             improved = False
             if evaluate:
-                toc = time.perf_counter()
-                clock["train"] += toc - tic
+                watch.lap("train")
                 improved = self._validate(tracker)
             if end_of_epoch:
                 self.scheduler.step("epoch")
@@ -253,43 +222,31 @@ class Trainer:
             # The budget is read once, and that reading is what the checkpoint records: a run resumed from it
             # decides as this one did (its evaluated step owed, or done).
             now = budget.elapsed()
-            signum, save, late = agreed(stop, self.world, budget.runs_out(now))
-            if late:
-                budget.spend(step, now, evaluate)
-            budget.ends(evaluate, at_limit or self.monitor.stopped_early)
+            signum, save, late = data_parallel.agreed(stop, self.world, budget.runs_out(now))
+            budget.after_step(step, now, late, evaluate, at_limit or self.monitor.stopped_early)
             if evaluate:
                 self._save(improved, now)
-                tic = time.perf_counter()
-                clock["eval"] += tic - toc
+                watch.lap("eval")
             if save and signum is None:
-                save_on_request(stop, lambda: self._save(improved=False), p.step)
+                stopping.save_on_request(stop, lambda: self._save(improved=False), p.step)
             if finished or end_of_epoch or self.monitor.stopped_early or budget.max_time_reached or signum is not None:
                 break
-        clock["train"] += time.perf_counter() - tic
+        watch.lap("train")
 
     def _train_step(self, batch: Batch, log_now: bool) -> None:
         """One optimizer step on the global ``batch`` (on the CPU), of which this rank computes its share."""
         local, real = distributed.shard(batch, self.world)
-        # This rank's share of the batch's loss weight (samples, or real tokens), counted on the CPU
-        share = self.task.loss_weight(local) / self.task.loss_weight(batch) if real and self.world.size > 1 else 0.0
+        share = data_parallel.loss_share(self.task, local, batch, real, self.world)
         local = local.to(self.device)
         with self.precision.autocast():
             output = self.task.forward(self.train_model, local)
             loss = self.task.loss(output, local, **self.loss_options)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.world.size == 1:
-            loss.backward()
-            part = loss.detach()
-        else:
-            # The loss times its share, times N: DDP averages the gradients over the N ranks, which makes them
-            # the gradient of the global batch's mean loss (over samples, or over real tokens).
-            (loss * (share * self.world.size)).backward()
-            part = loss.detach() * share  # summed over the ranks when logged: the global batch's mean
+        part = data_parallel.backward(loss, share, self.world)  # this rank's part of the batch's mean loss
         if log_now:
             self.interval.take_norms()  # before clipping
-        clipped = None
-        if self.clip > 0:
-            clipped = nn.utils.clip_grad_norm_([p for _, p in self.params], self.clip) > self.clip
+        clip = self.settings.clip_grad_norm  # 0 or None: no clipping
+        clipped = nn.utils.clip_grad_norm_([p for _, p in self.params], clip) > clip if clip else None
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         self.optimizer.step()
         if self.ema is not None:
@@ -299,17 +256,15 @@ class Trainer:
         self.progress.batch_in_epoch += 1
         self.interval.add(part, clipped, lr)
         if real:
-            self.train_metrics.update(output, local, loss)
+            self.interval.metrics.update(output, local, loss)
         for callback in self.callbacks:
             callback.on_step_end(self)
 
     def _validate(self, tracker: Tracker) -> bool:
         """Evaluate on val, log, update best and early stopping; True if the monitored metric improved."""
         p, monitor = self.progress, self.monitor
-        val = self.evaluate("val").compute()
-        p.last_val = val
-        p.last_train = distributed.reduce_metrics(self.train_metrics).compute()
-        self.train_metrics = self.task.new_metrics()
+        p.last_val = val = self.evaluate("val").compute()
+        p.last_train = self.interval.take_metrics()
         tracker.scalars({f"val/{k}": v for k, v in val.items()}, p.step)
         # train/loss is logged per step; the other train metrics are means since the last evaluation.
         tracker.scalars({f"train/{k}": v for k, v in p.last_train.items() if k != "loss"}, p.step)
@@ -337,12 +292,7 @@ class Trainer:
         tested, unusable = "last", None
         if self.settings.test_checkpoint == "best":
             tested, unusable = self.checkpoints.load_best(self.eval_model, self.monitor.best, self.device)
-        metrics = self.evaluate("test")
-        test, step = metrics.compute(), self.progress.step
-        tracker.scalars({f"test/{k}": v for k, v in test.items()}, step)
-        tracker.text({f"test/{k}": v for k, v in metrics.tables().items()}, step, markdown=True)
-        tracker.figures({f"test/{k}": v for k, v in metrics.figures().items()}, step)
-        return test, tested, unusable
+        return self.evaluator.test(self.eval_model, tracker, self.progress.step), tested, unusable
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -132,9 +132,9 @@ def settings(trainer: Trainer) -> dict:
         "scheduler": (type(trainer.scheduler.scheduler), trainer.scheduler.settings, trainer.scheduler.interval,
                       {k: v for k, v in scheduler.items() if k in SCHEDULER_SETTINGS}),
         "length": (trainer.run_length, trainer.steps_per_epoch),
-        "monitor": (trainer.monitor.name, trainer.monitor.maximize, trainer.monitor.patience), "clip": trainer.clip,
-        "loss": trainer.loss_options, "max_time": trainer.budget.limit, "ema": trainer.ema is None,
-        "probe": trainer.probe is None,
+        "monitor": (trainer.monitor.name, trainer.monitor.maximize, trainer.monitor.patience),
+        "settings": trainer.settings, "loss": trainer.loss_options, "max_time": trainer.budget.limit,
+        "ema": trainer.ema is None, "probe": trainer.probe is None,
         "dropout": [m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)],
         "config": trainer.config,
     }

@@ -18,9 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lstm_train.config import ConfigError
 from lstm_train.train import train
 from lstm_train.training import distributed
+from lstm_train.training.data_parallel import agreed
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, StopRequest
-from lstm_train.training.stopping import agreed
 from tests.training.callbacks import SignalInStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
