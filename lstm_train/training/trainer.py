@@ -1,6 +1,6 @@
-"""The training loop: steps, clipping, scheduling, evaluation, checkpoints, the test. Each concern beside it is a
-collaborator in lstm_train/training/ (monitor, interval_log, budget, averaging, precision, evaluation, checkpoints,
-stopping, resume).
+"""The training loop: steps, clipping, scheduling, evaluation, checkpoints, the test. The concerns beside it are
+collaborators in lstm_train/training/: monitor, interval_log, budget, averaging, precision, evaluation, checkpoints,
+data_parallel, stopping, resume (and callbacks: code from outside run at points of the loop).
 
 Order of work after each optimizer step (the same in a fresh and a resumed run, which is what makes a
 resumed run end with the same numbers):
