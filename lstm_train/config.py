@@ -223,6 +223,9 @@ class PlateauConfig(SchedulerConfig):  # its mode (min or max) follows trainer.m
 # ---- trainer/ -----------------------------------------------------------------------------------------
 @dataclass
 class TrainerConfig(Schema):
+    """trainer.*: what the Trainer and its parts read, as this dataclass (lstm_train.training.trainer.build_trainer
+    types the group with to_schema); lstm_train/train.py reads the process's keys (device, threads, resume)."""
+
     seed: int = value(_seed)  # model init, training data order or draws, dropout
     max_epochs: int | None = value(positive)  # the run ends at whichever of the two comes first
     max_steps: int | None = value(positive)

@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,18 @@ from lstm_train.runs import provenance, rundir
 from lstm_train.runs.rundir import resume_path
 from lstm_train.tasks import build_task
 from lstm_train.training import distributed
+from lstm_train.training.callbacks import Callback
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, raise_on_signals
-from lstm_train.training.trainer import Trainer
+from lstm_train.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[str, Any]:  # noqa: B008 (frozen)
-    """Train, evaluate and test as ``cfg`` says, writing events, checkpoints and metrics.json to ``out_dir``.
+def train(cfg: DictConfig, out_dir: str | Path, world: World = World(),  # noqa: B008 (frozen)
+          callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train, evaluate and test as ``cfg`` says, writing events, checkpoints and metrics.json to ``out_dir``;
+    ``callbacks`` run at points of the loop (lstm_train/training/callbacks.py).
 
     ``world``: this process's rank among the processes that train the model together
     (lstm_train/training/distributed.py).
@@ -60,7 +64,7 @@ def train(cfg: DictConfig, out_dir: str | Path, world: World = World()) -> dict[
     torch.manual_seed(cfg.trainer.seed)  # model init; data has its own generators (see tasks.base)
     task = build_task(cfg.task)
     model = build_model(cfg.model, task).to(device)
-    trainer = Trainer(cfg, task, model, out_dir, device, world)
+    trainer = build_trainer(cfg, task, model, out_dir, device, world, callbacks)
     if resume is not None:
         trainer.resume(resume)
     return trainer.fit()

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from lstm_train.config import CONF_DIR
 from lstm_train.nn import compiled
 from lstm_train.train import train
-from lstm_train.training.trainer import Trainer
+from lstm_train.training.checkpoints import Checkpoints
 from tests.paths import on_path
 
 CONF = str(CONF_DIR)
@@ -33,14 +33,14 @@ def killed_after_first_checkpoint() -> Callable[[DictConfig, Path], None]:
     """killed(cfg, run_dir): train, stopped by a KeyboardInterrupt right after its first checkpoint is written."""
 
     def killed(cfg: DictConfig, run_dir: Path) -> None:
-        save = Trainer._save
+        save = Checkpoints.save
 
-        def save_then_crash(self: Trainer, *args: object) -> None:
+        def save_then_crash(self: Checkpoints, *args: object) -> None:
             save(self, *args)
             raise KeyboardInterrupt
 
         with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
-            patch.setattr(Trainer, "_save", save_then_crash)
+            patch.setattr(Checkpoints, "save", save_then_crash)
             train(cfg, run_dir)
 
     return killed

@@ -27,7 +27,7 @@ from lstm_train.runs.trained import load_trained
 from lstm_train.schema import closest, escaped
 from lstm_train.tasks import build_task
 from lstm_train.train import train
-from lstm_train.training.trainer import Trainer
+from lstm_train.training.trainer import build_trainer
 
 CONF = CONF_DIR
 
@@ -81,7 +81,7 @@ def test_compose_every_combination(compose_cfg, tmp_path):
         # the memory estimate's weights are a lower bound of the model's (check_memory refuses only what cannot fit)
         assert recurrent_weights(cfg.model, task_.inputs.features or cfg.model.embedding_dim) \
             <= count_parameters(model_), overrides
-        Trainer(cfg, task_, model_, tmp_path, torch.device("cpu"))  # builds optimizer and scheduler
+        build_trainer(cfg, task_, model_, tmp_path, torch.device("cpu"))  # builds optimizer and scheduler
         built += 1
     assert built > 0
 
@@ -183,7 +183,7 @@ def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
         validate(cfg)  # before any data is read
     task = build_task(cfg.task)
     with pytest.raises(ConfigError, match=message):
-        Trainer(cfg, task, build_model(cfg.model, task), tmp_path, torch.device("cpu"))
+        build_trainer(cfg, task, build_model(cfg.model, task), tmp_path, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,10 @@ from lstm_train.runs.trained import load_trained
 from lstm_train.tasks import build_task
 from lstm_train.tasks.first_last import FirstLast
 from lstm_train.train import train
-from lstm_train.training import trainer as trainer_module
+from lstm_train.training import precision
 from lstm_train.training.interrupt import Interrupted
-from lstm_train.training.trainer import Trainer
+from lstm_train.training.trainer import build_trainer
+from tests.training.callbacks import SignalInStep, StepClock, WeightsAfterEachStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,13 +160,6 @@ def test_label_smoothing_is_for_the_training_loss_only(compose_cfg, tmp_path, mo
 
 def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compose_cfg, tmp_path, monkeypatch):
     plain = train(compose_cfg("debug=fast"), tmp_path / "plain")
-    trained, step = [], Trainer._train_step
-
-    def record(self, batch, log_now):
-        step(self, batch, log_now)
-        trained.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
-
-    monkeypatch.setattr(Trainer, "_train_step", record)
     shown = []  # the weights of the model whose samples go to TensorBoard, at each evaluation
     samples = FirstLast.samples
 
@@ -175,7 +169,9 @@ def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compo
 
     monkeypatch.setattr(FirstLast, "samples", spy)
     cfg = compose_cfg("debug=fast", "trainer.ema_decay=0.7")
-    result = train(cfg, tmp_path / "ema")
+    after_each_step = WeightsAfterEachStep()
+    result = train(cfg, tmp_path / "ema", callbacks=[after_each_step])
+    trained = after_each_step.weights
     last, best = (torch.load(tmp_path / "ema/checkpoints" / n, weights_only=True) for n in ("last.pt", "best.pt"))
     # Training is untouched: the same weights and train loss as without the average.
     before = torch.load(tmp_path / "plain/checkpoints/last.pt", weights_only=True)["model"]
@@ -193,7 +189,7 @@ def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compo
     task = build_task(cfg.task)
     model = build_model(cfg.model, task)
     model.load_state_dict(best["ema"]["weights"])
-    check = Trainer(compose_cfg("debug=fast"), task, model, tmp_path / "check", torch.device("cpu"))
+    check = build_trainer(compose_cfg("debug=fast"), task, model, tmp_path / "check", torch.device("cpu"))
     assert check.evaluate("test").compute() == result["test"]
     # lstm-predict and the other tools load the weights the run evaluated
     _, _, loaded = load_trained(tmp_path / "ema/checkpoints/best.pt")
@@ -208,15 +204,15 @@ def test_ema_starts_when_a_run_without_one_resumes_with_it(compose_cfg, tmp_path
     again = train(compose_cfg("debug=fast", "trainer.max_epochs=1", "trainer.test_checkpoint=last",
                               "trainer.ema_decay=0.8", f"trainer.resume={last}"), tmp_path / "b")
     assert again["test"] == first["test"]
-    with caplog.at_level(logging.WARNING, logger="lstm_train.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="lstm_train.training"):
         train(compose_cfg("debug=fast", "trainer.ema_decay=0.8", f"trainer.resume={last}"), tmp_path / "c")
     assert "holds no moving average of the weights: trainer.ema_decay starts one at step 8" in caplog.text
     assert torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=True)["ema"]["updates"] == 8
 
 
-def test_max_time_ends_the_run_at_the_next_evaluated_step(compose_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "_elapsed", lambda self: float(self.progress.step))  # a clock of 1 s per step
-    result = train(compose_cfg("debug=fast", "trainer.max_time=5s"), tmp_path / "a")
+def test_max_time_ends_the_run_at_the_next_evaluated_step(compose_cfg, tmp_path):
+    clock = [StepClock()]  # a clock of 1 s per step
+    result = train(compose_cfg("debug=fast", "trainer.max_time=5s"), tmp_path / "a", callbacks=clock)
     # spent after step 5, which was not evaluated: step 6 is, and ends the run (an epoch is 8 steps)
     assert result["step"] == 6 and result["max_time_reached"] and result["best"]["step"] == 6
     assert [e.step for e in events(tmp_path / "a").Scalars("val/acc")] == [6]
@@ -224,38 +220,32 @@ def test_max_time_ends_the_run_at_the_next_evaluated_step(compose_cfg, tmp_path,
     last = tmp_path / "a/checkpoints/last.pt"
     assert torch.load(last, weights_only=True)["progress"]["elapsed_s"] == 6.0
     # spent after an evaluated step (the first epoch's end): the run ends there, with no extra step
-    at_eval = train(compose_cfg("debug=fast", "trainer.max_time=8"), tmp_path / "b")
+    at_eval = train(compose_cfg("debug=fast", "trainer.max_time=8"), tmp_path / "b", callbacks=clock)
     assert at_eval["step"] == 8 and at_eval["max_time_reached"]
     assert [e.step for e in events(tmp_path / "b").Scalars("val/acc")] == [8]
     # resumed with its budget spent, the run only tests; resumed with more, it trains on
-    again = train(compose_cfg("debug=fast", "trainer.max_time=5s", f"trainer.resume={last}"), tmp_path / "c")
+    again = train(compose_cfg("debug=fast", "trainer.max_time=5s", f"trainer.resume={last}"), tmp_path / "c",
+                  callbacks=clock)
     assert without_time(again) == without_time(result)
     assert not (tmp_path / "c/checkpoints/last.pt").exists()
-    more = train(compose_cfg("debug=fast", "trainer.max_time=1h", f"trainer.resume={last}"), tmp_path / "d")
+    more = train(compose_cfg("debug=fast", "trainer.max_time=1h", f"trainer.resume={last}"), tmp_path / "d",
+                 callbacks=clock)
     assert more["step"] == 16 and not more["max_time_reached"]
 
 
-def test_max_time_owed_step_survives_an_interrupt_and_the_step_limit_is_no_budget_end(compose_cfg, tmp_path,
-                                                                                      monkeypatch):
-    monkeypatch.setattr(Trainer, "_elapsed", lambda self: float(self.progress.step))  # a clock of 1 s per step
+def test_max_time_owed_step_survives_an_interrupt_and_the_step_limit_is_no_budget_end(compose_cfg, tmp_path):
+    clock = StepClock()  # a clock of 1 s per step
     cfg = compose_cfg("debug=fast", "trainer.max_time=5s")
-    unbroken = train(cfg, tmp_path / "a")
+    unbroken = train(cfg, tmp_path / "a", callbacks=[clock])
     # SIGTERM in step 5, the step after which the budget is spent and one evaluated step is owed
-    train_step = Trainer._train_step
-
-    def signal_in_step_5(self, batch, log_now):
-        train_step(self, batch, log_now)
-        if self.progress.step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(Trainer, "_train_step", signal_in_step_5)
     with pytest.raises(Interrupted):
-        train(cfg, tmp_path / "b")
-    monkeypatch.setattr(Trainer, "_train_step", train_step)
-    resumed = train(compose_cfg("debug=fast", "trainer.max_time=5s", "trainer.resume=auto"), tmp_path / "b")
+        train(cfg, tmp_path / "b", callbacks=[clock, SignalInStep(5, signal.SIGTERM)])
+    resumed = train(compose_cfg("debug=fast", "trainer.max_time=5s", "trainer.resume=auto"), tmp_path / "b",
+                    callbacks=[clock])
     assert without_time(resumed) == without_time(unbroken) and resumed["step"] == 6
     # the budget spent at the last step: the step limit ended training, not the budget
-    assert not train(compose_cfg("debug=fast", "trainer.max_time=16"), tmp_path / "c")["max_time_reached"]
+    assert not train(compose_cfg("debug=fast", "trainer.max_time=16"), tmp_path / "c",
+                     callbacks=[clock])["max_time_reached"]
 
 
 def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, killed_after_first_checkpoint):
@@ -284,7 +274,7 @@ def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(co
     monkeypatch.setattr(FirstLast, "forward", spy("forward", forward))
     monkeypatch.setattr(FirstLast, "loss", spy("loss", loss))
     # the wiring is under test: a CPU that the trainer refuses for speed runs this tiny model anyway
-    monkeypatch.setattr(trainer_module, "bf16_products", lambda: True)
+    monkeypatch.setattr(precision, "bf16_products", lambda: True)
     kernel_calls = []
     layer = compiled.compiled_layer
     monkeypatch.setattr(compiled, "compiled_layer", lambda *a, **k: kernel_calls.append(a[8:]) or layer(*a, **k))
@@ -301,8 +291,8 @@ def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(co
 
 
 def test_bf16_precision_is_refused_where_bfloat16_would_be_emulated(compose_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "bf16_products", lambda: False)
-    monkeypatch.setattr(trainer_module.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "bf16_products", lambda: False)
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
     with pytest.raises(ConfigError, match=r"^trainer.precision: this CPU has no AVX512-BF16, so bfloat16 products "
                        r"would be emulated, far slower than float32: set trainer.precision=fp32$"):
         train(compose_cfg("debug=fast", "trainer.precision=bf16"), tmp_path)

@@ -22,8 +22,10 @@ from lstm_train.models import build_model
 from lstm_train.runs.checkpoint import RESUME_REFUSED, load_checkpoint, save_checkpoint
 from lstm_train.tasks import build_task
 from lstm_train.train import train
+from lstm_train.training.checkpoints import Checkpoints
+from lstm_train.training.evaluation import Evaluator
 from lstm_train.training.interrupt import Interrupted
-from lstm_train.training.trainer import Trainer
+from lstm_train.training.trainer import Trainer, build_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,7 +115,7 @@ def first_runs(tmp_path_factory):
 def trainer_for(cfg, out_dir: Path) -> Trainer:
     torch.manual_seed(cfg.trainer.seed)
     task = build_task(cfg.task)
-    return Trainer(cfg, task, build_model(cfg.model, task), out_dir, torch.device("cpu"))
+    return build_trainer(cfg, task, build_model(cfg.model, task), out_dir, torch.device("cpu"))
 
 
 # The scheduler's own copies of its settings (the rest of its state is where it is in the run)
@@ -126,12 +128,13 @@ def settings(trainer: Trainer) -> dict:
     groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in trainer.optimizer.param_groups]
     scheduler = trainer.scheduler.state_dict() or {}
     return {
-        "optimizer": (type(trainer.optimizer), groups, trainer._base_lrs),
+        "optimizer": (type(trainer.optimizer), groups, trainer.base_lrs),
         "scheduler": (type(trainer.scheduler.scheduler), trainer.scheduler.settings, trainer.scheduler.interval,
                       {k: v for k, v in scheduler.items() if k in SCHEDULER_SETTINGS}),
         "length": (trainer.run_length, trainer.steps_per_epoch),
-        "monitor": (trainer.monitor, trainer.maximize), "clip": trainer.clip, "loss": trainer._loss_options,
-        "max_time": trainer.max_time, "ema": trainer.ema is None, "probe": trainer.probe is None,
+        "monitor": (trainer.monitor.name, trainer.monitor.maximize, trainer.monitor.patience),
+        "settings": trainer.settings, "loss": trainer.loss_options, "max_time": trainer.budget.limit,
+        "ema": trainer.ema is None, "probe": trainer.probe is None,
         "dropout": [m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)],
         "config": trainer.config,
     }
@@ -186,7 +189,7 @@ def test_the_lr_after_a_resume_is_the_changed_runs(compose_cfg, tmp_path, first_
     last = first_runs(compose_cfg, *first)
     extended = ["trainer.max_epochs=2", *change]  # every case also trains on past the first run's end
     unbroken = train(compose_cfg(*BASE, *first, *extended), tmp_path / "unbroken")
-    with caplog.at_level(logging.INFO, logger="lstm_train.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="lstm_train.training"):
         resumed = train(compose_cfg(*BASE, *first, *extended, f"trainer.resume={last}"), tmp_path / "resumed")
     assert resumed["step"] == unbroken["step"] > 4
     want = [(e.step, e.value) for e in _scalars(tmp_path / "unbroken", "train/lr") if e.step > 4]
@@ -197,7 +200,7 @@ def test_the_lr_after_a_resume_is_the_changed_runs(compose_cfg, tmp_path, first_
 
 def test_an_extended_run_says_what_its_schedule_now_is(compose_cfg, tmp_path, first_runs, caplog):
     last = first_runs(compose_cfg, "scheduler.warmup_steps=0")
-    with caplog.at_level(logging.INFO, logger="lstm_train.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="lstm_train.training"):
         train(compose_cfg(*BASE, "scheduler.warmup_steps=0", "trainer.max_epochs=3", "optim.lr=0.05",
                           f"trainer.resume={last}"), tmp_path)
     assert ("learning-rate schedule from step 4: WarmupCosineLR(warmup_steps=0, total_steps=12, min_lr_ratio=0.0) "
@@ -206,7 +209,7 @@ def test_an_extended_run_says_what_its_schedule_now_is(compose_cfg, tmp_path, fi
 
 def test_an_unchanged_schedule_is_loaded_not_rebuilt(compose_cfg, tmp_path, first_runs, caplog):
     last = first_runs(compose_cfg, *STEP)
-    with caplog.at_level(logging.INFO, logger="lstm_train.training.trainer"):  # StepLR does not depend on the length
+    with caplog.at_level(logging.INFO, logger="lstm_train.training"):  # StepLR does not depend on the length
         train(compose_cfg(*BASE, *STEP, "trainer.max_epochs=2", f"trainer.resume={last}"), tmp_path)
     assert "learning-rate schedule" not in caplog.text
 
@@ -219,7 +222,7 @@ def test_an_unchanged_schedule_is_loaded_not_rebuilt(compose_cfg, tmp_path, firs
 ])
 def test_another_optimizer_starts_afresh_and_says_so(compose_cfg, tmp_path, first_runs, caplog, change, message):
     last = first_runs(compose_cfg)
-    with caplog.at_level(logging.WARNING, logger="lstm_train.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="lstm_train.training"):
         result = train(compose_cfg(*BASE, "trainer.max_epochs=2", change, f"trainer.resume={last}"), tmp_path)
     assert result["step"] == 8
     assert any(re.search(message, r.getMessage()) for r in caplog.records), caplog.text
@@ -237,7 +240,7 @@ def test_plateau_never_takes_another_schedulers_state(compose_cfg, tmp_path, fir
 def test_another_monitor_restarts_the_best(compose_cfg, tmp_path, first_runs, caplog):
     last = first_runs(compose_cfg)  # best by val/acc
     before = load_checkpoint(last)["progress"]["best"]
-    with caplog.at_level(logging.WARNING, logger="lstm_train.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="lstm_train.training"):
         result = train(compose_cfg(*BASE, "trainer.max_epochs=2", "trainer.monitor=val/loss",
                                    f"trainer.resume={last}"), tmp_path)
     assert "trainer.monitor is val/loss (min) now, val/acc (max) in the checkpoint: the best restarts at step 4" \
@@ -278,17 +281,17 @@ def test_model_and_data_keys_are_refused(compose_cfg, tmp_path, first_runs, chan
 @pytest.fixture
 def stopped_between_saves(compose_cfg, tmp_path):
     """A run killed after writing last.pt at step 8 (a new best) and before best.pt: its run dir."""
-    save = Trainer._save
+    save = Checkpoints.save
 
-    def save_last_then_die(self, improved, *args):
-        if self.progress.step < 8:
-            return save(self, improved, *args)
-        save(self, False, *args)  # last.pt, recording itself as the best...
+    def save_last_then_die(self, state, improved):
+        if state["progress"]["step"] < 8:
+            return save(self, state, improved)
+        save(self, state, False)  # last.pt, recording itself as the best...
         raise KeyboardInterrupt  # ...and no best.pt
 
     cfg = compose_cfg(*BASE, "trainer.max_epochs=2", "trainer.monitor=val/loss", "optim.lr=0.05")
     with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(Trainer, "_save", save_last_then_die)
+        patch.setattr(Checkpoints, "save", save_last_then_die)
         train(cfg, tmp_path / "a")
     last = load_checkpoint(tmp_path / "a/checkpoints/last.pt")["progress"]
     assert last["step"] == 8 and last["best"]["step"] == 8  # the case: val/loss improved at step 8
@@ -304,7 +307,7 @@ def test_a_stop_between_last_and_best_is_repaired_on_resume(compose_cfg, tmp_pat
                      tmp_path / "unbroken")
     out = tmp_path / "b" if where == "new-dir" else run
     resume = f"trainer.resume={run / 'checkpoints/last.pt'}" if where == "new-dir" else "trainer.resume=auto"
-    with caplog.at_level(logging.WARNING, logger="lstm_train.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="lstm_train.training"):
         resumed = train(compose_cfg(*BASE, "trainer.max_epochs=2", "trainer.monitor=val/loss", "optim.lr=0.05",
                                     resume), out)
     assert "records itself as the best (a stop between the two saves): best.pt is made from it" in caplog.text
@@ -332,7 +335,7 @@ def test_a_last_pt_without_its_best_pt_restarts_the_best(compose_cfg, tmp_path, 
     state = load_checkpoint(first_runs(compose_cfg))
     state["progress"]["best"]["step"] = 2  # not last.pt itself: nothing to make best.pt from
     save_checkpoint(alone, {k: v for k, v in state.items() if k != "format"})
-    with caplog.at_level(logging.WARNING, logger="lstm_train.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="lstm_train.training"):
         result = train(compose_cfg(*BASE, "trainer.max_epochs=2", f"trainer.resume={alone}"), tmp_path / "new")
     assert "no best.pt beside" in caplog.text and "the best restarts at step 4" in caplog.text
     assert result["best"]["step"] == 8
@@ -349,13 +352,13 @@ def test_a_checkpoint_with_keys_missing_is_one_line(compose_cfg, tmp_path, first
 
 # ---- the end of a run -----------------------------------------------------------------------------------------
 def test_an_unreadable_best_pt_at_test_time_keeps_the_training(compose_cfg, tmp_path, monkeypatch):
-    test = Trainer._test
+    load_best = Checkpoints.load_best
 
-    def corrupt_then_test(self, tracker):
-        (self.checkpoints / "best.pt").write_bytes(b"not a checkpoint")  # the disk failing after the last save
-        return test(self, tracker)
+    def corrupt_then_load(self, *args):
+        (self.dir / "best.pt").write_bytes(b"not a checkpoint")  # the disk failing after the last save
+        return load_best(self, *args)
 
-    monkeypatch.setattr(Trainer, "_test", corrupt_then_test)
+    monkeypatch.setattr(Checkpoints, "load_best", corrupt_then_load)
     with pytest.raises(RunError) as error:
         train(compose_cfg(*BASE, "trainer.max_epochs=2"), tmp_path)
     assert str(error.value) == (
@@ -370,12 +373,12 @@ def test_an_unreadable_best_pt_at_test_time_keeps_the_training(compose_cfg, tmp_
 CORRUPT_BEST = """
 import sys
 from lstm_train import train
-from lstm_train.training.trainer import Trainer
-test = Trainer._test
-def corrupt_then_test(self, tracker):
-    (self.checkpoints / "best.pt").write_bytes(b"not a checkpoint")
-    return test(self, tracker)
-Trainer._test = corrupt_then_test
+from lstm_train.training.checkpoints import Checkpoints
+load_best = Checkpoints.load_best
+def corrupt_then_load(self, *args):
+    (self.dir / "best.pt").write_bytes(b"not a checkpoint")
+    return load_best(self, *args)
+Checkpoints.load_best = corrupt_then_load
 sys.argv = ["lstm-train", *sys.argv[1:]]
 train.main()
 """
@@ -394,14 +397,14 @@ def test_an_unreadable_best_pt_at_test_time_is_one_line_and_exit_1(tmp_path):
 
 
 def test_a_signal_during_the_test_stops_it_and_says_so(compose_cfg, tmp_path, monkeypatch):
-    evaluate = Trainer.evaluate
+    evaluate = Evaluator.evaluate
 
-    def signal_in_test(self, split):
+    def signal_in_test(self, model, split):
         if split == "test":
             os.kill(os.getpid(), signal.SIGINT)
-        return evaluate(self, split)
+        return evaluate(self, model, split)
 
-    monkeypatch.setattr(Trainer, "evaluate", signal_in_test)
+    monkeypatch.setattr(Evaluator, "evaluate", signal_in_test)
     with pytest.raises(Interrupted) as stopped:
         train(compose_cfg(*BASE), tmp_path / "a")
     last = tmp_path / "a/checkpoints/last.pt"

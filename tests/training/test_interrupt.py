@@ -18,9 +18,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lstm_train.config import ConfigError
 from lstm_train.train import train
 from lstm_train.training import distributed
+from lstm_train.training.data_parallel import agreed
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, StopRequest
-from lstm_train.training.trainer import Trainer
+from tests.training.callbacks import SignalInStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,18 +40,6 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return [(e.step, e.value) for e in acc.Scalars("train/loss")]
-
-
-def interrupt_at(monkeypatch, step: int, signum: int) -> None:
-    """Send ``signum`` to this process from inside training step ``step`` (1-based), as a user would mid-step."""
-    original = Trainer._train_step
-
-    def train_step(self, batch, log_now):
-        original(self, batch, log_now)
-        if self.progress.step == step:
-            os.kill(os.getpid(), signum)
-
-    monkeypatch.setattr(Trainer, "_train_step", train_step)
 
 
 @pytest.fixture
@@ -74,7 +63,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_at_the_step_and_resumes_to_the_same_numbers(
-    compose_cfg, tmp_path, monkeypatch, text_file, case, signum
+    compose_cfg, tmp_path, text_file, case, signum
 ):
     overrides = ["debug=fast", "trainer.progress_bar=false", *CASES[case]]
     if case == "char-bptt":
@@ -84,10 +73,8 @@ def test_a_signal_stops_at_the_step_and_resumes_to_the_same_numbers(
     total = uninterrupted["step"]
 
     stop_at = total // 2 + 1  # not an evaluation step: the log interval and the train metrics are half-full
-    interrupt_at(monkeypatch, stop_at, signum)
     with pytest.raises(Interrupted) as stopped:
-        train(cfg, tmp_path / "b")
-    monkeypatch.undo()
+        train(cfg, tmp_path / "b", callbacks=[SignalInStep(stop_at, signum)])
     assert stopped.value.exit_code == 128 + signum
     assert str(stopped.value).startswith(f"interrupted ({signal.Signals(signum).name}) at step {stop_at}/{total}")
     last = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)
@@ -243,7 +230,5 @@ def test_a_signal_during_the_ranks_agreement_is_kept_for_the_next(monkeypatch):
         return None, False, late  # what the ranks had before it
 
     monkeypatch.setattr(distributed, "agreed_request", agree_while_a_signal_comes)
-    trainer = Trainer.__new__(Trainer)  # only its world matters here
-    trainer.world = World(rank=1, size=2)
-    assert trainer._agreed(stop) == (None, False, False)  # not acted on alone at this step...
+    assert agreed(stop, World(rank=1, size=2)) == (None, False, False)  # not acted on alone at this step...
     assert stop.signum == signal.SIGTERM  # ...but agreed on at the next
