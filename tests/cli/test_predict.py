@@ -11,38 +11,18 @@ import torch
 from lstm_train.cli import predict
 from lstm_train.runs.checkpoint import load_checkpoint, save_checkpoint
 from lstm_train.train import train
+from tests.helpers import compose_config, threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tagging_run(tmp_path_factory, *overrides: str):
     """A debug-sized tag_synthetic run (composed here: module-scoped fixtures run it once for the file)."""
-    from hydra import compose, initialize_config_dir
-
-    from lstm_train.config import CONF_DIR
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "debug=fast",
-                "model=tagger",
-                "task=tag_synthetic",
-                "task.rule=first",
-                "task.vocab_size=5",
-                "task.train_size=1024",
-                "trainer.max_epochs=5",
-                "optim.lr=0.02",
-                *overrides,
-            ],
-        )
+    cfg = compose_config("debug=fast", "model=tagger", "task=tag_synthetic", "task.rule=first", "task.vocab_size=5",
+                         "task.train_size=1024", "trainer.max_epochs=5", "optim.lr=0.02", *overrides)
     out = tmp_path_factory.mktemp("run")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         train(cfg, out)
-    finally:
-        torch.set_num_threads(before)
     return out
 
 

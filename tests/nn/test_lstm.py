@@ -7,49 +7,13 @@ import math
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from lstm_train.nn import LSTM, LSTMCell, TorchLSTM, build_lstm, lstm_cell
+from tests.helpers import assert_parity, grads, run_torch, twins
 from tests.paths import FAST_PATHS, PATHS
 
 TOL = {"atol": 1e-9, "rtol": 0}
-
-
-def twins(impl: str, input_size: int = 3, hidden: int = 4, **kwargs) -> tuple[torch.nn.LSTM, LSTM]:
-    """A torch.nn.LSTM and ours holding the same (random, float64) weights."""
-    theirs = torch.nn.LSTM(input_size, hidden, **kwargs).double()
-    ours = LSTM(input_size, hidden, impl=impl, **kwargs).double()
-    ours.load_state_dict(theirs.state_dict())
-    return theirs, ours
-
-
-def run_torch(lstm: torch.nn.LSTM, x: torch.Tensor, hx, lengths):
-    if lengths is None:
-        return lstm(x, hx)
-    packed = pack_padded_sequence(x, torch.tensor(lengths), batch_first=lstm.batch_first, enforce_sorted=False)
-    out, state = lstm(packed, hx)
-    total = x.shape[1 if lstm.batch_first else 0]
-    return pad_packed_sequence(out, batch_first=lstm.batch_first, total_length=total)[0], state
-
-
-def grads(outputs, inputs, seed: int = 1):
-    """Gradients of a random linear function of all outputs, so every output's gradient path is tested."""
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
-    return torch.autograd.grad(loss, inputs)
-
-
-def assert_parity(theirs, ours, x, hx=None, lengths=None):
-    o1, (h1, c1) = run_torch(theirs, x, hx, lengths)
-    o2, (h2, c2) = ours(x, hx, lengths=lengths)
-    assert o2.is_contiguous()
-    for a, b in ((o1, o2), (h1, h2), (c1, c2)):
-        assert a.shape == b.shape
-        torch.testing.assert_close(b, a, **TOL)
-    inputs1 = [x, *theirs.parameters()] + ([] if hx is None else list(hx))
-    inputs2 = [x, *ours.parameters()] + ([] if hx is None else list(hx))
-    for a, b in zip(grads((o1, h1, c1), inputs1), grads((o2, h2, c2), inputs2), strict=True):
-        torch.testing.assert_close(b, a, **TOL)
 
 
 @pytest.mark.parametrize("impl", PATHS, indirect=True)

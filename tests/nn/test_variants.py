@@ -20,6 +20,7 @@ from torch.func import functional_call
 from lstm_train.config import ConfigError, validate
 from lstm_train.nn import LSTM, VARIANTS, Cell, Noise, TorchLSTM, Variant, build_lstm, build_recurrent, variants
 from lstm_train.nn.compiled import _announced
+from tests.helpers import grads
 from tests.paths import PATHS, on_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,12 +110,6 @@ def random_lstm(name: str, ln: bool = False, impl: str = "fast", seed: int = 0, 
         for w in lstm.parameters():
             w.normal_(0, 0.6)
     return lstm
-
-
-def grads(outputs, inputs):
-    g = torch.Generator().manual_seed(1)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
-    return torch.autograd.grad(loss, inputs)
 
 
 @pytest.mark.parametrize("ln", [False, True], ids=["", "ln"])

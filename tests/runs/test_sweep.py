@@ -32,8 +32,7 @@ from lstm_train.models import build_model
 from lstm_train.nn.variants import VARIANTS
 from lstm_train.runs.sweep import STATUS_FILE, SweepSummary, collect, incomplete_beta, main, welch, write_summary
 from lstm_train.tasks import build_task
-
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
+from tests.helpers import LSTM_TRAIN
 
 
 # ---- a sweep dir as lstm-train -m leaves it -------------------------------------------------------------
