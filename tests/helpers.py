@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -30,7 +32,7 @@ TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 8
 PARITY_TOL = {"atol": 1e-9, "rtol": 0}
 
 
-# ---- configs and runs -----------------------------------------------------------------------------------------------
+# ---- configs and runs ----------------------------------------------------------------------------------------
 def compose_config(*overrides: str) -> DictConfig:
     """The config lstm-train would run with these overrides, for fixtures that outlive a test (conftest's
     compose_cfg is the one for a test)."""
@@ -73,7 +75,7 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# ---- text_char and model=char ----------------------------------------------------------------------------
+# ---- text_char and model=char --------------------------------------------------------------------------------
 def char_cfg(compose_cfg: Callable[..., DictConfig], path: Path, *overrides: str) -> DictConfig:
     """A debug-sized, validated text_char + model=char config reading ``path``."""
     cfg = compose_cfg("debug=fast", "task=text_char", "model=char", f"task.path={path}", "task.val_fraction=0.1",
@@ -113,7 +115,53 @@ def memorise(model: torch.nn.Module, ids: torch.Tensor, steps: int = 150) -> flo
     return loss.item()
 
 
-# ---- our LSTM against torch.nn.LSTM --------------------------------------------------------------------
+# ---- text_cls ------------------------------------------------------------------------------------------------
+ROWS = [(f"the {w} is good", "pos") for w in ("cat", "dog", "sun", "day")] * 5 + [
+    (f"a {w} was bad!", "neg") for w in ("rat", "fog", "storm", "night")] * 5
+
+
+def write_rows(tmp_path: Path, kind: str, rows=ROWS, text: str = "body", label: str = "y") -> Path:
+    """data.<kind> (csv, tsv or jsonl) holding ``rows`` of (text, label), with an id column too."""
+    path = tmp_path / f"data.{kind}"
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps({text: t, label: y, "id": i}) + "\n" for i, (t, y) in enumerate(rows)))
+    else:
+        sep = "," if kind == "csv" else "\t"
+        path.write_text(f"id{sep}{text}{sep}{label}\n" + "".join(f"{i}{sep}{t}{sep}{y}\n" for i, (t, y) in
+                                                                 enumerate(rows)))
+    return path
+
+
+def cls_cfg(compose_cfg: Callable[..., DictConfig], path: Path, *overrides: str) -> DictConfig:
+    """A debug-sized, validated text_cls config reading write_rows's file at ``path``."""
+    cfg = compose_cfg("debug=fast", "task=text_cls", f"task.path={path}", "task.text_column=body",
+                      "task.label_column=y", "task.val_fraction=0.2", "task.test_fraction=0.2",
+                      "trainer.progress_bar=false", *overrides)
+    validate(cfg)
+    return cfg
+
+
+# ---- tagging -------------------------------------------------------------------------------------------------
+def tag_synthetic_cfg(compose_cfg: Callable[..., DictConfig], *overrides: str) -> DictConfig:
+    """A small model=tagger + task=tag_synthetic config."""
+    return compose_cfg("model=tagger", "task=tag_synthetic", "model.hidden_size=8", "model.embedding_dim=6",
+                       "task.val_size=16", "task.test_size=16", "task.train_size=32", *overrides)
+
+
+def write_random_conll(path: Path, n: int = 20, seed: int = 0) -> Path:
+    """n sentences of random words with random BIO tags, in CoNLL-2003's four columns."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(30)]
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+        for _ in range(rng.randint(4, 10)):
+            lines.append(f"{rng.choice(words)} NN I-NP {rng.choice(['O', 'B-PER', 'I-PER', 'B-LOC'])}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ---- our LSTM against torch.nn.LSTM --------------------------------------------------------------------------
 def twins(impl: str, input_size: int = 3, hidden: int = 4, **kwargs) -> tuple[torch.nn.LSTM, LSTM]:
     """A torch.nn.LSTM and ours holding the same (random, float64) weights."""
     theirs = torch.nn.LSTM(input_size, hidden, **kwargs).double()

@@ -463,10 +463,14 @@ def test_lstm_cell_raises_torchs_exception_type(mistake):
     assert "\n" not in str(info.value)
 
 
-def test_lstm_cell_constructor_types():
-    for kwargs in ({"bias": "x"}, {"input_size": 3.0}, {"hidden_size": None}):
-        with pytest.raises(TypeError):
-            LSTMCell(**{"input_size": 3, "hidden_size": 4, **kwargs})
+@pytest.mark.parametrize("kwargs", [{"bias": "x"}, {"input_size": 3.0}, {"hidden_size": None}],
+                         ids=["bias", "input_size", "hidden_size"])
+def test_lstm_cell_constructor_types(kwargs):
+    with pytest.raises(TypeError):
+        LSTMCell(**{"input_size": 3, "hidden_size": 4, **kwargs})
+
+
+def test_lstm_cell_needs_a_hidden_unit():
     with pytest.raises(ValueError, match="hidden_size must be at least 1"):
         LSTMCell(3, 0)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -438,16 +439,21 @@ def test_weight_drop_is_one_mask_on_w_hh_per_call(variant):
     assert torch.equal(lstm(x)[0], lstm(x)[0])
 
 
-def test_regularisers_are_checked():
-    for kwargs in ({"zoneout_c": 1.0}, {"zoneout_h": -0.1}, {"recurrent_dropout": 1}, {"weight_drop": 2.0}):
-        with pytest.raises(ValueError, match=r"must be a number in|dropout should be"):
-            LSTM(3, 4, **kwargs)
-    with pytest.raises(ValueError, match="unknown LSTM variant 'x'; choose one of lstm, v"):
-        LSTM(3, 4, variant="x")
-    with pytest.raises(ValueError, match="need our LSTM"):
-        build_lstm("torch", 3, 4, variant="v")
-    with pytest.raises(ValueError, match="a GRU has no such cell"):
-        build_recurrent("gru", "fast", 3, 4, zoneout_c=0.1)
+@pytest.mark.parametrize(("build", "message"), [
+    (partial(LSTM, 3, 4, zoneout_c=1.0), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, zoneout_h=-0.1), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, recurrent_dropout=1), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, weight_drop=2.0), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, variant="x"), "unknown LSTM variant 'x'; choose one of lstm, v"),
+    (partial(build_lstm, "torch", 3, 4, variant="v"), "need our LSTM"),
+    (partial(build_recurrent, "gru", "fast", 3, 4, zoneout_c=0.1), "a GRU has no such cell"),
+], ids=["zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop", "variant", "torch-variant", "gru-zoneout"])
+def test_regularisers_are_checked(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_the_torch_backend_without_a_variant_is_torchs_lstm():
     assert isinstance(build_lstm("torch", 3, 4), TorchLSTM)
 
 
