@@ -84,14 +84,14 @@ def char_cfg(compose_cfg: Callable[..., DictConfig], path: Path, *overrides: str
     return cfg
 
 
-class CharRun(NamedTuple):
-    """A finished text_char run (conftest's char_run): its dir, config and metrics, the text file it read (since
-    removed) and the overrides of char_cfg it was composed with."""
+class Run(NamedTuple):
+    """A finished run a session fixture made (conftest's char_run, seq2seq_run): its dir, config and metrics,
+    its data file if it read one, and the overrides it was composed with."""
 
     dir: Path
     cfg: DictConfig
     metrics: dict
-    data: Path
+    data: Path | None
     overrides: tuple[str, ...]
 
 
@@ -139,6 +139,23 @@ def cls_cfg(compose_cfg: Callable[..., DictConfig], path: Path, *overrides: str)
                       "trainer.progress_bar=false", *overrides)
     validate(cfg)
     return cfg
+
+
+# ---- seq2seq ------------------------------------------------------------------------------------------------
+# A cmudict.dict: a few odd lines, alternates, a comment, and 300 made-up words.
+CMUDICT = """\
+;;; a comment line of the old format
+# and of the new
+'bout  B AW1 T
+a AH0
+a(2) EY1
+a.m. EY2 EH1 M
+x-ray EH1 K S R EY2
+record R EH1 K ER0 D
+record(2) R IH0 K AO1 R D
+record(3) R EH1 K ER2 D
+cat K AE1 T  # an animal
+""" + "".join(f"w{chr(97 + i % 26)}{chr(97 + i // 26)}x W AH1 K{i % 3}\n" for i in range(300))
 
 
 # ---- tagging -------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """lstm-predict on the checkpoints of whole runs in-process (a tagger, a character-aware tagger, a text
-classifier): tags and labels, formats, one-line errors, unknown words named."""
+classifier, seq2seq): tags and labels, formats, one-line errors, unknown words named."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from lstm_train.cli import predict
 from lstm_train.runs.checkpoint import load_checkpoint, save_checkpoint
+from lstm_train.tasks.seq2seq import transduce
 from lstm_train.train import train
 from tests.helpers import cls_cfg, compose_config, threads, write_rows
 
@@ -210,3 +211,19 @@ def test_words_the_classifier_lacks_are_named(text_cls_run, capsys):
     assert capsys.readouterr().err == (
         "lstm-predict: warning: 4 of the input's 5 tokens (80%) are not in the model's vocabulary and read as unknown "
         f"('zebra', 'sang', 'loudly', 'today'); it was trained on task=text_cls ({data})\n")
+
+
+# ---- a seq2seq model ------------------------------------------------------------------------------------------
+def test_predict_transduces_as_the_trained_model_does(seq2seq_run, capsys):
+    # one output line per input, the same as transduce on the trained model
+    inputs = ["cat", "waax"] if seq2seq_run.cfg.task.name == "g2p" else ["3 1 2", "0 0 5 4"]
+    checkpoint = seq2seq_run.dir / "checkpoints" / "best.pt"
+    model, task, _ = predict.load(checkpoint)
+    predict.main([str(checkpoint), *inputs, "--beam-size", "3"])
+    assert capsys.readouterr().out.splitlines() == list(transduce(model, task, inputs, beam_size=3))
+
+
+def test_predict_refuses_a_beam_size_below_one(seq2seq_run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(seq2seq_run.dir / "checkpoints" / "best.pt"), "cat", "--beam-size", "0"])
+    assert exit_.value.code == 2 and "--beam-size: must be >= 1" in capsys.readouterr().err
