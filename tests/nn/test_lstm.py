@@ -35,17 +35,17 @@ def test_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_st
 
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
-def test_gradients_when_only_one_output_is_used(impl, used):
+@pytest.mark.parametrize("lengths", [None, [6, 2, 1, 4]], ids=["full", "padded"])
+def test_gradients_when_only_one_output_is_used(impl, used, lengths):
     """A classifier reads h_n only, a tagger the output only: the unused outputs get no gradient at all."""
     torch.manual_seed(16)
     theirs, ours = twins(impl, num_layers=2, bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=torch.double, requires_grad=True)
     pick = {"output": lambda r: r[0], "h_n": lambda r: r[1][0], "c_n": lambda r: r[1][1]}[used]
-    for lengths in (None, [6, 2, 1, 4]):
-        expected = grads((pick(run_torch(theirs, x, None, lengths)),), [x, *theirs.parameters()])
-        actual = grads((pick(ours(x, lengths=lengths)),), [x, *ours.parameters()])
-        for a, b in zip(expected, actual, strict=True):
-            torch.testing.assert_close(b, a, **TOL)
+    expected = grads((pick(run_torch(theirs, x, None, lengths)),), [x, *theirs.parameters()])
+    actual = grads((pick(ours(x, lengths=lengths)),), [x, *ours.parameters()])
+    for a, b in zip(expected, actual, strict=True):
+        torch.testing.assert_close(b, a, **TOL)
 
 
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
@@ -312,8 +312,14 @@ def test_backends_agree_on_padded_batches(impl):
     for b in ("reference", "torch"):
         torch.testing.assert_close(outs[b][0], outs["fast"][0], **TOL)
         torch.testing.assert_close(outs[b][1][0], outs["fast"][1][0], **TOL)
+
+
+def test_the_torch_backend_hides_its_gates():
     with pytest.raises(ValueError, match="hides its gates"):
-        models["torch"](x, return_gates=True)
+        build_lstm("torch", 3, 4, 2, batch_first=True, bidirectional=True)(torch.randn(4, 7, 3), return_gates=True)
+
+
+def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown LSTM backend 'cudnn'"):
         build_lstm("cudnn", 3, 4)
 
