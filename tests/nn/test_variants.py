@@ -369,44 +369,48 @@ def test_zoneout_on_the_kernel_in_training(name, rows, compiled_kernel):
         assert torch.autograd.gradcheck(run, (x,))
 
 
+# 7 rows take the kernel's blocked loop, 2 rows ATen's products
+ROWS = pytest.mark.parametrize("rows", [7, 2], ids=["blocked", "aten"])
+
+
+@ROWS
 @pytest.mark.parametrize("name", ["lstm", "v", "nog"])
-def test_recurrent_dropout_on_the_kernel_matches_the_reference(name, compiled_kernel):
+def test_recurrent_dropout_on_the_kernel_matches_the_reference(name, rows, compiled_kernel):
     """In training: both paths draw one mask per layer and direction in the same order, so a seed gives both the
     same masks; outputs and gradients, blocked loop and ATen's products (few rows), padded, bidirectional."""
     lstm = random_lstm(name, recurrent_dropout=0.4)
-    for rows in (7, 2):
-        x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
-        lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
-        results = []
-        for path in ("compiled", "reference"):
-            with on_path(path) as impl:
-                lstm.impl = impl
-                torch.manual_seed(3)
-                out, (h, c) = lstm(x, lengths=lengths)
-                results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
-        for a, b in zip(*results, strict=True):
-            torch.testing.assert_close(a, b, **TOL)
+    x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
+    lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
+    results = []
+    for path in ("compiled", "reference"):
+        with on_path(path) as impl:
+            lstm.impl = impl
+            torch.manual_seed(3)
+            out, (h, c) = lstm(x, lengths=lengths)
+            results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
 
 
+@ROWS
 @pytest.mark.parametrize("name", ["lstm", "v", "cifg"])
-def test_a_seed_draws_the_same_regularisers_on_every_path(name, compiled_kernel):
+def test_a_seed_draws_the_same_regularisers_on_every_path(name, rows, compiled_kernel):
     """In training with zoneout and recurrent dropout, one seed gives the kernel, the pure-PyTorch loop and the
     reference the same masks (each draws every layer and direction's zoneout masks before its loop, then its dropout
     mask): the same outputs and gradients, padded, stacked, bidirectional, blocked loop and ATen's products."""
     lstm = random_lstm(name, zoneout_c=0.3, zoneout_h=0.3, recurrent_dropout=0.2)
-    for rows in (7, 2):
-        x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
-        lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
-        results = []
-        for path in PATHS:
-            with on_path(path) as impl:
-                lstm.impl = impl
-                torch.manual_seed(3)
-                out, (h, c) = lstm(x, lengths=lengths)
-                results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
-        for other in results[1:]:
-            for a, b in zip(results[0], other, strict=True):
-                torch.testing.assert_close(a, b, **TOL)
+    x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
+    lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
+    results = []
+    for path in PATHS:
+        with on_path(path) as impl:
+            lstm.impl = impl
+            torch.manual_seed(3)
+            out, (h, c) = lstm(x, lengths=lengths)
+            results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
 
 
 def test_zoneout_at_test_is_its_expectation_and_deterministic():
