@@ -16,6 +16,7 @@ from lstm_train.config import CONF_DIR
 from lstm_train.nn import compiled
 from lstm_train.train import train
 from lstm_train.training.checkpoints import Checkpoints
+from tests.helpers import CMUDICT, TEXT, Run, char_cfg, compose_config, threads
 from tests.paths import on_path
 
 CONF = str(CONF_DIR)
@@ -75,3 +76,43 @@ def impl(request: pytest.FixtureRequest) -> Iterator[str]:
         request.getfixturevalue("compiled_kernel")
     with on_path(request.param) as impl:
         yield impl
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """tiny.txt, holding tests.helpers.TEXT: the data of a text_char run."""
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def char_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A debug-sized text_char run, trained once for the tests of the task and of lstm-generate. The text it
+    read is removed afterwards: what reads its checkpoint must find the vocabulary in it alone."""
+    data = tmp_path_factory.mktemp("char_run") / "tiny.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    overrides = ("task.seq_len=16", "task.train_size=64")
+    cfg = char_cfg(compose_config, data, *overrides)
+    with threads(1):
+        metrics = train(cfg, data.parent / "run")
+    data.unlink()
+    return Run(data.parent / "run", cfg, metrics, data, overrides)
+
+
+@pytest.fixture(scope="session", params=["sort", "g2p"])
+def seq2seq_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A debug-sized model=seq2seq run with beam search, on task=sort and on task=g2p (a small cmudict), each
+    trained once for the tests of the task and of lstm-predict."""
+    root = tmp_path_factory.mktemp(f"seq2seq_{request.param}")
+    data = root / "dict.txt" if request.param == "g2p" else None
+    extra = ()
+    if data is not None:
+        data.write_text(CMUDICT)
+        extra = (f"task.path={data}", "task.val_size=null")
+    overrides = ("model=seq2seq", f"task={request.param}", "debug=fast", "model.beam_size=2",
+                 "trainer.progress_bar=false", *extra)
+    cfg = compose_config(*overrides)
+    with threads(1):
+        metrics = train(cfg, root / "run")
+    return Run(root / "run", cfg, metrics, data, overrides)

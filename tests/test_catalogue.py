@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
 import subprocess
@@ -22,7 +21,8 @@ import torch
 
 from lstm_train.runs import rundir
 from lstm_train.train import train
-from tests import ROOT
+from tests import ROOT, TESTS
+from tests.helpers import ENV, compose_config
 
 TEXT = "In the beginning God created the heaven and the earth.\nAnd the earth was without form.\n" * 30
 
@@ -282,18 +282,12 @@ def digest(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("catalogue")
-    from hydra import compose, initialize_config_dir
-
-    from lstm_train.config import CONF_DIR
-
     torch.set_num_threads(1)
     text = d / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        train(compose("config", ["debug=fast"]), d / "cls")
-        train(compose("config", ["debug=fast", "task=text_char", "model=char", f"task.path={text}",
-                                 "task.val_fraction=0.1", "task.test_fraction=0.1", "task.sample_length=0"]),
-              d / "char")
+    train(compose_config("debug=fast"), d / "cls")
+    train(compose_config("debug=fast", "task=text_char", "model=char", f"task.path={text}", "task.val_fraction=0.1",
+                         "task.test_fraction=0.1", "task.sample_length=0"), d / "char")
     checkpoint = (d / "cls/checkpoints/last.pt").read_bytes()
     (d / "truncated.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
     state = torch.load(d / "cls/checkpoints/last.pt", weights_only=True)
@@ -337,10 +331,9 @@ def results(tmp_path_factory) -> dict:
                  *([f"hydra.run.dir={d / 'runs' / case}", "trainer.progress_bar=false"]
                    if program == "lstm-train" and not any(a.startswith("hydra.run.dir=") for a in args) else [])]
                 for case, _, program, args, _, _ in CASES]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
     with rundir.claim(d / "busy", undo_if_refused=False):  # a run in progress there: this process
-        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "catalogue_driver.py")],
-                              input=json.dumps(commands), capture_output=True, text=True, env=env, timeout=600, cwd=d)
+        proc = subprocess.run([sys.executable, str(TESTS / "catalogue_driver.py")],
+                              input=json.dumps(commands), capture_output=True, text=True, env=ENV, timeout=600, cwd=d)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"code"')]
     assert len(lines) == len(CASES), proc.stdout[-3000:]
@@ -387,8 +380,7 @@ train.main()
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_checkpoint_saved_before(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK, "debug=fast", f"hydra.run.dir={tmp_path}"], env=env,
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, "debug=fast", f"hydra.run.dir={tmp_path}"], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [

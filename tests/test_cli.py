@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))  # the console script next to this python
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+from tests.helpers import ENV, LSTM_TRAIN
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

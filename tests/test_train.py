@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lstm_train.cli.launch import resolve_device
@@ -24,6 +23,7 @@ from lstm_train.train import train
 from lstm_train.training import precision
 from lstm_train.training.interrupt import Interrupted
 from lstm_train.training.trainer import build_trainer
+from tests.helpers import events, without_time
 from tests.training.callbacks import SignalInStep, StepClock, WeightsAfterEachStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,16 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PARAMS = [
     f"encoder.lstm.{kind}_l{layer}" for layer in (0, 1) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 ] + ["head.weight", "head.bias"]
-
-
-def events(run_dir) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    return acc
-
-
-def without_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "time"}
 
 
 def test_short_run_writes_events_checkpoints_and_metrics(compose_cfg, tmp_path):
@@ -124,13 +114,14 @@ def test_early_stopping(compose_cfg, tmp_path):
     assert result["stopped_early"] and result["step"] == 4 and result["best"]["step"] == 2
 
 
-def test_clipping_off_and_every_optimizer_trains(compose_cfg, tmp_path):
-    for i, (optim, scheduler) in enumerate([("adamw", "none"), ("rmsprop", "plateau"), ("sgd", "cosine")]):
-        cfg = compose_cfg("debug=fast", f"optim={optim}", f"scheduler={scheduler}", "trainer.clip_grad_norm=0",
-                          "trainer.max_epochs=1")
-        result = train(cfg, tmp_path / str(i))
-        assert result["step"] == 8
-        assert all(e.value == 0.0 for e in events(tmp_path / str(i)).Scalars("train/clipped"))
+@pytest.mark.parametrize(("optim", "scheduler"), [("adamw", "none"), ("rmsprop", "plateau"), ("sgd", "cosine")],
+                         ids=["adamw-none", "rmsprop-plateau", "sgd-cosine"])
+def test_clipping_off_and_every_optimizer_trains(compose_cfg, tmp_path, optim, scheduler):
+    cfg = compose_cfg("debug=fast", f"optim={optim}", f"scheduler={scheduler}", "trainer.clip_grad_norm=0",
+                      "trainer.max_epochs=1")
+    result = train(cfg, tmp_path)
+    assert result["step"] == 8
+    assert all(e.value == 0.0 for e in events(tmp_path).Scalars("train/clipped"))
 
 
 def test_divergence_is_one_clear_error(compose_cfg, tmp_path, monkeypatch):
@@ -151,11 +142,22 @@ def test_label_smoothing_is_for_the_training_loss_only(compose_cfg, tmp_path, mo
     result = train(compose_cfg("debug=fast", "trainer.label_smoothing=0.2"), tmp_path)
     assert {c for c in calls if c[0]} == {(True, 0.2)} and len([c for c in calls if c[0]]) == result["step"]
     assert {c for c in calls if not c[0]} == {(False, 0.0)}
-    # a task whose loss predates the option: trains as before without it, one clear error with it
+
+
+@pytest.fixture
+def loss_without_label_smoothing(monkeypatch) -> None:
+    """first_last's loss as a task's loss that predates trainer.label_smoothing: (output, batch) only."""
+    loss = FirstLast.loss
     monkeypatch.setattr(FirstLast, "loss", lambda self, output, batch: loss(self, output, batch))
-    assert train(compose_cfg("debug=fast"), tmp_path / "old")["step"] == result["step"]
+
+
+def test_a_loss_without_label_smoothing_trains_as_before(compose_cfg, tmp_path, loss_without_label_smoothing):
+    assert train(compose_cfg("debug=fast"), tmp_path)["step"] == 16
+
+
+def test_a_loss_without_label_smoothing_refuses_it(compose_cfg, tmp_path, loss_without_label_smoothing):
     with pytest.raises(ConfigError, match=r"^trainer.label_smoothing: task first_last's loss takes no label_smooth"):
-        train(compose_cfg("debug=fast", "trainer.label_smoothing=0.1"), tmp_path / "refused")
+        train(compose_cfg("debug=fast", "trainer.label_smoothing=0.1"), tmp_path)
 
 
 def test_ema_evaluates_a_moving_average_of_the_weights_and_trains_the_same(compose_cfg, tmp_path, monkeypatch):
@@ -261,7 +263,9 @@ def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, killed_
     assert progress["elapsed_s"] < resumed["time"]["elapsed_s"] < progress["elapsed_s"] + 30
 
 
-def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(compose_cfg, tmp_path, monkeypatch):
+@pytest.fixture
+def autocast_seen(monkeypatch) -> dict[str, set]:
+    """{"forward": ..., "loss": ...}: the (grad enabled, autocast dtype or None) of each call of first_last's."""
     forward, loss, seen = FirstLast.forward, FirstLast.loss, {"forward": set(), "loss": set()}
 
     def spy(name, original):
@@ -273,6 +277,12 @@ def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(co
 
     monkeypatch.setattr(FirstLast, "forward", spy("forward", forward))
     monkeypatch.setattr(FirstLast, "loss", spy("loss", loss))
+    return seen
+
+
+def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(compose_cfg, tmp_path, monkeypatch,
+                                                                               autocast_seen):
+    seen = autocast_seen
     # the wiring is under test: a CPU that the trainer refuses for speed runs this tiny model anyway
     monkeypatch.setattr(precision, "bf16_products", lambda: True)
     kernel_calls = []
@@ -285,9 +295,11 @@ def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(co
     assert all(torch.isfinite(torch.tensor(v)) for v in result["test"].values())
     if extension.bf16_products() and extension._ops is not None:  # the kernel ran, with bfloat16 products
         assert kernel_calls and all(args == (True,) for args in kernel_calls)
-    seen = {"forward": set(), "loss": set()}
-    train(compose_cfg("debug=fast"), tmp_path / "fp32")
-    assert {s[1] for s in seen["forward"] | seen["loss"]} == {None}
+
+
+def test_fp32_precision_does_not_autocast(compose_cfg, tmp_path, autocast_seen):
+    train(compose_cfg("debug=fast"), tmp_path)
+    assert {s[1] for s in autocast_seen["forward"] | autocast_seen["loss"]} == {None}
 
 
 def test_bf16_precision_is_refused_where_bfloat16_would_be_emulated(compose_cfg, tmp_path, monkeypatch):
@@ -297,33 +309,6 @@ def test_bf16_precision_is_refused_where_bfloat16_would_be_emulated(compose_cfg,
                        r"would be emulated, far slower than float32: set trainer.precision=fp32$"):
         train(compose_cfg("debug=fast", "trainer.precision=bf16"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
-
-
-@pytest.mark.parametrize(
-    "overrides, ignore",
-    [
-        (["model=classifier", "task=first_last"], None),
-        (["model=char", "task=text_char", "task.val_size=8", "task.eval_streams=null"], None),
-        (["model=tagger", "task=tag_synthetic", "task.min_len=1"], -100),  # padded steps
-        (["model=seq2seq", "task=reverse"], 0),  # PAD after each target's EOS
-    ],
-)
-def test_every_task_smooths_its_cross_entropy_over_real_targets(compose_cfg, overrides, ignore):
-    cfg = compose_cfg(*overrides, "debug=fast")
-    task = build_task(cfg.task)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, task).train()
-    batch = next(iter(task.eval_batches("val", 128)))  # sequences of different lengths, padded
-    logits = task.forward(model, batch)  # training mode: seq2seq gives the teacher-forced logits alone
-    logp = torch.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
-    y = batch.y.reshape(-1)
-    real = y != ignore if ignore is not None else torch.ones_like(y, dtype=torch.bool)
-    assert ignore is None or not real.all()
-    nll = -logp[real].gather(1, y[real, None]).mean()
-    uniform = -logp[real].mean()  # cross-entropy against the uniform distribution over the classes
-    e = 0.3
-    torch.testing.assert_close(task.loss(logits, batch), nll)
-    torch.testing.assert_close(task.loss(logits, batch, e), (1 - e) * nll + e * uniform)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")

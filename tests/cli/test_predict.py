@@ -1,4 +1,5 @@
-"""A whole tagging run in-process, then lstm-predict on its checkpoint: tags, formats, one-line errors."""
+"""lstm-predict on the checkpoints of whole runs in-process (a tagger, a character-aware tagger, a text
+classifier, seq2seq): tags and labels, formats, one-line errors, unknown words named."""
 
 from __future__ import annotations
 
@@ -10,39 +11,20 @@ import torch
 
 from lstm_train.cli import predict
 from lstm_train.runs.checkpoint import load_checkpoint, save_checkpoint
+from lstm_train.tasks.seq2seq import transduce
 from lstm_train.train import train
+from tests.helpers import cls_cfg, compose_config, threads, write_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tagging_run(tmp_path_factory, *overrides: str):
     """A debug-sized tag_synthetic run (composed here: module-scoped fixtures run it once for the file)."""
-    from hydra import compose, initialize_config_dir
-
-    from lstm_train.config import CONF_DIR
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "debug=fast",
-                "model=tagger",
-                "task=tag_synthetic",
-                "task.rule=first",
-                "task.vocab_size=5",
-                "task.train_size=1024",
-                "trainer.max_epochs=5",
-                "optim.lr=0.02",
-                *overrides,
-            ],
-        )
+    cfg = compose_config("debug=fast", "model=tagger", "task=tag_synthetic", "task.rule=first", "task.vocab_size=5",
+                         "task.train_size=1024", "trainer.max_epochs=5", "optim.lr=0.02", *overrides)
     out = tmp_path_factory.mktemp("run")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         train(cfg, out)
-    finally:
-        torch.set_num_threads(before)
     return out
 
 
@@ -156,3 +138,92 @@ def test_tools_warn_when_much_of_the_input_is_unknown(run_dir, tmp_path, capsys)
     assert capsys.readouterr().err == f"lstm-visualize: {warning}\n"
     predict.main([checkpoint, "3 1 3 4 3 0 2 9"])  # one unknown word in 8: no warning
     assert capsys.readouterr().err == ""
+
+
+# ---- a text classifier ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def text_cls_run(tmp_path_factory):
+    """(checkpoint, test metrics, data file) of a text_cls run long enough to classify its tiny data."""
+    root = tmp_path_factory.mktemp("text_cls")
+    data = write_rows(root, "csv")
+    cfg = cls_cfg(compose_config, data, "task.min_count=1", "trainer.max_epochs=15", "optim.lr=0.02")
+    with threads(1):
+        metrics = train(cfg, root / "run")
+    return str(root / "run" / "checkpoints" / "best.pt"), metrics["test"], data
+
+
+TEXTS = ["the cat is good", "A fog was bad!"]
+
+
+def probabilities_of(checkpoint: str, texts: list[str]) -> list[torch.Tensor]:
+    model, task, _ = predict.load(checkpoint)
+    with torch.no_grad():
+        return [model(task.encode(t)[None])[0].softmax(-1) for t in texts]
+
+
+def test_predict_classifies_new_text(text_cls_run, capsys):
+    """lstm-predict on a text_cls checkpoint: a label and its probability per input."""
+    checkpoint, test, _ = text_cls_run
+    assert test["acc"] == 1.0
+    _, task, _ = predict.load(checkpoint)
+    probabilities = probabilities_of(checkpoint, TEXTS)
+    predict.main([checkpoint, *TEXTS, "--top", "2"])
+    assert capsys.readouterr().out.splitlines() == [
+        "\t".join(f"{task.labels[i]} {float(p[i]):.3f}" for i in p.argsort(descending=True).tolist())
+        for p in probabilities]
+    assert [task.labels[int(p.argmax())] for p in probabilities] == ["pos", "neg"]
+
+
+def test_predict_reads_texts_from_stdin_and_writes_json(text_cls_run, capsys, monkeypatch):
+    checkpoint, _, _ = text_cls_run
+    probabilities = probabilities_of(checkpoint, TEXTS[:1])
+    monkeypatch.setattr("sys.stdin", io.StringIO(TEXTS[0] + "\n\n"))  # an empty line: a null label
+    predict.main([checkpoint, "--json"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records == [{"input": TEXTS[0], "label": "pos", "probabilities": {"pos": pytest.approx(
+        float(probabilities[0].max()), abs=1e-5)}}, {"input": "", "label": None, "probabilities": {}}]
+
+
+def test_a_task_state_that_does_not_fit_is_one_line(text_cls_run, tmp_path, capsys):
+    state = load_checkpoint(text_cls_run[0])  # a task state without its vocabulary
+    del state["format"]
+    save_checkpoint(tmp_path / "no_vocab.pt", {**state, "task": {"labels": ["neg", "pos"]}})
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "no_vocab.pt"), "good"])
+    assert capsys.readouterr().err == (f"lstm-predict: error: {tmp_path}/no_vocab.pt: its task state does not fit "
+                                       "task text_cls (KeyError('tokens'))\n")
+
+
+def test_weights_of_another_size_are_one_line(text_cls_run, tmp_path, capsys):
+    state = load_checkpoint(text_cls_run[0])
+    del state["format"]
+    model_weights = {k: v[:1] if k.endswith("head.weight") else v for k, v in state["model"].items()}
+    save_checkpoint(tmp_path / "small.pt", {**state, "model": model_weights})
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "small.pt"), "good"])
+    assert capsys.readouterr().err.startswith(f"lstm-predict: error: {tmp_path}/small.pt: its weights do not fit its "
+                                              "model (size mismatch for head.weight")
+
+
+def test_words_the_classifier_lacks_are_named(text_cls_run, capsys):
+    checkpoint, _, data = text_cls_run
+    predict.main([checkpoint, "the zebra sang", "loudly today"])  # 4 of 5 words unknown
+    assert capsys.readouterr().err == (
+        "lstm-predict: warning: 4 of the input's 5 tokens (80%) are not in the model's vocabulary and read as unknown "
+        f"('zebra', 'sang', 'loudly', 'today'); it was trained on task=text_cls ({data})\n")
+
+
+# ---- a seq2seq model ------------------------------------------------------------------------------------------
+def test_predict_transduces_as_the_trained_model_does(seq2seq_run, capsys):
+    # one output line per input, the same as transduce on the trained model
+    inputs = ["cat", "waax"] if seq2seq_run.cfg.task.name == "g2p" else ["3 1 2", "0 0 5 4"]
+    checkpoint = seq2seq_run.dir / "checkpoints" / "best.pt"
+    model, task, _ = predict.load(checkpoint)
+    predict.main([str(checkpoint), *inputs, "--beam-size", "3"])
+    assert capsys.readouterr().out.splitlines() == list(transduce(model, task, inputs, beam_size=3))
+
+
+def test_predict_refuses_a_beam_size_below_one(seq2seq_run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(seq2seq_run.dir / "checkpoints" / "best.pt"), "cat", "--beam-size", "0"])
+    assert exit_.value.code == 2 and "--beam-size: must be >= 1" in capsys.readouterr().err

@@ -4,7 +4,6 @@ nothing, a classifier's predictions, one-line mistakes, where the plots go, both
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +18,10 @@ from lstm_train.registry import import_named
 from lstm_train.runs.checkpoint import load_checkpoint, save_checkpoint
 from lstm_train.tasks import TASKS
 from lstm_train.train import train
+from tests.helpers import BIN, ENV, compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BIN = Path(sys.executable).parent  # the console scripts next to this python
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TOOLS = {"predict": predict.main, "generate": generate.main, "visualize": visualize.main}
 
 
@@ -34,13 +32,8 @@ def run(args: list[str], cwd: Path, env: dict[str, str] = ENV) -> subprocess.Com
 @pytest.fixture(scope="module")
 def first_last(tmp_path_factory) -> Path:
     """The best.pt of a debug-sized first_last classifier run (first_last: 10 numbers per step)."""
-    from hydra import compose, initialize_config_dir
-
-    from lstm_train.config import CONF_DIR
-
     out = tmp_path_factory.mktemp("first_last")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        train(compose("config", ["debug=fast", "trainer.progress_bar=false"]), out)
+    train(compose_config("debug=fast", "trainer.progress_bar=false"), out)
     return out / "checkpoints" / "best.pt"
 
 

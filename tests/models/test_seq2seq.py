@@ -47,7 +47,7 @@ def one_by_one(fn, sources):
     return [fn(make_batch([s], [s])) for s in sources]
 
 
-@pytest.mark.parametrize(
+SHAPES = pytest.mark.parametrize(
     "overrides",
     [
         [],
@@ -55,20 +55,31 @@ def one_by_one(fn, sources):
         ["model.bidirectional=true"],
         ["model.bidirectional=true", "model.attention=true", "model.num_layers=1"],
     ],
+    ids=["plain", "attention", "bidirectional", "bidirectional-attention"],
 )
+
+
+@SHAPES
 def test_padded_and_unpadded_batches_agree(make, overrides):
     model, _ = make(*overrides)
     batch = make_batch(SOURCES, SOURCES)
     with torch.no_grad():
         logits = model(batch.x, batch.lengths, batch.y)
         alone = one_by_one(lambda b: model(b.x, b.lengths, b.y)[0], SOURCES)
-        for i, s in enumerate(SOURCES):  # targets are padded too: the steps up to each one's EOS must agree
-            torch.testing.assert_close(logits[i, : len(s) + 1], alone[i], rtol=1e-5, atol=1e-6)
-        for k in (1, 3):
-            tokens, scores = model.decode(batch.x, batch.lengths, beam_size=k)
-            singles = one_by_one(lambda b, k=k: model.decode(b.x, b.lengths, beam_size=k), SOURCES)
-            assert strip(tokens) == [strip(t)[0] for t, _ in singles]
-            torch.testing.assert_close(scores, torch.cat([s for _, s in singles]), rtol=1e-5, atol=1e-5)
+    for i, s in enumerate(SOURCES):  # targets are padded too: the steps up to each one's EOS must agree
+        torch.testing.assert_close(logits[i, : len(s) + 1], alone[i], rtol=1e-5, atol=1e-6)
+
+
+@SHAPES
+@pytest.mark.parametrize("k", [1, 3], ids=["greedy", "beam3"])
+def test_padded_and_unpadded_batches_decode_alike(make, overrides, k):
+    model, _ = make(*overrides)
+    batch = make_batch(SOURCES, SOURCES)
+    with torch.no_grad():
+        tokens, scores = model.decode(batch.x, batch.lengths, beam_size=k)
+        singles = one_by_one(lambda b: model.decode(b.x, b.lengths, beam_size=k), SOURCES)
+    assert strip(tokens) == [strip(t)[0] for t, _ in singles]
+    torch.testing.assert_close(scores, torch.cat([s for _, s in singles]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("overrides", [["model.attention=true"], ["model.attention=true", "model.bidirectional=true"]])
@@ -162,20 +173,24 @@ def test_beam_search_finds_a_better_sequence_than_greedy(make):
     assert beam_score.item() > greedy_score.item()
 
 
-def test_eos_stops_decoding_and_the_length_limit_holds(make):
+@pytest.mark.parametrize("k", [1, 3], ids=["greedy", "beam3"])
+def test_the_length_limit_holds(make, k):
     base, _ = make("model.max_length_ratio=1.5", "model.max_length_offset=2")
-    src = torch.full((3, 4), 4)
     lengths = torch.tensor([4, 1, 2])
     limits = [int(1.5 * n + 2) for n in lengths.tolist()]  # 8, 3, 5
     never_ends = TableModel(base, {1: {A: 0.9, EOS: 0.1}, A: {A: 0.9, EOS: 0.1}})
+    tokens, _ = never_ends.decode(torch.full((3, 4), 4), lengths, beam_size=k)
+    assert tokens.shape[1] == max(limits)
+    assert [int((row != PAD).sum()) for row in tokens] == limits
+    assert not torch.any(tokens == EOS)
+
+
+@pytest.mark.parametrize("k", [1, 3], ids=["greedy", "beam3"])
+def test_eos_stops_decoding(make, k):
+    base, _ = make("model.max_length_ratio=1.5", "model.max_length_offset=2")
     ends = TableModel(base, {1: {A: 0.9, EOS: 0.1}, A: {EOS: 0.9, A: 0.1}})
-    for k in (1, 3):
-        tokens, _ = never_ends.decode(src, lengths, beam_size=k)
-        assert tokens.shape[1] == max(limits)
-        assert [int((row != PAD).sum()) for row in tokens] == limits
-        assert not torch.any(tokens == EOS)
-        tokens, _ = ends.decode(src, lengths, beam_size=k)
-        assert tokens.tolist() == [[A, EOS]] * 3  # stops as soon as every sequence has ended
+    tokens, _ = ends.decode(torch.full((3, 4), 4), torch.tensor([4, 1, 2]), beam_size=k)
+    assert tokens.tolist() == [[A, EOS]] * 3  # stops as soon as every sequence has ended
 
 
 def test_teacher_forcing_ratio_zero_feeds_the_models_own_outputs(make):

@@ -10,7 +10,6 @@ match conf/ option for option.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,14 @@ from pathlib import Path
 import torch
 
 from tests import TESTS
+from tests.helpers import ENV
 
 TOY = TESTS / "toy_model"
 
 
 def run_commands(commands: list[list[str]], cwd: Path) -> list[dict]:
     """The results of the command lines, run in one process with the toy model's directory on PYTHONPATH."""
-    env = {**os.environ, "PYTHONPATH": str(TOY), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    env = {**ENV, "PYTHONPATH": str(TOY)}
     proc = subprocess.run([sys.executable, str(TESTS / "catalogue_driver.py")], input=json.dumps(commands),
                           capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,27 +8,15 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
 
 from lstm_train.nn import LSTM, compiled, extension
-from tests.nn.test_lstm import grads, run_torch, twins
+from tests.helpers import grads, run_torch, threads, twins
 from tests.paths import on_path
 
 pytestmark = pytest.mark.usefixtures("compiled_kernel")
-
-
-@contextmanager
-def threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def outputs_and_grads(lstm, x, hx, lengths) -> list[torch.Tensor]:

@@ -17,20 +17,12 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from lstm_train.nn import LSTM, LSTMCell, TorchLSTM, build_lstm, compiled, lstm_cell
 from lstm_train.nn import fast as fast_module
 from lstm_train.nn import lstm as lstm_module
-from tests.nn.test_lstm import assert_parity, grads
+from tests.helpers import assert_parity, grads, twins
 from tests.paths import FAST_PATHS, PATHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = {"atol": 1e-9, "rtol": 0}
-
-
-def twins(impl: str, input_size: int = 3, hidden: int = 5, **kwargs) -> tuple[nn.LSTM, LSTM]:
-    """A torch.nn.LSTM and ours holding the same (random, float64) weights."""
-    theirs = nn.LSTM(input_size, hidden, **kwargs).double()
-    ours = LSTM(input_size, hidden, backend=impl, **kwargs).double()
-    ours.load_state_dict(theirs.state_dict())
-    return theirs, ours
 
 
 def state(lstm: nn.Module, B: int, *, requires_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +49,7 @@ def assert_all_close(actual, expected, **tol) -> None:
 @pytest.mark.parametrize("lengths", [None, [5, 1, 7, 3]], ids=["full", "padded"])
 def test_projection_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_state, lengths):
     torch.manual_seed(0)
-    theirs, ours = twins(impl, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+    theirs, ours = twins(impl, hidden=5, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
                          proj_size=2)
     x = torch.randn((4, 7, 3) if batch_first else (7, 4, 3), dtype=torch.double, requires_grad=True)
     hx = state(ours, 4, requires_grad=True) if with_state else None
@@ -151,7 +143,7 @@ def test_flat_weights_follow_replacements():
 def parametrized_twins(impl: str, register) -> tuple[nn.LSTM, LSTM]:
     """Twins with the same parametrization on weight_hh_l0 (and what it keeps) in both."""
     torch.manual_seed(4)
-    theirs, ours = twins(impl, num_layers=2, proj_size=2)
+    theirs, ours = twins(impl, hidden=5, num_layers=2, proj_size=2)
     for m in (theirs, ours):
         register(m)
     ours.load_state_dict(theirs.state_dict())
@@ -247,7 +239,7 @@ class Net(nn.Module):
 def test_gradient_penalty_matches_torch(impl, wrt, proj_size):
     """loss + |d loss / d (input or weights)|^2, backward: every weight's grad as torch.nn.LSTM's, to 1e-9."""
     torch.manual_seed(7)
-    theirs, ours = twins(impl, num_layers=2, proj_size=proj_size)
+    theirs, ours = twins(impl, hidden=5, num_layers=2, proj_size=proj_size)
     nets = Net(theirs), Net(ours)
     nets[1].head.load_state_dict(nets[0].head.state_dict())
     x = torch.randn(6, 3, 3, dtype=torch.double, requires_grad=True)
@@ -275,7 +267,7 @@ def test_double_backward_takes_the_differentiable_path(impl, monkeypatch):
     for module in (fast_module, compiled):
         monkeypatch.setattr(module, "differentiable_backward", spy)
     torch.manual_seed(8)
-    _, ours = twins(impl, num_layers=2)
+    _, ours = twins(impl, hidden=5, num_layers=2)
     x = torch.randn(4, 2, 3, dtype=torch.double, requires_grad=True)
     torch.autograd.grad(ours(x)[0].sum(), x)
     assert calls == []
@@ -287,7 +279,7 @@ def test_double_backward_takes_the_differentiable_path(impl, monkeypatch):
 def test_recording_during_a_double_backward(impl):
     """The recorded dL/dh_t are the same whether the backward builds a graph or not."""
     torch.manual_seed(8)
-    _, ours = twins(impl, bidirectional=True, proj_size=2)
+    _, ours = twins(impl, hidden=5, bidirectional=True, proj_size=2)
     x = torch.randn(5, 3, 3, dtype=torch.double, requires_grad=True)
     recorded = []
     for create_graph in (False, True):
@@ -302,7 +294,7 @@ def test_recording_during_a_double_backward(impl):
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_forward_mode_ad_matches_torch(impl, proj_size):
     torch.manual_seed(9)
-    theirs, ours = twins(impl, num_layers=2, bidirectional=True, proj_size=proj_size)
+    theirs, ours = twins(impl, hidden=5, num_layers=2, bidirectional=True, proj_size=proj_size)
     x, tx = torch.randn(2, 5, 4, 3, dtype=torch.double)
     hx, thx = state(ours, 4), state(ours, 4)
     tangents = []
@@ -318,7 +310,7 @@ def test_forward_mode_ad_matches_torch(impl, proj_size):
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 def test_torch_func_grad_jacrev_jvp_match_torch(impl):
     torch.manual_seed(10)
-    theirs, ours = twins(impl, num_layers=2, proj_size=2)
+    theirs, ours = twins(impl, hidden=5, num_layers=2, proj_size=2)
     x = torch.randn(4, 2, 3, dtype=torch.double)
     hx = state(ours, 2)
     results = []
@@ -338,7 +330,7 @@ def test_torch_func_grad_jacrev_jvp_match_torch(impl):
 def test_vmap(impl):
     """torch.nn.LSTM has no batching rule (vmap raises); ours runs under vmap as a loop over the batch does."""
     torch.manual_seed(11)
-    theirs, ours = twins(impl, proj_size=2)
+    theirs, ours = twins(impl, hidden=5, proj_size=2)
     xs = torch.randn(3, 4, 2, 3, dtype=torch.double)
     with pytest.raises(RuntimeError, match="Batching rule not implemented"):
         torch.func.vmap(lambda x: theirs(x)[0])(xs)
@@ -471,10 +463,14 @@ def test_lstm_cell_raises_torchs_exception_type(mistake):
     assert "\n" not in str(info.value)
 
 
-def test_lstm_cell_constructor_types():
-    for kwargs in ({"bias": "x"}, {"input_size": 3.0}, {"hidden_size": None}):
-        with pytest.raises(TypeError):
-            LSTMCell(**{"input_size": 3, "hidden_size": 4, **kwargs})
+@pytest.mark.parametrize("kwargs", [{"bias": "x"}, {"input_size": 3.0}, {"hidden_size": None}],
+                         ids=["bias", "input_size", "hidden_size"])
+def test_lstm_cell_constructor_types(kwargs):
+    with pytest.raises(TypeError):
+        LSTMCell(**{"input_size": 3, "hidden_size": 4, **kwargs})
+
+
+def test_lstm_cell_needs_a_hidden_unit():
     with pytest.raises(ValueError, match="hidden_size must be at least 1"):
         LSTMCell(3, 0)
 
@@ -490,7 +486,7 @@ def test_bidirectional_must_be_a_bool():
 def test_dropout_one_is_accepted_as_torch_accepts_it(impl):
     """dropout=1 zeros every layer's output but the last's in training, as torch.nn.LSTM does."""
     torch.manual_seed(12)
-    theirs, ours = twins(impl, num_layers=2, dropout=1)
+    theirs, ours = twins(impl, hidden=5, num_layers=2, dropout=1)
     assert ours.dropout == theirs.dropout == 1.0
     x = torch.randn(5, 2, 3, dtype=torch.double)
     assert_all_close(ours.train()(x)[0:1], theirs.train()(x)[0:1])
@@ -508,7 +504,7 @@ def test_dropout_one_is_accepted_as_torch_accepts_it(impl):
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_empty_batch(impl, kwargs, with_state, grad):
     torch.manual_seed(13)
-    theirs, ours = twins(impl, **kwargs)
+    theirs, ours = twins(impl, hidden=5, **kwargs)
     for T in (4, 1):
         x = torch.randn((0, T, 3) if ours.batch_first else (T, 0, 3), dtype=torch.double, requires_grad=grad)
         hx = state(ours, 0, requires_grad=grad) if with_state else None

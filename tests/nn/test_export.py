@@ -12,14 +12,10 @@ import torch
 from lstm_train.nn import LSTM
 from lstm_train.runs.trained import load_trained
 from lstm_train.train import train
+from tests.helpers import compose_config, flat
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"atol": 1e-6, "rtol": 1e-6}
-
-
-def flat(result) -> list[torch.Tensor]:
-    out, (h, c) = result
-    return [t.detach() for t in (out, h, c)]
 
 
 def test_torch_export_of_the_lstm_for_a_fixed_length():
@@ -50,13 +46,8 @@ def test_jit_trace():
 @pytest.fixture(scope="module")
 def trained_classifier(tmp_path_factory):
     """The classifier of a short real run (debug=fast: first_last, 2 epochs), loaded from its checkpoint."""
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import CONF
-
     out = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("config", overrides=["debug=fast", "model.bidirectional=true"])
+    cfg = compose_config("debug=fast", "model.bidirectional=true")
     train(cfg, out)
     _, task, model = load_trained(out / "checkpoints" / "best.pt")
     x = torch.randn(5, cfg.task.seq_len, task.inputs.features)

@@ -12,6 +12,7 @@ import torch
 
 from lstm_train.nn import LSTM
 from lstm_train.nn import fast as fast_module
+from tests.helpers import flat
 from tests.paths import FAST_PATHS, PATHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,12 +33,6 @@ def run(lstm: LSTM, x: torch.Tensor, hx=None, lengths=None, mode: str | None = N
     with NO_GRAD[mode]():
         result = lstm(x, hx, lengths=lengths, **kwargs)
     return result
-
-
-def flat(result) -> list[torch.Tensor]:
-    """(out, (h, c)[, gates]) -> its tensors, detached, in a fixed order."""
-    out, (h, c), *gates = result
-    return [t.detach() for t in (out, h, c, *(gates[0] if gates else []))]
 
 
 def assert_same_bits(a, b) -> None:

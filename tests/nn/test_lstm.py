@@ -8,51 +8,15 @@ import re
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from lstm_train.nn import BACKENDS, LSTM, LSTMCell, TorchLSTM, build_lstm, compiled, lstm_cell
 from lstm_train.nn.lstm import LAYERS
 from tests import ROOT
+from tests.helpers import assert_parity, grads, run_torch, twins
 from tests.paths import FAST_PATHS, PATHS
 
 TOL = {"atol": 1e-9, "rtol": 0}
-
-
-def twins(impl: str, input_size: int = 3, hidden: int = 4, **kwargs) -> tuple[torch.nn.LSTM, LSTM]:
-    """A torch.nn.LSTM and ours holding the same (random, float64) weights."""
-    theirs = torch.nn.LSTM(input_size, hidden, **kwargs).double()
-    ours = LSTM(input_size, hidden, backend=impl, **kwargs).double()
-    ours.load_state_dict(theirs.state_dict())
-    return theirs, ours
-
-
-def run_torch(lstm: torch.nn.LSTM, x: torch.Tensor, hx, lengths):
-    if lengths is None:
-        return lstm(x, hx)
-    packed = pack_padded_sequence(x, torch.tensor(lengths), batch_first=lstm.batch_first, enforce_sorted=False)
-    out, state = lstm(packed, hx)
-    total = x.shape[1 if lstm.batch_first else 0]
-    return pad_packed_sequence(out, batch_first=lstm.batch_first, total_length=total)[0], state
-
-
-def grads(outputs, inputs, seed: int = 1):
-    """Gradients of a random linear function of all outputs, so every output's gradient path is tested."""
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
-    return torch.autograd.grad(loss, inputs)
-
-
-def assert_parity(theirs, ours, x, hx=None, lengths=None):
-    o1, (h1, c1) = run_torch(theirs, x, hx, lengths)
-    o2, (h2, c2) = ours(x, hx, lengths=lengths)
-    assert o2.is_contiguous()
-    for a, b in ((o1, o2), (h1, h2), (c1, c2)):
-        assert a.shape == b.shape
-        torch.testing.assert_close(b, a, **TOL)
-    inputs1 = [x, *theirs.parameters()] + ([] if hx is None else list(hx))
-    inputs2 = [x, *ours.parameters()] + ([] if hx is None else list(hx))
-    for a, b in zip(grads((o1, h1, c1), inputs1), grads((o2, h2, c2), inputs2), strict=True):
-        torch.testing.assert_close(b, a, **TOL)
 
 
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
@@ -74,17 +38,17 @@ def test_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_st
 
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
 @pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
-def test_gradients_when_only_one_output_is_used(impl, used):
+@pytest.mark.parametrize("lengths", [None, [6, 2, 1, 4]], ids=["full", "padded"])
+def test_gradients_when_only_one_output_is_used(impl, used, lengths):
     """A classifier reads h_n only, a tagger the output only: the unused outputs get no gradient at all."""
     torch.manual_seed(16)
     theirs, ours = twins(impl, num_layers=2, bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=torch.double, requires_grad=True)
     pick = {"output": lambda r: r[0], "h_n": lambda r: r[1][0], "c_n": lambda r: r[1][1]}[used]
-    for lengths in (None, [6, 2, 1, 4]):
-        expected = grads((pick(run_torch(theirs, x, None, lengths)),), [x, *theirs.parameters()])
-        actual = grads((pick(ours(x, lengths=lengths)),), [x, *ours.parameters()])
-        for a, b in zip(expected, actual, strict=True):
-            torch.testing.assert_close(b, a, **TOL)
+    expected = grads((pick(run_torch(theirs, x, None, lengths)),), [x, *theirs.parameters()])
+    actual = grads((pick(ours(x, lengths=lengths)),), [x, *ours.parameters()])
+    for a, b in zip(expected, actual, strict=True):
+        torch.testing.assert_close(b, a, **TOL)
 
 
 @pytest.mark.parametrize("impl", PATHS, indirect=True)
@@ -351,8 +315,14 @@ def test_backends_agree_on_padded_batches(impl):
     for b in ("reference", "torch"):
         torch.testing.assert_close(outs[b][0], outs["fast"][0], **TOL)
         torch.testing.assert_close(outs[b][1][0], outs["fast"][1][0], **TOL)
+
+
+def test_the_torch_backend_hides_its_gates():
     with pytest.raises(ValueError, match="hides its gates"):
-        models["torch"](x, return_gates=True)
+        build_lstm("torch", 3, 4, 2, batch_first=True, bidirectional=True)(torch.randn(4, 7, 3), return_gates=True)
+
+
+def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown LSTM backend 'cudnn'"):
         build_lstm("cudnn", 3, 4)
 

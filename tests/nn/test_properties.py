@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lstm_train.nn import LSTM
-from tests.nn.test_lstm import assert_parity
+from tests.helpers import assert_parity
 from tests.paths import PATHS, on_path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from torch.func import functional_call
 from lstm_train.config import ConfigError, validate
 from lstm_train.nn import LSTM, VARIANTS, Cell, Noise, TorchLSTM, Variant, build_lstm, build_recurrent, variants
 from lstm_train.nn.compiled import _announced
+from tests.helpers import grads
 from tests.paths import PATHS, on_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,12 +111,6 @@ def random_lstm(name: str, ln: bool = False, impl: str = "fast", seed: int = 0, 
         for w in lstm.parameters():
             w.normal_(0, 0.6)
     return lstm
-
-
-def grads(outputs, inputs):
-    g = torch.Generator().manual_seed(1)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
-    return torch.autograd.grad(loss, inputs)
 
 
 @pytest.mark.parametrize("ln", [False, True], ids=["", "ln"])
@@ -373,44 +369,48 @@ def test_zoneout_on_the_kernel_in_training(name, rows, compiled_kernel):
         assert torch.autograd.gradcheck(run, (x,))
 
 
+# 7 rows take the kernel's blocked loop, 2 rows ATen's products
+ROWS = pytest.mark.parametrize("rows", [7, 2], ids=["blocked", "aten"])
+
+
+@ROWS
 @pytest.mark.parametrize("name", ["lstm", "v", "nog"])
-def test_recurrent_dropout_on_the_kernel_matches_the_reference(name, compiled_kernel):
+def test_recurrent_dropout_on_the_kernel_matches_the_reference(name, rows, compiled_kernel):
     """In training: both paths draw one mask per layer and direction in the same order, so a seed gives both the
     same masks; outputs and gradients, blocked loop and ATen's products (few rows), padded, bidirectional."""
     lstm = random_lstm(name, recurrent_dropout=0.4)
-    for rows in (7, 2):
-        x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
-        lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
-        results = []
-        for path in ("compiled", "reference"):
-            with on_path(path) as impl:
-                lstm.backend = impl
-                torch.manual_seed(3)
-                out, (h, c) = lstm(x, lengths=lengths)
-                results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
-        for a, b in zip(*results, strict=True):
-            torch.testing.assert_close(a, b, **TOL)
+    x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
+    lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
+    results = []
+    for path in ("compiled", "reference"):
+        with on_path(path) as impl:
+            lstm.backend = impl
+            torch.manual_seed(3)
+            out, (h, c) = lstm(x, lengths=lengths)
+            results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
 
 
+@ROWS
 @pytest.mark.parametrize("name", ["lstm", "v", "cifg"])
-def test_a_seed_draws_the_same_regularisers_on_every_path(name, compiled_kernel):
+def test_a_seed_draws_the_same_regularisers_on_every_path(name, rows, compiled_kernel):
     """In training with zoneout and recurrent dropout, one seed gives the kernel, the pure-PyTorch loop and the
     reference the same masks (each draws every layer and direction's zoneout masks before its loop, then its dropout
     mask): the same outputs and gradients, padded, stacked, bidirectional, blocked loop and ATen's products."""
     lstm = random_lstm(name, zoneout_c=0.3, zoneout_h=0.3, recurrent_dropout=0.2)
-    for rows in (7, 2):
-        x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
-        lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
-        results = []
-        for path in PATHS:
-            with on_path(path) as impl:
-                lstm.backend = impl
-                torch.manual_seed(3)
-                out, (h, c) = lstm(x, lengths=lengths)
-                results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
-        for other in results[1:]:
-            for a, b in zip(results[0], other, strict=True):
-                torch.testing.assert_close(a, b, **TOL)
+    x = torch.randn(9, rows, 3, dtype=torch.float64, requires_grad=True)
+    lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
+    results = []
+    for path in PATHS:
+        with on_path(path) as impl:
+            lstm.backend = impl
+            torch.manual_seed(3)
+            out, (h, c) = lstm(x, lengths=lengths)
+            results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
 
 
 def test_zoneout_at_test_is_its_expectation_and_deterministic():
@@ -443,16 +443,21 @@ def test_weight_drop_is_one_mask_on_w_hh_per_call(variant):
     assert torch.equal(lstm(x)[0], lstm(x)[0])
 
 
-def test_regularisers_are_checked():
-    for kwargs in ({"zoneout_c": 1.0}, {"zoneout_h": -0.1}, {"recurrent_dropout": 1}, {"weight_drop": 2.0}):
-        with pytest.raises(ValueError, match=r"must be a number in|dropout should be"):
-            LSTM(3, 4, **kwargs)
-    with pytest.raises(ValueError, match="unknown LSTM variant 'x'; choose one of lstm, v"):
-        LSTM(3, 4, variant="x")
-    with pytest.raises(ValueError, match="need our LSTM"):
-        build_lstm("torch", 3, 4, variant="v")
-    with pytest.raises(ValueError, match="a GRU has no such cell"):
-        build_recurrent("gru", "fast", 3, 4, zoneout_c=0.1)
+@pytest.mark.parametrize(("build", "message"), [
+    (partial(LSTM, 3, 4, zoneout_c=1.0), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, zoneout_h=-0.1), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, recurrent_dropout=1), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, weight_drop=2.0), r"must be a number in|dropout should be"),
+    (partial(LSTM, 3, 4, variant="x"), "unknown LSTM variant 'x'; choose one of lstm, v"),
+    (partial(build_lstm, "torch", 3, 4, variant="v"), "need our LSTM"),
+    (partial(build_recurrent, "gru", "fast", 3, 4, zoneout_c=0.1), "a GRU has no such cell"),
+], ids=["zoneout_c", "zoneout_h", "recurrent_dropout", "weight_drop", "variant", "torch-variant", "gru-zoneout"])
+def test_regularisers_are_checked(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_the_torch_backend_without_a_variant_is_torchs_lstm():
     assert isinstance(build_lstm("torch", 3, 4), TorchLSTM)
 
 

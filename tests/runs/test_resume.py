@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lstm_train.config import ConfigError, to_container
 from lstm_train.errors import RunError
@@ -26,6 +25,7 @@ from lstm_train.training.checkpoints import Checkpoints
 from lstm_train.training.evaluation import Evaluator
 from lstm_train.training.interrupt import Interrupted
 from lstm_train.training.trainer import Trainer, build_trainer
+from tests.helpers import events
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -192,8 +192,8 @@ def test_the_lr_after_a_resume_is_the_changed_runs(compose_cfg, tmp_path, first_
     with caplog.at_level(logging.INFO, logger="lstm_train.training"):
         resumed = train(compose_cfg(*BASE, *first, *extended, f"trainer.resume={last}"), tmp_path / "resumed")
     assert resumed["step"] == unbroken["step"] > 4
-    want = [(e.step, e.value) for e in _scalars(tmp_path / "unbroken", "train/lr") if e.step > 4]
-    assert [(e.step, e.value) for e in _scalars(tmp_path / "resumed", "train/lr")] == want
+    want = [(e.step, e.value) for e in events(tmp_path / "unbroken").Scalars("train/lr") if e.step > 4]
+    assert [(e.step, e.value) for e in events(tmp_path / "resumed").Scalars("train/lr")] == want
     assert all(lr > 0 for _, lr in want[:-1])
     assert "learning-rate schedule from step 4: " in caplog.text
 
@@ -416,12 +416,6 @@ def test_a_signal_during_the_test_stops_it_and_says_so(compose_cfg, tmp_path, mo
     # the resume the CLI prints runs the test only
     again = train(compose_cfg(*BASE, f"trainer.resume={last}"), tmp_path / "b")
     assert again["step"] == 8 and set(again["test"]) == {"loss", "acc"}
-
-
-def _scalars(run_dir: Path, tag: str) -> list:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return acc.Scalars(tag)
 
 
 # ---- model and task keys used at run time, by the other models and tasks ------------------------------------------

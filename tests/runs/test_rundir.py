@@ -12,9 +12,7 @@ import pytest
 
 from lstm_train.errors import ConfigError, command
 from lstm_train.runs import rundir
-
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+from tests.helpers import ENV, LSTM_TRAIN
 
 
 def lstm_train(*args: str, cwd: Path, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:

@@ -32,8 +32,7 @@ from lstm_train.models import build_model
 from lstm_train.nn.variants import VARIANTS
 from lstm_train.runs.sweep import STATUS_FILE, SweepSummary, collect, incomplete_beta, main, welch, write_summary
 from lstm_train.tasks import build_task
-
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
+from tests.helpers import LSTM_TRAIN
 
 
 # ---- a sweep dir as lstm-train -m leaves it -------------------------------------------------------------
@@ -465,18 +464,22 @@ def test_a_real_sweep_over_seeds_ends_with_its_groups(tmp_path):
 
 
 # ---- the variants study (issue 25): one experiment per task -----------------------------------------------
-def test_the_odyssey_experiments_sweep_every_variant_over_three_seeds(compose_cfg):
+@pytest.mark.parametrize(("task", "model"), [("first_last", "classifier"), ("text_char", "char"),
+                                             ("brown_pos", "tagger")], ids=["first_last", "text_char", "brown_pos"])
+def test_the_odyssey_experiments_sweep_every_variant_over_three_seeds(compose_cfg, task, model):
     """Every variant the model can run x 3 seeds, one thread per job, compared with v at the sweep's end."""
-    for task, model in [("first_last", "classifier"), ("text_char", "char"), ("brown_pos", "tagger")]:
-        cfg = compose_cfg(f"experiment=odyssey_{task}", return_hydra_config=True)
-        params = cfg.hydra.sweeper.params
-        expected = [v for v in VARIANTS if not (model == "char" and v == "fgr")]
-        assert params["model.variant"].split(",") == expected and params["trainer.seed"] == "0,1,2", task
-        assert (cfg.task.name, cfg.model.name, cfg.trainer.num_threads, cfg.trainer.devices) == (task, model, 1, 1)
-        assert cfg.hydra.callbacks.sweep_summary.baseline == "model.variant=v"
-        for variant in expected:
-            validate(compose_cfg(f"experiment=odyssey_{task}", f"model.variant={variant}"))
-    # why text_char has no fgr: the char model refuses it
+    cfg = compose_cfg(f"experiment=odyssey_{task}", return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    expected = [v for v in VARIANTS if not (model == "char" and v == "fgr")]
+    assert params["model.variant"].split(",") == expected and params["trainer.seed"] == "0,1,2"
+    assert (cfg.task.name, cfg.model.name, cfg.trainer.num_threads, cfg.trainer.devices) == (task, model, 1, 1)
+    assert cfg.hydra.callbacks.sweep_summary.baseline == "model.variant=v"
+    for variant in expected:
+        validate(compose_cfg(f"experiment=odyssey_{task}", f"model.variant={variant}"))
+
+
+def test_the_char_model_refuses_fgr(compose_cfg):
+    # why text_char's odyssey has no fgr
     cfg = compose_cfg("experiment=odyssey_text_char", "model.variant=fgr", "debug=fast")
     with pytest.raises(ConfigError, match=r"^model\.variant: fgr.s gates read the previous step.s gates"):
         build_model(cfg.model, build_task(cfg.task))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,12 +14,14 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests import helpers
+from tests.helpers import LSTM_TRAIN
+
 pytestmark = pytest.mark.slow
 
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
 # OMP_NUM_THREADS=2: joblib's workers would otherwise get cpu_count // n_jobs threads from loky itself, and the
 # one thread per job these tests check would not be the project's doing.
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
+ENV = {**helpers.ENV, "OMP_NUM_THREADS": "2"}
 
 
 def lstm_train(*args: str) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lstm_train.tasks import build_task
@@ -31,15 +32,15 @@ def test_eval_sets_depend_on_the_data_seed_only(compose_cfg):
     assert not torch.equal(a.splits["val"][0][:100], a.splits["test"][0][:100])
 
 
-def test_train_epochs_replay_from_seed_and_epoch(compose_cfg):
-    for fresh in ("true", "false"):
-        task = build_task(compose_cfg("task.train_size=100", f"task.fresh={fresh}").task)
-        first = list(task.train_batches(epoch=3, batch_size=32, seed=0))
-        again = list(task.train_batches(epoch=3, batch_size=32, seed=0))
-        other = list(task.train_batches(epoch=4, batch_size=32, seed=0))
-        assert [len(b) for b in first] == [32, 32, 32, 4] and task.steps_per_epoch(32) == 4
-        assert all(torch.equal(p.x, q.x) and torch.equal(p.y, q.y) for p, q in zip(first, again, strict=True))
-        assert not torch.equal(first[0].x, other[0].x)
-        if fresh == "false":  # a fixed set, reshuffled: the same sequences in another order
-            seen = torch.cat([b.x for b in first]).sum(dim=(1, 2)).sort().values
-            assert torch.allclose(seen, task.fixed_train[0].sum(dim=(1, 2)).sort().values)
+@pytest.mark.parametrize("fresh", ["true", "false"], ids=["fresh", "fixed"])
+def test_train_epochs_replay_from_seed_and_epoch(compose_cfg, fresh):
+    task = build_task(compose_cfg("task.train_size=100", f"task.fresh={fresh}").task)
+    first = list(task.train_batches(epoch=3, batch_size=32, seed=0))
+    again = list(task.train_batches(epoch=3, batch_size=32, seed=0))
+    other = list(task.train_batches(epoch=4, batch_size=32, seed=0))
+    assert [len(b) for b in first] == [32, 32, 32, 4] and task.steps_per_epoch(32) == 4
+    assert all(torch.equal(p.x, q.x) and torch.equal(p.y, q.y) for p, q in zip(first, again, strict=True))
+    assert not torch.equal(first[0].x, other[0].x)
+    if fresh == "false":  # a fixed set, reshuffled: the same sequences in another order
+        seen = torch.cat([b.x for b in first]).sum(dim=(1, 2)).sort().values
+        assert torch.allclose(seen, task.fixed_train[0].sum(dim=(1, 2)).sort().values)

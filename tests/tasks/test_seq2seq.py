@@ -16,6 +16,7 @@ from lstm_train.tasks.data import length_batches
 from lstm_train.tasks.g2p import read_cmudict
 from lstm_train.tasks.seq2seq import EOS, PAD, Seq2SeqMetrics, Seq2SeqOutput, edit_distance, make_batch, transduce
 from lstm_train.train import train
+from tests.helpers import CMUDICT, events, without_time
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,21 +86,6 @@ def test_synthetic_tasks(compose_cfg, name, op):
     for row, y, n in zip(b.x.tolist(), b.y.tolist(), b.lengths.tolist(), strict=True):
         assert row[n:] == [PAD] * (len(row) - n)
         assert y[: n + 1] == [*op(row[:n]), EOS] and y[n + 1 :] == [PAD] * (len(y) - n - 1)
-
-
-CMUDICT = """\
-;;; a comment line of the old format
-# and of the new
-'bout  B AW1 T
-a AH0
-a(2) EY1
-a.m. EY2 EH1 M
-x-ray EH1 K S R EY2
-record R EH1 K ER0 D
-record(2) R IH0 K AO1 R D
-record(3) R EH1 K ER2 D
-cat K AE1 T  # an animal
-""" + "".join(f"w{chr(97 + i % 26)}{chr(97 + i // 26)}x W AH1 K{i % 3}\n" for i in range(300))
 
 
 def write(tmp_path, text, name="dict.txt"):
@@ -238,34 +224,13 @@ def test_g2p_predicts_from_checkpoint_state(compose_cfg, tmp_path):
     assert out[2] == "" and all(set(o.split()) <= set(task.target_vocab.tokens) for o in out)
 
 
-@pytest.mark.parametrize("task_name", ["sort", "g2p"])
-def test_train_end_to_end_writes_decoding_metrics(compose_cfg, tmp_path, capsys, task_name):
-    extra = [f"task.path={write(tmp_path, CMUDICT)}", "task.val_size=null"] if task_name == "g2p" else []
-    cfg = compose_cfg(
-        "model=seq2seq", f"task={task_name}", "debug=fast", "model.beam_size=2", "trainer.progress_bar=false", *extra
-    )
-    result = train(cfg, tmp_path / "run")
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    names = {"loss", "acc", "exact"} | ({"per"} if task_name == "g2p" else set())
+def test_a_run_writes_decoding_metrics(seq2seq_run):
+    metrics = json.loads((seq2seq_run.dir / "metrics.json").read_text())
+    names = {"loss", "acc", "exact"} | ({"per"} if seq2seq_run.cfg.task.name == "g2p" else set())
     assert set(metrics["test"]) == set(metrics["val"]) == names
     assert set(metrics["train"]) == {"loss"}  # training is teacher-forced: no decoding metrics there
-    assert metrics["test"] == result["test"] and 0 <= metrics["test"]["acc"] <= 1
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0})
-    events.Reload()
-    assert "samples/text_summary" in events.Tags()["tensors"]
-
-    # lstm-predict on the checkpoint: one output line per input, the same as transduce on the trained model
-    from lstm_train.cli import predict
-
-    inputs = ["cat", "waax"] if task_name == "g2p" else ["3 1 2", "0 0 5 4"]
-    model, task, _ = predict.load(tmp_path / "run" / "checkpoints" / "best.pt")
-    predict.main([str(tmp_path / "run" / "checkpoints" / "best.pt"), *inputs, "--beam-size", "3"])
-    assert capsys.readouterr().out.splitlines() == list(transduce(model, task, inputs, beam_size=3))
-    with pytest.raises(SystemExit) as exit_:
-        predict.main([str(tmp_path / "run" / "checkpoints" / "best.pt"), "cat", "--beam-size", "0"])
-    assert exit_.value.code == 2 and "--beam-size: must be >= 1" in capsys.readouterr().err
+    assert metrics["test"] == seq2seq_run.metrics["test"] and 0 <= metrics["test"]["acc"] <= 1
+    assert "samples/text_summary" in events(seq2seq_run.dir).Tags()["tensors"]
 
 
 def test_synthetic_config_checked_at_build(compose_cfg):
@@ -287,4 +252,4 @@ def test_resume_with_a_teacher_forcing_coin_ends_like_an_uninterrupted_run(compo
     uninterrupted = train(compose_cfg(*overrides), tmp_path / "a")
     killed_after_first_checkpoint(compose_cfg(*overrides), tmp_path / "b")
     resumed = train(compose_cfg(*overrides, f"trainer.resume={tmp_path / 'b/checkpoints/last.pt'}"), tmp_path / "c")
-    assert {k: v for k, v in resumed.items() if k != "time"} == {k: v for k, v in uninterrupted.items() if k != "time"}
+    assert without_time(resumed) == without_time(uninterrupted)

