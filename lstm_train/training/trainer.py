@@ -61,7 +61,7 @@ from lstm_train.runs.checkpoint import (
     set_rng_state,
 )
 from lstm_train.tasks import Batch, Metrics, Split, Task, derive_seed
-from lstm_train.training import distributed
+from lstm_train.training import distributed, pruning
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, StopRequest, deferred_signals, signal_name
 from lstm_train.training.optim import Scheduler, build_optimizer, optimizer_state_keys
@@ -148,6 +148,7 @@ class Trainer:
             self._check_bf16()
 
         self.progress = Progress()
+        self.report = pruning.reporter(self.monitor, world.size)  # an Optuna trial's values to its study
         self.max_time = None if t.max_time is None else duration_seconds(t.max_time)
         self._clock = (time.perf_counter(), 0.0)  # (when this process's loop started, elapsed_s before it)
         self.resumed_at: int | None = None  # the step a resumed run started from
@@ -538,6 +539,7 @@ class Trainer:
             p.max_time_reached = p.out_of_time and evaluate and not (at_limit or p.stopped_early)
             if evaluate:
                 self._save(improved, now)
+                self.report(p.step, p.last_val[self.monitor], p.best)  # raises Pruned: last.pt is saved
                 tic = time.perf_counter()
                 clock["eval"] += tic - toc
             if save and signum is None:
