@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -253,6 +254,22 @@ CASES = [
      "(without checkpoints), which this run would overwrite; choose another hydra.run.dir", 2),
     ("run-dir-in-use", "a run dir another run is using", "lstm-train", ["hydra.run.dir={d}/busy"],
      "hydra.run.dir: {d}/busy is in use by lstm-train (pid", 2),
+    # -- Optuna searches (issue 28: this project's sweeper, pruning)
+    ("sweep-pruner-without-storage", "a pruner for a study kept in memory", "lstm-train",
+     ["-m", "hparams_search=first_last", "hydra/sweeper/pruner=median", "hydra.sweeper.storage=null",
+      "hydra.sweep.dir={d}/in-memory"],
+     "hydra.sweeper.pruner: a pruner needs the study in a storage, through which each trial's process reports its "
+     "values", 2),
+    ("sweep-study-other-direction", "continuing a study in the other direction", "lstm-train",
+     ["-m", "debug=fast", "hydra/sweeper=optuna_study", "hydra.sweeper.study_name=s", "hydra.sweep.dir={d}/study",
+      "optim.lr=interval(1e-3, 1e-2)"],
+     "trainer.monitor: the study s in sqlite:///{d}/study/optuna.db was started to minimize its value, this search "
+     "would maximize it", 2),
+    ("sweep-no-trial-completed", "an Optuna search whose every trial fails", "lstm-train",
+     ["-m", "debug=fast", "hydra/sweeper=optuna_study", "hydra.sweeper.n_trials=1", "model.hidden_size=choice(-3)",
+      "hydra.sweep.dir={d}/failing"],
+     "no trial of study first_last-classifier-debug completed (1 failed); the errors are in "
+     "{d}/failing/sweep_summary.md: fix their cause", 1),
 ]
 
 
@@ -308,6 +325,8 @@ def results(tmp_path_factory) -> dict:
     (d / "bad.dict").write_text("hello HH AH0 L OW1\nlonely\n")
     (d / "metrics-only").mkdir()
     (d / "metrics-only/metrics.json").write_bytes((d / "cls/metrics.json").read_bytes())
+    (d / "study").mkdir()  # an Optuna study that minimizes its value
+    optuna.create_study(storage=f"sqlite:///{d}/study/optuna.db", study_name="s", direction="minimize")
     before = digest(d / "cls")
 
     commands = [[program, *(a.format(d=d, cls=d / "cls", char=d / "char") for a in args),

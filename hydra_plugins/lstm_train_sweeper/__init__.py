@@ -125,9 +125,10 @@ class OptunaStudySweeper(Sweeper):
 
         states = Counter(t.state.name.lower() for t in study.trials)
         if not states["complete"]:
-            counts = ", ".join(f"{n} {s}" for s, n in states.items()) or "none run"
-            raise RunError(f"no trial of study {study.study_name} completed ({counts}); the errors are in the "
-                           f"sweep summary, {self.sweep_dir}/sweep_summary.md")
+            counts = ", ".join(f"{n} {'failed' if s == 'fail' else s}" for s, n in states.items()) or "none run"
+            raise RunError(f"no trial of study {study.study_name} completed ({counts}); the errors are in "
+                           f"{self.sweep_dir}/sweep_summary.md: fix their cause, then raise hydra.sweeper.n_trials "
+                           "to run more trials in this study, or start a new one in another hydra.sweep.dir")
         best = study.best_trial
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create({
