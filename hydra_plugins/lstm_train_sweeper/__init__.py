@@ -54,8 +54,11 @@ class OptunaStudySweeper(Sweeper):
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def sweep(self, arguments: list[str]) -> None:
-        import optuna
-
+        try:
+            import optuna
+        except ImportError as e:
+            raise ConfigError("hydra/sweeper", "optuna_study needs Optuna, which comes with the sweep extra: "
+                              "pip install -e '.[sweep]'") from e
         optuna.logging.disable_default_handler()  # Optuna's lines go to Hydra's log, in its format
         optuna.logging.enable_propagation()
         self._check()

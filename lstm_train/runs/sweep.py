@@ -2,8 +2,7 @@
 
 :class:`SweepSummary` is a Hydra callback (conf/config.yaml, ``hydra.callbacks``). In a job's own process it
 writes ``<job dir>/job_status.json`` when the job starts (running: host, pid, start time) and when it ends
-(completed; pruned by an Optuna study, with its values until then; or failed with the error's first line; wall
-time; torch threads). In the sweeping process it
+(completed, pruned or failed with the error's first line; wall time; torch threads). In the sweeping process it
 writes ``sweep_summary.csv``, ``.md`` and ``.png`` into the sweep dir when the multirun ends, or when that
 process exits on an error (a failed job, Ctrl-C). ``lstm-sweep-summary DIR`` writes the same files from the
 directory alone: for a sweep that is still running, or died.

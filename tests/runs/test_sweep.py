@@ -681,6 +681,13 @@ def test_a_pruner_needs_a_storage():
                     pruner=OmegaConf.create({"_target_": "optuna.pruners.MedianPruner"}))
 
 
+def test_the_sweeper_without_optuna_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as without the sweep extra: import optuna fails
+    with pytest.raises(ConfigError, match=r"^hydra/sweeper: optuna_study needs Optuna, which comes with the sweep "
+                                          r"extra: pip install -e '\.\[sweep\]'$"):
+        run_sweeper(Path("unused"), Launcher())
+
+
 def test_the_search_space_in_hydra_sweep_syntax():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
