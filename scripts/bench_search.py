@@ -74,9 +74,9 @@ def main() -> None:
     args = parser.parse_args()
     model, flags = cpu()
     print(f"CPU: {model}; {os.cpu_count()} CPUs; flags: {', '.join(flags) or 'none of ' + ', '.join(FLAGS)}")
-    search, pruner = (" ".join([head, *tail]) for head, tail in ((f"hparams_search={args.search}", args.overrides),
+    what, pruning = (" ".join([head, *tail]) for head, tail in ((f"hparams_search={args.search}", args.overrides),
                                                                  (args.pruner, args.pruner_option)))
-    print(f"{args.trials} trials of {search}; pruner {pruner}; sampler seed {args.seed}; load average at the start "
+    print(f"{args.trials} trials of {what}; pruner {pruning}; sampler seed {args.seed}; load average at the start "
           f"{os.getloadavg()[0]:.1f}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
