@@ -454,13 +454,13 @@ def _field_check(schema: type, key: Any, value: Any) -> str | None:
         return None
 
 
-SWEEP_PLUGINS = ("hydra_joblib_launcher", "hydra_submitit_launcher", "hydra_optuna_sweeper")
+SWEEP_EXTRA = ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher", "optuna")
 
 
 def _plugin_hint(message: str) -> str:
     """A launcher or sweeper that is not there: Hydra's plugins come with an extra, which may be missing."""
     about_plugins = "hydra/launcher" in message or "hydra/sweeper" in message
-    if about_plugins and not all(importlib.util.find_spec(f"hydra_plugins.{name}") for name in SWEEP_PLUGINS):
+    if about_plugins and not all(importlib.util.find_spec(name) for name in SWEEP_EXTRA):
         return f"{message.rstrip('.')}; Hydra's launcher and sweeper plugins come with the sweep extra: " \
                "pip install -e '.[sweep]'"
     return message

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,19 @@ class ConfigError(ValueError):
 class RunError(RuntimeError):
     """A run that failed after saving what it could (lstm-train reports it on one line, exit status 1).
     ``str(error)`` is that line."""
+
+
+class Pruned(Exception):
+    """An Optuna study's pruner stopped the trial after the evaluation at ``step`` (last.pt holds it;
+    lstm_train/training/pruning.py). Not a failure: the sweeper records the trial as pruned, the sweep summary
+    the job."""
+
+    def __init__(self, step: int, monitor: str, value: float, best: dict[str, Any] | None = None) -> None:
+        super().__init__(step, monitor, value, best)  # args as given: pickled back from a job's process
+        self.step, self.monitor, self.value, self.best = step, monitor, value, best
+
+    def __str__(self) -> str:
+        return f"pruned by the study's pruner at step {self.step} ({self.monitor} {self.value:.4g})"
 
 
 class UsageError(Exception):

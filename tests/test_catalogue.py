@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -271,6 +272,22 @@ CASES = [
     ("sweep-other-grid", "a sweep started again with another grid", "lstm-train",
      ["-m", "optim.lr=0.2,0.3", "hydra.sweep.dir={d}/grid"],
      "hydra.sweep.dir: {d}/grid holds job 0 with optim.lr=0.1, where this sweep's job 0 has optim.lr=0.2", 2),
+    # -- Optuna searches (issue 28: this project's sweeper, pruning)
+    ("sweep-pruner-without-storage", "a pruner for a study kept in memory", "lstm-train",
+     ["-m", "hparams_search=first_last", "hydra/sweeper/pruner=median", "hydra.sweeper.storage=null",
+      "hydra.sweep.dir={d}/in-memory"],
+     "hydra.sweeper.pruner: a pruner needs the study in a storage, through which each trial's process reports its "
+     "values", 2),
+    ("sweep-study-other-direction", "continuing a study in the other direction", "lstm-train",
+     ["-m", "debug=fast", "hydra/sweeper=optuna_study", "hydra.sweeper.study_name=s", "hydra.sweep.dir={d}/study",
+      "optim.lr=interval(1e-3, 1e-2)"],
+     "trainer.monitor: the study s in sqlite:///{d}/study/optuna.db was started to minimize its value, this search "
+     "would maximize it", 2),
+    ("sweep-no-trial-completed", "an Optuna search whose every trial fails", "lstm-train",
+     ["-m", "debug=fast", "hydra/sweeper=optuna_study", "hydra.sweeper.n_trials=1", "model.hidden_size=choice(-3)",
+      "hydra.sweep.dir={d}/failing"],
+     "no trial of study first_last-classifier-debug completed (1 failed); the errors are in "
+     "{d}/failing/sweep_summary.md: fix their cause", 1),
 ]
 
 
@@ -325,6 +342,8 @@ def results(tmp_path_factory) -> dict:
     (d / "grid/0_optim.lr=0.1/.hydra").mkdir(parents=True)  # a sweep dir whose job 0 ran with optim.lr=0.1
     (d / "grid/0_optim.lr=0.1/.hydra/overrides.yaml").write_text("- optim.lr=0.1\n")
     (d / "grid/0_optim.lr=0.1/.hydra/hydra.yaml").write_text("hydra:\n  job:\n    num: 0\n")
+    (d / "study").mkdir()  # an Optuna study that minimizes its value
+    optuna.create_study(storage=f"sqlite:///{d}/study/optuna.db", study_name="s", direction="minimize")
     before = digest(d / "cls")
 
     commands = [[program, *(a.format(d=d, cls=d / "cls", char=d / "char") for a in args),

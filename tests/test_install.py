@@ -27,7 +27,9 @@ def test_wheel_installs_and_trains_from_any_directory(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("lstm_train-*.whl"))
-    assert "lstm_train/nn/csrc/recurrence.cpp" in zipfile.ZipFile(wheel).namelist()  # the kernel builds from it
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lstm_train/nn/csrc/recurrence.cpp" in names  # the kernel builds from it
+    assert "lstm_train/conf/hydra/sweeper/pruner/median.yaml" in names  # configs four levels deep too
 
     # A fresh venv that sees this environment's packages (torch and the rest) but not this checkout.
     venv = tmp_path / "venv"

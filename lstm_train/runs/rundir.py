@@ -39,7 +39,7 @@ from lstm_train.errors import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
-GRID_SWEEPER = "hydra_plugins.lstm_train_sweeper.ResumableGridSweeper"  # conf/hydra/sweeper/grid.yaml
+GRID_SWEEPER = "hydra_plugins.lstm_train_sweeper.grid.ResumableGridSweeper"  # conf/hydra/sweeper/grid.yaml
 # what a run writes into its dir before it trains (names or patterns): Hydra's, the lock, runs/provenance.py's
 HYDRA_FILES = (".hydra", "train.log", LOCK, "provenance.*")
 

@@ -2,7 +2,7 @@
 
 :class:`SweepSummary` is a Hydra callback (conf/config.yaml, ``hydra.callbacks``). In a job's own process it
 writes ``<job dir>/job_status.json`` when the job starts (running: host, pid, start time) and when it ends
-(completed, or failed with the error's first line; wall time; torch threads). In the sweeping process it
+(completed, pruned or failed with the error's first line; wall time; torch threads). In the sweeping process it
 writes ``sweep_summary.csv``, ``.md`` and ``.png`` into the sweep dir when the multirun ends, or when that
 process exits on an error (a failed job, Ctrl-C). ``lstm-sweep-summary DIR`` writes the same files from the
 directory alone: for a sweep that is still running, or died.
@@ -45,7 +45,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_train.config import monitor_direction
-from lstm_train.errors import ConfigError
+from lstm_train.errors import ConfigError, Pruned
 from lstm_train.runs import rundir
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,10 @@ class SweepSummary(Callback):
         now, started = time.time(), status.get("started")
         status.update(status="completed", ended=now, wall_s=now - started if isinstance(started, int | float) else None,
                       threads=torch.get_num_threads())
-        if error is not None:
+        if isinstance(error, Pruned):  # stopped by an Optuna study's pruner: not a failure
+            best = error.best and {"value": error.best["value"], "step": error.best["step"]}
+            status.update(status="pruned", steps=error.step, best=best, last={error.monitor: error.value})
+        elif error is not None:
             status.update(status="failed", error=_one_line(error))
         _write_json(path, status)
 
@@ -155,7 +158,7 @@ def _read_bytes(path: Path) -> bytes | None:
 class Job:
     num: int
     dir: Path
-    status: str  # completed, failed, running, died, unknown
+    status: str  # completed, pruned, failed, running, died, unknown
     overrides: dict[str, str]
     monitor: str | None = None  # trainer.monitor, e.g. val/acc
     maximize: bool | None = None
@@ -163,7 +166,7 @@ class Job:
     best_step: int | None = None
     test: dict[str, float] = field(default_factory=dict)
     steps: int | None = None  # optimizer steps done
-    ended: str = ""  # what ended training before its step limit: early_stopping or max_time
+    ended: str = ""  # what ended training before its step limit: early_stopping, max_time or pruned
     wall_s: float | None = None  # start to end; to now for a running job
     host: str | None = None
     error: str | None = None
@@ -265,6 +268,11 @@ def _read_status(job: Job, status: Any) -> None:
             job.wall_s = time.time() - status["started"]
     elif status.get("wall_s") is not None:
         job.wall_s = float(status["wall_s"])
+    if job.status == "pruned":  # no metrics.json: the values until the pruner stopped it
+        best = status.get("best")
+        if best:
+            job.best, job.best_step = float(best["value"]), best["step"]
+        job.steps, job.ended = status.get("steps"), "pruned"
 
 
 def _running_or_not(status: dict[str, Any]) -> str:

@@ -20,14 +20,16 @@ from pathlib import Path
 import matplotlib
 import optuna
 import pytest
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from hydra_plugins.lstm_train_sweeper import ResumableOptunaSweeper
+from hydra_plugins.lstm_train_sweeper.optuna_study import OptunaStudySweeper, search_space
 from lstm_train.config import ConfigError, describe_config_error, monitor_direction, threads_per_job, validate
+from lstm_train.errors import Pruned, RunError
 from lstm_train.models import build_model
 from lstm_train.nn.variants import VARIANTS
 from lstm_train.runs.sweep import STATUS_FILE, SweepSummary, collect, incomplete_beta, main, welch, write_summary
@@ -522,8 +524,9 @@ def test_monitor_direction_of_an_unknown_metric():
 def test_hparams_search_configs_compose(compose_cfg):
     cfg = compose_cfg("hparams_search=first_last", return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.lstm_train_sweeper.ResumableOptunaSweeper"
+    assert sweeper._target_ == "hydra_plugins.lstm_train_sweeper.optuna_study.OptunaStudySweeper"
     assert sweeper.direction == "maximize" and cfg.trainer.max_steps == 600
+    assert (sweeper.sampler._target_, sweeper.pruner, sweeper.trial) == ("optuna.samplers.TPESampler", None, None)
     assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"
     assert set(sweeper.params) == {"optim.lr", "model.hidden_size", "model.num_layers", "trainer.batch_size"}
     assert compose_cfg("hparams_search=first_last", "trainer.monitor=val/loss",
@@ -538,6 +541,19 @@ def test_hparams_search_configs_compose(compose_cfg):
         _ = cfg.hydra.sweeper.direction
     assert describe_config_error(error.value) == (
         "trainer.monitor: task first_last has no metric val/bpc; it has val/loss, val/acc")
+
+
+@pytest.mark.parametrize(("pruner", "target"), [("median", "MedianPruner"), ("successive_halving",
+                         "SuccessiveHalvingPruner"), ("hyperband", "HyperbandPruner")])
+def test_pruner_configs_make_optuna_pruners(compose_cfg, pruner, target):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("hparams_search=first_last", f"hydra/sweeper/pruner={pruner}", return_hydra_config=True)
+    assert cfg.hydra.sweeper.pruner._target_ == f"optuna.pruners.{target}"
+    assert type(instantiate(cfg.hydra.sweeper.pruner)).__name__ == target
+    cfg = compose_cfg("hparams_search=first_last", "hydra/sweeper/pruner=median",
+                      "hydra.sweeper.pruner.n_startup_trials=1", return_hydra_config=True)
+    assert cfg.hydra.sweeper.pruner.n_startup_trials == 1
 
 
 def test_a_missing_plugin_names_the_sweep_extra(monkeypatch):
@@ -581,35 +597,41 @@ def test_threads_per_job(compose_cfg):
         HydraConfig.instance().cfg = None
 
 
-# ---- the resumable Optuna sweeper, on a stand-in launcher ---------------------------------------------
+# ---- the Optuna sweeper, on a stand-in launcher -------------------------------------------------------
 class Launcher:
-    """Records (first job number, overrides) of each launch; raises KeyboardInterrupt at launch kill_at; its
-    jobs return x, or fail."""
+    """Records (first job number, overrides) of each launch; raises KeyboardInterrupt at launch kill_at. Its jobs
+    return x, or fail, or are pruned (``outcome``: value, fail, prune, or prune where x < 0.5)."""
 
-    def __init__(self, kill_at: int | None = None, fail: bool = False) -> None:
+    def __init__(self, kill_at: int | None = None, outcome: str = "value") -> None:
         self.launches: list[tuple[int, list]] = []
-        self.kill_at, self.fail = kill_at, fail
+        self.kill_at, self.outcome = kill_at, outcome
 
     def launch(self, overrides, initial_job_idx):
         if len(self.launches) == self.kill_at:
             raise KeyboardInterrupt
         self.launches.append((initial_job_idx, list(overrides)))
-        if self.fail:
-            return [JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom")) for _ in overrides]
-        return [JobReturn(status=JobStatus.COMPLETED, _return_value=float(dict(o.split("=") for o in ov)["x"]))
-                for ov in overrides]
+        return [self.job(dict(o.split("=") for o in ov)) for ov in overrides]
+
+    def job(self, overrides: dict[str, str]) -> JobReturn:
+        x = float(overrides["x"])
+        if self.outcome == "fail":
+            return JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom"))
+        if self.outcome == "prune" or (self.outcome == "prune-low" and x < 0.5):
+            return JobReturn(status=JobStatus.FAILED, _return_value=Pruned(4, "val/acc", x))
+        return JobReturn(status=JobStatus.COMPLETED, _return_value=x)
 
 
-def run_sweeper(sweep_dir: Path, launcher: Launcher, n_trials: int = 3) -> None:
-    sweeper = ResumableOptunaSweeper(
-        sampler=optuna.samplers.RandomSampler(), direction="maximize", storage=f"sqlite:///{sweep_dir}/optuna.db",
-        study_name="s", n_trials=n_trials, n_jobs=1, max_failure_rate=1.0, search_space=None,
-        custom_search_space=None, params=OmegaConf.create({"x": "interval(0, 1)"}),
-    )
-    impl = sweeper.sweeper  # what Sweeper.setup sets, without a Hydra app around it
-    impl.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
-    impl.hydra_context, impl.launcher, impl.sweep_dir = object(), launcher, str(sweep_dir)
+def run_sweeper(sweep_dir: Path, launcher: Launcher, n_trials: int = 3, n_jobs: int = 1, **options) -> None:
+    sweeper = OptunaStudySweeper(**{
+        "sampler": OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"}), "direction": "maximize",
+        "storage": f"sqlite:///{sweep_dir}/optuna.db", "study_name": "s", "n_trials": n_trials, "n_jobs": n_jobs,
+        "max_failure_rate": 1.0, "params": {"x": "interval(0, 1)"}, **options})
+    sweeper.launcher, sweeper.sweep_dir = launcher, sweep_dir  # what setup() sets, without a Hydra app around it
     sweeper.sweep([])
+
+
+def states(sweep_dir: Path) -> list[str]:
+    return [t.state.name for t in optuna.load_study(study_name="s", storage=f"sqlite:///{sweep_dir}/optuna.db").trials]
 
 
 def test_a_killed_study_continues_with_the_missing_trials_only(tmp_path):
@@ -621,7 +643,7 @@ def test_a_killed_study_continues_with_the_missing_trials_only(tmp_path):
     # trial 2 was asked, then cut off: it stays RUNNING; one trial is still missing, numbered after it
     assert [idx for idx, _ in second.launches] == [3]
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "RUNNING", "COMPLETE"]
+    assert states(sweep_dir) == ["COMPLETE", "COMPLETE", "RUNNING", "COMPLETE"]
     assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_value == max(
         t.value for t in study.trials if t.value is not None)
     run_sweeper(sweep_dir, third := Launcher())  # the study is complete: nothing to run
@@ -630,12 +652,88 @@ def test_a_killed_study_continues_with_the_missing_trials_only(tmp_path):
     assert [idx for idx, _ in fourth.launches] == [4, 5]
 
 
+def test_each_job_is_told_its_trial_and_batches_are_n_jobs(tmp_path):
+    run_sweeper(tmp_path, launcher := Launcher(), n_trials=5, n_jobs=2)
+    assert [(idx, len(overrides)) for idx, overrides in launcher.launches] == [(0, 2), (2, 2), (4, 1)]
+    trials = [ov[-1] for _, batch in launcher.launches for ov in batch]
+    assert trials == [f"hydra.sweeper.trial={n}" for n in range(5)]  # job N is trial N
+
+
 def test_a_study_without_a_completed_trial_ends_with_one_line(tmp_path):
-    with pytest.raises(HydraException, match=r"^no trial of study s completed: the errors are in the sweep summary"):
-        run_sweeper(tmp_path, Launcher(fail=True), n_trials=2)
+    with pytest.raises(RunError, match=r"^no trial of study s completed \(2 failed\); the errors are in "
+                                       r".*/sweep_summary\.md: fix their cause, then raise hydra\.sweeper\.n_trials"):
+        run_sweeper(tmp_path, Launcher(outcome="fail"), n_trials=2)
+    assert states(tmp_path) == ["FAIL", "FAIL"]  # recorded; the search went on
+
+
+def test_a_pruned_trial_is_pruned_in_the_study_and_no_failure(tmp_path):
+    # max_failure_rate=0: a single failure would stop the search
+    run_sweeper(tmp_path, Launcher(outcome="prune-low"), n_trials=6, max_failure_rate=0.0)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # recorded; the search went on
-    assert describe_config_error(HydraException("x\ny")) == "x"  # how lstm-train prints it
+    assert len(study.trials) == 6
+    for t in study.trials:
+        assert t.state.name == ("PRUNED" if t.params["x"] < 0.5 else "COMPLETE")
+    with pytest.raises(RunError, match=r"^no trial of study s completed \(2 pruned\)"):
+        run_sweeper(tmp_path / "all", Launcher(outcome="prune"), n_trials=2)
+
+
+def test_a_pruner_needs_a_storage():
+    with pytest.raises(ConfigError, match=r"^hydra\.sweeper\.pruner: a pruner needs the study in a storage"):
+        run_sweeper(Path("unused"), Launcher(), storage=None,
+                    pruner=OmegaConf.create({"_target_": "optuna.pruners.MedianPruner"}))
+
+
+def test_the_sweeper_without_optuna_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as without the sweep extra: import optuna fails
+    with pytest.raises(ConfigError, match=r"^hydra/sweeper: optuna_study needs Optuna, which comes with the sweep "
+                                          r"extra: pip install -e '\.\[sweep\]'$"):
+        run_sweeper(Path("unused"), Launcher())
+
+
+def test_the_search_space_in_hydra_sweep_syntax():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space, fixed = search_space(["optim.lr=tag(log, interval(1e-3, 3e-2))", "model.hidden_size=choice(32, 64)",
+                                 "model.num_layers=range(1, 4)", "model.dropout=interval(0.0, 0.5)",
+                                 "task=first_last,text_char", "debug=fast", "model.num_layers=2"])
+    assert space == {
+        "optim.lr": FloatDistribution(1e-3, 3e-2, log=True),
+        "model.hidden_size": CategoricalDistribution([32, 64]),
+        "model.dropout": FloatDistribution(0.0, 0.5),
+        "task": CategoricalDistribution(["first_last", "text_char"]),
+    }
+    assert fixed == ["debug=fast", "model.num_layers=2"]  # the command line's value wins over the search's
+    space, _ = search_space(["model.num_layers=range(1, 4)", "x=range(0, 10, 5)", "y=range(0.0, 1.0, 0.25)"])
+    assert space == {"model.num_layers": IntDistribution(1, 3), "x": IntDistribution(0, 5, step=5),
+                     "y": FloatDistribution(0.0, 0.75, step=0.25)}  # range's end excluded, as in Hydra
+
+
+def test_a_hopeless_trial_is_pruned_after_saving_last_pt(tmp_path):
+    """A median pruner after one trial: trial 0 (lr 0.05) completes, trial 1 (lr 1e-9: it learns nothing) is
+    pruned at an evaluation worse than trial 0's there. It keeps its last.pt; the search exits 0."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"optim.lr": 0.05})
+    study.enqueue_trial({"optim.lr": 1e-9})
+    proc = subprocess.run(
+        [LSTM_TRAIN, "-m", "debug=fast", "trainer.max_epochs=4", "hydra/sweeper=optuna_study",
+         "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", "optim.lr=choice(0.05, 1e-9)",
+         "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=s", f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+    assert list(trials[0].intermediate_values) == [8, 16, 24, 32]  # every evaluation (8 steps an epoch) reported
+    step = max(trials[1].intermediate_values)
+    assert step < 32 and trials[1].value == trials[1].intermediate_values[step]
+    rows = {r["job"]: r for r in csv.DictReader((tmp_path / "sweep_summary.csv").open())}
+    assert (rows["0"]["status"], rows["1"]["status"], rows["1"]["ended"]) == ("completed", "pruned", "pruned")
+    assert int(rows["1"]["steps"]) == step and rows["1"]["best"] != "" and rows["1"]["error"] == ""
+    job = next(tmp_path.glob("1_*"))
+    assert torch.load(job / "checkpoints/last.pt", weights_only=True)["progress"]["step"] == step
+    assert not (job / "metrics.json").exists()
+    assert "2 jobs: 1 completed, 1 pruned." in (tmp_path / "sweep_summary.md").read_text()
 
 
 # ---- a multirun with a failed job, from the command line --------------------------------------------------

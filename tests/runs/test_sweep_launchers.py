@@ -1,5 +1,6 @@
 """Sweeps on the real launchers and sweeper, from the command line (slow: several Hydra jobs each):
-joblib with two jobs side by side, submitit_local, and an Optuna study killed with SIGKILL, then continued."""
+joblib with two jobs side by side, submitit_local, an Optuna study killed with SIGKILL, then continued, and
+pruning in trials that run in the launcher's processes."""
 
 from __future__ import annotations
 
@@ -110,3 +111,27 @@ def test_optuna_study_killed_and_continued(tmp_path):
     assert complete_trials <= completed and completed - complete_trials <= {t.number for t in before}
     # the job cut off, if its dir was made: died (or unknown, killed before its status file was written)
     assert {r["status"] for r in rows} <= {"completed", "died", "unknown"}
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_trial_in_another_process_reports_and_is_pruned(tmp_path, launcher):
+    """The trials run in the launcher's processes, which reach the study through its SQLite file: trial 1
+    (lr 1e-9) is pruned there after trial 0 (lr 0.05) completed, and stops with its last.pt saved."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"optim.lr": 0.05})
+    study.enqueue_trial({"optim.lr": 1e-9})
+    proc = subprocess.Popen(
+        [LSTM_TRAIN, "-m", "debug=fast", "trainer.max_epochs=4", f"hydra/launcher={launcher}",
+         "hydra/sweeper=optuna_study", "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+         "optim.lr=choice(0.05, 1e-9)", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=s",
+         f"hydra.sweep.dir={tmp_path}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+    assert list(trials[0].intermediate_values) == [8, 16, 24, 32]
+    jobs = statuses(tmp_path)
+    assert [jobs[n]["status"] for n in (0, 1)] == ["completed", "pruned"]
+    assert proc.pid not in {s["pid"] for s in jobs.values()}  # the trials ran in processes of their own
+    assert next(tmp_path.glob("1_*/checkpoints/last.pt")).is_file()
+    assert [r["status"] for r in sorted(summary(tmp_path), key=lambda r: r["job"])] == ["completed", "pruned"]

@@ -20,7 +20,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins import lstm_train_sweeper
+from hydra_plugins.lstm_train_sweeper import grid as grid_sweeper
 from lstm_train.errors import ConfigError
 from lstm_train.runs import rundir
 from lstm_train.runs.sweep import STATUS_FILE, SweepSummary, collect
@@ -50,7 +50,7 @@ class Context:
 def run_grid(sweep_dir: Path, arguments: list[str], launcher: Launcher, max_batch_size: int | None = None) -> list:
     # Looked up now: Hydra's plugin scan (any earlier composition in this process) executes the sweeper's module
     # and Hydra's BasicSweeper again, and a class taken at import would then subclass a stale BasicSweeper.
-    sweeper = lstm_train_sweeper.ResumableGridSweeper(max_batch_size=max_batch_size)
+    sweeper = grid_sweeper.ResumableGridSweeper(max_batch_size=max_batch_size)
     sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
     sweeper.hydra_context, sweeper.launcher = Context(), launcher
     sweeper.validate_batch_is_legal = lambda batch: None  # composes each job's config: needs a Hydra app
