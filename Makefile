@@ -31,11 +31,14 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(VENV)/bin/lstm-train $(ARGS)
 
+# The suite on up to 4 cores (pytest-xdist), a test file per worker: its module-scoped runs are trained once.
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-all: setup  # the default suite plus the slow tests
-	$(PY) -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 bench: setup
 	$(PY) scripts/bench_lstm.py $(ARGS)

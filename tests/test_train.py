@@ -23,7 +23,7 @@ from lstm_train.train import train
 from lstm_train.training import precision
 from lstm_train.training.interrupt import Interrupted
 from lstm_train.training.trainer import build_trainer
-from tests.helpers import events, without_time
+from tests.helpers import compose_config, events, without_time
 from tests.training.callbacks import SignalInStep, StepClock, WeightsAfterEachStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -212,42 +212,59 @@ def test_ema_starts_when_a_run_without_one_resumes_with_it(compose_cfg, tmp_path
     assert torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=True)["ema"]["updates"] == 8
 
 
-def test_max_time_ends_the_run_at_the_next_evaluated_step(compose_cfg, tmp_path):
-    clock = [StepClock()]  # a clock of 1 s per step
-    result = train(compose_cfg("debug=fast", "trainer.max_time=5s"), tmp_path / "a", callbacks=clock)
+@pytest.fixture(scope="module")
+def out_of_time(tmp_path_factory) -> tuple[dict, Path]:
+    """A run whose budget (5 s, on a clock of 1 s per step) is spent after step 5: its metrics and last.pt."""
+    run = tmp_path_factory.mktemp("out-of-time")
+    result = train(compose_config("debug=fast", "trainer.max_time=5s"), run, callbacks=[StepClock()])
+    return result, run / "checkpoints" / "last.pt"
+
+
+def test_max_time_ends_the_run_at_the_next_evaluated_step(out_of_time):
+    result, last = out_of_time
     # spent after step 5, which was not evaluated: step 6 is, and ends the run (an epoch is 8 steps)
     assert result["step"] == 6 and result["max_time_reached"] and result["best"]["step"] == 6
-    assert [e.step for e in events(tmp_path / "a").Scalars("val/acc")] == [6]
-    assert [e.step for e in events(tmp_path / "a").Scalars("test/acc")] == [6]
-    last = tmp_path / "a/checkpoints/last.pt"
+    assert [e.step for e in events(last.parent.parent).Scalars("val/acc")] == [6]
+    assert [e.step for e in events(last.parent.parent).Scalars("test/acc")] == [6]
     assert torch.load(last, weights_only=True)["progress"]["elapsed_s"] == 6.0
-    # spent after an evaluated step (the first epoch's end): the run ends there, with no extra step
-    at_eval = train(compose_cfg("debug=fast", "trainer.max_time=8"), tmp_path / "b", callbacks=clock)
+
+
+def test_max_time_spent_at_an_evaluated_step_ends_the_run_there(compose_cfg, tmp_path):
+    # spent after the first epoch's end, an evaluated step: no extra step
+    at_eval = train(compose_cfg("debug=fast", "trainer.max_time=8"), tmp_path, callbacks=[StepClock()])
     assert at_eval["step"] == 8 and at_eval["max_time_reached"]
-    assert [e.step for e in events(tmp_path / "b").Scalars("val/acc")] == [8]
-    # resumed with its budget spent, the run only tests; resumed with more, it trains on
-    again = train(compose_cfg("debug=fast", "trainer.max_time=5s", f"trainer.resume={last}"), tmp_path / "c",
-                  callbacks=clock)
+    assert [e.step for e in events(tmp_path).Scalars("val/acc")] == [8]
+
+
+def test_a_run_resumed_with_its_budget_spent_only_tests(compose_cfg, tmp_path, out_of_time):
+    result, last = out_of_time
+    again = train(compose_cfg("debug=fast", "trainer.max_time=5s", f"trainer.resume={last}"), tmp_path,
+                  callbacks=[StepClock()])
     assert without_time(again) == without_time(result)
-    assert not (tmp_path / "c/checkpoints/last.pt").exists()
-    more = train(compose_cfg("debug=fast", "trainer.max_time=1h", f"trainer.resume={last}"), tmp_path / "d",
-                 callbacks=clock)
+    assert not (tmp_path / "checkpoints/last.pt").exists()
+
+
+def test_a_run_resumed_with_a_larger_budget_trains_on(compose_cfg, tmp_path, out_of_time):
+    more = train(compose_cfg("debug=fast", "trainer.max_time=1h", f"trainer.resume={out_of_time[1]}"), tmp_path,
+                 callbacks=[StepClock()])
     assert more["step"] == 16 and not more["max_time_reached"]
 
 
-def test_max_time_owed_step_survives_an_interrupt_and_the_step_limit_is_no_budget_end(compose_cfg, tmp_path):
-    clock = StepClock()  # a clock of 1 s per step
-    cfg = compose_cfg("debug=fast", "trainer.max_time=5s")
-    unbroken = train(cfg, tmp_path / "a", callbacks=[clock])
+def test_max_time_owed_step_survives_an_interrupt(compose_cfg, tmp_path, out_of_time):
+    clock = StepClock()
     # SIGTERM in step 5, the step after which the budget is spent and one evaluated step is owed
     with pytest.raises(Interrupted):
-        train(cfg, tmp_path / "b", callbacks=[clock, SignalInStep(5, signal.SIGTERM)])
-    resumed = train(compose_cfg("debug=fast", "trainer.max_time=5s", "trainer.resume=auto"), tmp_path / "b",
+        train(compose_cfg("debug=fast", "trainer.max_time=5s"), tmp_path,
+              callbacks=[clock, SignalInStep(5, signal.SIGTERM)])
+    resumed = train(compose_cfg("debug=fast", "trainer.max_time=5s", "trainer.resume=auto"), tmp_path,
                     callbacks=[clock])
-    assert without_time(resumed) == without_time(unbroken) and resumed["step"] == 6
-    # the budget spent at the last step: the step limit ended training, not the budget
-    assert not train(compose_cfg("debug=fast", "trainer.max_time=16"), tmp_path / "c",
-                     callbacks=[clock])["max_time_reached"]
+    assert without_time(resumed) == without_time(out_of_time[0]) and resumed["step"] == 6
+
+
+def test_a_budget_spent_at_the_last_step_is_not_reported_as_reached(compose_cfg, tmp_path):
+    # the step limit ended training, not the budget
+    assert not train(compose_cfg("debug=fast", "trainer.max_time=16"), tmp_path, callbacks=[StepClock()])[
+        "max_time_reached"]
 
 
 def test_max_time_counts_the_time_before_a_resume(compose_cfg, tmp_path, killed_after_first_checkpoint):

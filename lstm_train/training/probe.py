@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from lstm_train.nn import LSTM, Recording, TorchLSTM
 from lstm_train.tasks import Batch, Task
+from lstm_train.training.tracking import Tracker
 
 GATES = ("input", "forget", "candidate", "output")  # the i, f, g, o of the cell equations
 SIGMOID_GATES = (0, 1, 3)  # g is a tanh in [-1, 1]: near 0 or 1 means nothing special for it
@@ -109,6 +110,12 @@ class Summary:
     histograms: dict[str, Tensor]
     scalars: dict[str, float]
     figures: dict[str, Any]
+
+    def write(self, tracker: Tracker, step: int) -> None:
+        """Into TensorBoard, at ``step``."""
+        tracker.histograms(self.histograms, step)
+        tracker.scalars(self.scalars, step)
+        tracker.figures(self.figures, step)
 
 
 def summarize(calls: dict[str, list[Recording]]) -> Summary:

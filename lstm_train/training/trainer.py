@@ -208,10 +208,7 @@ class Trainer:
             if log_now:
                 self.interval.write(tracker, bar, p.step)
             if self.probe is not None and self.world.main and step % t.probe_every_n_steps == 0:
-                summary = self.probe(self.model)
-                tracker.histograms(summary.histograms, step)
-                tracker.scalars(summary.scalars, step)
-                tracker.figures(summary.figures, step)
+                self.probe(self.model).write(tracker, step)
             improved = False
             if evaluate:
                 watch.lap("train")
