@@ -30,7 +30,7 @@ from lstm_train.models import build_model
 from lstm_train.runs import provenance, rundir
 from lstm_train.runs.rundir import resume_path
 from lstm_train.tasks import build_task
-from lstm_train.training import distributed
+from lstm_train.training import distributed, pruning
 from lstm_train.training.callbacks import Callback
 from lstm_train.training.distributed import World
 from lstm_train.training.interrupt import Interrupted, raise_on_signals
@@ -64,6 +64,7 @@ def train(cfg: DictConfig, out_dir: str | Path, world: World = World(),  # noqa:
     torch.manual_seed(cfg.trainer.seed)  # model init; data has its own generators (see tasks.base)
     task = build_task(cfg.task)
     model = build_model(cfg.model, task).to(device)
+    callbacks = [*callbacks, *pruning.trial_callbacks(cfg.trainer.monitor, world.size)]  # in an Optuna trial
     trainer = build_trainer(cfg, task, model, out_dir, device, world, callbacks)
     if resume is not None:
         trainer.resume(resume)

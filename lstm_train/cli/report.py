@@ -56,7 +56,8 @@ def job_errors() -> Iterator[None]:
         # Stopped cleanly at a step: say how to go on from there (a grid sweep's job: by starting the sweep again).
         hydra_cfg = HydraConfig.get()
         if rundir.grid_job(hydra_cfg):
-            message = f"{e}; to continue the sweep, start it again with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+            again = f"hydra.sweep.dir={shlex.quote(hydra_cfg.sweep.dir)}"
+            message = f"{e}; to continue the sweep, start it again with {again}"
         else:
             message = f"{e}; resume with: {resume_command(e.checkpoint)}"
         log_to_file(message)

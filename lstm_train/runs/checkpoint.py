@@ -127,9 +127,17 @@ def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
     return state["model"] if ema is None else ema["weights"]
 
 
+# Classes a config names by ``_target_`` that have moved since it was written: old path -> today's.
+MOVED = {"lstm_train.optim.WarmupCosineLR": "lstm_train.training.optim.WarmupCosineLR"}
+
+
 def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config (plain dicts) with the keys added since it was written (:data:`ADDED`) filled in."""
+    """A resolved config (plain dicts) with the keys added since it was written (:data:`ADDED`) filled in and
+    the classes it names where they are today (:data:`MOVED`)."""
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for node in config.values():
+        if isinstance(node, dict) and node.get("_target_") in MOVED:
+            node["_target_"] = MOVED[node["_target_"]]
     for where, added in ADDED.items():
         group, option = (where, None) if isinstance(where, str) else where
         node = config.get(group)

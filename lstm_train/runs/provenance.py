@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lstm_train.config import CONFIG_PACKAGE
 from lstm_train.errors import ConfigError, command
+from lstm_train.runs.checkpoint import load_checkpoint, migrate_config
 from lstm_train.schema import escaped
 
 log = logging.getLogger(__name__)
@@ -305,12 +306,11 @@ def _run_dir(value: str) -> Path:
 
 def _recorded(source: Path) -> tuple[dict[str, Any], list[str]]:
     """``source``'s config (plain dicts, as the rerun starts it) and its own task overrides."""
-    from lstm_train.runs.checkpoint import load_checkpoint
-
     try:
         overrides = [str(o) for o in OmegaConf.load(source / ".hydra" / "overrides.yaml")]
         config = OmegaConf.to_container(OmegaConf.load(source / ".hydra" / "config.yaml"))
         problem = None if isinstance(config, dict) and isinstance(config.get("trainer"), dict) else "no trainer"
+        config = migrate_config(config) if problem is None else config
     except Exception as e:
         problem = str(e).splitlines()[0]
     if problem is not None:

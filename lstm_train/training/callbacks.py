@@ -1,5 +1,6 @@
 """Code run at points of the training loop from outside it: what a caller adds to a run without changing the
-Trainer (the tests: a signal in a given step, a clock of their own, the weights after each step)."""
+Trainer (an Optuna trial's reports to its study, pruning.py; the tests: a signal in a given step, a clock of
+their own, the weights after each step)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,6 @@ class Callback:
 
     def on_step_end(self, trainer: Trainer) -> None:
         """After each optimizer step, its counters updated."""
+
+    def on_evaluated(self, trainer: Trainer, final: bool) -> None:
+        """After an evaluation and its checkpoint (``final``: the run's last evaluation)."""

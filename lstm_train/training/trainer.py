@@ -40,7 +40,7 @@ from lstm_train.models import count_parameters
 from lstm_train.runs.checkpoint import atomic_write, rng_state
 from lstm_train.schema import to_schema
 from lstm_train.tasks import Batch, Metrics, Split, Task
-from lstm_train.training import data_parallel, distributed, pruning, resume, stopping
+from lstm_train.training import data_parallel, distributed, resume, stopping
 from lstm_train.training.averaging import WeightAverage
 from lstm_train.training.budget import Stopwatch, TimeBudget
 from lstm_train.training.callbacks import Callback
@@ -102,7 +102,6 @@ class Trainer:
         self.evaluator = Evaluator(task, t.eval_batch_size, self.precision, world)
         self.progress = Progress()
         self.budget = TimeBudget(None if t.max_time is None else duration_seconds(t.max_time), t.max_time)
-        self.report = pruning.reporter(self.monitor.metric, world.size)  # an Optuna trial's values to its study
         self.resumed_at: int | None = None  # the step a resumed run started from
         self.interval = IntervalLog(self.params, task, device, world)  # since the last log and evaluation
         self.probe = None
@@ -224,7 +223,8 @@ class Trainer:
             budget.after_step(step, now, late, evaluate, at_limit or self.monitor.stopped_early)
             if evaluate:
                 self._save(improved, now)
-                self.report(p.step, p.last_val[self.monitor.metric], self.monitor.best)  # raises Pruned: last.pt saved
+                for callback in self.callbacks:
+                    callback.on_evaluated(self, finished)  # after the save: a pruned trial keeps last.pt
                 watch.lap("eval")
             if save and signum is None:
                 stopping.save_on_request(stop, lambda: self._save(improved=False), p.step)

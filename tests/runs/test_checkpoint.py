@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from hydra.utils import get_class
 
 from lstm_train.config import to_container
 from lstm_train.models import count_parameters
@@ -109,6 +110,8 @@ def test_an_old_checkpoint_loads_through_the_one_migration(fixture, tmp_path, co
     for group in ("model", "task", "trainer"):
         assert set(cfg[group]) == set(today[group]), group
     assert migrate_config(old["config"])["model"]["cell"] == old["config"]["model"].get("cell", "lstm")
+    for group in ("optim", "scheduler"):  # the classes it names are found where they are today
+        assert get_class(cfg[group]["_target_"]), group
 
 
 # ---- saving: what a crash, a power cut or a second writer can leave ---------------------------------------------

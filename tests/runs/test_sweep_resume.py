@@ -172,8 +172,8 @@ def kill_and_start_again(sweep_dir: Path, launcher: list[str], compose_cfg, thir
     nothing and changes no job dir."""
     args = [LSTM_TRAIN, "-m", *launcher, "debug=fast", f"trainer.seed={','.join(map(str, SEEDS))}",
             f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
-                            start_new_session=True)
+    stderr = (sweep_dir.parent / "first-start.stderr").open("w+")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV, start_new_session=True)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         finished = list(sweep_dir.glob("*/metrics.json"))
@@ -184,6 +184,9 @@ def kill_and_start_again(sweep_dir: Path, launcher: list[str], compose_cfg, thir
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=300)
     assert proc.returncode != 0  # killed before its end
+    if not launcher:  # the job stopped at a step in this process: it says how to go on (joblib's die at once)
+        stderr.seek(0)
+        assert f"; to continue the sweep, start it again with hydra.sweep.dir={sweep_dir}\n" in stderr.read()
     done = {p.parent: digest(p.parent) for p in sweep_dir.glob("*/metrics.json")}
     assert 0 < len(done) < len(SEEDS)
     cut = {j.num: j.overrides["trainer.seed"] for j in collect(sweep_dir)[0] if j.dir not in done}
