@@ -22,20 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from lstm_train.runs.provenance import CPU_FLAGS, cpu
+
 LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu() -> tuple[str, list[str]]:
-    """The CPU's model name and which of FLAGS it has (Linux: /proc/cpuinfo; elsewhere unknown)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown", []
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    present = set(fields.get("flags", "").split())
-    return fields.get("model name", "unknown"), [f for f in FLAGS if f in present]
 
 
 def search(sweep_dir: Path, args: argparse.Namespace, pruner: str | None) -> dict:
@@ -72,8 +61,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed, the same in both searches")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for lstm-train")
     args = parser.parse_args()
-    model, flags = cpu()
-    print(f"CPU: {model}; {os.cpu_count()} CPUs; flags: {', '.join(flags) or 'none of ' + ', '.join(FLAGS)}")
+    machine = cpu()
+    flags = machine["cpu_flags"] or "none of " + ", ".join(CPU_FLAGS)
+    print(f"CPU: {machine['cpu']}; {os.cpu_count()} CPUs; flags: {flags}")
     what, pruning = (" ".join([head, *tail]) for head, tail in ((f"hparams_search={args.search}", args.overrides),
                                                                  (args.pruner, args.pruner_option)))
     print(f"{args.trials} trials of {what}; pruner {pruning}; sampler seed {args.seed}; load average at the start "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import struct
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,13 +16,15 @@ from typing import NamedTuple
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
 from lstm_train.nn import LSTM
+from lstm_train.runs.sweep import STATUS_FILE
 from lstm_train.tasks import Task, build_task
 
 BIN = Path(sys.executable).parent  # the console scripts next to this python
@@ -222,3 +226,43 @@ def flat(result) -> list[torch.Tensor]:
     """An LSTM's (out, (h, c)[, gates]) -> its tensors, detached, in a fixed order."""
     out, (h, c), *gates = result
     return [t.detach() for t in (out, h, c, *(gates[0] if gates else []))]
+
+
+# ---- sweep dirs as lstm-train -m leaves them -------------------------------------------------------------
+def make_job(sweep: Path, num: int, overrides: list[str], *, best: float | None = None, status: dict | None = None,
+             monitor: str = "val/${task.monitor}", task: str = "first_last", task_monitor: str = "acc",
+             ended: dict | None = None, test: dict | None = None) -> Path:
+    job = sweep / f"{num}_{','.join(overrides)}"
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra/overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": num}}}), job / ".hydra/hydra.yaml")
+    (job / ".hydra/config.yaml").write_text(  # as Hydra saves it: interpolations unresolved
+        f"task:\n  name: {task}\n  monitor: {task_monitor}\n"
+        f"trainer:\n  monitor: {monitor}\n  monitor_mode: auto\n  num_threads: ${{threads_per_job:}}\n"
+    )
+    if best is not None:
+        metrics = {"best": {"value": best, "step": 10 * (num + 1)},
+                   "test": test if test is not None else {"loss": 1 - best, "acc": best - 0.01},
+                   "step": 10 * (num + 1) + 5, "stopped_early": False, "max_time_reached": False,
+                   "time": {"total_s": 3.0}, **(ended or {})}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if status is not None:
+        (job / STATUS_FILE).write_text(json.dumps({"job": num, **status}))
+    return job
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def job_config(job_dir: Path, resume: str | None = None):
+    return OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(job_dir)},
+                                       "job": {"num": 0}}, "trainer": {"resume": resume}})
+
+
+def digest(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (Hydra's and the log included) and its content's hash."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}

@@ -19,8 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_train.cli.report import describe_os_error, fail, log_to_file, resume_command
-from lstm_train.config import ConfigError, to_container, validate
-from lstm_train.errors import RunError
+from lstm_train.config import to_container, validate
+from lstm_train.errors import ConfigError, RunError
 from lstm_train.runs.rundir import resume_path
 from lstm_train.schema import escaped
 from lstm_train.training import distributed

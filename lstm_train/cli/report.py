@@ -19,8 +19,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from lstm_train.config import CONF_DIR, ConfigError, describe_config_error
-from lstm_train.errors import RunError, command
+from lstm_train.config import CONF_DIR, describe_config_error
+from lstm_train.errors import ConfigError, RunError, command
 from lstm_train.runs import rundir
 from lstm_train.training import distributed
 from lstm_train.training.distributed import World

@@ -193,7 +193,7 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
 
 # What a resumed run does with a config value that differs from its checkpoint's (README: Stopping and resuming).
 # Every key takes effect from the step reached, except those refused below. The trainer applies what the
-# checkpoint's state would override (Trainer.resume): optim.* (another optimizer starts afresh), the schedule
+# checkpoint's state would override (training/resume.py): optim.* (another optimizer starts afresh), the schedule
 # (scheduler.*, optim.lr, and trainer.max_steps, max_epochs, eval_every_n_steps: its length), trainer.monitor and
 # monitor_mode (the best restarts), ema_decay and max_time; the rest it reads anew at every step, evaluation, save
 # and test, and the model and task are built from this run's config.

@@ -47,7 +47,7 @@ DIFF = "provenance.diff"
 UNKNOWN = "unknown"
 ROOT = Path(__file__).resolve().parents[2]  # the checkout, when lstm_train is run from one
 DISTRIBUTIONS = ("lstm-train", "torch", "hydra-core", "omegaconf",  # then Hydra's plugins, those installed
-                 "hydra-joblib-launcher", "hydra-submitit-launcher", "hydra-optuna-sweeper", "optuna")
+                 "hydra-joblib-launcher", "hydra-submitit-launcher", "optuna")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")  # the ones torch and our kernel dispatch on
 MAX_UNTRACKED = 50
 HEADER = "# How this run was made (README: Reproducing a run). `lstm-train --rerun <this dir>` makes it again.\n"
@@ -132,7 +132,7 @@ def _versions() -> dict[str, str]:
 
 
 def _machine(threads: int) -> dict[str, Any]:
-    machine = {"host": socket.gethostname(), "os": platform.platform(), **_cpu(),
+    machine = {"host": socket.gethostname(), "os": platform.platform(), **cpu(),
                "torch_cpu_capability": UNKNOWN, "cores": os.cpu_count(), "torch_threads": threads, "gpus": []}
     try:
         machine["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
@@ -145,7 +145,8 @@ def _machine(threads: int) -> dict[str, Any]:
     return machine
 
 
-def _cpu() -> dict[str, str]:
+def cpu() -> dict[str, str]:
+    """The CPU's model name and which of CPU_FLAGS it has (Linux: /proc/cpuinfo); benchmarks print it too."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:  # not Linux

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -15,10 +15,11 @@ from omegaconf import DictConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lstm_train.config import ConfigError, to_container
+from lstm_train.config import to_container
+from lstm_train.errors import ConfigError
 
 
-def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> Optimizer:
+def build_optimizer(cfg: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> Optimizer:
     try:
         # _convert_="all": plain lists in the optimizer's state dict, which torch.load(weights_only=True) reads.
         return instantiate(cfg, _convert_="all")(params)
@@ -26,7 +27,7 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> Op
         raise _instantiation_error("optim", e) from e
 
 
-def optimizer_state_keys(cfg: DictConfig) -> set[str]:
+def optimizer_state_keys(cfg: Mapping[str, Any]) -> set[str]:
     """What the optimizer ``cfg`` builds keeps per parameter (Adam: step, exp_avg, exp_avg_sq; with amsgrad also
     max_exp_avg_sq): a checkpoint's state fits it only with the same keys. Read from one step on a scalar."""
     weight = torch.zeros(1, requires_grad=True)
@@ -74,7 +75,8 @@ class WarmupCosineLR(LRScheduler):
 class Scheduler:
     """A learning-rate scheduler and when the trainer steps it (``interval``: step, epoch or eval)."""
 
-    def __init__(self, cfg: DictConfig, optimizer: Optimizer, run_length: dict[str, int], mode: str = "min") -> None:
+    def __init__(self, cfg: Mapping[str, Any], optimizer: Optimizer, run_length: dict[str, int],
+                 mode: str = "min") -> None:
         """``run_length``: the run's steps, epochs and evaluations; ``mode``: min or max, the direction of the
         monitored metric (for ReduceLROnPlateau)."""
         self.settings = self.resolve(cfg, run_length)
@@ -93,7 +95,7 @@ class Scheduler:
             raise _instantiation_error("scheduler", e) from e
 
     @staticmethod
-    def resolve(cfg: DictConfig | dict[str, Any], run_length: dict[str, int]) -> dict[str, Any]:
+    def resolve(cfg: Mapping[str, Any], run_length: dict[str, int]) -> dict[str, Any]:
         """The scheduler's arguments as this run uses them (``total_steps: null`` is the run's length): two runs
         whose settings are equal have the same schedule."""
         kwargs = dict(to_container(cfg)) if isinstance(cfg, DictConfig) else dict(cfg)

@@ -34,8 +34,8 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lstm_train.config import ConfigError, TrainerConfig, duration_seconds, to_container
-from lstm_train.errors import RunError
+from lstm_train.config import TrainerConfig, duration_seconds, to_container
+from lstm_train.errors import ConfigError, RunError
 from lstm_train.models import count_parameters
 from lstm_train.runs.checkpoint import atomic_write, rng_state
 from lstm_train.schema import to_schema

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ import yaml
 
 from lstm_train.runs import provenance
 from tests.catalogue_driver import run
+from tests.helpers import ENV, LSTM_TRAIN
 
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
 QUICK = ["debug=fast", "trainer.progress_bar=false", "trainer.num_threads=1"]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -12,18 +11,12 @@ import pytest
 
 from lstm_train.errors import ConfigError, command
 from lstm_train.runs import rundir
-from tests.helpers import ENV, LSTM_TRAIN
+from tests.helpers import ENV, LSTM_TRAIN, digest
 
 
 def lstm_train(*args: str, cwd: Path, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
     return subprocess.run([LSTM_TRAIN, "debug=fast", "trainer.progress_bar=false", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
-
-
-def digest(path: Path) -> dict[str, str]:
-    """Every file under ``path`` (Hydra's and the log included) and its content's hash."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def one_line(proc: subprocess.CompletedProcess) -> str:

@@ -6,13 +6,11 @@ SIGTERM and started again from the command line, with the basic launcher and wit
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +23,7 @@ from lstm_train.errors import ConfigError
 from lstm_train.runs import rundir
 from lstm_train.runs.sweep import STATUS_FILE, SweepSummary, collect
 from lstm_train.train import train
-from tests.runs.test_sweep import dead_pid, job_config, make_job
-
-LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+from tests.helpers import ENV, LSTM_TRAIN, dead_pid, digest, job_config, make_job
 
 
 # ---- the sweeper, on a stand-in launcher ------------------------------------------------------------------
@@ -158,11 +153,6 @@ def test_a_job_another_process_runs_keeps_its_status(tmp_path):
 
 # ---- killed with SIGTERM, started again -------------------------------------------------------------------
 SEEDS = (1, 2, 3)
-
-
-def digest(job_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(job_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(job_dir.rglob("*")) if p.is_file()}
 
 
 def kill_and_start_again(sweep_dir: Path, launcher: list[str], compose_cfg, third: bool) -> None:

@@ -1,5 +1,6 @@
 """Resuming with another config: each change a resume allows takes effect from the step reached, the others are
-refused on one line before anything is written; best.pt kept in step with last.pt; a stop during the test."""
+refused on one line before anything is written; best.pt kept in step with last.pt; a stop during the test; and
+resume.py's checks of a checkpoint before anything is loaded."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstm_train.config import ConfigError, to_container
-from lstm_train.errors import RunError
+from lstm_train.config import to_container
+from lstm_train.errors import ConfigError, RunError
 from lstm_train.models import build_model
 from lstm_train.runs.checkpoint import RESUME_REFUSED, load_checkpoint, save_checkpoint
 from lstm_train.tasks import build_task
@@ -24,6 +25,7 @@ from lstm_train.train import train
 from lstm_train.training.checkpoints import Checkpoints
 from lstm_train.training.evaluation import Evaluator
 from lstm_train.training.interrupt import Interrupted
+from lstm_train.training.resume import check_resumable, fmt_changes, held_step
 from lstm_train.training.trainer import Trainer, build_trainer
 from tests.helpers import events
 
@@ -459,3 +461,52 @@ def test_run_time_model_and_task_keys_take_effect(compose_cfg, tmp_path, case):
     for option in [o for o in changes if o.split("=")[0] not in ("task.path", "task.train", "task.val", "task.test")]:
         one = trainer_for(compose_cfg(*BASE, *first, option), tmp_path / "one")
         assert plain_attributes(one.model, one.task) != unchanged, option
+
+
+# ---- resume.py's checks of a checkpoint, before anything is loaded ------------------------------------------
+CONFIG = {"model": {"name": "m"}, "task": {"name": "t"}, "optim": {}, "scheduler": {}, "trainer": {}}
+PROGRESS = {"step": 8, "epoch": 1, "batch_in_epoch": 0, "best": None, "bad_evals": 0, "stopped_early": False,
+            "last_val": {}, "last_train": {}, "elapsed_s": 1.0, "out_of_time": False, "max_time_reached": False}
+
+
+def resumable() -> dict:
+    return {"config": CONFIG, "optimizer": {}, "scheduler": None, "progress": dict(PROGRESS), "rng": {},
+            "model": {}, "task": {}}
+
+
+def test_a_checkpoint_lstm_train_writes_is_resumable():
+    check_resumable(Path("last.pt"), resumable())
+    old = resumable()
+    old["progress"] = {"step": 3}  # written before the later progress keys: they start at their defaults
+    check_resumable(Path("last.pt"), old)
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda s: s.pop("optimizer"), "optimizer"),
+    (lambda s: s.update(rng=[1, 2]), "rng"),
+    (lambda s: s["progress"].update(lr=0.1), "progress.lr"),  # a key no part of the trainer keeps
+    (lambda s: s["progress"].pop("step"), "progress.step"),
+    (lambda s: s.update(config={**CONFIG, "trainer": None}), "config.trainer"),
+])
+def test_what_a_resume_lacks_is_named(change, named):
+    state = resumable()
+    change(state)
+    with pytest.raises(ConfigError, match=rf"^trainer.resume: last.pt cannot be resumed: {named} missing or not as "
+                                          r"lstm-train writes them; resume from a checkpoints/last.pt written by"):
+        check_resumable(Path("last.pt"), state)
+
+
+def test_the_step_best_pt_holds(tmp_path):
+    best = tmp_path / "best.pt"
+    assert held_step(best) is None
+    save_checkpoint(best, {**resumable(), "model": {"w": torch.zeros(1)}})
+    assert held_step(best) == 8
+    best.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"best\.pt is not an lstm-train checkpoint \(truncated or not a torch "
+                                          r"file\); move it away to resume with the best restarted$"):
+        held_step(best)
+
+
+def test_changes_read_as_the_checkpoints_and_now():
+    assert fmt_changes({"optim.lr": (0.1, 0.2), "trainer.monitor": ("val/acc", "val/loss")}) == (
+        "optim.lr (checkpoint 0.1, now 0.2), trainer.monitor (checkpoint 'val/acc', now 'val/loss')")
