@@ -17,6 +17,7 @@ import importlib.util
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -464,3 +465,14 @@ def _plugin_hint(message: str) -> str:
         return f"{message.rstrip('.')}; Hydra's launcher and sweeper plugins come with the sweep extra: " \
                "pip install -e '.[sweep]'"
     return message
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys: {"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, item in tree.items():
+        if isinstance(item, Mapping):
+            flat.update(flatten(item, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = item
+    return flat

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import torch
 
+from lstm_train.config import flatten
 from lstm_train.nn.variants import PLAIN_CELL
 
 FORMAT = 1
@@ -186,7 +187,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (old, new) for every value that differs between two resolved configs (resume itself aside)."""
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    flat_old, flat_new = flatten(old), flatten(new)
     keys = sorted((flat_old.keys() | flat_new.keys()) - {"trainer.resume"})
     return {k: (flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)}
 
@@ -212,15 +213,6 @@ RESUME_REFUSED = {
     "trainer.batch_size": "the checkpoint's place in its epoch counts batches of its size",
 }
 
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def contents_problem(state: dict[str, Any]) -> str | None:

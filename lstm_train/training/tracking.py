@@ -11,6 +11,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from lstm_train.config import flatten
+
 
 class Tracker:
     """A SummaryWriter on the run dir. Tag names are the contract of the README's table."""
@@ -65,7 +67,7 @@ class Tracker:
         """
         if self.writer is None:
             return
-        flat = {k: _hparam_value(v) for k, v in _flatten(config).items()}
+        flat = {k: _hparam_value(v) for k, v in flatten(config).items()}
         for summary in hparams(flat, dict.fromkeys(metric_tags, 0.0)):
             self.writer.file_writer.add_summary(summary)
 
@@ -74,15 +76,6 @@ class Tracker:
             return
         self.writer.close()
 
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
