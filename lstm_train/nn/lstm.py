@@ -41,6 +41,7 @@ class LSTM(nn.Module):
     ``.data``, ``torch.nn.utils.weight_norm`` and parametrizations are always seen.
 
     Beyond torch.nn.LSTM:
+
     - ``forget_bias`` (default 1.0): the effective forget-gate bias at initialisation, or :class:`Chrono`
       (chrono initialisation of the forget and input biases, for dependencies up to a length); weights are
       Xavier-uniform (see :func:`lstm_train.nn.cell.init_lstm_weights_`).
