@@ -18,7 +18,7 @@ INSTALL_TORCH = $(PIP) "$(TORCH)+cpu" 2>/dev/null || $(PIP) --index-url https://
 endif
 ARGS  ?=
 
-.PHONY: setup train test test-all bench lint clean
+.PHONY: setup train test test-all bench lint docs clean
 
 setup: $(VENV)/.installed
 
@@ -43,8 +43,13 @@ test-all: setup  # the default suite plus the slow tests
 bench: setup
 	$(PY) scripts/bench_lstm.py $(ARGS)
 
+# The documentation site, built strictly (a broken link or anchor fails) into site/, which also opens from disk.
+# Live preview while writing: .venv/bin/mkdocs serve (http://127.0.0.1:8000).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: setup
 	$(VENV)/bin/ruff check lstm_train scripts tests
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache site
