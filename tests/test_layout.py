@@ -1,4 +1,4 @@
-"""The package's layers (README: Layout): a module imports, at its top, only from its own layer and the layers
+"""The package's layers (docs/layout.md): a module imports, at its top, only from its own layer and the layers
 before it in LAYERS, so each folder can be read knowing only those above it. (An import inside a function may
 reach a later layer: the data-parallel worker runs lstm_train.train's train.)"""
 
@@ -38,6 +38,6 @@ def test_a_module_imports_only_from_its_layer_and_those_before_it(path):
     own = layer(".".join(("lstm_train", *path.relative_to(PACKAGE).with_suffix("").parts)))
     if own == "__init__":
         return
-    assert own in LAYERS, f"{own}: a new folder or top-level module; add it to LAYERS and the README's Layout"
+    assert own in LAYERS, f"{own}: a new folder or top-level module; add it to LAYERS and to docs/layout.md"
     later = [m for m in top_level_imports(path) if (d := layer(m)) in LAYERS and LAYERS.index(d) > LAYERS.index(own)]
     assert not later, f"{own} imports from a later layer: {later}"

@@ -346,10 +346,11 @@ def test_clear_errors(kwargs, call, message):
 
 
 def test_the_backend_table_names_every_value_at_every_level():
-    """The README's table of the backend choice (config key -> LSTM argument -> environment variable) lists
-    every value each level takes, so a value cannot be added without its row."""
-    rows = [line.strip().strip("|").split("|") for line in (ROOT / "README.md").read_text().splitlines()
-            if line.startswith("  | `")]
+    """The docs' table of the backend choice (docs/lstm/index.md, "Backends": config key -> LSTM argument ->
+    environment variable) lists every value each level takes, so a value cannot be added without its row."""
+    page = (ROOT / "docs/lstm/index.md").read_text()
+    section = page[page.index("## Backends\n") :].split("\n## ")[0]
+    rows = [line.strip().strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
     columns = [{m.group(1) for row in rows if (m := re.match(r'\s*`"?(\w+)"?`', row[k]))} for k in range(3)]
     assert columns == [set(BACKENDS), set(LAYERS), set(compiled.PATHS)]
 
