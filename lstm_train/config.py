@@ -87,7 +87,16 @@ def check_monitor(monitor: str, task: str) -> None:
             lambda m: f"val/{m}"))
 
 
-for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction)):
+def config_help(_root_: DictConfig) -> str:
+    """The composed config with each key's description (``${config_help:}`` in conf/config.yaml's
+    hydra.help.template: what lstm-train --help prints); lstm_train/cli/describe.py writes it."""
+    from lstm_train.cli.describe import config_help as described  # a later layer, needed by --help only
+
+    return described(_root_)
+
+
+for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction),
+                         ("config_help", config_help)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 
