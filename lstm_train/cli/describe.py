@@ -12,15 +12,18 @@ puts it in the site).
 from __future__ import annotations
 
 import dataclasses
+import html
+import re
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lstm_train.config import REGISTRIES, Config
-from lstm_train.schema import doc
+from lstm_train.config import CONF_DIR, REGISTRIES, Config, TrainerConfig, options
+from lstm_train.schema import allowed, doc
 
 WIDTH = 100  # --help's lines: a terminal of 100 columns
 COMMENT_AT = 36  # the widest `key: value` whose description starts on its own line; a longer one's goes below
@@ -79,3 +82,208 @@ def shown(value: Any) -> str:
     if isinstance(value, list | dict):
         return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     return yaml.safe_dump(value, width=10**6).removesuffix("\n...\n").strip()
+
+
+# ---- the configuration reference (docs/hooks/reference.py) --------------------------------------------------
+
+GROUPS = ("model", "task", "optim", "scheduler", "trainer")  # typed by schemas
+# Groups of files that set other groups' keys (@package _global_); their options say what they are in their
+# first comment lines.
+PRESETS = {
+    "experiment": "A recipe: options and keys of the other groups, for one measured run or sweep.",
+    "hparams_search": "An Optuna search (run with -m): its search space, trial budget and a shorter training.",
+    "debug": "A complete tiny run in seconds, to try a change.",
+}
+
+
+@dataclasses.dataclass
+class Group:
+    """A typed group as the reference lists it: its options' schemas and YAML values, and the keys every option
+    has alike (listed once, with each option's default)."""
+
+    name: str
+    schemas: dict[str, type]
+    values: dict[str, dict[str, Any]]
+
+    @property
+    def shared(self) -> list[dataclasses.Field]:
+        first, *others = ({f.name: f for f in dataclasses.fields(s)} for s in self.schemas.values())
+        return [f for name, f in first.items() if all(name in o and _same(f, o[name]) for o in others)]
+
+    def own(self, option: str) -> list[dataclasses.Field]:
+        shared = {f.name for f in self.shared}
+        return [f for f in dataclasses.fields(self.schemas[option]) if f.name not in shared]
+
+    def anchor(self, key: str, option: str | None) -> str | None:
+        """The id of ``key``'s row: ``group-key`` for a key every option has alike, ``group-option-key`` else;
+        None when no option is given for a key that depends on it."""
+        if any(f.name == key for f in self.shared):
+            return f"{self.name}-{key}"
+        if option in self.schemas and any(f.name == key for f in self.own(option)):
+            return f"{self.name}-{option}-{key}"
+        return None
+
+
+def _same(a: dataclasses.Field, b: dataclasses.Field) -> bool:
+    return (a.type, doc(a), allowed(a.metadata.get("check"))) == (b.type, doc(b), allowed(b.metadata.get("check")))
+
+
+def reference(conf: Path = CONF_DIR) -> str:
+    """The configuration reference in Markdown (its headings carry ``{#id}``: mkdocs' attr_list): every group,
+    option and key of ``conf`` with its type, default (as its YAML file writes it), allowed values and
+    description, and what each experiment, search and debug option sets."""
+    root = _values(conf / "config.yaml")
+    chosen = {k: v for entry in root["defaults"] if isinstance(entry, dict) for k, v in entry.items()}
+    groups = {g: Group(g, options_of(g), {o: _values(conf / g / f"{o}.yaml") for o in options_of(g)})
+              for g in GROUPS}
+    top = {f.name: f for f in dataclasses.fields(Config)}
+    out = ["# Configuration reference", "",
+           "Every key lstm-train reads, generated from the schemas when the site is built: the description of a "
+           "key here is the one `lstm-train --help` shows beside its value. Pick a group's option with "
+           "`group=option` and set a key with `group.key=value`, e.g. `lstm-train model=tagger task=conll "
+           "model.hidden_size=256`; every value is checked before anything is built.", "",
+           "| group | options (default in bold) | what it is |", "|---|---|---|"]
+    for name in (*GROUPS, *PRESETS):
+        names = list(groups[name].schemas) if name in groups else _yaml_options(conf / name)
+        links = ", ".join(f"[**{o}**](#{name}-{o})" if chosen.get(name) == o else f"[{o}](#{name}-{o})"
+                          for o in names)
+        about = doc(top[name]) if name in top else PRESETS[name]
+        out.append(f"| [`{name}`](#{name}) | {links} | {_text(about)} |")
+    out += ["", "## Top-level keys {#top-level}", "", *_table([(f, "name", _value(root, f), f.name)
+                                                              for f in [top["name"]]])]
+    for group in groups.values():
+        out += _group_section(group, doc(top[group.name]), chosen.get(group.name))
+    for name, about in PRESETS.items():
+        out += _preset_section(name, about, conf, groups)
+    return "\n".join(out) + "\n"
+
+
+def options_of(group: str) -> dict[str, type]:
+    """The options of a typed group, by name, sorted: trainer's one schema, or config.options()'."""
+    schemas = {"trainer": {"default": TrainerConfig}, **options()}[group]
+    return dict(sorted(schemas.items()))
+
+
+def _group_section(group: Group, about: str, default: str | None) -> list[str]:
+    out = ["", f"## {group.name} {{#{group.name}}}", "", f"{_text(about)} Choose with `{group.name}=OPTION`"
+           + (f"; the default is `{group.name}={default}`." if default else "."), ""]
+    several = len(group.schemas) > 1
+    title = f"Keys of every {group.name} option" if several else "Keys"
+    out += [f"### {title} {{#{group.name}-keys}}", ""]
+    rows = []
+    for f in group.shared:
+        defaults = {o: _value(v, f) for o, v in group.values.items()}
+        if len(set(defaults.values())) == 1:
+            shown_default = next(iter(defaults.values()))
+        elif all(d == f"`{o}`" for o, d in defaults.items()):
+            shown_default = "the option's name"
+        else:
+            shown_default = "<br>".join(f"{o}: {d}" for o, d in defaults.items())
+        rows.append((f, group.anchor(f.name, None), shown_default, f.name))
+    out += _table(rows)
+    for option in group.schemas:
+        out += ["", f"### {group.name}={option} {{#{group.name}-{option}}}", ""]
+        group_file = CONF_DIR / group.name / f"{option}.yaml"
+        target = group.values[option].get("_target_")  # optim's options say what they are by their class
+        intro = _comment(group_file) or (f"`{target}`." if target else "")
+        if intro:
+            out += [_text(intro), ""]
+        own = group.own(option)
+        if own:
+            out += _table([(f, group.anchor(f.name, option), _value(group.values[option], f), f.name) for f in own])
+        else:
+            out.append(f"Its keys are those of every {group.name} option." if several else
+                       f"Its keys are listed above ({group_file.name}).")
+    return out
+
+
+def _table(rows: list[tuple[dataclasses.Field, str | None, str, str]]) -> list[str]:
+    """A table of keys: (field, anchor id, default as shown, key)."""
+    out = ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+    for f, anchor, default, key in rows:
+        name = f'<a id="{anchor}" href="#{anchor}">`{key}`</a>' if anchor else f"`{key}`"
+        kind = str(f.type).replace("Any", "any").replace(" | None", " or null")
+        out.append(f"| {name} | {_text(kind)} | {default} | {_text(allowed(f.metadata.get('check')))} | "
+                   f"{_text(doc(f))} |")
+    return out
+
+
+def _preset_section(name: str, about: str, conf: Path, groups: dict[str, Group]) -> list[str]:
+    out = ["", f"## {name} {{#{name}}}", "", f"{_text(about)} Choose with `{name}=OPTION`; none by default."]
+    for option in _yaml_options(conf / name):
+        path = conf / name / f"{option}.yaml"
+        settings = _values(path)
+        picks = _picks(conf / name, option)
+        out += ["", f"### {name}={option} {{#{name}-{option}}}", ""]
+        intro = _comment(path)
+        if intro:
+            out += [_text(intro), ""]
+        sets = [f"[`{g}={o}`](#{g}-{o})" if g in (*GROUPS, name) else f"`{g}={o}`" for g, o in
+                _picks(conf / name, option, own=True).items()]
+        for key, value in _flat({k: v for k, v in settings.items() if k != "defaults"}).items():
+            group, _, rest = key.partition(".")
+            anchor = groups[group].anchor(rest, picks.get(group)) if group in groups else None
+            anchor = "name" if key == "name" else anchor
+            code = f"`{key}={shown(value)}`"
+            sets.append(f"[{code}](#{anchor})" if anchor else code)
+        out.append(f"Sets: {', '.join(sets)}.")
+    return out
+
+
+def _picks(folder: Path, option: str, own: bool = False) -> dict[str, str]:
+    """The options a preset's file picks for other groups (its defaults list: ``override /model: tagger``), and
+    (unless ``own``) those of another option of its group that it applies first (``- brown_pos``)."""
+    picks = {}
+    for entry in _values(folder / f"{option}.yaml").get("defaults", []):
+        if isinstance(entry, dict):
+            picks.update({k.removeprefix("override ").strip("/"): v for k, v in entry.items()})
+        elif entry != "_self_":
+            picks.update({folder.name: entry} if own else _picks(folder, entry))
+    return picks
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, item in tree.items():
+        if isinstance(item, dict):
+            flat.update(_flat(item, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = item
+    return flat
+
+
+def _values(path: Path) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _value(values: Any, f: dataclasses.Field) -> str:
+    """A key's default as ``values`` (an option's YAML file) writes it, else its schema's; — when it has none."""
+    if f.name in values:
+        return f"`{shown(values[f.name])}`"
+    if f.default is not MISSING and f.default is not dataclasses.MISSING:
+        return f"`{shown(f.default)}`"
+    return "—"
+
+
+def _yaml_options(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _comment(path: Path) -> str:
+    """What a YAML file says of itself: its first comment lines, up to the first command shown (an indented
+    ``#   lstm-train ...``), without the sentence that introduces that command."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#") or line.startswith("#   ") or line.rstrip() == "#":
+            break
+        if not line.startswith("# @package"):
+            lines.append(line[1:].strip())
+    text = " ".join(lines)
+    if text.endswith(":"):  # the sentence before a command: gone, or if it is the only one, ended
+        text = re.sub(r"(?<=[.)])\s+[^.]*:$", "", text).removesuffix(":") + "."
+    return text
+
+
+def _text(text: str) -> str:
+    """Plain text for a Markdown table cell: HTML and Markdown's own characters escaped."""
+    return re.sub(r"([\\`*_\[\]|])", r"\\\1", html.escape(text, quote=False))
