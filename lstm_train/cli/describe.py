@@ -102,8 +102,13 @@ class Group:
     has alike (listed once, with each option's default)."""
 
     name: str
+    folder: Path  # conf/<group>
     schemas: dict[str, type]
-    values: dict[str, dict[str, Any]]
+
+    @property
+    def values(self) -> dict[str, dict[str, Any]]:
+        """Each option's YAML file, as written."""
+        return {o: _values(self.folder / f"{o}.yaml") for o in self.schemas}
 
     @property
     def shared(self) -> list[dataclasses.Field]:
@@ -134,8 +139,7 @@ def reference(conf: Path = CONF_DIR) -> str:
     description, and what each experiment, search and debug option sets."""
     root = _values(conf / "config.yaml")
     chosen = {k: v for entry in root["defaults"] if isinstance(entry, dict) for k, v in entry.items()}
-    groups = {g: Group(g, options_of(g), {o: _values(conf / g / f"{o}.yaml") for o in options_of(g)})
-              for g in GROUPS}
+    groups = {g: Group(g, conf / g, options_of(g)) for g in GROUPS}
     top = {f.name: f for f in dataclasses.fields(Config)}
     out = ["# Configuration reference", "",
            "Every key lstm-train reads, generated from the schemas when the site is built: the description of a "
@@ -149,8 +153,7 @@ def reference(conf: Path = CONF_DIR) -> str:
                           for o in names)
         about = doc(top[name]) if name in top else PRESETS[name]
         out.append(f"| [`{name}`](#{name}) | {links} | {_text(about)} |")
-    out += ["", "## Top-level keys {#top-level}", "", *_table([(f, "name", _value(root, f), f.name)
-                                                              for f in [top["name"]]])]
+    out += ["", "## Top-level keys {#top-level}", "", *_table([(top["name"], "name", _value(root, top["name"]))])]
     for group in groups.values():
         out += _group_section(group, doc(top[group.name]), chosen.get(group.name))
     for name, about in PRESETS.items():
@@ -170,38 +173,37 @@ def _group_section(group: Group, about: str, default: str | None) -> list[str]:
     several = len(group.schemas) > 1
     title = f"Keys of every {group.name} option" if several else "Keys"
     out += [f"### {title} {{#{group.name}-keys}}", ""]
-    rows = []
+    rows, values = [], group.values
     for f in group.shared:
-        defaults = {o: _value(v, f) for o, v in group.values.items()}
+        defaults = {o: _value(v, f) for o, v in values.items()}
         if len(set(defaults.values())) == 1:
             shown_default = next(iter(defaults.values()))
         elif all(d == f"`{o}`" for o, d in defaults.items()):
             shown_default = "the option's name"
         else:
             shown_default = "<br>".join(f"{o}: {d}" for o, d in defaults.items())
-        rows.append((f, group.anchor(f.name, None), shown_default, f.name))
+        rows.append((f, group.anchor(f.name, None), shown_default))
     out += _table(rows)
     for option in group.schemas:
         out += ["", f"### {group.name}={option} {{#{group.name}-{option}}}", ""]
-        group_file = CONF_DIR / group.name / f"{option}.yaml"
-        target = group.values[option].get("_target_")  # optim's options say what they are by their class
-        intro = _comment(group_file) or (f"`{target}`." if target else "")
+        intro = _text(_comment(group.folder / f"{option}.yaml"))
+        target = values[option].get("_target_")  # optim's options say what they are by their class alone
+        intro = intro or (f"`{target}`." if target else "")
         if intro:
-            out += [_text(intro), ""]
+            out += [intro, ""]
         own = group.own(option)
         if own:
-            out += _table([(f, group.anchor(f.name, option), _value(group.values[option], f), f.name) for f in own])
+            out += _table([(f, group.anchor(f.name, option), _value(values[option], f)) for f in own])
         else:
-            out.append(f"Its keys are those of every {group.name} option." if several else
-                       f"Its keys are listed above ({group_file.name}).")
+            out.append(f"Its keys are those of every {group.name} option." if several else "Its keys are above.")
     return out
 
 
-def _table(rows: list[tuple[dataclasses.Field, str | None, str, str]]) -> list[str]:
-    """A table of keys: (field, anchor id, default as shown, key)."""
+def _table(rows: list[tuple[dataclasses.Field, str | None, str]]) -> list[str]:
+    """A table of keys: (field, anchor id, default as shown)."""
     out = ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
-    for f, anchor, default, key in rows:
-        name = f'<a id="{anchor}" href="#{anchor}">`{key}`</a>' if anchor else f"`{key}`"
+    for f, anchor, default in rows:
+        name = f'<a id="{anchor}" href="#{anchor}">`{f.name}`</a>' if anchor else f"`{f.name}`"
         kind = str(f.type).replace("Any", "any").replace(" | None", " or null")
         out.append(f"| {name} | {_text(kind)} | {default} | {_text(allowed(f.metadata.get('check')))} | "
                    f"{_text(doc(f))} |")
