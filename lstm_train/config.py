@@ -17,6 +17,7 @@ import importlib.util
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,8 @@ def config_help(_root_: DictConfig) -> str:
     hydra.help.template: what lstm-train --help prints); lstm_train/cli/describe.py writes it."""
     from lstm_train.cli.describe import config_help as described  # a later layer, needed by --help only
 
-    return described(_root_)
+    # Hydra passes --resolve to its own $CONFIG only; its parser read the same sys.argv.
+    return described(_root_, resolve="--resolve" in sys.argv[1:])
 
 
 for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction),

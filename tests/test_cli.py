@@ -123,6 +123,13 @@ def test_help_describes_every_key_of_the_options_chosen():
     assert max(len(line) for line in section.splitlines()) <= 100
 
 
+def test_help_resolves_the_values_with_resolve():
+    keys = described(run(LSTM_TRAIN, "--help", "--resolve").stdout)
+    assert keys["trainer.monitor"] == ("val/acc", doc(next(f for f in dataclasses.fields(TrainerConfig)
+                                                            if f.name == "monitor")))
+    assert keys["name"][0] == "first_last-classifier" and keys["trainer.num_threads"][0] == "null"
+
+
 def test_help_with_a_bad_override_is_one_line():
     proc = run(LSTM_TRAIN, "model=tager", "--help")
     assert proc.returncode == 2 and proc.stdout == ""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lstm_train.config import CONF_DIR, REGISTRIES, Config, TrainerConfig, options
 from lstm_train.schema import allowed, doc
@@ -31,11 +31,12 @@ COMMENT_AT = 36  # the widest `key: value` whose description starts on its own l
 # ---- lstm-train --help ---------------------------------------------------------------------------------------
 
 
-def config_help(root: DictConfig) -> str:
+def config_help(root: DictConfig, resolve: bool = False) -> str:
     """The composed config ``root`` (Hydra's, with its ``hydra`` node, which is left out) as YAML, each key's
-    description beside it as a comment; values as composed, interpolations unresolved. A ``$`` is doubled:
-    Hydra fills the template this goes into with :class:`string.Template`."""
-    rows = list(_rows(root, Config, ""))
+    description beside it as a comment; values as composed, interpolations as written unless ``resolve``
+    (``--help --resolve``). A ``$`` is doubled: Hydra fills the template this goes into with
+    :class:`string.Template`."""
+    rows = list(_rows(root, Config, "", resolve))
     column = max((len(text) for text, _ in rows if len(text) <= COMMENT_AT), default=0) + 2
     lines = []
     for text, about in rows:
@@ -48,7 +49,7 @@ def config_help(root: DictConfig) -> str:
     return "\n".join(lines).replace("$", "$$")
 
 
-def _rows(node: DictConfig, schema: type | None, indent: str) -> Iterator[tuple[str, str]]:
+def _rows(node: DictConfig, schema: type | None, indent: str, resolve: bool) -> Iterator[tuple[str, str]]:
     """(``key: value``, description) for every key under ``node``, depth first; a group's own line first."""
     fields = _fields(schema)
     plain = OmegaConf.to_container(node, resolve=False)
@@ -58,8 +59,11 @@ def _rows(node: DictConfig, schema: type | None, indent: str) -> Iterator[tuple[
         about = doc(fields[key]) if key in fields else ""
         if isinstance(value, dict):
             yield f"{indent}{key}:", about
-            yield from _rows(node[key], _schema(node[key], None if indent else key), indent + "  ")
+            yield from _rows(node[key], _schema(node[key], None if indent else key), indent + "  ", resolve)
         else:
+            if resolve:  # one key at a time: the hydra node beside them holds this help's own ${config_help:}
+                value = node[key]
+                value = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
             yield f"{indent}{key}: {shown(value)}", about
 
 
