@@ -23,6 +23,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lstm_train.config import CONF_DIR, REGISTRIES, Config, TrainerConfig, options
+from lstm_train.errors import ConfigError
 from lstm_train.schema import allowed, doc
 
 WIDTH = 100  # --help's lines: a terminal of 100 columns
@@ -69,12 +70,14 @@ def _rows(node: DictConfig, schema: type | None, indent: str, resolve: bool) -> 
 
 def _schema(node: DictConfig, group: str | None) -> type | None:
     """The schema of a composed group node: its structured type, or for an option of your own (``_target_``, not
-    typed until validated) the class registered under its name, if imported."""
+    typed until validated) its class's, once its module is imported as a run would."""
     typed = OmegaConf.get_type(node)
     if dataclasses.is_dataclass(typed):
         return typed
-    cls = REGISTRIES[group].get(node.get("name")) if group in REGISTRIES else None
-    return cls.Config if cls is not None else None
+    try:
+        return REGISTRIES[group].option(node).Config if group in REGISTRIES else None
+    except ConfigError:  # its module does not import: the run says so; the help shows its keys undescribed
+        return None
 
 
 def _fields(schema: type | None) -> dict[str, dataclasses.Field]:
