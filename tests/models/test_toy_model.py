@@ -74,5 +74,7 @@ def test_help_describes_its_own_keys(tmp_path):
                            f"hydra.searchpath=[file://{TOY / 'conf'}]", "--help"],
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    pool = next(line for line in proc.stdout.splitlines() if line.startswith("  pool: "))
-    assert pool.endswith("# How the LSTM's outputs over each sequence's real steps are pooled.")  # its schema's
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  pool: mean "))
+    about = " ".join(line.partition("# ")[2] for line in lines[at:at + 2])  # wrapped at 100 columns
+    assert about == "How the LSTM's outputs over each sequence's real steps are pooled."  # its schema's
