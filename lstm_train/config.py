@@ -168,7 +168,8 @@ def _learning_rate(v: Any) -> str | None:
 class OptimConfig(Schema):
     _target_: str = value(doc="The optimizer class (torch.optim.Adam, ...), built by Hydra's instantiate.")
     _partial_: bool = value(doc="true: built without its parameters, which the trainer passes.")
-    lr: float = value(_learning_rate, doc="Learning rate (the peak, with a scheduler's warmup).")
+    lr: float = value(_learning_rate, doc="The learning rate, which a scheduler varies (cosine: its peak, after "
+                      "warmup).")
     weight_decay: float = value(non_negative, doc="L2 penalty (AdamW: decoupled weight decay); 0: none.")
 
 
@@ -227,9 +228,9 @@ class StepConfig(SchedulerConfig):
 
 @dataclass
 class CosineConfig(SchedulerConfig):
-    warmup_steps: int = value(non_negative, doc="Intervals of linear warmup from 0 to optim.lr; 0: none.")
-    total_steps: int | None = value(positive, doc="Intervals until the decay ends; null: the whole run "
-                                    "(trainer.max_steps, or max_epochs x steps per epoch).")
+    warmup_steps: int = value(non_negative, doc="Intervals of linear warmup up to optim.lr; 0: none.")
+    total_steps: int | None = value(positive, doc="Intervals until the decay ends; null: the whole run (its "
+                                    "steps, epochs or evaluations, as interval counts).")
     min_lr_ratio: float = value(unit_interval, doc="The lr at the end of the decay, as a fraction of optim.lr.")
 
 
@@ -276,7 +277,7 @@ class TrainerConfig(Schema):
                                                 "improvement; null: never.")
     test_checkpoint: str = value(one_of("best", "last"), doc="Test with best.pt or with the last weights.")
     device: str = value(_device, doc="Where to train; auto: cuda if available, else cpu.")
-    devices: int = value(positive, doc="Processes that train one model data-parallel (one per GPU on CUDA) "
+    devices: int = value(positive, doc="Processes that train one model data-parallel, one per GPU on CUDA "
                          "(docs: Scaling out).")
     num_threads: int | None = value(positive, doc="CPU threads for torch ops; null: torch's default (all cores). "
                                     "The default is 1 in a job run beside others.")
