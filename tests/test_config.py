@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import typing
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,12 @@ def schemas() -> dict[str, type]:
     found.update({f"{g}={o}": s for g, opts in options().items() for o, s in opts.items()})
     todo = list(found.values())
     while todo:
-        for f in dataclasses.fields(todo.pop()):
-            nested = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
-            if nested is not None and nested not in found.values():
-                found[nested.__name__] = nested
-                todo.append(nested)
+        schema = todo.pop()
+        for hint in typing.get_type_hints(schema).values():
+            for nested in (hint, *typing.get_args(hint)):  # TrainerConfig, and in Sub | None or list[Sub]
+                if dataclasses.is_dataclass(nested) and nested not in found.values():
+                    found[nested.__name__] = nested
+                    todo.append(nested)
     return found
 
 
