@@ -22,12 +22,12 @@ from typing import Any
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from lstm_train.config import CONF_DIR, REGISTRIES, Config, TrainerConfig, options
+from lstm_train.config import CONF_DIR, REGISTRIES, Config, TrainerConfig, flatten, options
 from lstm_train.errors import ConfigError
 from lstm_train.schema import allowed, doc
 
 WIDTH = 100  # --help's lines: a terminal of 100 columns
-COMMENT_AT = 36  # the widest `key: value` whose description starts on its own line; a longer one's goes below
+COMMENT_AT = 36  # the widest `key: value` with its description beside it; a wider one has it on the lines below
 
 # ---- lstm-train --help ---------------------------------------------------------------------------------------
 
@@ -229,7 +229,7 @@ def _preset_section(name: str, about: str, conf: Path, groups: dict[str, Group])
             out += [_text(intro), ""]
         sets = [f"[`{g}={o}`](#{g}-{o})" if g in (*GROUPS, name) else f"`{g}={o}`" for g, o in
                 _picks(conf / name, option, own=True).items()]
-        for key, value in _flat({k: v for k, v in settings.items() if k != "defaults"}).items():
+        for key, value in flatten({k: v for k, v in settings.items() if k != "defaults"}).items():
             group, _, rest = key.partition(".")
             anchor = groups[group].anchor(rest, picks.get(group)) if group in groups else None
             anchor = "name" if key == "name" else anchor
@@ -249,16 +249,6 @@ def _picks(folder: Path, option: str, own: bool = False) -> dict[str, str]:
         elif entry != "_self_":
             picks.update({folder.name: entry} if own else _picks(folder, entry))
     return picks
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, item in tree.items():
-        if isinstance(item, dict):
-            flat.update(_flat(item, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = item
-    return flat
 
 
 def _values(path: Path) -> dict[str, Any]:
