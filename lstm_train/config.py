@@ -210,8 +210,8 @@ class RMSpropConfig(OptimConfig):
 class SchedulerConfig(Schema):
     _target_: str | None = value(doc="The scheduler class, built by Hydra's instantiate; null: constant lr.")
     _partial_: bool = value(doc="true: built without its optimizer, which the trainer passes.")
-    interval: str = value(one_of("step", "epoch", "eval"), doc="When the scheduler steps: after each optimizer "
-                          "step, each epoch, or each evaluation (plateau: with the monitored metric).")
+    interval: str = value(one_of("step", "epoch", "eval"), doc="When the scheduler steps: step (each optimizer "
+                          "step), epoch, or eval (each evaluation; plateau: with the monitored metric).")
 
 
 @dataclass
@@ -265,8 +265,8 @@ class TrainerConfig(Schema):
                                          "null: no clipping.")
     label_smoothing: float = value(probability, doc="e: the training loss is against (1 - e) one-hot + e "
                                    "uniform; val/test losses stay plain.")
-    precision: str = value(one_of("fp32", "bf16"), doc="bf16: bfloat16 autocast around forward and loss; weights "
-                           "and optimizer state stay float32 (docs: Mixed precision).")
+    precision: str = value(one_of("fp32", "bf16"), doc="fp32, or bf16: bfloat16 autocast around forward and "
+                           "loss; weights and optimizer state stay float32 (docs: Mixed precision).")
     ema_decay: float | None = value(open_unit_interval, doc="d: val, test and best.pt use a moving average of the "
                                     "weights (~1/(1-d) steps); null: off (docs: Weight averaging).")
     monitor: str = value(_monitor, doc="The val metric that picks best.pt and drives early stopping and "

@@ -57,7 +57,7 @@ def _rows(node: DictConfig, schema: type | None, indent: str, resolve: bool) -> 
     for key, value in plain.items():
         if key == "hydra" and not indent:
             continue
-        about = doc(fields[key]) if key in fields else ""
+        about = _about(fields[key]) if key in fields else ""
         if isinstance(value, dict):
             yield f"{indent}{key}:", about
             yield from _rows(node[key], _schema(node[key], None if indent else key), indent + "  ", resolve)
@@ -66,6 +66,16 @@ def _rows(node: DictConfig, schema: type | None, indent: str, resolve: bool) -> 
                 value = node[key]
                 value = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
             yield f"{indent}{key}: {shown(value)}", about
+
+
+def _about(schema_field: dataclasses.Field) -> str:
+    """A key's description, and for a choice whose description does not name every value, the values (the
+    reference's allowed values)."""
+    text, values = doc(schema_field), allowed(schema_field.metadata.get("check"))
+    choices = values.removeprefix("one of ").split(", ") if values.startswith("one of ") else []
+    if all(re.search(rf"\b{re.escape(c)}\b", text) for c in choices):
+        return text
+    return f"{text} {values[0].upper()}{values[1:]}."
 
 
 def _schema(node: DictConfig, group: str | None) -> type | None:
