@@ -91,14 +91,21 @@ def check_monitor(monitor: str, task: str) -> None:
 def config_help(_root_: DictConfig) -> str:
     """The composed config with each key's description (``${config_help:}`` in conf/config.yaml's
     hydra.help.template: what lstm-train --help prints); lstm_train/cli/describe.py writes it."""
-    from lstm_train.cli.describe import config_help as described  # a later layer, needed by --help only
+    from lstm_train.cli import describe  # a later layer, needed by --help only
 
     # Hydra passes --resolve to its own $CONFIG only; its parser read the same sys.argv.
-    return described(_root_, resolve="--resolve" in sys.argv[1:])
+    return describe.config_help(_root_, resolve="--resolve" in sys.argv[1:])
+
+
+def config_groups() -> str:
+    """``${config_groups:}`` in hydra.help.template: the groups and their options, as --help lists them."""
+    from lstm_train.cli import describe  # a later layer, needed by --help only
+
+    return describe.config_groups()
 
 
 for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction),
-                         ("config_help", config_help)):
+                         ("config_help", config_help), ("config_groups", config_groups)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 

@@ -2,11 +2,11 @@
 (lstm_train/schema.py, ``value(..., doc=...)``).
 
 :func:`config_help` is the config part of ``lstm-train --help``: the composed config, each key's description
-beside its value. Hydra composes it (with the overrides given, so ``model=tagger --help`` shows the tagger's
-keys) and reads conf/config.yaml's ``hydra.help.template``, whose ``${config_help:}`` (a resolver,
-lstm_train/config.py) calls it. :func:`reference` is the docs site's configuration reference, in Markdown:
-every group, option and key with its type, default, allowed values and description (docs/hooks/reference.py
-puts it in the site).
+beside its value (:func:`config_groups`, the part before it, lists the groups' options in as many columns).
+Hydra composes it (with the overrides given, so ``model=tagger --help`` shows the tagger's keys) and reads
+conf/config.yaml's ``hydra.help.template``, whose resolvers (lstm_train/config.py) call these. :func:`reference`
+is the docs site's configuration reference, in Markdown: every group, option and key with its type, default,
+allowed values and description (docs/hooks/reference.py puts it in the site).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lstm_train.config import CONF_DIR, REGISTRIES, Config, TrainerConfig, flatten, options
@@ -30,6 +31,14 @@ WIDTH = 100  # --help's lines: a terminal of 100 columns
 COMMENT_AT = 36  # the widest `key: value` with its description beside it; a wider one has it on the lines below
 
 # ---- lstm-train --help ---------------------------------------------------------------------------------------
+
+
+def config_groups() -> str:
+    """Hydra's list of the groups and their options (--help's ``$APP_CONFIG_GROUPS``), each line wrapped to
+    :data:`WIDTH` columns; Hydra's own groups (hydra/...) are left to ``--hydra-help``."""
+    listing = GlobalHydra.instance().hydra.format_config_groups(lambda g: g != "hydra" and not g.startswith("hydra/"))
+    return "\n".join(part for line in listing.splitlines() for part in
+                     textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False))
 
 
 def config_help(root: DictConfig, resolve: bool = False) -> str:
