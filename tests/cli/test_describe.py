@@ -12,6 +12,7 @@ import pytest
 from lstm_train.cli.describe import config_help, options_of, reference
 from lstm_train.config import CONF_DIR, Config
 from lstm_train.schema import allowed, doc
+from tests import ROOT
 
 GROUPS = ("model", "task", "optim", "scheduler", "trainer")
 PRESETS = ("experiment", "hparams_search", "debug")
@@ -93,7 +94,7 @@ def test_the_mkdocs_hook_builds_the_page(tmp_path):
     pytest.importorskip("mkdocs")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "index.md").write_text("[EMA](reference/configuration.md#trainer-ema_decay)\n")
-    hook = CONF_DIR.parent / "docs" / "hooks" / "reference.py"
+    hook = ROOT / "docs" / "hooks" / "reference.py"
     (tmp_path / "mkdocs.yml").write_text(f"site_name: t\nhooks: [{hook}]\n"
                                          "nav: [index.md, reference/configuration.md]\n")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
