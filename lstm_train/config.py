@@ -17,6 +17,7 @@ import importlib.util
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from lstm_train.models import MODELS
 from lstm_train.registry import Registry
 from lstm_train.schema import (
     Schema,
+    about,
+    allows,
     check_fields,
     non_negative,
     not_a_choice,
@@ -85,7 +88,24 @@ def check_monitor(monitor: str, task: str) -> None:
             lambda m: f"val/{m}"))
 
 
-for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction)):
+def config_help(_root_: DictConfig) -> str:
+    """The composed config with each key's description (``${config_help:}`` in conf/config.yaml's
+    hydra.help.template: what lstm-train --help prints); lstm_train/cli/describe.py writes it."""
+    from lstm_train.cli import describe  # a later layer, needed by --help only
+
+    # Hydra passes --resolve to its own $CONFIG only; its parser read the same sys.argv.
+    return describe.config_help(_root_, resolve="--resolve" in sys.argv[1:])
+
+
+def config_groups() -> str:
+    """``${config_groups:}`` in hydra.help.template: the groups and their options, as --help lists them."""
+    from lstm_train.cli import describe  # a later layer, needed by --help only
+
+    return describe.config_groups()
+
+
+for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_direction", monitor_direction),
+                         ("config_help", config_help), ("config_groups", config_groups)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 
@@ -93,6 +113,7 @@ for _name, _resolver in (("threads_per_job", threads_per_job), ("monitor_directi
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+@allows("auto, cpu, cuda, cuda:N or mps")
 def _device(v: str) -> str | None:
     if v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit()):
         return None
@@ -100,6 +121,7 @@ def _device(v: str) -> str | None:
     return not_a_choice(v, DEVICES, "must be auto, cpu, cuda, cuda:N or mps", meant)
 
 
+@allows("val/<a metric of the task>")
 def _monitor(v: str) -> str | None:
     return None if v.startswith("val/") else f"must name a validation metric such as val/acc; got {v!r}"
 
@@ -123,6 +145,7 @@ def duration_seconds(text: str | float) -> float:
     return seconds
 
 
+@allows("a duration: 90 (seconds), 90s, 30m, 1.5h, 1h30m, 2d")
 def _duration(v: str) -> str | None:
     try:
         duration_seconds(v)
@@ -131,6 +154,7 @@ def _duration(v: str) -> str | None:
     return None
 
 
+@allows("[-2**63, 2**64 - 1]")
 def _seed(v: int) -> str | None:
     # torch.manual_seed's range; past it, an overflow traceback
     if not -(2**63) <= v <= 2**64 - 1:
@@ -138,6 +162,7 @@ def _seed(v: int) -> str | None:
     return None
 
 
+@allows("(0, 3.4e38]")
 def _learning_rate(v: Any) -> str | None:
     # An lr past float32's range overflows inside the optimizer's update with a traceback, not a message.
     if not 0 < v <= 3.4e38:
@@ -148,17 +173,19 @@ def _learning_rate(v: Any) -> str | None:
 # ---- optim/ (torch.optim classes, built by hydra.utils.instantiate with _partial_) -------------------
 @dataclass
 class OptimConfig(Schema):
-    _target_: str = value()
-    _partial_: bool = value()
-    lr: float = value(_learning_rate)
-    weight_decay: float = value(non_negative)
+    _target_: str = value(doc="The optimizer class (torch.optim.Adam, ...), built by Hydra's instantiate.")
+    _partial_: bool = value(doc="true: built without its parameters, which the trainer passes.")
+    lr: float = value(_learning_rate, doc="The learning rate, which a scheduler varies (cosine: its peak, after "
+                      "warmup).")
+    weight_decay: float = value(non_negative, doc="L2 penalty (AdamW: decoupled weight decay); 0: none.")
 
 
 @dataclass
 class AdamConfig(OptimConfig):
-    betas: list[float] = field(default=MISSING)  # no value check; a list fits field(), not value()
-    eps: float = value(positive)
-    amsgrad: bool = value()
+    betas: list[float] = field(default=MISSING, metadata=about(
+        "Decay rates [b1, b2] of the running means of the gradient and of its square."))
+    eps: float = value(positive, doc="Added to the denominator for numerical stability.")
+    amsgrad: bool = value(doc="Use the AMSGrad variant (the maximum of past squared-gradient averages).")
 
 
 @dataclass
@@ -168,9 +195,9 @@ class AdamWConfig(AdamConfig):
 
 @dataclass
 class SGDConfig(OptimConfig):
-    momentum: float = value(non_negative)
-    dampening: float = value(non_negative)
-    nesterov: bool = value()
+    momentum: float = value(non_negative, doc="Momentum factor; 0: plain SGD.")
+    dampening: float = value(non_negative, doc="Dampening of the momentum (must be 0 with nesterov).")
+    nesterov: bool = value(doc="Nesterov momentum (needs momentum > 0 and dampening 0).")
 
     def check(self) -> None:
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
@@ -179,20 +206,19 @@ class SGDConfig(OptimConfig):
 
 @dataclass
 class RMSpropConfig(OptimConfig):
-    alpha: float = value(unit_interval)
-    eps: float = value(positive)
-    momentum: float = value(non_negative)
-    centered: bool = value()
+    alpha: float = value(unit_interval, doc="Smoothing constant of the running mean of the squared gradient.")
+    eps: float = value(positive, doc="Added to the denominator for numerical stability.")
+    momentum: float = value(non_negative, doc="Momentum factor; 0: none.")
+    centered: bool = value(doc="Normalise by an estimate of the gradient's variance instead of its raw square.")
 
 
 # ---- scheduler/ (built by lstm_train.training.optim.build_scheduler) ------------------------------------------
 @dataclass
 class SchedulerConfig(Schema):
-    _target_: str | None = value()  # null: constant learning rate
-    _partial_: bool = value()
-    # When the trainer calls scheduler.step(): after each optimizer step, each epoch, or each evaluation
-    # (with the monitored metric, for plateau).
-    interval: str = value(one_of("step", "epoch", "eval"))
+    _target_: str | None = value(doc="The scheduler class, built by Hydra's instantiate; null: constant lr.")
+    _partial_: bool = value(doc="true: built without its optimizer, which the trainer passes.")
+    interval: str = value(one_of("step", "epoch", "eval"), doc="When the scheduler steps: step (each optimizer "
+                          "step), epoch, or eval (each evaluation; plateau: with the monitored metric).")
 
 
 @dataclass
@@ -202,23 +228,25 @@ class NoSchedulerConfig(SchedulerConfig):
 
 @dataclass
 class StepConfig(SchedulerConfig):
-    step_size: int = value(positive)
-    gamma: float = value(positive)
+    step_size: int = value(positive, doc="Multiply the lr by gamma every step_size intervals (epochs, with "
+                           "interval=epoch).")
+    gamma: float = value(positive, doc="The factor the lr is multiplied by every step_size intervals.")
 
 
 @dataclass
 class CosineConfig(SchedulerConfig):
-    warmup_steps: int = value(non_negative)
-    total_steps: int | None = value(positive)  # null: the whole run (in units of `interval`)
-    min_lr_ratio: float = value(unit_interval)
+    warmup_steps: int = value(non_negative, doc="Intervals of linear warmup up to optim.lr; 0: none.")
+    total_steps: int | None = value(positive, doc="Intervals until the decay ends; null: the whole run (its "
+                                    "steps, epochs or evaluations, as interval counts).")
+    min_lr_ratio: float = value(unit_interval, doc="The lr at the end of the decay, as a fraction of optim.lr.")
 
 
 @dataclass
 class PlateauConfig(SchedulerConfig):  # its mode (min or max) follows trainer.monitor
-    factor: float = value(open_unit_interval)
-    patience: int = value(non_negative)
-    threshold: float = value(non_negative)
-    min_lr: float = value(non_negative)
+    factor: float = value(open_unit_interval, doc="Multiply the lr by this when trainer.monitor stops improving.")
+    patience: int = value(non_negative, doc="Evaluations without improvement before the lr is cut.")
+    threshold: float = value(non_negative, doc="The relative change of trainer.monitor that counts as improvement.")
+    min_lr: float = value(non_negative, doc="The lr is never cut below this.")
 
 
 # ---- trainer/ -----------------------------------------------------------------------------------------
@@ -227,30 +255,47 @@ class TrainerConfig(Schema):
     """trainer.*: what the Trainer and its parts read, as this dataclass (lstm_train.training.trainer.build_trainer
     types the group with to_schema); lstm_train/train.py reads the process's keys (device, threads, resume)."""
 
-    seed: int = value(_seed)  # model init, training data order or draws, dropout
-    max_epochs: int | None = value(positive)  # the run ends at whichever of the two comes first
-    max_steps: int | None = value(positive)
-    max_time: str | None = value(_duration)  # a wall-clock budget for the loop (training and evaluation)
-    batch_size: int = value(positive)
-    eval_batch_size: int = value(positive)
-    eval_every_n_steps: int | None = value(positive)  # null: at the end of every epoch
-    log_every_n_steps: int = value(positive)  # train/* and grad_norm/* scalars
-    clip_grad_norm: float | None = value(non_negative)  # 0 or null: no clipping
-    label_smoothing: float = value(probability)  # of the training loss only; val/test losses stay plain
-    precision: str = value(one_of("fp32", "bf16"))  # bf16: bfloat16 autocast around forward and loss
-    ema_decay: float | None = value(open_unit_interval)  # evaluate an exponential moving average of the weights
-    monitor: str = value(_monitor)  # picks best.pt, drives early stopping and the plateau scheduler
-    monitor_mode: str = value(one_of("auto", "min", "max"))  # auto: the metric's own direction
-    early_stopping_patience: int | None = value(positive)  # evaluations without improvement
-    test_checkpoint: str = value(one_of("best", "last"))  # which weights the final test uses
-    device: str = value(_device)
-    devices: int = value(positive)  # processes training one model data-parallel (one per GPU on CUDA)
-    num_threads: int | None = value(positive)  # torch.set_num_threads; null: torch's default (all cores)
-    deterministic: bool = value()  # torch.use_deterministic_algorithms
-    resume: str | None = value()  # path to a last.pt (or best.pt) to continue from
-    progress_bar: bool = value()  # tqdm; shown only on a terminal in any case
-    probe_every_n_steps: int | None = value(positive)  # gate and gradient probe (training/probe.py); null: off
-    probe_size: int = value(positive)  # sequences of the val split the probe runs on
+    seed: int = value(_seed, doc="Seeds model init, the training data's order or draws, and dropout.")
+    max_epochs: int | None = value(positive, doc="Epochs to train; the run ends at max_epochs or max_steps, "
+                                   "whichever comes first; null: no limit.")
+    max_steps: int | None = value(positive, doc="Optimizer steps to train; the run ends at max_steps or max_epochs, "
+                                  "whichever comes first; null: no limit.")
+    max_time: str | None = value(_duration, doc="Wall-clock budget of training and evaluation, summed over "
+                                 "resumes; null: none (docs: A time budget).")
+    batch_size: int = value(positive, doc="Training sequences per optimizer step (over all data-parallel "
+                            "processes).")
+    eval_batch_size: int = value(positive, doc="Sequences per batch in evaluation and test.")
+    eval_every_n_steps: int | None = value(positive, doc="Evaluate on val every N steps; null: at the end of "
+                                           "every epoch.")
+    log_every_n_steps: int = value(positive, doc="Log the train/* and grad_norm/* scalars every N steps.")
+    clip_grad_norm: float | None = value(non_negative, doc="Clip the gradients' total L2 norm to this; 0 or "
+                                         "null: no clipping.")
+    label_smoothing: float = value(probability, doc="e: the training loss is against (1 - e) one-hot + e "
+                                   "uniform; val/test losses stay plain.")
+    precision: str = value(one_of("fp32", "bf16"), doc="fp32, or bf16: bfloat16 autocast around forward and "
+                           "loss; weights and optimizer state stay float32 (docs: Mixed precision).")
+    ema_decay: float | None = value(open_unit_interval, doc="d: val, test and best.pt use a moving average of the "
+                                    "weights (~1/(1-d) steps); null: off (docs: Weight averaging).")
+    monitor: str = value(_monitor, doc="The val metric that picks best.pt and drives early stopping and "
+                         "scheduler=plateau.")
+    monitor_mode: str = value(one_of("auto", "min", "max"), doc="Whether lower or higher monitor is better; "
+                              "auto: the metric's own direction (acc: max, loss: min).")
+    early_stopping_patience: int | None = value(positive, doc="Stop after this many evaluations without "
+                                                "improvement; null: never.")
+    test_checkpoint: str = value(one_of("best", "last"), doc="Test with best.pt or with the last weights.")
+    device: str = value(_device, doc="Where to train; auto: cuda if available, else cpu.")
+    devices: int = value(positive, doc="Processes that train one model data-parallel, one per GPU on CUDA "
+                         "(docs: Scaling out).")
+    num_threads: int | None = value(positive, doc="CPU threads for torch ops; null: torch's default (all cores). "
+                                    "The default is 1 in a job run beside others.")
+    deterministic: bool = value(doc="torch.use_deterministic_algorithms (CPU runs are reproducible without it).")
+    resume: str | None = value(doc="A checkpoints/last.pt (or best.pt) to continue; auto: this run dir's "
+                               "last.pt if any; null: start afresh.")
+    progress_bar: bool = value(doc="Show a tqdm progress bar (only ever on a terminal).")
+    probe_every_n_steps: int | None = value(positive, doc="Log gate histograms, saturation and the gradient per "
+                                            "time step every N steps; null: off.")
+    probe_size: int = value(positive, doc="The probe runs on the first probe_size sequences of val, the same "
+                            "all run long.")
 
     def check(self) -> None:
         if self.max_epochs is None and self.max_steps is None:
@@ -260,12 +305,14 @@ class TrainerConfig(Schema):
 # ---- the whole config ---------------------------------------------------------------------------------
 @dataclass
 class Config:
-    name: str = value()  # part of the run dir's name
-    model: Any = MISSING  # typed by the schema each group option pulls in
-    task: Any = MISSING
-    optim: Any = MISSING
-    scheduler: Any = MISSING
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str = value(doc="The run's name: part of its run dir's name.")
+    # The groups: typed by the schema each option's YAML file pulls in (trainer has one schema).
+    model: Any = field(default=MISSING, metadata=about("The network, a model for the task's kind of data."))
+    task: Any = field(default=MISSING, metadata=about("The data, its loss and its metrics."))
+    optim: Any = field(default=MISSING, metadata=about("The optimizer: a torch.optim class and its arguments."))
+    scheduler: Any = field(default=MISSING, metadata=about("The learning-rate schedule."))
+    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata=about(
+        "The training loop: its length, batches, evaluation, checkpoints and devices."))
 
 
 # The options of the groups whose classes are torch's (models and tasks register their own).

@@ -27,36 +27,60 @@ from lstm_train.errors import ConfigError
 
 # A value check, attached to a schema field as metadata: an error message, or None when the value is fine.
 Check = Callable[[Any], "str | None"]
+C = TypeVar("C", bound=Check)
 
 
+def allows(values: str) -> Callable[[C], C]:
+    """Mark a check with what it allows in a few words (``> 0``, ``[0, 1)``): the configuration reference's
+    allowed values (lstm_train/cli/describe.py), read with :func:`allowed`."""
+
+    def mark(check: C) -> C:
+        check.allowed = values  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
+def allowed(check: Check | None) -> str:
+    """What ``check`` allows, as :func:`allows` wrote it; empty for no check (any value of the field's type)."""
+    return getattr(check, "allowed", "") if check is not None else ""
+
+
+@allows("> 0")
 def positive(v: Any) -> str | None:
     return None if v > 0 else f"must be > 0, got {v}"
 
 
+@allows(">= 0")
 def non_negative(v: Any) -> str | None:
     return None if v >= 0 else f"must be >= 0, got {v}"
 
 
 def at_least(n: int) -> Check:
+    @allows(f">= {n}")
     def check(v: Any) -> str | None:
         return None if v >= n else f"must be >= {n}, got {v}"
 
     return check
 
 
+@allows("[0, 1)")
 def probability(v: Any) -> str | None:  # dropout-like: 1.0 would zero everything
     return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
 
 
+@allows("[0, 1]")
 def unit_interval(v: Any) -> str | None:
     return None if 0.0 <= v <= 1.0 else f"must be in [0, 1], got {v}"
 
 
+@allows("(0, 1)")
 def open_unit_interval(v: Any) -> str | None:
     return None if 0 < v < 1 else f"must be in (0, 1), got {v}"
 
 
 def one_of(*choices: str) -> Check:
+    @allows(f"one of {', '.join(choices)}")
     def check(v: Any) -> str | None:
         return None if v in choices else not_a_choice(v, choices, f"must be one of {', '.join(choices)}")
 
@@ -108,10 +132,23 @@ def unknown_key(path: str, keys: Iterable[str]) -> str:
                            lambda k: f"{parent}.{k}" if parent else k)
 
 
-def value(check: Check | None = None, default: Any = MISSING) -> Any:
+def value(check: Check | None = None, default: Any = MISSING, *, doc: str = "") -> Any:
     """A schema field, checked by ``check`` when not null: mandatory (its value comes from YAML), or with a
-    ``default`` for a key added after users had written YAML files of their own without it."""
-    return field(default=default, metadata={"check": check})
+    ``default`` for a key added after users had written YAML files of their own without it. ``doc``: the key's
+    one-line description, the one copy that ``lstm-train --help`` and the configuration reference show
+    (tests/test_config.py fails for a key of ours without one)."""
+    return field(default=default, metadata=about(doc, check))
+
+
+def about(doc: str, check: Check | None = None) -> dict[str, Any]:
+    """A field's metadata: its description and value check. :func:`value` writes it; a field that ruff wants
+    built by ``dataclasses.field`` (a list, a nested schema) passes it as ``field(..., metadata=about(doc))``."""
+    return {"check": check, "doc": doc}
+
+
+def doc(schema_field: dataclasses.Field) -> str:
+    """A schema field's description (:func:`value`'s ``doc``); empty if it has none."""
+    return schema_field.metadata.get("doc", "")
 
 
 @dataclass

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from lstm_train.config import Config, TrainerConfig, options
+from lstm_train.schema import doc
 from tests.helpers import ENV, LSTM_TRAIN
 
 
@@ -77,3 +81,70 @@ def test_help_lists_the_groups(module):
     assert proc.returncode == 0, proc.stderr
     for group in ("model", "task", "optim", "scheduler", "trainer", "debug", "experiment"):
         assert f"{group}:" in proc.stdout
+
+
+def described(help_text: str) -> dict[str, tuple[str, str]]:
+    """--help's config section as {dotted key: (value, description)}, a description's wrapped lines joined."""
+    keys: dict[str, tuple[str, str]] = {}
+    path: list[str] = []
+    last = None
+    for line in help_text.partition("== Config ==")[2].splitlines()[2:]:
+        more = re.fullmatch(r" +# (.*)", line)
+        if more and last is not None:
+            value, about = keys[last]
+            keys[last] = value, f"{about} {more.group(1)}".strip()
+            continue
+        entry = re.fullmatch(r"( *)([\w]+):(?: (.*?))?(?: +# (.*))?", line)
+        if entry is None:
+            last = None
+            continue
+        depth = len(entry.group(1)) // 2
+        path[depth:] = [entry.group(2)]
+        last = ".".join(path)
+        keys[last] = (entry.group(3) or "").strip(), entry.group(4) or ""
+    return keys
+
+
+def test_help_describes_every_key_of_the_options_chosen():
+    proc = run(LSTM_TRAIN, "model=tagger", "task=brown_pos", "optim=sgd", "--help")
+    assert proc.returncode == 0, proc.stderr
+    keys = described(proc.stdout)
+    chosen = {"model": options()["model"]["tagger"], "task": options()["task"]["brown_pos"],
+              "optim": options()["optim"]["sgd"], "scheduler": options()["scheduler"]["cosine"],
+              "trainer": TrainerConfig, "": Config}
+    for group, schema in chosen.items():
+        for f in dataclasses.fields(schema):
+            key = f"{group}.{f.name}".lstrip(".")
+            assert keys[key][1].startswith(doc(f)), key
+    assert keys["model.char_dim"][0] == "0" and keys["task.tagset"][0] == "base"
+    # a choice's values, unless its description names them all
+    assert keys["model.variant"][1].endswith(" One of lstm, v, nig, nfg, nog, niaf, noaf, cifg, fgr.")
+    assert keys["model.backend"][1] == doc(next(f for f in dataclasses.fields(chosen["model"]) if f.name == "backend"))
+    assert keys["trainer.monitor"][0] == "val/${task.monitor}"  # as written: --help resolves nothing
+    assert keys["optim.momentum"][0] == "0.9" and "optim.betas" not in keys
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 100  # the groups' long lists wrapped too
+    assert "\nexperiment: brown_pos, " in proc.stdout and "\n  odyssey_brown_pos, " in proc.stdout
+
+
+def test_help_resolves_the_values_with_resolve():
+    keys = described(run(LSTM_TRAIN, "--help", "--resolve").stdout)
+    assert keys["trainer.monitor"] == ("val/acc", doc(next(f for f in dataclasses.fields(TrainerConfig)
+                                                            if f.name == "monitor")))
+    assert keys["name"][0] == "first_last-classifier" and keys["trainer.num_threads"][0] == "null"
+
+
+def test_help_with_a_bad_override_is_one_line():
+    proc = run(LSTM_TRAIN, "model=tager", "--help")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["lstm-train: error: model=tager: no such option; did you mean model=tagger? "
+                                        "Choose one of char, classifier, seq2seq, tagger"]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--hydra-help"], "== Flags =="), (["--cfg", "job"], "trainer:\n  seed: 0"), (["--info", "defaults"],
+                                                                                    "Defaults List"),
+])
+def test_hydras_other_flags_still_work(flags, expected):
+    proc = run(LSTM_TRAIN, *flags)
+    assert proc.returncode == 0, proc.stderr
+    assert expected in proc.stdout and "# " not in proc.stdout.partition("trainer:")[2][:200]

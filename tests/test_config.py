@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import typing
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from lstm_train.config import (
 from lstm_train.models import MODELS, build_model, count_parameters
 from lstm_train.runs.checkpoint import load_checkpoint
 from lstm_train.runs.trained import load_trained
-from lstm_train.schema import closest, escaped
+from lstm_train.schema import allowed, closest, doc, escaped
 from lstm_train.tasks import build_task
 from lstm_train.train import train
 from lstm_train.training.trainer import build_trainer
@@ -40,6 +42,38 @@ def test_every_option_has_a_schema_and_the_reverse():
     for group, schemas in options().items():
         assert yaml_options(group) == sorted(schemas), group
     assert sorted(MODELS) == yaml_options("model")
+
+
+def schemas() -> dict[str, type]:
+    """Every schema of ours, by a name for the failure message: the root's, each option's, and any schema
+    a field of one of them is typed with (trainer's)."""
+    found = {"Config": config.Config}
+    found.update({f"{g}={o}": s for g, opts in options().items() for o, s in opts.items()})
+    todo = list(found.values())
+    while todo:
+        schema = todo.pop()
+        for hint in typing.get_type_hints(schema).values():
+            for nested in (hint, *typing.get_args(hint)):  # TrainerConfig, and in Sub | None or list[Sub]
+                if dataclasses.is_dataclass(nested) and nested not in found.values():
+                    found[nested.__name__] = nested
+                    todo.append(nested)
+    return found
+
+
+@pytest.mark.parametrize("name, schema", list(schemas().items()), ids=list(schemas()))
+def test_every_key_has_a_one_line_description(name, schema):
+    for f in dataclasses.fields(schema):
+        text = doc(f)
+        assert text.strip(), f"{name}: {f.name} has no description: value(..., doc=...)"
+        assert "\n" not in text and text == text.strip(), f"{name}: {f.name}'s description is not one line"
+        check = f.metadata.get("check")
+        assert check is None or allowed(check), f"{name}: {f.name}'s check says nothing of what it allows: @allows"
+
+
+def test_the_schemas_walked_include_the_trainer_and_every_option():
+    found = schemas()
+    assert config.TrainerConfig in found.values()
+    assert len(found) == 1 + sum(len(opts) for opts in options().values()) + 1
 
 
 # The groups are independent but for model and task (a model serves one kind of task), so every model-task

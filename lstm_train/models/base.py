@@ -19,7 +19,7 @@ from lstm_train.errors import ConfigError
 from lstm_train.nn import BACKENDS, CELLS, PLAIN_CELL, VARIANTS, Chrono
 from lstm_train.nn.compiled import fast_path
 from lstm_train.registry import Registered, Registry
-from lstm_train.schema import Schema, at_least, one_of, positive, probability, to_schema, value
+from lstm_train.schema import Schema, allows, at_least, one_of, positive, probability, to_schema, value
 from lstm_train.tasks import KINDS, Task, TaskKind
 
 from .encoder import Stack
@@ -27,6 +27,7 @@ from .encoder import Stack
 MODELS = Registry("model")
 
 
+@allows("a number, or chrono")
 def _forget_bias(v: Any) -> str | None:
     if v == "chrono" or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
         return None
@@ -37,24 +38,33 @@ def _forget_bias(v: Any) -> str | None:
 class ModelConfig(Schema):
     """What every model's schema has: the recurrent stack, and the embedding for token inputs."""
 
-    name: str = value()
-    backend: str = value(one_of(*BACKENDS))
-    hidden_size: int = value(positive)
-    num_layers: int = value(positive)
-    dropout: float = value(probability)  # between LSTM layers, as torch.nn.LSTM
-    bidirectional: bool = value()
-    # a number, or chrono (Tallec & Ollivier 2018: needs chrono_max_len); Any: OmegaConf 2.3 has no float | str
-    forget_bias: Any = value(_forget_bias)  # noqa: RUF009
-    chrono_max_len: int | None = value(at_least(2))  # chrono's T_max
-    embedding_dim: int = value(positive)  # used when the task's inputs are tokens
-    cell: str = value(one_of(*CELLS))  # lstm, or torch's gru / rnn baselines (backend applies to lstm only)
+    name: str = value(doc="The model's option name (model=NAME).")
+    backend: str = value(one_of(*BACKENDS), doc="The LSTM: fast (ours, compiled kernel), reference (ours, step by "
+                         "step) or torch (torch.nn.LSTM); LSTM cells only.")
+    hidden_size: int = value(positive, doc="Units of each LSTM layer (per direction).")
+    num_layers: int = value(positive, doc="Stacked recurrent layers.")
+    dropout: float = value(probability, doc="Dropout between recurrent layers, as torch.nn.LSTM's (none after the "
+                           "last).")
+    bidirectional: bool = value(doc="Read each sequence both ways (not for a language model or a decoder).")
+    # Any: OmegaConf 2.3 has no float | str
+    forget_bias: Any = value(_forget_bias, doc="The forget gate's effective bias at init; chrono: Tallec & "  # noqa: RUF009
+                             "Ollivier's chrono init (needs chrono_max_len).")
+    chrono_max_len: int | None = value(at_least(2), doc="With forget_bias=chrono: the longest dependency to "
+                                       "learn (T_max), e.g. ${task.seq_len}.")
+    embedding_dim: int = value(positive, doc="Token embedding size (tasks whose inputs are tokens only).")
+    cell: str = value(one_of(*CELLS), doc="lstm, or torch's gru / rnn baselines (GRU, tanh RNN; backend, variant "
+                      "and the regularisers are for lstm).")
     # The variant keys default to the plain cell, so that a model YAML of your own written before them still works.
-    variant: str = value(one_of(*VARIANTS), PLAIN_CELL["variant"])  # the LSTM's cell, Greff et al.'s names
-    layer_norm: bool = value(default=PLAIN_CELL["layer_norm"])  # Ba et al.'s layer-normalised LSTM
-    zoneout_c: float = value(probability, PLAIN_CELL["zoneout_c"])  # Krueger et al.: chance a unit of c keeps its value
-    zoneout_h: float = value(probability, PLAIN_CELL["zoneout_h"])
-    recurrent_dropout: float = value(probability, PLAIN_CELL["recurrent_dropout"])  # on h into R, one mask a sequence
-    weight_drop: float = value(probability, PLAIN_CELL["weight_drop"])  # DropConnect on W_hh, one mask per forward call
+    variant: str = value(one_of(*VARIANTS), PLAIN_CELL["variant"], doc="The LSTM's cell, by Greff et al.'s names: "
+                         "lstm is torch's, v adds peepholes, the others change v (docs: Variants).")
+    layer_norm: bool = value(default=PLAIN_CELL["layer_norm"], doc="Ba et al.'s layer-normalised LSTM.")
+    zoneout_c: float = value(probability, PLAIN_CELL["zoneout_c"], doc="Zoneout of c (Krueger et al.): the chance "
+                             "a unit keeps its previous value, per step, in training.")
+    zoneout_h: float = value(probability, PLAIN_CELL["zoneout_h"], doc="Zoneout of h: as zoneout_c.")
+    recurrent_dropout: float = value(probability, PLAIN_CELL["recurrent_dropout"], doc="Dropout on the h entering "
+                                     "the recurrence, one mask per sequence (Gal & Ghahramani), in training.")
+    weight_drop: float = value(probability, PLAIN_CELL["weight_drop"], doc="DropConnect on the recurrent weights "
+                               "W_hh, one mask per forward call (AWD-LSTM), in training.")
 
     def check(self) -> None:
         self._check_variant()

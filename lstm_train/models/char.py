@@ -20,7 +20,8 @@ State = tuple[Tensor, Tensor]
 
 @dataclass
 class CharConfig(ModelConfig):
-    tie_weights: bool = value()  # output layer shares the embedding matrix (needs hidden == embedding)
+    tie_weights: bool = value(doc="The output layer shares the embedding matrix (needs hidden_size == "
+                              "embedding_dim).")
 
     def check(self) -> None:
         super().check()

@@ -47,13 +47,19 @@ State = tuple[Tensor, Tensor]
 
 @dataclass
 class Seq2SeqConfig(ModelConfig):
-    attention: bool = value()
-    output_dropout: float = value(probability)  # on the encoder's and decoder's LSTM outputs (training only)
-    teacher_forcing_ratio: float = value(unit_interval)  # chance that a training batch is teacher-forced
-    beam_size: int = value(positive)  # decoding in evaluation and prediction; 1: greedy
-    length_penalty: float = value(non_negative)  # beam's final pick: sum log p / length ** this; 0: none
-    max_length_ratio: float = value(non_negative)  # output limit: floor(ratio * source length + offset)
-    max_length_offset: int = value(non_negative)
+    attention: bool = value(doc="Luong attention over the encoder's outputs; false: the encoder's final (h, c) "
+                            "only.")
+    output_dropout: float = value(probability, doc="Dropout on the encoder's and decoder's LSTM outputs, in "
+                                  "training (dropout: between layers only).")
+    teacher_forcing_ratio: float = value(unit_interval, doc="The chance that a training batch is teacher-forced "
+                                         "(else decoded from the model's own argmax).")
+    beam_size: int = value(positive, doc="Decoding for val/test metrics and prediction: 1 greedy, > 1 beam "
+                           "search.")
+    length_penalty: float = value(non_negative, doc="Beam search's pick: sum log p / length ** this; 0: no "
+                                  "normalisation.")
+    max_length_ratio: float = value(non_negative, doc="Outputs stop at EOS or at floor(this * source length + "
+                                    "max_length_offset) tokens, EOS included.")
+    max_length_offset: int = value(non_negative, doc="Tokens added to the output limit (see max_length_ratio).")
 
     def check(self) -> None:
         super().check()

@@ -18,9 +18,11 @@ from .encoder import Encoder, Stack
 
 @dataclass
 class TaggerConfig(ModelConfig):
-    output_dropout: float = value(probability)  # on the LSTM's outputs, before the tag layer (training only)
-    char_dim: int = value(non_negative)  # character embedding size; 0: words only
-    char_hidden: int = value(positive)  # the character LSTM's hidden size per direction (with char_dim > 0)
+    output_dropout: float = value(probability, doc="Dropout on the LSTM's outputs before the tag layer, in "
+                                  "training.")
+    char_dim: int = value(non_negative, doc="Character embedding size: each word also read from its spelling; "
+                          "0: words only (unknown words all read as <unk>).")
+    char_hidden: int = value(positive, doc="The character LSTM's hidden size per direction (with char_dim > 0).")
 
 
 class CharWords(nn.Module):

@@ -67,9 +67,9 @@ class Example:
 class TaskConfig(Schema):
     """What every task's schema has."""
 
-    name: str = value()
-    data_seed: int = value()  # fixes val/test (and a non-fresh train set); trainer.seed does the rest
-    monitor: str = value()  # the task's headline metric: trainer.monitor defaults to val/<this>
+    name: str = value(doc="The task's option name (task=NAME).")
+    data_seed: int = value(doc="Seeds the data trainer.seed does not: the val/test data (and a fixed training set).")
+    monitor: str = value(doc="The task's headline metric: the default of trainer.monitor, val/<this>.")
 
     def batch_length(self) -> int | None:
         """The steps of the longest sequence in a batch, as far as the config alone says (the memory estimate of

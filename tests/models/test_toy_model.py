@@ -66,3 +66,15 @@ def test_a_fifth_model_is_one_module_and_one_yaml(tmp_path):
         "itself; if you trust that code, pass --import bag_of_states")
     assert not unnamed_dir.exists()
     assert plotted["code"] == 0 and (tmp_path / "gates/gates_encoder.lstm.l0.png").is_file(), plotted
+
+
+def test_help_describes_its_own_keys(tmp_path):
+    env = {**ENV, "PYTHONPATH": str(TOY)}
+    proc = subprocess.run([sys.executable, "-m", "lstm_train.train", "model=bag",
+                           f"hydra.searchpath=[file://{TOY / 'conf'}]", "--help"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  pool: mean "))
+    about = " ".join(line.partition("# ")[2] for line in lines[at:at + 2])  # wrapped at 100 columns
+    assert about == "How the LSTM's outputs over each sequence's real steps are pooled."  # its schema's

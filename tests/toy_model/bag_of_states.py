@@ -22,7 +22,7 @@ from lstm_train.tasks import Inputs, Task
 
 @dataclass
 class BagConfig(ModelConfig):
-    pool: str = value(one_of("mean", "max"))  # over the real steps of each sequence
+    pool: str = value(one_of("mean", "max"), doc="How the LSTM's outputs over each sequence's real steps are pooled.")
 
 
 class BagOfStates(Model):
