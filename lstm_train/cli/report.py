@@ -24,7 +24,7 @@ from lstm_train.errors import ConfigError, RunError, command
 from lstm_train.runs import rundir
 from lstm_train.training import distributed
 from lstm_train.training.distributed import World
-from lstm_train.training.interrupt import Interrupted
+from lstm_train.training.interrupt import Interrupted, exit_after_stop
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,10 @@ def console_errors(wants_traceback: bool) -> Iterator[None]:
     try:
         yield
     except Interrupted as e:
+        status = e.exit_code  # not e itself: the except block deletes it before the exit handlers run
+        exit_after_stop(status)  # a second Ctrl-C from here (the process's exit) exits at once
         print(f"lstm-train: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        sys.exit(status)
     except rundir.Refused as e:  # before Hydra made or touched the run dir
         if wants_traceback:
             raise e.error from None
