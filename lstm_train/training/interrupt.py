@@ -47,6 +47,18 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def interruption(error: BaseException) -> Interrupted | None:
+    """The :class:`Interrupted` that caused ``error``, if code it was raised in wrapped it in an error of its own
+    (pybind11 does in a C extension's import, matplotlib's among them: ImportError "initialization failed")."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Interrupted):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 

@@ -64,3 +64,32 @@ def test_a_second_sigint_while_a_stopped_run_exits_exits_at_once(tmp_path, where
     assert torch.load(last, weights_only=True)["progress"]["step"] == step
     # The exit handlers run (the second press came in one); the teardown, a second of freeing PyTorch, is skipped.
     assert marker.read_text() == ("reached" if where == "atexit" else "")
+
+
+# lstm-train's main where a Ctrl-C in the test comes while a C extension is imported, which pybind11 reports as its
+# own error, caused by ours (matplotlib's ft2font, first imported for the test's figures, does).
+WRAPPED_IN_THE_TEST = """
+import os, signal, time
+from lstm_train.train import main
+from lstm_train.training.evaluation import Evaluator
+
+def test(self, *args):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+    except BaseException as e:
+        raise ImportError("initialization failed") from e
+
+Evaluator.test = test
+main()
+"""
+
+
+def test_a_stop_that_library_code_wrapped_in_its_own_error_is_reported_as_the_stop(tmp_path):
+    run = subprocess.run([sys.executable, "-c", WRAPPED_IN_THE_TEST, "debug=fast", f"hydra.run.dir={tmp_path}"],
+                         env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert lines[0].startswith("lstm-train: interrupted (SIGINT) in the test, after training to step 16/16 "), lines[0]
+    assert "; resume with: " in lines[0]
