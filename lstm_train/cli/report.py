@@ -80,10 +80,9 @@ def console_errors(wants_traceback: bool) -> Iterator[None]:
     try:
         yield
     except Interrupted as e:
-        status = e.exit_code  # not e itself: the except block deletes it before the exit handlers run
-        exit_after_stop(status)  # a second Ctrl-C from here (the process's exit) exits at once
+        exit_after_stop(e.exit_code)  # before the line: a second Ctrl-C from here on exits at once
         print(f"lstm-train: {e}", file=sys.stderr)
-        sys.exit(status)
+        sys.exit(e.exit_code)
     except rundir.Refused as e:  # before Hydra made or touched the run dir
         if wants_traceback:
             raise e.error from None

@@ -79,12 +79,13 @@ def raise_on_signals() -> None:
 
 
 def exit_after_stop(status: int) -> None:
-    """The stop is reported and the process is exiting with ``status``: a signal from now on exits at once, with
-    128 + signal and no traceback, and the process ends once Python's exit handlers (atexit) have run.
+    """The process, stopped by a signal, is exiting with ``status`` (the console script calls this as it reports
+    the stop): a signal from now on exits at once, with 128 + signal and no traceback, and the process ends once
+    Python's exit handlers (atexit) have run.
 
-    It skips the interpreter's teardown, which frees PyTorch's modules for about a second and gives SIGINT back
-    its default action first: a second Ctrl-C there would kill the process (-2, not 130). Nothing is left to
-    save by then: checkpoints are written by atomic renames, the logs flushed at each line.
+    That skips the interpreter's teardown, which frees PyTorch's modules for about a second after giving SIGINT
+    back its default action: a second Ctrl-C there killed the process (status -2 to its parent, not 130). Nothing
+    is left to save by then: checkpoints are written by atomic renames, the logs closed by their exit handler.
     """
     if not _in_main_thread():
         return
