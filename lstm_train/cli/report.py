@@ -24,7 +24,7 @@ from lstm_train.errors import ConfigError, RunError, command
 from lstm_train.runs import rundir
 from lstm_train.training import distributed
 from lstm_train.training.distributed import World
-from lstm_train.training.interrupt import Interrupted
+from lstm_train.training.interrupt import Interrupted, exit_after_stop, interruption
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,27 @@ def job_errors() -> Iterator[None]:
             raise
         fail(f"lstm-train: error: {distributed.PEER_GONE}", 1)
     except Interrupted as e:
-        if e.checkpoint is None:
-            log_to_file(str(e))
+        raise reported_stop(e) from None
+    except Exception as e:
+        if (stop := interruption(e)) is None:
             raise
-        # Stopped cleanly at a step: say how to go on from there (a grid sweep's job: by starting the sweep again).
-        hydra_cfg = HydraConfig.get()
-        if rundir.grid_job(hydra_cfg):
-            again = f"hydra.sweep.dir={shlex.quote(hydra_cfg.sweep.dir)}"
-            message = f"{e}; to continue the sweep, start it again with {again}"
-        else:
-            message = f"{e}; resume with: {resume_command(e.checkpoint)}"
-        log_to_file(message)
-        raise Interrupted(e.signum, message, e.checkpoint) from None
+        raise reported_stop(stop) from None
+
+
+def reported_stop(stop: Interrupted) -> Interrupted:
+    """The stop, in the run's train.log; one that saved a checkpoint says how to go on from there (a grid sweep's
+    job: by starting the sweep again)."""
+    if stop.checkpoint is None:
+        log_to_file(str(stop))
+        return stop
+    hydra_cfg = HydraConfig.get()
+    if rundir.grid_job(hydra_cfg):
+        again = f"hydra.sweep.dir={shlex.quote(hydra_cfg.sweep.dir)}"
+        message = f"{stop}; to continue the sweep, start it again with {again}"
+    else:
+        message = f"{stop}; resume with: {resume_command(stop.checkpoint)}"
+    log_to_file(message)
+    return Interrupted(stop.signum, message, stop.checkpoint)
 
 
 @contextlib.contextmanager
@@ -71,6 +80,7 @@ def console_errors(wants_traceback: bool) -> Iterator[None]:
     try:
         yield
     except Interrupted as e:
+        exit_after_stop(e.exit_code)  # before the line: a second Ctrl-C from here on exits at once
         print(f"lstm-train: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except rundir.Refused as e:  # before Hydra made or touched the run dir

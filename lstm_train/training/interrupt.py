@@ -5,14 +5,18 @@ that step and raises :class:`Interrupted`, which the CLI turns into one line and
 (130 for SIGINT, 143 for SIGTERM). A second signal (a second or more after the first), one during the test
 (:attr:`StopRequest.at_once`: training is over and saved, there is no step to finish), or one outside the training
 loop, raises :class:`Interrupted` at once. It derives from BaseException, as KeyboardInterrupt does, so that no
-``except Exception`` on the way (Hydra's job runner included) swallows it.
+``except Exception`` on the way (Hydra's job runner included) swallows it. Once the console script has reported
+the stop, :func:`exit_after_stop` ends the process: a signal then exits at once.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +47,18 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def interruption(error: BaseException) -> Interrupted | None:
+    """The :class:`Interrupted` that caused ``error``, if code it was raised in wrapped it in an error of its own
+    (pybind11 does in a C extension's import, matplotlib's among them: ImportError "initialization failed")."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Interrupted):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
@@ -60,6 +76,35 @@ def raise_on_signals() -> None:
     if _in_main_thread():
         for signum in SIGNALS:
             signal.signal(signum, _raise_at_once)
+
+
+def exit_after_stop(status: int) -> None:
+    """The process, stopped by a signal, is exiting with ``status`` (the console script calls this as it reports
+    the stop): a signal from now on exits at once, with 128 + signal and no traceback, and the process ends once
+    Python's exit handlers (atexit) have run.
+
+    That skips the interpreter's teardown, which frees PyTorch's modules for about a second after giving SIGINT
+    back its default action: a second Ctrl-C there killed the process (status -2 to its parent, not 130). Nothing
+    is left to save by then: checkpoints are written by atomic renames, the logs closed by their exit handler.
+    """
+    if not _in_main_thread():
+        return
+    for signum in SIGNALS:
+        signal.signal(signum, lambda signum, frame: _end(128 + signum))
+
+    def after_the_exit_handlers() -> None:
+        atexit.unregister(after_the_exit_handlers)
+        atexit._run_exitfuncs()  # the others: registered before this one, they are due after it
+        _end(status)
+
+    atexit.register(after_the_exit_handlers)
+
+
+def _end(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or in the middle of a write this signal interrupted
+            stream.flush()
+    os._exit(status)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from lstm_train.train import train
 from lstm_train.training import distributed
 from lstm_train.training.data_parallel import agreed
 from lstm_train.training.distributed import World
-from lstm_train.training.interrupt import Interrupted, StopRequest
+from lstm_train.training.interrupt import ECHO_SECONDS, Interrupted, StopRequest
 from tests import helpers
 from tests.helpers import LSTM_TRAIN, TEXT, train_losses, without_time
 from tests.training.callbacks import SignalInStep
@@ -151,24 +152,48 @@ def test_sigterm_from_outside_then_the_printed_command_resumes(tmp_path):
     assert f"run dir: {tmp_path / 'b'}" in (tmp_path / "b/train.log").read_text()
 
 
+# lstm-train's main with an evaluation that goes on until it is interrupted (pass after pass of the real one), as a
+# long one does, and a marker of its start: the two presses land in it on a machine of any speed.
+ENDLESS_EVALUATION = """
+import sys
+from pathlib import Path
+from lstm_train.train import main
+from lstm_train.training.evaluation import Evaluator
+
+marker, evaluate = Path(sys.argv.pop(1)), Evaluator.evaluate
+
+def endless(self, model, split):
+    marker.touch()
+    while True:
+        evaluate(self, model, split)
+
+Evaluator.evaluate = endless
+main()
+"""
+
+
 @pytest.mark.slow
 def test_a_second_sigint_stops_at_once(tmp_path):
-    # A long evaluation (500k val sequences) is where a user presses Ctrl-C twice.
-    args = ["debug=fast", "task.val_size=500000", "trainer.eval_batch_size=50000", "trainer.progress_bar=false",
-            f"hydra.run.dir={tmp_path}"]
-    run = subprocess.Popen([LSTM_TRAIN, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # An evaluation is where a user presses Ctrl-C twice: the first press waits for the step (its evaluation) to end.
+    marker, run_dir = tmp_path / "evaluating", tmp_path / "run"
+    args = ["debug=fast", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}"]
+    run = subprocess.Popen([sys.executable, "-c", ENDLESS_EVALUATION, str(marker), *args], env=ENV, cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    log = tmp_path / "train.log"
-    while not (log.exists() and "parameters" in log.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # in the first steps or the first evaluation
+    while not marker.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     run.send_signal(signal.SIGINT)
-    time.sleep(1.5)  # a second press, not the echo of the first (lstm_train.training.interrupt.ECHO_SECONDS)
+    time.sleep(ECHO_SECONDS + 0.5)  # a second press, not the echo of the first
+    assert run.poll() is None, run.communicate()[1][-2000:]  # still in the evaluation, stopping after it
     run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=60)
+    try:
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
     assert run.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("lstm-train: interrupted again (SIGINT): stopped at once")
+    assert "SIGINT received: stopping after this step" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.slow
