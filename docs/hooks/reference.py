@@ -13,9 +13,11 @@ PAGE = "reference/configuration.md"
 
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
-    """The page's headings carry their ids as ``{#id}`` (the anchors other pages link to): attr_list reads them."""
-    if "attr_list" not in config.markdown_extensions:
-        config.markdown_extensions.append("attr_list")
+    """The page's headings carry their ids as ``{#id}`` (the anchors other pages link to), which attr_list reads;
+    its tables of keys are in ``<div markdown>`` blocks, which md_in_html reads."""
+    for extension in ("attr_list", "md_in_html"):
+        if extension not in config.markdown_extensions:
+            config.markdown_extensions.append(extension)
     return config
 
 

@@ -226,14 +226,16 @@ def _group_section(group: Group, about: str, default: str | None) -> list[str]:
 
 
 def _table(rows: list[tuple[dataclasses.Field, str | None, str]]) -> list[str]:
-    """A table of keys: (field, anchor id, default as shown)."""
-    out = ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+    """A table of keys: (field, anchor id, default as shown), in a ``config-keys`` block (md_in_html), which
+    docs/stylesheets/extra.css keeps a key and a default on one line."""
+    out = ['<div class="config-keys" markdown>', "", "| key | type | default | allowed | description |",
+           "|---|---|---|---|---|"]
     for f, anchor, default in rows:
         name = f'<a id="{anchor}" href="#{anchor}">`{f.name}`</a>' if anchor else f"`{f.name}`"
         kind = str(f.type).replace("Any", "any").replace(" | None", " or null")
         out.append(f"| {name} | {_text(kind)} | {default} | {_text(allowed(f.metadata.get('check')))} | "
                    f"{_text(doc(f))} |")
-    return out
+    return [*out, "", "</div>"]
 
 
 def _preset_section(name: str, about: str, conf: Path, groups: dict[str, Group]) -> list[str]:
