@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from lstm_train.cli.describe import DOCS_LINK
 from tests import ROOT, TESTS
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "NO_MKDOCS_2_WARNING": "1"}
@@ -55,6 +56,20 @@ def test_the_readmes_links_to_the_docs_land_on_a_page_and_anchor(site):
     assert links
     for page, anchor in links:
         html = site / Path(page).relative_to("docs").with_suffix(".html")
+        assert html.is_file(), page
+        assert not anchor or f'id="{anchor}"' in html.read_text(), f"{page}#{anchor}"
+
+
+def test_every_pointer_from_the_code_to_the_docs_lands_on_a_page_and_anchor(site):
+    """Comments, docstrings, the keys' descriptions (--help shows them) and conf/'s comments point at the docs as
+    docs/<page>.md#<anchor> (the reference makes those of descriptions links, which the strict build checks; the
+    others only a reader follows)."""
+    sources = [p for folder in ("lstm_train", "conf", "scripts", "tests") for p in (ROOT / folder).rglob("*")
+               if p.suffix in (".py", ".yaml")]
+    pointers = {m.groups() for p in sources for m in DOCS_LINK.finditer(p.read_text())}
+    assert ("training.md", "reproducing-a-run") in pointers  # provenance.yaml's header
+    for page, anchor in sorted(pointers, key=str):
+        html = site / Path(page).with_suffix(".html")
         assert html.is_file(), page
         assert not anchor or f'id="{anchor}"' in html.read_text(), f"{page}#{anchor}"
 

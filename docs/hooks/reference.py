@@ -4,6 +4,8 @@ that its keys, defaults and descriptions are those of the code and conf/ being d
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
@@ -26,5 +28,5 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     old = files.get_file_from_path(PAGE)
     if old is not None:
         files.remove(old)
-    files.append(File.generated(config, PAGE, content=reference()))
+    files.append(File.generated(config, PAGE, content=reference(docs=Path(config.docs_dir))))
     return files
