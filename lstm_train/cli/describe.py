@@ -174,14 +174,15 @@ def reference(conf: Path = CONF_DIR, docs: Path | None = None) -> str:
            "key here is the one `lstm-train --help` shows beside its value. Pick a group's option with "
            "`group=option` and set a key with `group.key=value`, e.g. `lstm-train model=tagger task=conll "
            "model.hidden_size=256`; every value is checked before anything is built.", "",
-           "| group | options (default in bold) | what it is |", "|---|---|---|"]
+           '<div class="config-groups" markdown>', "", "| group | options (default in bold) | what it is |",
+           "|---|---|---|"]
     for name in (*GROUPS, *PRESETS):
         names = list(groups[name].schemas) if name in groups else _yaml_options(conf / name)
         links = ", ".join(f"[**{o}**](#{name}-{o})" if chosen.get(name) == o else f"[{o}](#{name}-{o})"
                           for o in names)
         about = doc(top[name]) if name in top else PRESETS[name]
         out.append(f"| [`{name}`](#{name}) | {links} | {_text(about)} |")
-    out += ["", "## Top-level keys {#top-level}", "",
+    out += ["", "</div>", "", "## Top-level keys {#top-level}", "",
             *_table([(top["name"], "name", _value(root, top["name"]))], docs)]
     for group in groups.values():
         out += _group_section(group, doc(top[group.name]), chosen.get(group.name), docs)
