@@ -261,7 +261,7 @@ class TrainerConfig(Schema):
     max_steps: int | None = value(positive, doc="Optimizer steps to train; the run ends at max_steps or max_epochs, "
                                   "whichever comes first; null: no limit.")
     max_time: str | None = value(_duration, doc="Wall-clock budget of training and evaluation, summed over "
-                                 "resumes; null: none (docs: A time budget).")
+                                 "resumes; null: none (docs/training.md#a-time-budget-trainermax_time).")
     batch_size: int = value(positive, doc="Training sequences per optimizer step (over all data-parallel "
                             "processes).")
     eval_batch_size: int = value(positive, doc="Sequences per batch in evaluation and test.")
@@ -273,9 +273,10 @@ class TrainerConfig(Schema):
     label_smoothing: float = value(probability, doc="e: the training loss is against (1 - e) one-hot + e "
                                    "uniform; val/test losses stay plain.")
     precision: str = value(one_of("fp32", "bf16"), doc="fp32, or bf16: bfloat16 autocast around forward and "
-                           "loss; weights and optimizer state stay float32 (docs: Mixed precision).")
+                           "loss; weights and optimizer state stay float32 "
+                           "(docs/training.md#mixed-precision-bfloat16).")
     ema_decay: float | None = value(open_unit_interval, doc="d: val, test and best.pt use a moving average of the "
-                                    "weights (~1/(1-d) steps); null: off (docs: Weight averaging).")
+                                    "weights (~1/(1-d) steps); null: off (docs/training.md#weight-averaging-ema).")
     monitor: str = value(_monitor, doc="The val metric that picks best.pt and drives early stopping and "
                          "scheduler=plateau.")
     monitor_mode: str = value(one_of("auto", "min", "max"), doc="Whether lower or higher monitor is better; "
@@ -285,7 +286,7 @@ class TrainerConfig(Schema):
     test_checkpoint: str = value(one_of("best", "last"), doc="Test with best.pt or with the last weights.")
     device: str = value(_device, doc="Where to train; auto: cuda if available, else cpu.")
     devices: int = value(positive, doc="Processes that train one model data-parallel, one per GPU on CUDA "
-                         "(docs: Scaling out).")
+                         "(docs/scaling-out.md#data-parallel).")
     num_threads: int | None = value(positive, doc="CPU threads for torch ops; null: torch's default (all cores). "
                                     "The default is 1 in a job run beside others.")
     deterministic: bool = value(doc="torch.use_deterministic_algorithms (CPU runs are reproducible without it).")

@@ -10,7 +10,7 @@ imports both packages.
 A class outside the package (your own module): its YAML file, in a directory on Hydra's search path
 (``hydra.searchpath=[file://DIR]``), names the class with ``_target_: your_module.YourModel`` instead of pulling
 in a schema; the module is imported (and so registered) when the config is validated, and the composed values
-are checked against its schema then. See the README, "Adding a task or a model".
+are checked against its schema then. See docs/extending.md#adding-a-task-or-a-model.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ that its keys, defaults and descriptions are those of the code and conf/ being d
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
@@ -13,9 +15,11 @@ PAGE = "reference/configuration.md"
 
 
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
-    """The page's headings carry their ids as ``{#id}`` (the anchors other pages link to): attr_list reads them."""
-    if "attr_list" not in config.markdown_extensions:
-        config.markdown_extensions.append("attr_list")
+    """The page's headings carry their ids as ``{#id}`` (the anchors other pages link to), which attr_list reads;
+    its tables of keys are in ``<div markdown>`` blocks, which md_in_html reads."""
+    for extension in ("attr_list", "md_in_html"):
+        if extension not in config.markdown_extensions:
+            config.markdown_extensions.append(extension)
     return config
 
 
@@ -24,5 +28,5 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     old = files.get_file_from_path(PAGE)
     if old is not None:
         files.remove(old)
-    files.append(File.generated(config, PAGE, content=reference()))
+    files.append(File.generated(config, PAGE, content=reference(docs=Path(config.docs_dir))))
     return files

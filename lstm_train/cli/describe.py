@@ -50,7 +50,8 @@ def config_help(root: DictConfig, resolve: bool = False) -> str:
     column = max((len(text) for text, _ in rows if len(text) <= COMMENT_AT), default=0) + 2
     lines = []
     for text, about in rows:
-        notes = ["# " + line for line in textwrap.wrap(about, WIDTH - column - 2)]
+        # a pointer to the docs (docs/training.md#weight-averaging-ema) kept whole, not broken at a hyphen
+        notes = ["# " + line for line in textwrap.wrap(about, WIDTH - column - 2, break_on_hyphens=False)]
         if not notes or len(text) + 2 > column:  # too wide: its description goes on the lines below
             lines.append(text)
         else:
@@ -159,10 +160,11 @@ def _same(a: dataclasses.Field, b: dataclasses.Field) -> bool:
     return (a.type, doc(a), allowed(a.metadata.get("check"))) == (b.type, doc(b), allowed(b.metadata.get("check")))
 
 
-def reference(conf: Path = CONF_DIR) -> str:
+def reference(conf: Path = CONF_DIR, docs: Path | None = None) -> str:
     """The configuration reference in Markdown (its headings carry ``{#id}``: mkdocs' attr_list): every group,
     option and key of ``conf`` with its type, default (as its YAML file writes it), allowed values and
-    description, and what each experiment, search and debug option sets."""
+    description, and what each experiment, search and debug option sets. A description's pointer to a page of
+    ``docs`` (the site's docs_dir), ``docs/<page>.md#<anchor>``, is a link there named by that heading's words."""
     root = _values(conf / "config.yaml")
     chosen = {k: v for entry in root["defaults"] if isinstance(entry, dict) for k, v in entry.items()}
     groups = {g: Group(g, conf / g, options_of(g)) for g in GROUPS}
@@ -172,18 +174,20 @@ def reference(conf: Path = CONF_DIR) -> str:
            "key here is the one `lstm-train --help` shows beside its value. Pick a group's option with "
            "`group=option` and set a key with `group.key=value`, e.g. `lstm-train model=tagger task=conll "
            "model.hidden_size=256`; every value is checked before anything is built.", "",
-           "| group | options (default in bold) | what it is |", "|---|---|---|"]
+           '<div class="config-groups" markdown>', "", "| group | options (default in bold) | what it is |",
+           "|---|---|---|"]
     for name in (*GROUPS, *PRESETS):
         names = list(groups[name].schemas) if name in groups else _yaml_options(conf / name)
         links = ", ".join(f"[**{o}**](#{name}-{o})" if chosen.get(name) == o else f"[{o}](#{name}-{o})"
                           for o in names)
         about = doc(top[name]) if name in top else PRESETS[name]
         out.append(f"| [`{name}`](#{name}) | {links} | {_text(about)} |")
-    out += ["", "## Top-level keys {#top-level}", "", *_table([(top["name"], "name", _value(root, top["name"]))])]
+    out += ["", "</div>", "", "## Top-level keys {#top-level}", "",
+            *_table([(top["name"], "name", _value(root, top["name"]))], docs)]
     for group in groups.values():
-        out += _group_section(group, doc(top[group.name]), chosen.get(group.name))
+        out += _group_section(group, doc(top[group.name]), chosen.get(group.name), docs)
     for name, about in PRESETS.items():
-        out += _preset_section(name, about, conf, groups)
+        out += _preset_section(name, about, conf, groups, docs)
     return "\n".join(out) + "\n"
 
 
@@ -193,7 +197,7 @@ def options_of(group: str) -> dict[str, type]:
     return dict(sorted(schemas.items()))
 
 
-def _group_section(group: Group, about: str, default: str | None) -> list[str]:
+def _group_section(group: Group, about: str, default: str | None, docs: Path | None) -> list[str]:
     out = ["", f"## {group.name} {{#{group.name}}}", "", f"{_text(about)} Choose with `{group.name}=OPTION`"
            + (f"; the default is `{group.name}={default}`." if default else "."), ""]
     several = len(group.schemas) > 1
@@ -209,34 +213,36 @@ def _group_section(group: Group, about: str, default: str | None) -> list[str]:
         else:
             shown_default = "<br>".join(f"{o}: {d}" for o, d in defaults.items())
         rows.append((f, group.anchor(f.name, None), shown_default))
-    out += _table(rows)
+    out += _table(rows, docs)
     for option in group.schemas:
         out += ["", f"### {group.name}={option} {{#{group.name}-{option}}}", ""]
-        intro = _text(_comment(group.folder / f"{option}.yaml"))
+        intro = _linked(_comment(group.folder / f"{option}.yaml"), docs)
         target = values[option].get("_target_")  # optim's options say what they are by their class alone
         intro = intro or (f"`{target}`." if target else "")
         if intro:
             out += [intro, ""]
         own = group.own(option)
         if own:
-            out += _table([(f, group.anchor(f.name, option), _value(values[option], f)) for f in own])
+            out += _table([(f, group.anchor(f.name, option), _value(values[option], f)) for f in own], docs)
         else:
             out.append(f"Its keys are those of every {group.name} option." if several else "Its keys are above.")
     return out
 
 
-def _table(rows: list[tuple[dataclasses.Field, str | None, str]]) -> list[str]:
-    """A table of keys: (field, anchor id, default as shown)."""
-    out = ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+def _table(rows: list[tuple[dataclasses.Field, str | None, str]], docs: Path | None) -> list[str]:
+    """A table of keys: (field, anchor id, default as shown), in a ``config-keys`` block (md_in_html), which
+    docs/stylesheets/extra.css keeps a key and a default on one line."""
+    out = ['<div class="config-keys" markdown>', "", "| key | type | default | allowed | description |",
+           "|---|---|---|---|---|"]
     for f, anchor, default in rows:
         name = f'<a id="{anchor}" href="#{anchor}">`{f.name}`</a>' if anchor else f"`{f.name}`"
         kind = str(f.type).replace("Any", "any").replace(" | None", " or null")
         out.append(f"| {name} | {_text(kind)} | {default} | {_text(allowed(f.metadata.get('check')))} | "
-                   f"{_text(doc(f))} |")
-    return out
+                   f"{_linked(doc(f), docs)} |")
+    return [*out, "", "</div>"]
 
 
-def _preset_section(name: str, about: str, conf: Path, groups: dict[str, Group]) -> list[str]:
+def _preset_section(name: str, about: str, conf: Path, groups: dict[str, Group], docs: Path | None) -> list[str]:
     out = ["", f"## {name} {{#{name}}}", "", f"{_text(about)} Choose with `{name}=OPTION`; none by default."]
     for option in _yaml_options(conf / name):
         path = conf / name / f"{option}.yaml"
@@ -245,7 +251,7 @@ def _preset_section(name: str, about: str, conf: Path, groups: dict[str, Group])
         out += ["", f"### {name}={option} {{#{name}-{option}}}", ""]
         intro = _comment(path)
         if intro:
-            out += [_text(intro), ""]
+            out += [_linked(intro, docs), ""]
         sets = [f"[`{g}={o}`](#{g}-{o})" if g in (*GROUPS, name) else f"`{g}={o}`" for g, o in
                 _picks(conf / name, option, own=True).items()]
         for key, value in flatten({k: v for k, v in settings.items() if k != "defaults"}).items():
@@ -305,3 +311,40 @@ def _comment(path: Path) -> str:
 def _text(text: str) -> str:
     """Plain text for a Markdown table cell: HTML and Markdown's own characters escaped."""
     return re.sub(r"([\\`*_\[\]|])", r"\\\1", html.escape(text, quote=False))
+
+
+DOCS_LINK = re.compile(r"docs/((?:[\w-]+/)*[\w-]+\.md)(?:#([\w-]+))?")  # docs/training.md#weight-averaging-ema
+
+
+def _linked(text: str, docs: Path | None) -> str:
+    """:func:`_text`, with each ``docs/<page>.md#<anchor>`` in it that ``docs`` has a link from the reference
+    (a sibling of reference/), named by its page and heading (:func:`_heading`); one it lacks stays text."""
+    out, at = [], 0
+    for match in DOCS_LINK.finditer(text):
+        page, anchor = match.groups()
+        name = _heading(docs, page, anchor) if docs else None
+        if name:
+            out += [_text(text[at:match.start()]), f"[{_text(name)}](../{match.group().removeprefix('docs/')})"]
+            at = match.end()
+    return "".join([*out, _text(text[at:])])
+
+
+def _heading(docs: Path, page: str, anchor: str | None) -> str | None:
+    """The page's title (up to a colon) and the words of its heading whose id is ``anchor`` (its ``{#id}``, else
+    as toc's default slugify makes it), between them a right-pointing angle quote; the title alone without
+    ``anchor``; None if the page or heading is not there."""
+    from markdown.extensions.toc import slugify  # the docs build's own; only the build gets here
+
+    if not (docs / page).is_file():
+        return None
+    headings, fenced = [], False  # (words, id)
+    for line in (docs / page).read_text().splitlines():
+        fenced ^= line.lstrip().startswith("```")
+        heading = None if fenced else re.match(r"#{1,6} (.*?)(?: \{#([\w-]+)\})?$", line.rstrip())
+        if heading:
+            words = heading.group(1).replace("`", "")
+            headings.append((words, heading.group(2) or slugify(words, "-")))
+    title = headings[0][0].split(": ")[0] if headings else page
+    if anchor is None:
+        return title
+    return next((f"{title} \u203a {words}" for words, id_ in headings[1:] if id_ == anchor), None)

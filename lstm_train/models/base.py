@@ -56,7 +56,7 @@ class ModelConfig(Schema):
                       "and the regularisers are for lstm).")
     # The variant keys default to the plain cell, so that a model YAML of your own written before them still works.
     variant: str = value(one_of(*VARIANTS), PLAIN_CELL["variant"], doc="The LSTM's cell, by Greff et al.'s names: "
-                         "lstm is torch's, v adds peepholes, the others change v (docs: Variants).")
+                         "lstm is torch's, v adds peepholes, the others change v (docs/lstm/variants.md).")
     layer_norm: bool = value(default=PLAIN_CELL["layer_norm"], doc="Ba et al.'s layer-normalised LSTM.")
     zoneout_c: float = value(probability, PLAIN_CELL["zoneout_c"], doc="Zoneout of c (Krueger et al.): the chance "
                              "a unit keeps its previous value, per step, in training.")

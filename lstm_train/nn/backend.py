@@ -1,7 +1,7 @@
 """The LSTM's backend: what runs it, one name per level, and one constructor for all of them and the baselines.
 
 The choice has one name at each level, with the same value words where the levels mean the same thing
-(the environment variable chooses within ``fast`` only; the README's LSTM section has this table too):
+(the environment variable chooses within ``fast`` only; docs/lstm/index.md#backends has this table too):
 
     config            LSTM argument         environment
     model.backend=    LSTM(backend=...)     LSTM_TRAIN_FAST_PATH=   what runs

@@ -192,7 +192,8 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     return {k: (flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)}
 
 
-# What a resumed run does with a config value that differs from its checkpoint's (README: Stopping and resuming).
+# What a resumed run does with a config value that differs from its checkpoint's
+# (docs/training.md#stopping-and-resuming).
 # Every key takes effect from the step reached, except those refused below. The trainer applies what the
 # checkpoint's state would override (training/resume.py): optim.* (another optimizer starts afresh), the schedule
 # (scheduler.*, optim.lr, and trainer.max_steps, max_epochs, eval_every_n_steps: its length), trainer.monitor and

@@ -50,7 +50,8 @@ DISTRIBUTIONS = ("lstm-train", "torch", "hydra-core", "omegaconf",  # then Hydra
                  "hydra-joblib-launcher", "hydra-submitit-launcher", "optuna")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")  # the ones torch and our kernel dispatch on
 MAX_UNTRACKED = 50
-HEADER = "# How this run was made (README: Reproducing a run). `lstm-train --rerun <this dir>` makes it again.\n"
+HEADER = ("# How this run was made (docs/training.md#reproducing-a-run). `lstm-train --rerun <this dir>` makes it "
+          "again.\n")
 
 
 class _Session(metaclass=Singleton):

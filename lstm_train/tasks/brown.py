@@ -32,7 +32,8 @@ from lstm_train.schema import one_of, value
 from .files import read_text, shown, split_fields, text_lines
 from .tagging import Sentence, TaggedTextConfig, TaggingTask
 
-FETCH = ".venv/bin/python scripts/fetch_brown.py"  # as it runs after the README's set-up, from the repository
+# As it runs from the repository after the set-up (docs/getting-started.md).
+FETCH = ".venv/bin/python scripts/fetch_brown.py"
 DEFAULT_DATA = "~/.cache/lstm-train"
 FILE = re.compile(r"c[a-r]\d\d")
 

@@ -15,7 +15,7 @@ from lstm_train.config import flatten
 
 
 class Tracker:
-    """A SummaryWriter on the run dir. Tag names are the contract of the README's table."""
+    """A SummaryWriter on the run dir. Tag names are the contract of docs/training.md#tensorboard's table."""
 
     def __init__(self, log_dir: str | Path | None, purge_step: int | None = None) -> None:
         """``log_dir`` None: a tracker that writes nothing (the ranks > 0 of a data-parallel run).

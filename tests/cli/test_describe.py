@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lstm_train.cli.describe import config_help, options_of, reference
+from lstm_train.cli.describe import DOCS_LINK, config_help, options_of, reference
 from lstm_train.config import CONF_DIR, Config
 from lstm_train.schema import allowed, doc
 from tests import ROOT
@@ -20,7 +20,7 @@ PRESETS = ("experiment", "hparams_search", "debug")
 
 @pytest.fixture(scope="module")
 def page() -> str:
-    return reference()
+    return reference(docs=ROOT / "docs")  # as the docs build makes it
 
 
 def rows(page: str) -> dict[str, str]:
@@ -33,6 +33,11 @@ def cell(text: str) -> str:
     return re.sub(r"([\\`*_\[\]|])", r"\\\1", text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
+def described(text: str) -> list[str]:
+    """Text as the reference's cells have it around its pointers to the docs (which become links)."""
+    return [cell(part) for part in DOCS_LINK.sub("\0", text).split("\0")]
+
+
 def test_every_key_of_every_option_has_a_row_with_its_description_and_allowed_values(page):
     found = rows(page)
     for group in GROUPS:
@@ -40,9 +45,23 @@ def test_every_key_of_every_option_has_a_row_with_its_description_and_allowed_va
             for f in dataclasses.fields(schema):
                 row = found.get(f"{group}-{f.name}") or found.get(f"{group}-{option}-{f.name}")
                 assert row is not None, f"{group}={option}: {f.name} has no row"
-                assert f"`{f.name}`" in row and cell(doc(f)) in row, (group, option, f.name)
+                assert f"`{f.name}`" in row and all(part in row for part in described(doc(f))), (group, f.name)
                 assert cell(allowed(f.metadata.get("check"))) in row, (group, option, f.name)
     assert cell(doc(next(f for f in dataclasses.fields(Config) if f.name == "name"))) in found["name"]
+
+
+def test_a_pointer_to_the_docs_is_a_link_named_by_its_page_and_heading(page):
+    assert "(docs/training.md#weight-averaging-ema)" in doc(trainer_field("ema_decay"))  # as --help shows it
+    ema = "([Training \u203a Weight averaging (EMA)](../training.md#weight-averaging-ema))"
+    assert ema in rows(page)["trainer-ema_decay"]
+    g2p = page.partition("{#experiment-g2p}")[2].partition("\n### ")[0]  # in an experiment's comment too
+    assert "([Sequence to sequence (g2p) \u203a Measured](../tasks/seq2seq.md#measured))" in g2p
+    # without the docs (or a page they lack) the pointer stays text
+    assert "(docs/training.md#weight-averaging-ema)" in rows(reference())["trainer-ema_decay"]
+
+
+def trainer_field(name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(options_of("trainer")["default"]) if f.name == name)
 
 
 def test_a_shared_key_shows_each_options_default_as_its_yaml_writes_it(page):
@@ -88,6 +107,7 @@ def test_help_puts_each_description_beside_its_key_within_100_columns(compose_cf
     target = lines.index("  _target_: lstm_train.training.optim.WarmupCosineLR")  # too wide: described below
     assert lines[target + 1] == " " * column + "# The scheduler class, built by Hydra's instantiate; null:"
     assert lines[target + 2] == " " * column + "# constant lr."
+    assert " " * column + "# (docs/training.md#weight-averaging-ema)." in lines  # a pointer whole, not at a hyphen
 
 
 def test_the_mkdocs_hook_builds_the_page(tmp_path):

@@ -217,7 +217,7 @@ def test_lstm_sweep_summary_command(sweep, tmp_path, capsys):
     proc = subprocess.run([str(Path(sys.executable).with_name("lstm-sweep-summary")), str(sweep / ".submitit")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "holds no job dirs" in proc.stderr
-    # and as a module, as the README's other tools run
+    # and as a module, as the docs' other tools run
     proc = subprocess.run([sys.executable, "-m", "lstm_train.runs.sweep", str(sweep)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith(f"# Sweep {sweep.name}"), proc.stderr[-2000:]

@@ -1,6 +1,6 @@
 """The data-file mistakes a user can make, each through the real path (compose the config, validate it, build
 the task): a one-line ConfigError that starts with the config key and names the file, the line where there is
-one, the problem and the fix. The README's bad-input table lists the same cases."""
+one, the problem and the fix. docs/errors.md (What a mistake gets) lists the same cases."""
 
 from __future__ import annotations
 
