@@ -712,7 +712,7 @@ def groups_markdown(groups: list[Group], replicate: str, baseline: str | None = 
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    return "" if mean is None else _fmt(mean) + ("" if std is None else f" ± {std:.4f}")
+    return "" if mean is None else _fmt(mean) + ("" if std is None else f" ± {_fmt(std)}")
 
 
 def plot_groups(groups: list[Group], path: Path, title: str = "sweep", baseline: str | None = None) -> bool:
@@ -776,7 +776,11 @@ def _short(value: str) -> str:
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
-    return "" if v is None else format(v, spec)
+    if v is None:
+        return ""
+    if spec.endswith("f") and abs(v) >= 1e6:  # a diverged run's perplexity: 3.644e+92, not 93 digits
+        return format(v, ".4g")
+    return format(v, spec)
 
 
 def _blank(v: Any) -> Any:

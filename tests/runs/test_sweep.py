@@ -596,3 +596,13 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
     assert "#1 : debug=fast model.hidden_size=8: finished before" in again.stdout
     assert files() == kept
     assert "2 jobs: 1 completed, 1 failed." in (tmp_path / "sweep_summary.md").read_text()
+
+
+def test_a_diverged_groups_huge_values_are_written_short(tmp_path):
+    """A diverged run's perplexity (2 ** 300) fills a table cell in scientific notation, not in 91 digits."""
+    for seed, ppl in enumerate((2.0 ** 300, 2.0 ** 310)):
+        make_job(tmp_path, seed, [f"trainer.seed={seed}"], best=300.0 + seed, task="text_char",
+                 task_monitor="bpc", test={"ppl": ppl})
+    summary = write_summary(tmp_path)[1].read_text()
+    assert "2.086e+93" in summary and "1.044e+93" in summary  # the second job's value, and the group's mean
+    assert max(len(line) for line in summary.splitlines() if line.startswith("|")) < 100
