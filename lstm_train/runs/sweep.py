@@ -749,6 +749,9 @@ def plot_groups(groups: list[Group], path: Path, title: str = "sweep", baseline:
                 ax.axhline(mean, color="tab:orange", linestyle="--", linewidth=1,
                            label="_" if ax.get_legend_handles_labels()[0] else f"{baseline} (mean)")
         ax.set_xticks(range(len(groups)), labels, rotation=45 if wide else 0, ha="right" if wide else "center")
+        if wide_range([v for g in groups for v in g.values(metric)]):
+            ax.set_yscale("log")
+            ylabel += " (log scale)"
         ax.set_ylabel(ylabel)
         if len(keys) == 1:
             ax.set_xlabel(keys[0])
@@ -759,6 +762,12 @@ def plot_groups(groups: list[Group], path: Path, title: str = "sweep", baseline:
     figure.suptitle(f"{title}: mean ± std of {len(groups)} groups ({n} completed jobs)", fontsize=10)
     figure.savefig(path)
     return True
+
+
+def wide_range(values: Sequence[float]) -> bool:
+    """Whether positive values span so much (a diverged group beside the others: 300 bpc against 1.7) that only a
+    log scale shows the differences among the rest."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 30
 
 
 # ---- small helpers --------------------------------------------------------------------------------------

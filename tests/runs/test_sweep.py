@@ -27,7 +27,16 @@ from hydra.types import RunMode
 from lstm_train.config import ConfigError, describe_config_error, monitor_direction, threads_per_job, validate
 from lstm_train.models import build_model
 from lstm_train.nn.variants import VARIANTS
-from lstm_train.runs.sweep import STATUS_FILE, SweepSummary, collect, incomplete_beta, main, welch, write_summary
+from lstm_train.runs.sweep import (
+    STATUS_FILE,
+    SweepSummary,
+    collect,
+    incomplete_beta,
+    main,
+    welch,
+    wide_range,
+    write_summary,
+)
 from lstm_train.tasks import build_task
 from tests.helpers import LSTM_TRAIN, dead_pid, job_config, make_job
 
@@ -606,3 +615,9 @@ def test_a_diverged_groups_huge_values_are_written_short(tmp_path):
     summary = write_summary(tmp_path)[1].read_text()
     assert "2.086e+93" in summary and "1.044e+93" in summary  # the second job's value, and the group's mean
     assert max(len(line) for line in summary.splitlines() if line.startswith("|")) < 100
+
+
+@pytest.mark.parametrize(("values", "log"), [([1.64, 1.70, 2.55, 306.6], True), ([1.64, 1.70, 2.55], False),
+                                             ([0.97, 0.99], False), ([-1.0, 100.0], False), ([], False)])
+def test_a_group_far_from_the_others_puts_the_plot_on_a_log_scale(values, log):
+    assert wide_range(values) is log
