@@ -38,6 +38,7 @@ from lstm_train.runs.sweep import (
     write_summary,
 )
 from lstm_train.tasks import build_task
+from tests import ROOT
 from tests.helpers import LSTM_TRAIN, dead_pid, job_config, make_job
 
 # ---- a sweep dir as lstm-train -m leaves it -------------------------------------------------------------
@@ -474,6 +475,16 @@ def test_a_tiny_study_ends_with_its_welch_table(tmp_path):
     rows = {r["model.variant"]: r for r in csv.DictReader((tmp_path / "sweep_summary_groups.csv").open())}
     assert sorted(rows) == ["nfg", "v"] and {r["n"] for r in rows.values()} == {"2"}
     assert rows["v"]["t"] == "" and rows["nfg"]["p"] != ""
+    # and what each variant's gates do: NFG's forget gate is recorded as its constant 1
+    gates = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_gates.py"), str(tmp_path), "--size", "50"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert gates.returncode == 0, gates.stderr[-2000:]
+    table = [line.split("|")[1:-1] for line in gates.stdout.splitlines() if line.startswith("| `")]
+    columns = [c.strip() for c in gates.stdout.splitlines()[0].split("|")[1:-1]]
+    by_variant = {row[0].strip(" `"): dict(zip(columns, (c.strip() for c in row), strict=True)) for row in table}
+    assert sorted(by_variant) == ["nfg", "v"] and by_variant["nfg"]["n"] == "2"
+    assert by_variant["nfg"]["f"] == "1" and float(by_variant["v"]["f"]) < 1
+    assert 0 <= float(by_variant["v"]["memory"]) <= 1 and (tmp_path / "gate_memory.png").stat().st_size > 0
 
 
 # ---- Optuna's direction, from trainer.monitor -----------------------------------------------------------
