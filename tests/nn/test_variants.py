@@ -9,6 +9,7 @@ no code with lstm_train.nn, so outputs and gradients (autograd through both) agr
 from __future__ import annotations
 
 import logging
+import math
 import re
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.func import functional_call
 
 from lstm_train.config import ConfigError, validate
@@ -423,6 +425,98 @@ def test_zoneout_at_test_is_its_expectation_and_deterministic():
         torch.testing.assert_close(c_out, 0.5 * c_in + 0.5 * c_new)
         torch.testing.assert_close(out[t], 0.3 * h_in + 0.7 * h_new)
     assert torch.equal(lstm(x)[0], out)
+
+
+def test_mix32_is_the_unsigned_32_bit_hash_without_int64_overflow():
+    """variants.mix32 on int64 tensors equals the hash computed on Python's unbounded ints (wrapped to 32 bits), at
+    the extremes too: its products never overflow int64."""
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = x * 0x7FEB352D & 0xFFFFFFFF
+        x ^= x >> 15
+        x = x * 0x846CA68B & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFF, 0xFFFF0000, 0xFFFFFFFE, 0xFFFFFFFF]
+    values += torch.randint(0, 1 << 32, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert variants.mix32(torch.tensor(values)).tolist() == [mix(v) for v in values]
+
+
+def test_zoneout_masks_are_bernoulli_at_their_rate_and_independent():
+    """A million units of one seed: each mask keeps within a binomial bound (5 sigma) of its rate (rounded down to
+    2^-16), and c's and h's masks, neighbouring steps, rows and units, and two seeds are independent (the joint rate
+    is the product); no two steps, rows or units share a mask."""
+    T, B, H = 64, 32, 512
+    bits = variants.zoneout_bits((123, 456), T, B, H, torch.device("cpu"))
+    other = variants.zoneout_bits((124, 456), T, B, H, torch.device("cpu"))
+    rate = {"c": 0.1, "h": 0.3}
+    p = {k: int(r * 65536) / 65536 for k, r in rate.items()}
+    keep_c, keep_h = (bits >> 16) < int(rate["c"] * 65536), (bits & 0xFFFF) < int(rate["h"] * 65536)
+
+    def within_bound(kept: Tensor, expected: float) -> bool:
+        return abs(kept.double().mean().item() - expected) < 5 * math.sqrt(expected * (1 - expected) / kept.numel())
+
+    assert within_bound(keep_c, p["c"]) and within_bound(keep_h, p["h"])
+    assert within_bound(keep_c & keep_h, p["c"] * p["h"])
+    assert within_bound(keep_c & ((other >> 16) < int(rate["c"] * 65536)), p["c"] ** 2)
+    for dim in range(3):
+        n = keep_h.shape[dim]
+        a, b = keep_h.narrow(dim, 1, n - 1), keep_h.narrow(dim, 0, n - 1)
+        assert within_bound(a & b, p["h"] ** 2)
+        assert not (a == b).movedim(dim, 0).flatten(1).all(1).any()  # no two neighbours share a whole mask
+
+
+@ROWS
+def test_the_kernels_zoneout_masks_are_zoneout_bits(rows, compiled_kernel):
+    """The kernel hashes, where it uses them, the very masks ``variants.zoneout_bits`` states: the c and h it carries
+    keep their previous values exactly where those masks say (hidden size 20: a vector's tail lanes too)."""
+    torch.manual_seed(0)
+    T, H = 6, 20
+    with on_path("compiled"):
+        lstm = LSTM(3, H, zoneout_c=0.4, zoneout_h=0.3).double()
+        x = torch.randn(T, rows, 3, dtype=torch.float64)
+        torch.manual_seed(5)
+        with torch.no_grad(), lstm.recording() as calls:
+            out, _ = lstm(x)
+    torch.manual_seed(5)
+    bits = variants.zoneout_bits(Noise(0.4, 0.3, training=True).zoneout_seed(), T, rows, H, torch.device("cpu"))
+    (gates,), (c,) = calls[0].gates, calls[0].cells
+    i, f, g, o = gates.unbind(2)
+    c_prev = torch.cat([torch.zeros_like(c[:1]), c[:-1]])
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    c_new = f * c_prev + i * g
+    for got, old, new, keep in ((c, c_prev, c_new, (bits >> 16) < int(0.4 * 65536)),
+                                (out, h_prev, o * torch.tanh(c_new), (bits & 0xFFFF) < int(0.3 * 65536))):
+        seen = ~torch.isclose(old, new, atol=1e-9, rtol=0)  # where keeping and not keeping differ
+        assert seen.double().mean() > 0.9
+        assert torch.equal(got[keep], old[keep])  # kept exactly
+        torch.testing.assert_close(got[~keep], new[~keep], atol=1e-12, rtol=0)
+
+
+def test_zoneout_masks_differ_by_layer_direction_and_call_and_not_by_threads(compiled_kernel):
+    """On the kernel (in training): every layer and direction and every call draws its own masks, and the number of
+    threads changes nothing (each unit's mask is a function of its step, row and unit, not of who computes it)."""
+    torch.manual_seed(0)
+    lstm = LSTM(16, 64, num_layers=2, bidirectional=True, variant="v", zoneout_c=0.3, zoneout_h=0.2)
+    x = torch.randn(40, 24, 16, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count, seed in ((1, 7), (2, 7), (2, 8)):
+            torch.set_num_threads(count)
+            torch.manual_seed(seed)
+            with on_path("compiled"), lstm.recording() as calls:
+                out, (h, c) = lstm(x)
+            runs.append((out, grads((out, h, c), [x, *lstm.parameters()]), calls[0].cells))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, grads1, cells), (out2, grads2, _), (out3, _, _) = runs
+    assert torch.equal(out1, out2) and not torch.equal(out2, out3)
+    for a, b in zip(grads1, grads2, strict=True):
+        torch.testing.assert_close(a, b)
+    kept = [torch.eq(cs[1:], cs[:-1]) for cs in cells]  # c kept where it equals the previous step's
+    assert all(0.25 < k.float().mean() < 0.35 for k in kept)
+    assert all(not torch.equal(a, b) for k, a in enumerate(kept) for b in kept[k + 1 :])
 
 
 @pytest.mark.parametrize("variant", ["lstm", "v"])
