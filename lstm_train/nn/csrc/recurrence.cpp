@@ -18,6 +18,8 @@
 //   accumulators and the saved activations stay float32. The GEMMs outside the loop take bfloat16 too.
 // - The elementwise LSTM variants (lstm_train/nn/variants.py: Greff et al.'s V, NIG, NFG, NOG, NIAF, NOAF, CIFG
 //   and NP) are flags of the one cell below and of its gradient (Variant), with their peepholes, not copies.
+// - Zoneout's training masks are hashed from a counter (zoneout_keys) where the cell uses them, and again in the
+//   backward: nothing of (T, B, H) is drawn, stored or read for them.
 // Gates stay in torch's (i, f, g, o) order; padded batches arrive sorted longest first, batch_sizes[t] rows
 // run at step t (as in PackedSequence) and every row past its length is written as zeros.
 
@@ -483,11 +485,12 @@ inline bf16_t* bits_mut(Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr
 // The gate gradients of rows [0, rows) at one step. acts: gate activations (rows of 4H); c, c_prev: the step's
 // cell state and the previous one; dh: dL/dh_t; dc: dL/dc_t from the later steps in, dL/dc_{t-1} out;
 // d_pre: written, dL/d pre-activation (rows of 4H); dh_record (may be null): dh copied out.
-template <typename T>
 // With zoneout, ``carry`` receives what dL/dh_{t-1} gets past the cell (z_h dL/dh_t, plus dhs_prev: dL/dh_{t-1}
-// through the output, if not null).
+// through the output, if not null). With peepholes, d_peep (rows of 3H) accumulates each row's share of their
+// gradient: d i_pre c_{t-1}, d f_pre c_{t-1}, d o_pre c_t (the new c, before zoneout).
+template <typename T>
 void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* dc, T* d_pre, T* dh_record,
-                    int64_t rows, int64_t H, const Variant<T>& v, const T* dhs_prev, T* carry) {
+                    int64_t rows, int64_t H, const Variant<T>& v, const T* dhs_prev, T* carry, T* d_peep) {
   using L = Lanes<T>;
   using V = typename L::V;
   const V one(T(1)), zero(T(0));
@@ -525,6 +528,10 @@ void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* 
       }
       if (v.peep != nullptr) {
         dc_prev = at::vec::fmadd(L::load(v.peep + j, n), d_i, at::vec::fmadd(L::load(v.peep + H + j, n), d_f, dc_prev));
+        T* dp = d_peep + r * 3 * H + j;
+        L::store(at::vec::fmadd(d_i, cp, L::load(dp, n)), dp, n);
+        L::store(at::vec::fmadd(d_f, cp, L::load(dp + H, n)), dp + H, n);
+        L::store(at::vec::fmadd(d_o, c_new, L::load(dp + 2 * H, n)), dp + 2 * H, n);
       }
       L::store(dc_prev, dc + k, n);
       if (dh_record != nullptr) {
@@ -858,6 +865,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor dc = given(d_cn_in) ? d_cn_in->contiguous().clone() : at::zeros({B, H}, x.options());
   Tensor dh_steps = record_dh ? at::zeros({T, B, H}, x.options()) : Tensor();
   Tensor d_pre_bf;  // bf16: the gate gradients as bfloat16, for the products
+  // the peepholes' gradient, each row's sum over its steps (each row is one thread's), summed over rows at the end
+  Tensor d_peep_rows = peep.defined() ? at::zeros({B, 3 * H}, x.options()) : Tensor();
 
   check_bf16(bf16, x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_train_backward", [&] {
@@ -876,6 +885,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
                     drop.defined() ? drop.data_ptr<T_>() : nullptr};
     var.zoneout(zoneout_c, zoneout_h, keys, T * B);
+    T_* peep_rows = peep.defined() ? d_peep_rows.data_ptr<T_>() : nullptr;
     Tensor carry = var.zone_h ? at::zeros({B, H}, x.options()) : Tensor();  // dL/dh_{t-1} past the cell
     T_* carry_p = carry.defined() ? carry.data_ptr<T_>() : nullptr;
     const T_* w = bf16 ? nullptr : w_packed.data_ptr<T_>();
@@ -907,7 +917,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
           const T_* dhs_prev = (t == 0 || dhs == nullptr) ? nullptr : dhs + ((t - 1) * B + r) * H;
           gate_gradients<T_>(a_t + r * G, c_t + r * H, c_prev + r * H, dh_p + r * H, dc_p + r * H, dp_t + r * G,
                              rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H, var.shifted(t, r, B, H, nullptr),
-                             dhs_prev, carry_p == nullptr ? nullptr : carry_p + r * H);
+                             dhs_prev, carry_p == nullptr ? nullptr : carry_p + r * H,
+                             peep_rows == nullptr ? nullptr : peep_rows + r * 3 * H);
           const int64_t lo = std::max(r, b), hi = r + blk.rows;
           if (lo < hi) {
             std::memset(dp_t + lo * G, 0, (hi - lo) * G * sizeof(T_));
@@ -944,18 +955,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     });
   });
 
-  // Everything outside the recurrence, for all steps at once: one GEMM each, and a reduction for the peepholes.
+  // Everything outside the recurrence, for all steps at once: one GEMM each (and the peepholes' sum over rows).
   const Tensor d_pre2 = d_pre.view({T * B, G});
-  Tensor d_peep;
-  if (peep.defined()) {  // d p_i = sum over t and rows of d i_pre * c_{t-1}, d p_f likewise, d p_o of d o_pre * c_t
-    const Tensor c_prev = T > 1 ? at::cat({c0.unsqueeze(0), cs.narrow(0, 0, T - 1)}) : c0.unsqueeze(0);
-    // the output gate read the new c, not the zoned-out one carried on: recomputed from the gates then
-    const Tensor c_new = zoneout_c > 0
-                             ? gates.narrow(2, H, H) * c_prev + gates.narrow(2, 0, H) * gates.narrow(2, 2 * H, H)
-                             : cs;
-    d_peep = at::stack({(d_pre.narrow(2, 0, H) * c_prev).sum({0, 1}), (d_pre.narrow(2, H, H) * c_prev).sum({0, 1}),
-                        (d_pre.narrow(2, 3 * H, H) * c_new).sum({0, 1})});
-  }
+  const Tensor d_peep = peep.defined() ? d_peep_rows.sum(0).view({3, H}) : Tensor();
 #if defined(LSTM_TRAIN_BF16)
   if (bf16) {  // the same GEMMs on bfloat16 operands (float32 accumulation, bfloat16 results: as autocast's)
     const auto bf = [](const Tensor& t) { return t.to(at::kBFloat16); };
