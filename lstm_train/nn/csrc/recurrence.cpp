@@ -106,18 +106,17 @@ struct Lanes {
 };
 
 // acc[r][q] += sum over k < K of a[r * lda + k] * w[k][q] for one vector of hidden units: the register-blocked
-// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout. Scaled: a
-// times scale (rows of lda too), recurrent dropout's mask on h.
-template <typename T, int R, bool Scaled = false>
+// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout.
+template <typename T, int R>
 __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4], const T* a, int64_t lda, int64_t K,
-                                                      const T* w, const T* scale = nullptr) {
+                                                      const T* w) {
   using V = Vectorized<T>;
   constexpr int64_t N = V::size();
   for (int64_t k = 0; k < K; ++k, w += 4 * N) {
     const V w0 = V::loadu(w), w1 = V::loadu(w + N), w2 = V::loadu(w + 2 * N), w3 = V::loadu(w + 3 * N);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const V x(Scaled ? a[r * lda + k] * scale[r * lda + k] : a[r * lda + k]);
+      const V x(a[r * lda + k]);
       acc[r][0] = at::vec::fmadd(x, w0, acc[r][0]);
       acc[r][1] = at::vec::fmadd(x, w1, acc[r][1]);
       acc[r][2] = at::vec::fmadd(x, w2, acc[r][2]);
@@ -299,17 +298,13 @@ __attribute__((always_inline)) inline void forward_cells(const Products& product
 }
 
 // forward_cells with float32 (or float64) products. w_ih, w_hh: this vector's (K, 4, N) slices of pack_forward's
-// layouts; x: rows of I, h_prev: rows of H.
+// layouts; x: rows of I, h_prev: rows of H (with recurrent dropout: already times its mask).
 template <typename T, int R>
 void forward_block(const T* x, const T* bias, const T* w_ih, const T* w_hh, const T* h_prev, const T* c_prev, T* c,
                    T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n, const Variant<T>& v) {
   const auto products = [&](Vectorized<T>(&acc)[R][4]) {
     accumulate<T, R>(acc, x, I, I, w_ih);
-    if (v.drop != nullptr) {
-      accumulate<T, R, true>(acc, h_prev, H, H, w_hh, v.drop);
-    } else {
-      accumulate<T, R>(acc, h_prev, H, H, w_hh);
-    }
+    accumulate<T, R>(acc, h_prev, H, H, w_hh);
   };
   forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
 }
@@ -771,6 +766,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     T_* hp = hs.data_ptr<T_>();
     T_* cp = cs.data_ptr<T_>();
     const int64_t c_steps = cs.size(0);
+    // recurrent dropout: each step's h_{t-1} times the mask, once, for the products (each thread its own rows)
+    Tensor h_drop = drop.defined() && !few ? at::empty({B, H}, x.options()) : Tensor();
+    T_* hd = h_drop.defined() ? h_drop.data_ptr<T_>() : nullptr;
     over_threads(B, few ? 0 : T * B * G * (I + H), [&](const std::vector<Block>& blocks) {
       for (int64_t t = 0; t < T; ++t) {
         const int64_t b = running(batch_sizes, t, T, B), ending = running(batch_sizes, t + 1, T, B);
@@ -795,6 +793,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
             }
           }
         }
+        for (const Block& blk : blocks) {
+          const int64_t end = hd == nullptr ? 0 : std::min(blk.start + blk.rows, b) * H;
+          for (int64_t k = blk.start * H; k < end; ++k) {
+            hd[k] = h_prev[k] * var.drop[k];
+          }
+        }
         for (int64_t j = 0; j < (few ? 0 : H); j += N) {  // a vector's weights stay in cache while each block uses them
           for (const Block& blk : blocks) {
             const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
@@ -811,7 +815,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 #endif
             if (rows > 0) {
               call_block<T_, ForwardBlock>(static_cast<int>(rows), x_t + r * I, bias_p, wi + j * I * 4,
-                                           wh + j * H * 4, h_prev + r * H, c_prev + r * H, c_t + r * H, h_t + r * H,
+                                           wh + j * H * 4, (hd == nullptr ? h_prev : hd) + r * H, c_prev + r * H,
+                                           c_t + r * H, h_t + r * H,
                                            keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j),
                                            var.shifted(t, r, B, H, h_prev + r * H));
             }
