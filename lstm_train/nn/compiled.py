@@ -231,10 +231,11 @@ class _Recurrence(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs, peep, drop = ctx.saved_tensors
         need = ctx.needs_input_grad
         record = ctx.on_dh is not None
-        d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep = load().lstm_backward(
-            x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
-            need[0], need[3], bias is not None and need[5], record, ctx.bf16, ctx.flags, peep, *ctx.zoneout, drop,
-        )  # fmt: skip
+        with torch.autocast("cpu", enabled=False):  # a backward run under autocast: the kernel's GEMMs keep its dtypes
+            d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep = load().lstm_backward(
+                x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
+                need[0], need[3], bias is not None and need[5], record, ctx.bf16, ctx.flags, peep, *ctx.zoneout, drop,
+            )  # fmt: skip
         if record:
             ctx.on_dh(dh_steps)
         return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None, None, None, d_peep, None, None, None

@@ -23,6 +23,7 @@ from torch.func import functional_call
 from lstm_train.config import ConfigError, validate
 from lstm_train.nn import LSTM, VARIANTS, Cell, Noise, TorchLSTM, Variant, build_lstm, build_recurrent, variants
 from lstm_train.nn.compiled import _announced
+from lstm_train.nn.extension import bf16_products
 from tests.helpers import grads
 from tests.paths import PATHS, on_path
 
@@ -517,6 +518,29 @@ def test_zoneout_masks_differ_by_layer_direction_and_call_and_not_by_threads(com
     kept = [torch.eq(cs[1:], cs[:-1]) for cs in cells]  # c kept where it equals the previous step's
     assert all(0.25 < k.float().mean() < 0.35 for k in kept)
     assert all(not torch.equal(a, b) for k, a in enumerate(kept) for b in kept[k + 1 :])
+
+
+@pytest.mark.skipif(not bf16_products(), reason="no AVX512-BF16 on this CPU")
+def test_a_variant_with_zoneout_takes_bf16_products_under_autocast_and_the_same_masks(compiled_kernel):
+    """Under autocast the kernel runs V with zoneout on bfloat16 products (its cell states differ from float32's),
+    with the same masks (one seed keeps the same units of c, exactly their previous values); a backward inside the
+    autocast block runs, recurrent dropout's (float32 products) too."""
+    torch.manual_seed(0)
+    lstm = LSTM(8, 32, variant="v", zoneout_c=0.3, zoneout_h=0.2)
+    x = torch.randn(10, 8, 8)
+    cells = []
+    for autocast in (False, True):
+        torch.manual_seed(3)
+        with on_path("compiled"), torch.autocast("cpu", torch.bfloat16, enabled=autocast), lstm.recording() as calls:
+            lstm(x)[0].sum().backward()
+        cells.append(calls[0].cells[0])
+    kept = [torch.eq(c[1:], c[:-1]) for c in cells]
+    assert 0.2 < kept[0].float().mean() < 0.4 and torch.equal(kept[0], kept[1])
+    assert not torch.allclose(cells[0], cells[1], atol=1e-4)  # bfloat16 products
+    dropout = LSTM(8, 32, variant="v", recurrent_dropout=0.2)  # float32 products: their backward's GEMMs stay float32
+    with on_path("compiled"), torch.autocast("cpu", torch.bfloat16):
+        dropout(x)[0].sum().backward()
+    assert dropout.weight_hh_l0.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize("variant", ["lstm", "v"])
