@@ -503,9 +503,10 @@ def test_zoneout_masks_differ_by_layer_direction_and_call_and_not_by_threads(com
     threads = torch.get_num_threads()
     runs = []
     try:
-        for count, seed in ((1, 7), (2, 7), (2, 8)):
+        for count, seed in ((1, 7), (2, 7), (2, None)):  # the third call: the generator's next seed
             torch.set_num_threads(count)
-            torch.manual_seed(seed)
+            if seed is not None:
+                torch.manual_seed(seed)
             with on_path("compiled"), lstm.recording() as calls:
                 out, (h, c) = lstm(x)
             runs.append((out, grads((out, h, c), [x, *lstm.parameters()]), calls[0].cells))
