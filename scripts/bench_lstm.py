@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         CLOCK["clock"] = time.thread_time
     if args.autocast and (args.dtype != "float32" or args.step or args.sample or args.profile):
         parser.error("--autocast times the shape table of float32 models")
+    if args.cells and (args.autocast or args.step or args.sample or args.profile):
+        parser.error("--cells times training steps of the shape table: not with --autocast, --step, --sample or "
+                     "--profile")
     AUTOCAST["enabled"] = args.autocast
     CELL.update(variant=args.variant, layer_norm=args.layer_norm, zoneout_c=args.zoneout, zoneout_h=args.zoneout,
                 recurrent_dropout=args.recurrent_dropout, weight_drop=args.weight_drop)
