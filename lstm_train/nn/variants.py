@@ -298,15 +298,17 @@ class Noise:
         T, B, H = like.shape
         bits = None if seed is None else zoneout_bits(seed, T, B, H, like.device)
 
-        def mask(rate: float, half: Tensor | None, size: int) -> Tensor | None:
+        def mask(rate: float, high: bool, size: int) -> Tensor | None:
             if not rate:
                 return None
-            if half is None:
+            if bits is None:
                 return torch.full((T, B, size), rate, dtype=like.dtype, device=like.device)
-            return (half[..., :size] < int(rate * 65536)).to(like.dtype)  # the kernel's floor(rate 2^16)
+            below = int(rate * 65536)  # the kernel's floor(rate 2^16)
+            # c: the high 16 bits below it (so all 32 below it times 2^16), h: the low 16
+            keep = bits < below << 16 if high else (bits[..., :size] & 0xFFFF) < below
+            return keep.to(like.dtype)
 
-        high, low = (None, None) if bits is None else (bits >> 16, bits & 0xFFFF)
-        return mask(self.zoneout_c, high, H), mask(self.zoneout_h, low, h_size)
+        return mask(self.zoneout_c, True, H), mask(self.zoneout_h, False, h_size)
 
 
 _U32 = 0xFFFFFFFF
@@ -314,17 +316,19 @@ _U32 = 0xFFFFFFFF
 
 def mix32(x: Tensor) -> Tensor:
     """The kernel's 32-bit hash (csrc/recurrence.cpp, mix32: the form of MurmurHash3's finaliser, C. Wellons'
-    lowbias32 constants) on int64 tensors of values in [0, 2^32), bit for bit."""
+    lowbias32 constants) on int64 tensors of values in [0, 2^32), bit for bit; a new tensor."""
     x = x ^ (x >> 16)
-    x = _times(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _times(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    x.mul_(_wrapped(0x7FEB352D)).bitwise_and_(_U32)
+    x ^= x >> 15
+    x.mul_(_wrapped(0x846CA68B)).bitwise_and_(_U32)
+    x ^= x >> 16
+    return x
 
 
-def _times(x: Tensor, m: int) -> Tensor:
-    """x * m mod 2^32 for x in [0, 2^32): m in 16-bit halves, so that no int64 product overflows (all < 2^49)."""
-    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _U32
+def _wrapped(m: int) -> int:
+    """A 32-bit multiplier as one in (-2^31, 2^31) with the same low 32 bits: x times it, for x in [0, 2^32), stays
+    within int64 (|product| < 2^63, no overflow) and its low 32 bits are those of x * m."""
+    return m - (1 << 32) if m >= 1 << 31 else m
 
 
 def zoneout_bits(seed: tuple[int, int], steps: int, rows: int, units: int, device: torch.device) -> Tensor:
