@@ -521,6 +521,21 @@ def test_zoneout_masks_differ_by_layer_direction_and_call_and_not_by_threads(com
     assert all(not torch.equal(a, b) for k, a in enumerate(kept) for b in kept[k + 1 :])
 
 
+def test_zoneout_of_h_with_a_projection():
+    """With proj_size, h's masks are (T, B, proj_size), the first units' of zoneout_bits: both PyTorch paths keep the
+    same units of h at that rate (it raised a size mismatch before)."""
+    torch.manual_seed(0)
+    lstm = LSTM(3, 8, proj_size=4, zoneout_h=0.5).double()
+    x = torch.randn(30, 6, 3, dtype=torch.float64)
+    outs = []
+    for backend in ("fast", "reference"):
+        lstm.backend = backend
+        torch.manual_seed(3)
+        outs.append(lstm(x)[0])
+    torch.testing.assert_close(outs[0], outs[1], **TOL)
+    assert outs[0].shape == (30, 6, 4) and 0.4 < torch.eq(outs[0][1:], outs[0][:-1]).double().mean() < 0.6
+
+
 @pytest.mark.skipif(not bf16_products(), reason="no AVX512-BF16 on this CPU")
 def test_a_variant_with_zoneout_takes_bf16_products_under_autocast_and_the_same_masks(compiled_kernel):
     """Under autocast the kernel runs V with zoneout on bfloat16 products (its cell states differ from float32's),
