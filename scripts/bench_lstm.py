@@ -13,6 +13,8 @@ fast (backend fast on the pure-PyTorch loop) and reference (backend reference).
     python scripts/bench_lstm.py --sample          # chars/s of CharLM.stream (what lstm-generate runs)
     python scripts/bench_lstm.py --autocast        # under bfloat16 autocast (and ours once more without it)
     python scripts/bench_lstm.py --variant v       # our impls run LSTM variant v; "plain": the plain compiled cell
+    python scripts/bench_lstm.py --variant v --zoneout 0.1   # and so --layer-norm, --recurrent-dropout, --weight-drop
+    python scripts/bench_lstm.py --cells           # every variant and regulariser over the plain cell (f+b)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from lstm_train.nn import LSTM
+from lstm_train.nn import LSTM, PLAIN_CELL
 from lstm_train.nn import VARIANTS as CELL_VARIANTS
 from lstm_train.nn.compiled import ENV
 
@@ -47,9 +49,19 @@ INFER_CALLS = 50  # T=1 calls per timed round, each from the previous call's (h,
 # Our variants: name -> (backend, the LSTM_TRAIN_FAST_PATH it runs under)
 VARIANTS = {"compiled": ("fast", "compiled"), "fast": ("fast", "pytorch"), "reference": ("reference", "auto"),
             "plain": ("fast", "compiled")}  # plain: the plain cell on the compiled kernel, beside a --variant
-# --variant / --layer-norm: the cell of our impls other than "plain" (lstm_train/nn/variants.py)
-CELL = {"variant": "lstm", "layer_norm": False, "zoneout_c": 0.0, "zoneout_h": 0.0}
-PLAIN = dict(CELL)
+# --variant / --layer-norm / the regularisers: the cell of our impls other than "plain" (lstm_train/nn/variants.py)
+CELL = dict(PLAIN_CELL)
+PLAIN = dict(PLAIN_CELL)
+# --cells: what is timed against the plain compiled cell (model.* settings beside PLAIN_CELL's); the elementwise
+# variants and the regularisers run on the compiled kernel, layer norm and FGR on the pure-PyTorch loop
+CELLS = {
+    **{name: {"variant": name} for name in CELL_VARIANTS if name not in ("lstm", "fgr")},
+    "v zoneout 0.1": {"variant": "v", "zoneout_c": 0.1, "zoneout_h": 0.1},
+    "recurrent dropout 0.25": {"recurrent_dropout": 0.25},
+    "weight drop 0.5": {"weight_drop": 0.5},
+    "v layer norm": {"variant": "v", "layer_norm": True},
+    "fgr": {"variant": "fgr"},
+}
 
 
 def select(name: str) -> None:
@@ -96,31 +108,32 @@ def time_rounds(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -
     return times
 
 
+def forward(model: torch.nn.Module, x: torch.Tensor, autocast: bool = False) -> Callable[[], None]:
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            model(x)
+
+    return run
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, autocast: bool = False) -> Callable[[], None]:
+    xg = x.clone().requires_grad_()
+
+    def run():
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out, (h, c) = model(xg)
+        (out.float().sum() + h.float().sum() + c.float().sum()).backward()
+
+    return run
+
+
 def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmup: int, pick=statistics.median) -> dict:
     batch, steps, inp = shape[:3]
     models = make_models(shape, impls, dtype)
     x = torch.randn(steps, batch, inp, dtype=dtype)
-
-    def forward(model, autocast: bool):
-        def run():
-            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-                model(x)
-
-        return run
-
-    def train_step(model, autocast: bool):
-        xg = x.clone().requires_grad_()
-
-        def run():
-            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-                out, (h, c) = model(xg)
-            (out.float().sum() + h.float().sum() + c.float().sum()).backward()
-
-        return run
-
-    runs = {n: (m, AUTOCAST["enabled"]) for n, m in models.items()}
+    runs = {n: (m, x, AUTOCAST["enabled"]) for n, m in models.items()}
     if AUTOCAST["enabled"]:
-        runs.update({f"{n} float32": (models[n], False) for n in impls})
+        runs.update({f"{n} float32": (models[n], x, False) for n in impls})
     fwd = time_rounds({n: forward(*r) for n, r in runs.items()}, repeats, warmup)
     both = time_rounds({n: train_step(*r) for n, r in runs.items()}, repeats, warmup)
     row = {"shape": dict(zip(("batch", "time", "input", "hidden", "layers", "bidirectional"), shape, strict=True))}
@@ -130,6 +143,23 @@ def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmu
     return row
 
 
+def bench_cells(shape, dtype: torch.dtype, repeats: int, warmup: int, pick=statistics.median) -> dict:
+    """Forward+backward (training mode) of the plain compiled cell and of every entry of CELLS, alternating round by
+    round, the same weights where they share them: each one's median ms and its ratio to the plain cell's."""
+    batch, steps, inp, hidden, layers, bidir = shape
+    torch.manual_seed(0)
+    plain = LSTM(inp, hidden, layers, bidirectional=bidir, backend="fast").to(dtype)
+    models = {"plain": plain}
+    for name, settings in CELLS.items():
+        models[name] = LSTM(inp, hidden, layers, bidirectional=bidir, backend="fast", **settings).to(dtype)
+        models[name].load_state_dict(plain.state_dict(), strict=False)  # a variant's own parameters keep their init
+    x = torch.randn(steps, batch, inp, dtype=dtype)
+    times = time_rounds({n: train_step(m, x) for n, m in models.items()}, repeats, warmup)
+    medians = {n: pick(t) for n, t in times.items()}
+    return {"shape": dict(zip(("batch", "time", "input", "hidden", "layers", "bidirectional"), shape, strict=True)),
+            "forward_backward": {n: {"median_ms": 1e3 * m, "ratio": m / medians["plain"]} for n, m in medians.items()}}
+
+
 def bench_steps(impls: list[str], dtype: torch.dtype, repeats: int, warmup: int) -> list[dict]:
     batch, inp, hidden, layers = STEP_SHAPE
     rows = []
@@ -137,14 +167,14 @@ def bench_steps(impls: list[str], dtype: torch.dtype, repeats: int, warmup: int)
         models = make_models((batch, steps, inp, hidden, layers, False), impls, dtype)
         x = torch.randn(steps, batch, inp, dtype=dtype, requires_grad=True)
 
-        def train_step(model, x=x):
+        def step(model, x=x):
             def run():
                 out, _ = model(x)
                 out.sum().backward()
 
             return run
 
-        times = time_rounds({n: train_step(m) for n, m in models.items()}, repeats, warmup)
+        times = time_rounds({n: step(m) for n, m in models.items()}, repeats, warmup)
         rows.append({"time": steps, **{n: 1e6 * statistics.median(t) / steps for n, t in times.items()}})
     return rows
 
@@ -232,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the LSTM variant our impls run (adds the plain compiled cell as 'plain')")
     parser.add_argument("--layer-norm", action="store_true", help="our impls run the layer-normalised cell")
     parser.add_argument("--zoneout", type=float, default=0.0, help="our impls' zoneout of c and h (in training)")
+    parser.add_argument("--recurrent-dropout", type=float, default=0.0, help="our impls' dropout on h between steps")
+    parser.add_argument("--weight-drop", type=float, default=0.0, help="our impls' DropConnect on W_hh")
+    parser.add_argument("--cells", action="store_true", help="forward+backward of every variant and regulariser "
+                        "(CELLS) over the plain compiled cell's")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per variant (median reported)")
@@ -258,8 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         CLOCK["clock"] = time.thread_time
     if args.autocast and (args.dtype != "float32" or args.step or args.sample or args.profile):
         parser.error("--autocast times the shape table of float32 models")
+    if args.cells and (args.autocast or args.step or args.sample or args.profile):
+        parser.error("--cells times training steps of the shape table: not with --autocast, --step, --sample or "
+                     "--profile")
     AUTOCAST["enabled"] = args.autocast
-    CELL.update(variant=args.variant, layer_norm=args.layer_norm, zoneout_c=args.zoneout, zoneout_h=args.zoneout)
+    CELL.update(variant=args.variant, layer_norm=args.layer_norm, zoneout_c=args.zoneout, zoneout_h=args.zoneout,
+                recurrent_dropout=args.recurrent_dropout, weight_drop=args.weight_drop)
     if CELL != PLAIN and "plain" not in args.impls:
         args.impls = ["plain", *args.impls]
     torch.set_num_threads(args.threads)
@@ -271,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.step or args.sample:
         return run_inference(args, dtype)
+    if args.cells:
+        return run_cells(args, shapes, dtype, repeats)
     if args.profile:
         for shape in shapes:
             for name in ["torch", *args.impls]:
@@ -293,6 +333,35 @@ def main(argv: list[str] | None = None) -> int:
     elif steps:
         print_steps(steps, args.impls)
     return 0
+
+
+def run_cells(args: argparse.Namespace, shapes: list, dtype: torch.dtype, repeats: int) -> int:
+    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats,
+           "statistic": "fastest" if args.fastest else "median", "clock": "cpu" if args.cpu_time else "wall",
+           "cells": CELLS}
+    rows = []
+    for shape in shapes:
+        rows.append(bench_cells(shape, dtype, repeats, args.warmup, min if args.fastest else statistics.median))
+        if not args.json:
+            if len(rows) == 1:
+                print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, {env['statistic']} of "
+                      f"{repeats} rounds, {env['clock']} time: forward+backward over the plain compiled cell's")
+                cols = ["(B, T, I, H, layers, bidir)", "plain ms", *CELLS]
+                print("| " + " | ".join(cols) + " |")
+                print("|" + "---|" * len(cols))
+            row = rows[-1]
+            cells = [shape_label(row["shape"]), f"{row['forward_backward']['plain']['median_ms']:.1f}"]
+            cells += [f"{row['forward_backward'][n]['ratio']:.2f}" for n in CELLS]
+            print("| " + " | ".join(cells) + " |", flush=True)
+    if args.json:
+        json.dump({"env": env, "shapes": rows}, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+def shape_label(s: dict) -> str:
+    direction = "bi" if s["bidirectional"] else "uni"
+    return f"({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}, {s['layers']}, {direction})"
 
 
 def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
@@ -339,9 +408,7 @@ def print_row(row: dict, header: bool, env: dict) -> None:
         cols += [f"{n} {k}" for n in impls for k in ("fwd ratio", "f+b ratio")]
         print("| " + " | ".join(cols) + " |")
         print("|" + "---|" * len(cols))
-    s = row["shape"]
-    direction = "bi" if s["bidirectional"] else "uni"
-    shape = f"({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}, {s['layers']}, {direction})"
+    shape = shape_label(row["shape"])
     torch_ms = (row["forward"]["torch"]["median_ms"], row["forward_backward"]["torch"]["median_ms"])
     cells = [shape, *(f"{ms:.1f}" for ms in torch_ms)]
     cells += [f"{row[k][n]['ratio']:.2f}" for n in impls for k in ("forward", "forward_backward")]

@@ -159,8 +159,8 @@ def compiled_layer(
     With ``lengths``, rows must be sorted longest first (the LSTM module sorts them). The weights are read
     as they are on every call: nothing is prepared or cached. ``bf16``: bfloat16 products (float32 tensors, a
     kernel with :func:`bf16_products`). ``cell``: an elementwise variant (``Variant.kernel_flags``), with its
-    peepholes in ``own``; ``noise``: zoneout (every step's masks drawn here, before the loop) and recurrent
-    dropout (one mask per sequence).
+    peepholes in ``own``; ``noise``: zoneout (in training a seed drawn here, from which the kernel hashes every
+    step's masks: ``variants.zoneout_bits``) and recurrent dropout (one mask per sequence).
     """
     T, B = x.shape[:2]
     w_ih, w_hh, b_ih, b_hh, _ = weights  # no projection: why_not_compiled
@@ -171,17 +171,19 @@ def compiled_layer(
     batch_sizes = [] if lengths is None else rows_per_step(lengths, T)
     inputs = (x.contiguous(), h0, c0, w_ih, w_hh, bias)
     flags, peep = (0, None) if cell is None else (cell.kernel_flags(), cell.kernel_peepholes(own))
-    masks = (None, None) if noise is None else noise.zoneout_masks(x.new_empty(T, B, H))
-    drop = None if noise is None else noise.recurrent_mask(h0)
+    noise = noise or Noise()
+    seed = noise.zoneout_seed()
+    zoneout = (noise.zoneout_c, noise.zoneout_h, [] if seed is None else list(seed))
+    drop = noise.recurrent_mask(h0)
     bf16 = bf16 and drop is None  # the kernel's bfloat16 products take no recurrent dropout
     autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*inputs, peep))
     if autograd:
         on_dh = dh_callback(dh_sink, lengths, reverse)
         out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh, bf16, cell, peep,
-                                                        masks, drop)
+                                                        noise, seed, drop)
     else:
         out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates, bf16, flags, peep,
-                                                          *masks, drop)
+                                                          *zoneout, drop)
     gate_acts = None
     if return_gates:
         gate_acts = gates.view(T, B, 4, H)  # already in torch's (i, f, g, o) order
@@ -206,15 +208,16 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths: Tensor | None, batch_sizes: list[int],
-        on_dh: DhCallback | None, bf16: bool, cell: Variant | None, peep: Tensor | None,
-        masks: tuple[Tensor | None, Tensor | None], drop: Tensor | None,
+        on_dh: DhCallback | None, bf16: bool, cell: Variant | None, peep: Tensor | None, noise: Noise,
+        seed: tuple[int, int] | None, drop: Tensor | None,
     ):
         flags = 0 if cell is None else cell.kernel_flags()
+        ctx.zoneout = (noise.zoneout_c, noise.zoneout_h, [] if seed is None else list(seed))
         hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True, bf16, flags,
-                                                      peep, *masks, drop)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs, peep, *masks, drop)
+                                                      peep, *ctx.zoneout, drop)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs, peep, drop)
         ctx.lengths, ctx.batch_sizes, ctx.on_dh, ctx.bf16 = lengths, batch_sizes, on_dh, bf16
-        ctx.cell, ctx.flags = cell, flags
+        ctx.cell, ctx.flags, ctx.noise, ctx.seed = cell, flags, noise, seed
         ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
         ctx.mark_non_differentiable(gates, cs)
         return hs, h_n, c_n, gates, cs
@@ -224,33 +227,34 @@ class _Recurrence(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the reference maths, which autograd can differentiate
             if ctx.cell is not None:
                 return _differentiable_cell_backward(ctx, d_hs, d_hn, d_cn)
-            return (*differentiable_backward(ctx, d_hs, d_hn, d_cn), None, None, None, None, None)  # bf16 ... drop
-        x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs, peep, zc, zh, drop = ctx.saved_tensors
+            return (*differentiable_backward(ctx, d_hs, d_hn, d_cn), None, None, None, None, None, None)  # bf16 ...
+        x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs, peep, drop = ctx.saved_tensors
         need = ctx.needs_input_grad
         record = ctx.on_dh is not None
-        d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep = load().lstm_backward(
-            x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
-            need[0], need[3], bias is not None and need[5], record, ctx.bf16, ctx.flags, peep, zc, zh, drop,
-        )  # fmt: skip
+        with torch.autocast("cpu", enabled=False):  # a backward run under autocast: the kernel's GEMMs keep its dtypes
+            d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep = load().lstm_backward(
+                x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
+                need[0], need[3], bias is not None and need[5], record, ctx.bf16, ctx.flags, peep, *ctx.zoneout, drop,
+            )  # fmt: skip
         if record:
             ctx.on_dh(dh_steps)
-        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None, None, None, d_peep, None, None
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, None, None, None, None, None, None, d_peep, None, None, None
 
 
 def _differentiable_cell_backward(ctx, d_hs: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None) -> tuple:
     """fast.differentiable_backward for a variant: its reference maths (``Variant.step``) run again on the saved
     inputs, differentiated by autograd with ``create_graph``."""
-    x, h0, c0, w_ih, w_hh, bias, _, _, _, _, peep, zc, zh, drop = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, bias, _, _, _, _, peep, drop = ctx.saved_tensors
     positions = {0: x, 1: h0, 2: c0, 3: w_ih, 4: w_hh, 5: bias, 12: peep}
     wanted = [k for k, t in positions.items() if t is not None and ctx.needs_input_grad[k]]
-    result: list[Tensor | None] = [None] * 15
+    result: list[Tensor | None] = [None] * 16
     cell: Variant = ctx.cell
     own = {} if peep is None else {f"weight_c{g}": peep[k] for k, g in enumerate("ifo") if g in cell.peepholes}
     sink = None if ctx.on_dh is None else x.new_zeros(x.shape[0], x.shape[1], h0.shape[1])
     with torch.enable_grad():
         weights = (w_ih, w_hh, bias, None, None)  # bias is already b_ih + b_hh
         hs, h_n, c_n, _, _ = cell_layer(x, h0, c0, weights, ctx.lengths, False, False, sink, cell=cell, own=own,
-                                        noise=Noise(), zoneout_masks=(zc, zh), recurrent_mask=drop)  # its own masks
+                                        noise=ctx.noise, zoneout_seed=ctx.seed, recurrent_mask=drop)  # its own masks
         pairs = [(out, grad) for out, grad in ((hs, d_hs), (h_n, d_hn), (c_n, d_cn)) if grad is not None]
         if pairs and wanted:
             outs, grads = zip(*pairs, strict=True)

@@ -335,7 +335,7 @@ class LSTM(nn.Module):
             # else auto_layer: the kernel where it has the cell (compiled.why_not_kernel_cell), else fast_cell_layer
         elif run is auto_layer and not fast_layer_applies():
             run = reference_layer  # the plain autograd ops that torch.func, forward AD and tracing support
-        elif run is auto_layer and bf16:
+        if run is auto_layer and bf16:  # a variant's and the regularisers' cell too
             run = partial(auto_layer, bf16=True)
         out, h_n, c_n, gates, cells = x, [], [], [], []
         for layer in range(self.num_layers):

@@ -95,27 +95,28 @@ def cell_layer(
     own: Params,
     noise: Noise,
     xp: Tensor | None = None,
-    zoneout_masks: tuple[Tensor | None, Tensor | None] = (None, None),
+    zoneout_seed: tuple[int, int] | None = None,
     recurrent_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Any :class:`~lstm_train.nn.variants.Cell` over (T, B, I) input, one direction; the contract of
     :func:`reference_layer`, plus the cell, its own parameters (``own``) and the regularisers (``noise``).
     Each step projects its input (``cell.project``), applies recurrent dropout to the h entering it, runs
     ``cell.step`` and zones out the new state. ``xp``: the input projection of every step, (T, B, 4H), when
-    the caller has computed it at once (backend="fast"); ``zoneout_masks``: zoneout's masks of c and h, (T, B, H), and
-    ``recurrent_mask`` recurrent dropout's, (B, P), when given (the compiled kernel's double backward replays its
-    own); else drawn here in the kernel's order (``Noise.zoneout_masks``, then ``Noise.recurrent_mask``), so that a
-    seed gives every path the same masks."""
+    the caller has computed it at once (backend="fast"); ``zoneout_seed``, the seed of zoneout's masks
+    (``Noise.zoneout_masks``), and ``recurrent_mask``, recurrent dropout's (B, P), when given (the compiled kernel's
+    double backward replays its own); else drawn here in the kernel's order (``Noise.zoneout_seed``, then
+    ``Noise.recurrent_mask``), so that a seed gives every path the same masks."""
     params = layer_params(weights, own)
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
     inputs = (x if xp is None else xp).unbind(0)
     if lengths is not None:
         valid = (torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None, :]).unsqueeze(-1)
         masks = valid.unbind(0)
-    if all(z is None for z in zoneout_masks):  # drawn as the kernel draws them: at once, in its steps' order
-        zoneout_masks = noise.zoneout_masks(x.new_empty(x.shape[0], x.shape[1], c0.shape[1]))
-        if reverse:
-            zoneout_masks = tuple(None if z is None else reverse_within_lengths(z, lengths) for z in zoneout_masks)
+    seed = noise.zoneout_seed() if zoneout_seed is None else zoneout_seed
+    # all steps' masks, in the kernel's step order (a reverse direction's steps run backwards within each length)
+    zoneout_masks = noise.zoneout_masks(seed, x.new_empty(x.shape[0], x.shape[1], c0.shape[1]), h0.shape[1])
+    if reverse:
+        zoneout_masks = tuple(None if z is None else reverse_within_lengths(z, lengths) for z in zoneout_masks)
     drop = noise.recurrent_mask(h0) if recurrent_mask is None else recurrent_mask
     h, c = h0, c0
     prev = h0.new_zeros(c0.shape[0], 4, c0.shape[1]) if cell.reads_previous_gates else None

@@ -311,7 +311,7 @@ def test_processes_building_at_once_into_an_empty_cache(tmp_path):
         "import torch; from lstm_train.nn import extension; extension.load(); "
         "x = torch.randn(3, 2, 4); w = torch.randn(8, 4), torch.randn(8, 2); "
         "print(extension.load().lstm_forward(x, torch.zeros(2, 2), torch.zeros(2, 2), *w, None, [], False, False, 0, "
-        "None, None, None, None)"
+        "None, 0.0, 0.0, [], None)"
         "[0].shape)"
     )
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}

@@ -9,6 +9,7 @@ no code with lstm_train.nn, so outputs and gradients (autograd through both) agr
 from __future__ import annotations
 
 import logging
+import math
 import re
 from functools import partial
 from pathlib import Path
@@ -16,11 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.func import functional_call
 
 from lstm_train.config import ConfigError, validate
 from lstm_train.nn import LSTM, VARIANTS, Cell, Noise, TorchLSTM, Variant, build_lstm, build_recurrent, variants
 from lstm_train.nn.compiled import _announced
+from lstm_train.nn.extension import bf16_products
 from tests.helpers import grads
 from tests.paths import PATHS, on_path
 
@@ -423,6 +426,137 @@ def test_zoneout_at_test_is_its_expectation_and_deterministic():
         torch.testing.assert_close(c_out, 0.5 * c_in + 0.5 * c_new)
         torch.testing.assert_close(out[t], 0.3 * h_in + 0.7 * h_new)
     assert torch.equal(lstm(x)[0], out)
+
+
+def test_mix32_is_the_unsigned_32_bit_hash_without_int64_overflow():
+    """variants.mix32 on int64 tensors equals the hash computed on Python's unbounded ints (wrapped to 32 bits), at
+    the extremes too: its products never overflow int64."""
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = x * 0x7FEB352D & 0xFFFFFFFF
+        x ^= x >> 15
+        x = x * 0x846CA68B & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFF, 0xFFFF0000, 0xFFFFFFFE, 0xFFFFFFFF]
+    values += torch.randint(0, 1 << 32, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert variants.mix32(torch.tensor(values)).tolist() == [mix(v) for v in values]
+
+
+def test_zoneout_masks_are_bernoulli_at_their_rate_and_independent():
+    """A million units of one seed: each mask keeps within a binomial bound (5 sigma) of its rate (rounded down to
+    2^-16), and c's and h's masks, neighbouring steps, rows and units, and two seeds are independent (the joint rate
+    is the product); no two steps, rows or units share a mask."""
+    T, B, H = 64, 32, 512
+    bits = variants.zoneout_bits((123, 456), T, B, H, torch.device("cpu"))
+    other = variants.zoneout_bits((124, 456), T, B, H, torch.device("cpu"))
+    rate = {"c": 0.1, "h": 0.3}
+    p = {k: int(r * 65536) / 65536 for k, r in rate.items()}
+    keep_c, keep_h = (bits >> 16) < int(rate["c"] * 65536), (bits & 0xFFFF) < int(rate["h"] * 65536)
+
+    def within_bound(kept: Tensor, expected: float) -> bool:
+        return abs(kept.double().mean().item() - expected) < 5 * math.sqrt(expected * (1 - expected) / kept.numel())
+
+    assert within_bound(keep_c, p["c"]) and within_bound(keep_h, p["h"])
+    assert within_bound(keep_c & keep_h, p["c"] * p["h"])
+    assert within_bound(keep_c & ((other >> 16) < int(rate["c"] * 65536)), p["c"] ** 2)
+    for dim in range(3):
+        n = keep_h.shape[dim]
+        a, b = keep_h.narrow(dim, 1, n - 1), keep_h.narrow(dim, 0, n - 1)
+        assert within_bound(a & b, p["h"] ** 2)
+        assert not (a == b).movedim(dim, 0).flatten(1).all(1).any()  # no two neighbours share a whole mask
+
+
+@ROWS
+def test_the_kernels_zoneout_masks_are_zoneout_bits(rows, compiled_kernel):
+    """The kernel hashes, where it uses them, the very masks ``variants.zoneout_bits`` states: the c and h it carries
+    keep their previous values exactly where those masks say (hidden size 20: a vector's tail lanes too)."""
+    torch.manual_seed(0)
+    T, H = 6, 20
+    with on_path("compiled"):
+        lstm = LSTM(3, H, zoneout_c=0.4, zoneout_h=0.3).double()
+        x = torch.randn(T, rows, 3, dtype=torch.float64)
+        torch.manual_seed(5)
+        with torch.no_grad(), lstm.recording() as calls:
+            out, _ = lstm(x)
+    torch.manual_seed(5)
+    bits = variants.zoneout_bits(Noise(0.4, 0.3, training=True).zoneout_seed(), T, rows, H, torch.device("cpu"))
+    (gates,), (c,) = calls[0].gates, calls[0].cells
+    i, f, g, o = gates.unbind(2)
+    c_prev = torch.cat([torch.zeros_like(c[:1]), c[:-1]])
+    h_prev = torch.cat([torch.zeros_like(out[:1]), out[:-1]])
+    c_new = f * c_prev + i * g
+    for got, old, new, keep in ((c, c_prev, c_new, (bits >> 16) < int(0.4 * 65536)),
+                                (out, h_prev, o * torch.tanh(c_new), (bits & 0xFFFF) < int(0.3 * 65536))):
+        seen = ~torch.isclose(old, new, atol=1e-9, rtol=0)  # where keeping and not keeping differ
+        assert seen.double().mean() > 0.9
+        assert torch.equal(got[keep], old[keep])  # kept exactly
+        torch.testing.assert_close(got[~keep], new[~keep], atol=1e-12, rtol=0)
+
+
+def test_zoneout_masks_differ_by_layer_direction_and_call_and_not_by_threads(compiled_kernel):
+    """On the kernel (in training): every layer and direction and every call draws its own masks, and the number of
+    threads changes nothing (each unit's mask is a function of its step, row and unit, not of who computes it)."""
+    torch.manual_seed(0)
+    lstm = LSTM(16, 64, num_layers=2, bidirectional=True, variant="v", zoneout_c=0.3, zoneout_h=0.2)
+    x = torch.randn(40, 24, 16, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count, seed in ((1, 7), (2, 7), (2, None)):  # the third call: the generator's next seed
+            torch.set_num_threads(count)
+            if seed is not None:
+                torch.manual_seed(seed)
+            with on_path("compiled"), lstm.recording() as calls:
+                out, (h, c) = lstm(x)
+            runs.append((out, grads((out, h, c), [x, *lstm.parameters()]), calls[0].cells))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, grads1, cells), (out2, grads2, _), (out3, _, _) = runs
+    assert torch.equal(out1, out2) and not torch.equal(out2, out3)
+    for a, b in zip(grads1, grads2, strict=True):
+        torch.testing.assert_close(a, b)
+    kept = [torch.eq(cs[1:], cs[:-1]) for cs in cells]  # c kept where it equals the previous step's
+    assert all(0.25 < k.float().mean() < 0.35 for k in kept)
+    assert all(not torch.equal(a, b) for k, a in enumerate(kept) for b in kept[k + 1 :])
+
+
+def test_zoneout_of_h_with_a_projection():
+    """With proj_size, h's masks are (T, B, proj_size), the first units' of zoneout_bits: both PyTorch paths keep the
+    same units of h at that rate (it raised a size mismatch before)."""
+    torch.manual_seed(0)
+    lstm = LSTM(3, 8, proj_size=4, zoneout_h=0.5).double()
+    x = torch.randn(30, 6, 3, dtype=torch.float64)
+    outs = []
+    for backend in ("fast", "reference"):
+        lstm.backend = backend
+        torch.manual_seed(3)
+        outs.append(lstm(x)[0])
+    torch.testing.assert_close(outs[0], outs[1], **TOL)
+    assert outs[0].shape == (30, 6, 4) and 0.4 < torch.eq(outs[0][1:], outs[0][:-1]).double().mean() < 0.6
+
+
+@pytest.mark.skipif(not bf16_products(), reason="no AVX512-BF16 on this CPU")
+def test_a_variant_with_zoneout_takes_bf16_products_under_autocast_and_the_same_masks(compiled_kernel):
+    """Under autocast the kernel runs V with zoneout on bfloat16 products (its cell states differ from float32's),
+    with the same masks (one seed keeps the same units of c, exactly their previous values); a backward inside the
+    autocast block runs, recurrent dropout's (float32 products) too."""
+    torch.manual_seed(0)
+    lstm = LSTM(8, 32, variant="v", zoneout_c=0.3, zoneout_h=0.2)
+    x = torch.randn(10, 8, 8)
+    cells = []
+    for autocast in (False, True):
+        torch.manual_seed(3)
+        with on_path("compiled"), torch.autocast("cpu", torch.bfloat16, enabled=autocast), lstm.recording() as calls:
+            lstm(x)[0].sum().backward()
+        cells.append(calls[0].cells[0])
+    kept = [torch.eq(c[1:], c[:-1]) for c in cells]
+    assert 0.2 < kept[0].float().mean() < 0.4 and torch.equal(kept[0], kept[1])
+    assert not torch.allclose(cells[0], cells[1], atol=1e-4)  # bfloat16 products
+    dropout = LSTM(8, 32, variant="v", recurrent_dropout=0.2)  # float32 products: their backward's GEMMs stay float32
+    with on_path("compiled"), torch.autocast("cpu", torch.bfloat16):
+        dropout(x)[0].sum().backward()
+    assert dropout.weight_hh_l0.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize("variant", ["lstm", "v"])

@@ -18,6 +18,8 @@
 //   accumulators and the saved activations stay float32. The GEMMs outside the loop take bfloat16 too.
 // - The elementwise LSTM variants (lstm_train/nn/variants.py: Greff et al.'s V, NIG, NFG, NOG, NIAF, NOAF, CIFG
 //   and NP) are flags of the one cell below and of its gradient (Variant), with their peepholes, not copies.
+// - Zoneout's training masks are hashed from a counter (zoneout_keys) where the cell uses them, and again in the
+//   backward: nothing of (T, B, H) is drawn, stored or read for them.
 // Gates stay in torch's (i, f, g, o) order; padded batches arrive sorted longest first, batch_sizes[t] rows
 // run at step t (as in PackedSequence) and every row past its length is written as zeros.
 
@@ -104,18 +106,17 @@ struct Lanes {
 };
 
 // acc[r][q] += sum over k < K of a[r * lda + k] * w[k][q] for one vector of hidden units: the register-blocked
-// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout. Scaled: a
-// times scale (rows of lda too), recurrent dropout's mask on h.
-template <typename T, int R, bool Scaled = false>
+// product (4 vector loads and R broadcasts per 4R FMAs). w: a (K, 4, N) slice of pack_forward's layout.
+template <typename T, int R>
 __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4], const T* a, int64_t lda, int64_t K,
-                                                      const T* w, const T* scale = nullptr) {
+                                                      const T* w) {
   using V = Vectorized<T>;
   constexpr int64_t N = V::size();
   for (int64_t k = 0; k < K; ++k, w += 4 * N) {
     const V w0 = V::loadu(w), w1 = V::loadu(w + N), w2 = V::loadu(w + 2 * N), w3 = V::loadu(w + 3 * N);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const V x(Scaled ? a[r * lda + k] * scale[r * lda + k] : a[r * lda + k]);
+      const V x(a[r * lda + k]);
       acc[r][0] = at::vec::fmadd(x, w0, acc[r][0]);
       acc[r][1] = at::vec::fmadd(x, w1, acc[r][1]);
       acc[r][2] = at::vec::fmadd(x, w2, acc[r][2]);
@@ -129,28 +130,106 @@ __attribute__((always_inline)) inline void accumulate(Vectorized<T> (&acc)[R][4]
 // weights of i, f (from c_{t-1}) and o (from c_t), zero for a gate without one; null for none (the plain cell).
 enum : int64_t { kNoInputGate = 1, kNoForgetGate = 2, kNoOutputGate = 4, kNoInputAct = 8, kNoOutputAct = 16, kCoupled = 32 };
 
-// Zoneout (Krueger et al.): zc, zh the chance-or-mask of keeping each unit of c and h, (T, B, H) (1/0 in training,
-// the rate at test), null for none; the cell reads them, and h_prev, at a step's and block's offset (shifted()).
+// A 32-bit integer hash: xorshift-multiply rounds in the form of MurmurHash3's finaliser, with the constants of
+// C. Wellons' "lowbias32" (hash-prospector). variants.py's mix32 computes the same bits with torch's int64 ops.
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  return x ^ (x >> 16);
+}
+
+// Zoneout (Krueger et al.) in training: counter-based masks, never stored. A unit's 32 bits at step t (the loop's
+// order), row b, unit j are mix32(key(t, b) ^ unit(j)), with key(t, b) = mix32(mix32(t ^ s0) ^ mix32(b ^ s1)) from the
+// call's seed (s0, s1) and unit(j) = mix32(j + 0x9e3779b9); c keeps its previous value where the high 16 bits are
+// below floor(rate_c 2^16), h where the low 16 are below floor(rate_h 2^16). variants.py's zoneout_bits is the
+// same function; the backward recomputes the masks. -> the keys of every step and row (T B of them), then of the
+// units (H rounded up to 64, so a vector's lanes past H read a key too).
+Tensor zoneout_keys(at::IntArrayRef seed, int64_t T, int64_t B, int64_t H) {
+  const int64_t units = (H + 63) / 64 * 64;
+  Tensor keys = at::empty({T * B + units}, at::kInt);
+  auto* k = reinterpret_cast<uint32_t*>(keys.data_ptr<int32_t>());
+  const auto s0 = static_cast<uint32_t>(seed[0]), s1 = static_cast<uint32_t>(seed[1]);
+  std::vector<uint32_t> rows(B);
+  for (int64_t b = 0; b < B; ++b) {
+    rows[b] = mix32(static_cast<uint32_t>(b) ^ s1);
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const uint32_t step = mix32(static_cast<uint32_t>(t) ^ s0);
+    for (int64_t b = 0; b < B; ++b) {
+      k[t * B + b] = mix32(step ^ rows[b]);
+    }
+  }
+  for (int64_t j = 0; j < units; ++j) {
+    k[T * B + j] = mix32(static_cast<uint32_t>(j) + 0x9e3779b9u);
+  }
+  return keys;
+}
+
+// What the cell is (flags, peep) and the regularisers around it. Zoneout of c and h (zone_c, zone_h): at test
+// (keys null) the expectation, mask = the rate; in training the hashed masks above, keys: the step's rows' keys
+// (from the row shifted() was given), units: the units' keys. The cell reads them, and h_prev, at a step's and
+// block's offset (shifted()).
 template <typename T>
 struct Variant {
   int64_t flags = 0;
   const T* peep = nullptr;
-  const T* zc = nullptr;
-  const T* zh = nullptr;
   const T* drop = nullptr;  // recurrent dropout: one (B, H) mask (scaled) on the h entering the products, or null
+  bool zone_c = false, zone_h = false;
+  T rate_c = 0, rate_h = 0;
+  int32_t below_c = 0, below_h = 0;  // the thresholds of the 16 bits, floor(rate 2^16)
+  const uint32_t* keys = nullptr;
+  const uint32_t* units = nullptr;
   const T* h_prev = nullptr;
   bool has(int64_t flag) const { return (flags & flag) != 0; }
-  // This one, its zoneout masks from row `row` of step t, h_prev the rows that step reads.
+  // zoneout's rates and, in training, its keys (zoneout_keys, with `rows` keys of steps and rows; undefined at
+  // test); the caller keeps them alive
+  void zoneout(double c, double h, const Tensor& key_table, int64_t rows) {
+    zone_c = c > 0;
+    zone_h = h > 0;
+    rate_c = static_cast<T>(c);
+    rate_h = static_cast<T>(h);
+    below_c = static_cast<int32_t>(c * 65536.0);
+    below_h = static_cast<int32_t>(h * 65536.0);
+    if (key_table.defined()) {
+      keys = reinterpret_cast<const uint32_t*>(key_table.data_ptr<int32_t>());
+      units = keys + rows;
+    }
+  }
+  // This one, its zoneout keys from row `row` of step t, h_prev the rows that step reads.
   Variant shifted(int64_t t, int64_t row, int64_t B, int64_t H, const T* h_rows) const {
     Variant v = *this;
-    const int64_t offset = (t * B + row) * H;
-    v.zc = zc == nullptr ? nullptr : zc + offset;
-    v.zh = zh == nullptr ? nullptr : zh + offset;
+    v.keys = keys == nullptr ? nullptr : keys + t * B + row;
     v.drop = drop == nullptr ? nullptr : drop + row * H;
     v.h_prev = h_rows;
     return v;
   }
 };
+
+// Zoneout's masks of c and h for row r and the vector of units from j (see Variant). The lane loop is plain
+// integer maths, which the compiler vectorises.
+template <typename T>
+inline void zoneout_masks(const Variant<T>& v, int64_t r, int64_t j, Vectorized<T>& mc, Vectorized<T>& mh) {
+  using V = Vectorized<T>;
+  if (v.keys == nullptr) {
+    mc = V(v.rate_c);
+    mh = V(v.rate_h);
+    return;
+  }
+  constexpr int64_t N = V::size();
+  alignas(64) T c[N];
+  alignas(64) T h[N];
+  const uint32_t key = v.keys[r];
+  const uint32_t* units = v.units + j;
+  for (int64_t l = 0; l < N; ++l) {
+    const uint32_t bits = mix32(key ^ units[l]);
+    c[l] = static_cast<int32_t>(bits >> 16) < v.below_c ? T(1) : T(0);  // signed: AVX2 has no unsigned compare
+    h[l] = static_cast<int32_t>(bits & 0xffffu) < v.below_h ? T(1) : T(0);
+  }
+  mc = V::loadu(c);
+  mh = V::loadu(h);
+}
 
 // The cell on one vector of hidden units (the first n of them real, from unit j) of one row, from its
 // pre-activations: writes the new c and h at c and h, and the activations at gates (a row of 4H from the vector's
@@ -158,7 +237,7 @@ struct Variant {
 template <typename T>
 inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& g_pre, Vectorized<T> o_pre,
                  const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n, const Variant<T>& v, int64_t j,
-                 int64_t off) {
+                 int64_t r) {
   using L = Lanes<T>;
   using V = typename L::V;
   const V one(T(1)), cp = L::load(c_prev, n);
@@ -182,10 +261,14 @@ inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& 
   }
   // zoneout: the state carried on keeps each unit's previous value where the mask says (the gates above read the
   // new c; the backward recomputes it from them)
-  L::store(v.zc == nullptr ? c_new : at::vec::fmadd(L::load(v.zc + off, n), cp - c_new, c_new), c, n);
+  V mc, mh;
+  if (v.zone_c || v.zone_h) {
+    zoneout_masks(v, r, j, mc, mh);
+  }
+  // m old + (1 - m) new: exactly old or new for a training mask of 1 or 0
+  L::store(v.zone_c ? at::vec::fmadd(mc, cp, (one - mc) * c_new) : c_new, c, n);
   const V h_new = o * (v.has(kNoOutputAct) ? c_new : L::tanh(c_new));
-  L::store(v.zh == nullptr ? h_new : at::vec::fmadd(L::load(v.zh + off, n), L::load(v.h_prev + off, n) - h_new, h_new),
-           h, n);
+  L::store(v.zone_h ? at::vec::fmadd(mh, L::load(v.h_prev + r * H + j, n), (one - mh) * h_new) : h_new, h, n);
 }
 
 // One step of R rows x one vector of hidden units (the first j, n of them real), all in registers:
@@ -210,22 +293,18 @@ __attribute__((always_inline)) inline void forward_cells(const Products& product
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     cell<T>(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev + r * H + j, c + r * H + j, h + r * H + j,
-            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n, v, j, r * H + j);
+            gates == nullptr ? nullptr : gates + r * 4 * H + j, H, n, v, j, r);
   }
 }
 
 // forward_cells with float32 (or float64) products. w_ih, w_hh: this vector's (K, 4, N) slices of pack_forward's
-// layouts; x: rows of I, h_prev: rows of H.
+// layouts; x: rows of I, h_prev: rows of H (with recurrent dropout: already times its mask).
 template <typename T, int R>
 void forward_block(const T* x, const T* bias, const T* w_ih, const T* w_hh, const T* h_prev, const T* c_prev, T* c,
                    T* h, T* gates, int64_t I, int64_t H, int64_t j, int64_t n, const Variant<T>& v) {
   const auto products = [&](Vectorized<T>(&acc)[R][4]) {
     accumulate<T, R>(acc, x, I, I, w_ih);
-    if (v.drop != nullptr) {
-      accumulate<T, R, true>(acc, h_prev, H, H, w_hh, v.drop);
-    } else {
-      accumulate<T, R>(acc, h_prev, H, H, w_hh);
-    }
+    accumulate<T, R>(acc, h_prev, H, H, w_hh);
   };
   forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
 }
@@ -401,11 +480,12 @@ inline bf16_t* bits_mut(Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr
 // The gate gradients of rows [0, rows) at one step. acts: gate activations (rows of 4H); c, c_prev: the step's
 // cell state and the previous one; dh: dL/dh_t; dc: dL/dc_t from the later steps in, dL/dc_{t-1} out;
 // d_pre: written, dL/d pre-activation (rows of 4H); dh_record (may be null): dh copied out.
-template <typename T>
 // With zoneout, ``carry`` receives what dL/dh_{t-1} gets past the cell (z_h dL/dh_t, plus dhs_prev: dL/dh_{t-1}
-// through the output, if not null).
+// through the output, if not null). With peepholes, d_peep (rows of 3H) accumulates each row's share of their
+// gradient: d i_pre c_{t-1}, d f_pre c_{t-1}, d o_pre c_t (the new c, before zoneout).
+template <typename T>
 void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* dc, T* d_pre, T* dh_record,
-                    int64_t rows, int64_t H, const Variant<T>& v, const T* dhs_prev, T* carry) {
+                    int64_t rows, int64_t H, const Variant<T>& v, const T* dhs_prev, T* carry, T* d_peep) {
   using L = Lanes<T>;
   using V = typename L::V;
   const V one(T(1)), zero(T(0));
@@ -419,11 +499,14 @@ void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* 
       const V o = L::load(a + 3 * H + j, n), cp = L::load(c_prev + k, n);
       const bool noaf = v.has(kNoOutputAct);
       const V dh_in = L::load(dh + k, n), dc_in = L::load(dc + k, n);  // of the state carried on (zoned out)
-      const V mc = v.zc == nullptr ? zero : L::load(v.zc + k, n), mh = v.zh == nullptr ? zero : L::load(v.zh + k, n);
-      const V dh_t = v.zh == nullptr ? dh_in : (one - mh) * dh_in;  // of the cell's own new h and c
-      const V c_new = v.zc == nullptr ? L::load(c + k, n) : at::vec::fmadd(f, cp, i * g);
+      V mc = zero, mh = zero;
+      if (v.zone_c || v.zone_h) {
+        zoneout_masks(v, r, j, mc, mh);
+      }
+      const V dh_t = v.zone_h ? (one - mh) * dh_in : dh_in;  // of the cell's own new h and c
+      const V c_new = v.zone_c ? at::vec::fmadd(f, cp, i * g) : L::load(c + k, n);
       const V tc = noaf ? c_new : L::tanh(c_new);
-      V dc_t = (v.zc == nullptr ? dc_in : (one - mc) * dc_in) + dh_t * o * (noaf ? one : one - tc * tc);
+      V dc_t = (v.zone_c ? (one - mc) * dc_in : dc_in) + dh_t * o * (noaf ? one : one - tc * tc);
       const V d_o = v.has(kNoOutputGate) ? zero : dh_t * tc * o * (one - o);
       if (v.peep != nullptr) {
         dc_t = at::vec::fmadd(L::load(v.peep + 2 * H + j, n), d_o, dc_t);
@@ -434,12 +517,16 @@ void gate_gradients(const T* acts, const T* c, const T* c_prev, const T* dh, T* 
       L::store(d_f, d + H + j, n);
       L::store(dc_t * i * (v.has(kNoInputAct) ? one : one - g * g), d + 2 * H + j, n);
       L::store(d_o, d + 3 * H + j, n);
-      V dc_prev = v.zc == nullptr ? dc_t * f : at::vec::fmadd(mc, dc_in, dc_t * f);
+      V dc_prev = v.zone_c ? at::vec::fmadd(mc, dc_in, dc_t * f) : dc_t * f;
       if (carry != nullptr) {
         L::store(dhs_prev == nullptr ? mh * dh_in : at::vec::fmadd(mh, dh_in, L::load(dhs_prev + k, n)), carry + k, n);
       }
       if (v.peep != nullptr) {
         dc_prev = at::vec::fmadd(L::load(v.peep + j, n), d_i, at::vec::fmadd(L::load(v.peep + H + j, n), d_f, dc_prev));
+        T* dp = d_peep + r * 3 * H + j;
+        L::store(at::vec::fmadd(d_i, cp, L::load(dp, n)), dp, n);
+        L::store(at::vec::fmadd(d_f, cp, L::load(dp + H, n)), dp + H, n);
+        L::store(at::vec::fmadd(d_o, c_new, L::load(dp + 2 * H, n)), dp + 2 * H, n);
       }
       L::store(dc_prev, dc + k, n);
       if (dh_record != nullptr) {
@@ -547,15 +634,12 @@ Tensor check_drop(const std::optional<Tensor>& drop, const Tensor& h0, bool bf16
   return drop->contiguous();
 }
 
-// A zoneout mask (T, B, H), contiguous, or undefined for none.
-Tensor check_mask(const std::optional<Tensor>& mask, const Tensor& x, int64_t H) {
-  if (!mask.has_value() || !mask->defined()) {
-    return Tensor();
-  }
-  TORCH_CHECK(mask->dim() == 3 && mask->size(0) == x.size(0) && mask->size(1) == x.size(1) && mask->size(2) == H &&
-                  mask->device().is_cpu() && mask->scalar_type() == x.scalar_type(),
-              "lstm_train kernel: a zoneout mask must be (T, B, H) on the CPU with x's dtype, got ", mask->sizes());
-  return mask->contiguous();
+// Zoneout's rates in [0, 1) and seed: none (at test) or two numbers (in training); -> its keys in training, else
+// undefined.
+Tensor check_zoneout(double c, double h, at::IntArrayRef seed, int64_t T, int64_t B, int64_t H) {
+  TORCH_CHECK(c >= 0 && c < 1 && h >= 0 && h < 1, "lstm_train kernel: zoneout rates must be in [0, 1)");
+  TORCH_CHECK(seed.empty() || seed.size() == 2, "lstm_train kernel: a zoneout seed is two numbers (or none, at test)");
+  return seed.empty() || (c == 0 && h == 0) ? Tensor() : zoneout_keys(seed, T, B, H);
 }
 
 // A (4H, K) weight as the forward kernel reads it: one contiguous (K, 4, N) slice per vector of N hidden units,
@@ -617,12 +701,13 @@ void check_bf16(bool bf16, const Tensor& x) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16, int64_t flags,
-    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in,
+    const std::optional<Tensor>& peep_in, double zoneout_c, double zoneout_h, at::IntArrayRef zoneout_seed,
     const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
   const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
+  const Tensor keys = check_zoneout(zoneout_c, zoneout_h, zoneout_seed, T, B, H);
   TORCH_CHECK(batch_sizes.empty() || static_cast<int64_t>(batch_sizes.size()) == T,
               "lstm_train kernel: batch_sizes must hold one size per step");
   const Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : Tensor();
@@ -674,14 +759,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const T_* wh = w_hh_packed.defined() ? w_hh_packed.data_ptr<T_>() : nullptr;
     const T_* bias_p = bias.defined() ? bias.data_ptr<T_>() : nullptr;
     const T_* xp = x.data_ptr<T_>();
-    const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
-    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
-                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr,
-                          drop.defined() ? drop.data_ptr<T_>() : nullptr};
+    Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
+                    drop.defined() ? drop.data_ptr<T_>() : nullptr};
+    var.zoneout(zoneout_c, zoneout_h, keys, T * B);
     T_* g = keep ? gates.data_ptr<T_>() : nullptr;
     T_* hp = hs.data_ptr<T_>();
     T_* cp = cs.data_ptr<T_>();
     const int64_t c_steps = cs.size(0);
+    // recurrent dropout: each step's h_{t-1} times the mask, once, for the products (each thread its own rows)
+    Tensor h_drop = drop.defined() && !few ? at::empty({B, H}, x.options()) : Tensor();
+    T_* hd = h_drop.defined() ? h_drop.data_ptr<T_>() : nullptr;
     over_threads(B, few ? 0 : T * B * G * (I + H), [&](const std::vector<Block>& blocks) {
       for (int64_t t = 0; t < T; ++t) {
         const int64_t b = running(batch_sizes, t, T, B), ending = running(batch_sizes, t + 1, T, B);
@@ -702,8 +789,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
               const T_* a = p + row * G + j;
               cell<T_>(Lanes<T_>::load(a, n), Lanes<T_>::load(a + H, n), Lanes<T_>::load(a + 2 * H, n),
                        Lanes<T_>::load(a + 3 * H, n), c_prev + k, c_t + k, h_t + k,
-                       keep ? g_t + row * G + j : nullptr, H, n, var.shifted(t, 0, B, H, h_prev), j, k);
+                       keep ? g_t + row * G + j : nullptr, H, n, var.shifted(t, 0, B, H, h_prev), j, row);
             }
+          }
+        }
+        for (const Block& blk : blocks) {
+          const int64_t end = hd == nullptr ? 0 : std::min(blk.start + blk.rows, b) * H;
+          for (int64_t k = blk.start * H; k < end; ++k) {
+            hd[k] = h_prev[k] * var.drop[k];
           }
         }
         for (int64_t j = 0; j < (few ? 0 : H); j += N) {  // a vector's weights stay in cache while each block uses them
@@ -722,7 +815,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 #endif
             if (rows > 0) {
               call_block<T_, ForwardBlock>(static_cast<int>(rows), x_t + r * I, bias_p, wi + j * I * 4,
-                                           wh + j * H * 4, h_prev + r * H, c_prev + r * H, c_t + r * H, h_t + r * H,
+                                           wh + j * H * 4, (hd == nullptr ? h_prev : hd) + r * H, c_prev + r * H,
+                                           c_t + r * H, h_t + r * H,
                                            keep ? g_t + r * G : nullptr, I, H, j, std::min(N, H - j),
                                            var.shifted(t, r, B, H, h_prev + r * H));
             }
@@ -758,12 +852,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor& gates, const Tensor& hs, const Tensor& cs, const std::optional<Tensor>& d_hs_in,
     const std::optional<Tensor>& d_hn_in, const std::optional<Tensor>& d_cn_in, at::IntArrayRef batch_sizes,
     bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16, int64_t flags,
-    const std::optional<Tensor>& peep_in, const std::optional<Tensor>& zc_in, const std::optional<Tensor>& zh_in,
+    const std::optional<Tensor>& peep_in, double zoneout_c, double zoneout_h, at::IntArrayRef zoneout_seed,
     const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
   const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
+  const Tensor keys = check_zoneout(zoneout_c, zoneout_h, zoneout_seed, T, B, H);
   TORCH_CHECK(gates.is_contiguous() && hs.is_contiguous() && cs.is_contiguous() && gates.size(0) == T,
               "lstm_train kernel: pass the forward's own gates, hs and cs");
   const auto given = [](const std::optional<Tensor>& t) { return t.has_value() && t->defined(); };
@@ -775,6 +870,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor dc = given(d_cn_in) ? d_cn_in->contiguous().clone() : at::zeros({B, H}, x.options());
   Tensor dh_steps = record_dh ? at::zeros({T, B, H}, x.options()) : Tensor();
   Tensor d_pre_bf;  // bf16: the gate gradients as bfloat16, for the products
+  // the peepholes' gradient, each row's sum over its steps (each row is one thread's), summed over rows at the end
+  Tensor d_peep_rows = peep.defined() ? at::zeros({B, 3 * H}, x.options()) : Tensor();
 
   check_bf16(bf16, x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_train_backward", [&] {
@@ -790,11 +887,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor w_packed = bf16 ? Tensor() : pack_backward(w_hh, N);
     const T_* a = gates.data_ptr<T_>();
     const T_* cp = cs.data_ptr<T_>();
-    const Tensor zc = check_mask(zc_in, x_in, H), zh = check_mask(zh_in, x_in, H);
-    const Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
-                          zc.defined() ? zc.data_ptr<T_>() : nullptr, zh.defined() ? zh.data_ptr<T_>() : nullptr,
-                          drop.defined() ? drop.data_ptr<T_>() : nullptr};
-    Tensor carry = zh.defined() ? at::zeros({B, H}, x.options()) : Tensor();  // dL/dh_{t-1} past the cell
+    Variant<T_> var{flags, peep.defined() ? peep.data_ptr<T_>() : nullptr,
+                    drop.defined() ? drop.data_ptr<T_>() : nullptr};
+    var.zoneout(zoneout_c, zoneout_h, keys, T * B);
+    T_* peep_rows = peep.defined() ? d_peep_rows.data_ptr<T_>() : nullptr;
+    Tensor carry = var.zone_h ? at::zeros({B, H}, x.options()) : Tensor();  // dL/dh_{t-1} past the cell
     T_* carry_p = carry.defined() ? carry.data_ptr<T_>() : nullptr;
     const T_* w = bf16 ? nullptr : w_packed.data_ptr<T_>();
     const T_* dhs = d_hs.defined() ? d_hs.data_ptr<T_>() : nullptr;
@@ -825,7 +922,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
           const T_* dhs_prev = (t == 0 || dhs == nullptr) ? nullptr : dhs + ((t - 1) * B + r) * H;
           gate_gradients<T_>(a_t + r * G, c_t + r * H, c_prev + r * H, dh_p + r * H, dc_p + r * H, dp_t + r * G,
                              rec == nullptr ? nullptr : rec + (t * B + r) * H, rows, H, var.shifted(t, r, B, H, nullptr),
-                             dhs_prev, carry_p == nullptr ? nullptr : carry_p + r * H);
+                             dhs_prev, carry_p == nullptr ? nullptr : carry_p + r * H,
+                             peep_rows == nullptr ? nullptr : peep_rows + r * 3 * H);
           const int64_t lo = std::max(r, b), hi = r + blk.rows;
           if (lo < hi) {
             std::memset(dp_t + lo * G, 0, (hi - lo) * G * sizeof(T_));
@@ -862,18 +960,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     });
   });
 
-  // Everything outside the recurrence, for all steps at once: one GEMM each, and a reduction for the peepholes.
+  // Everything outside the recurrence, for all steps at once: one GEMM each (and the peepholes' sum over rows).
   const Tensor d_pre2 = d_pre.view({T * B, G});
-  Tensor d_peep;
-  if (peep.defined()) {  // d p_i = sum over t and rows of d i_pre * c_{t-1}, d p_f likewise, d p_o of d o_pre * c_t
-    const Tensor c_prev = T > 1 ? at::cat({c0.unsqueeze(0), cs.narrow(0, 0, T - 1)}) : c0.unsqueeze(0);
-    // the output gate read the new c, not the zoned-out one carried on: recomputed from the gates then
-    const Tensor c_new = zc_in.has_value() && zc_in->defined()
-                             ? gates.narrow(2, H, H) * c_prev + gates.narrow(2, 0, H) * gates.narrow(2, 2 * H, H)
-                             : cs;
-    d_peep = at::stack({(d_pre.narrow(2, 0, H) * c_prev).sum({0, 1}), (d_pre.narrow(2, H, H) * c_prev).sum({0, 1}),
-                        (d_pre.narrow(2, 3 * H, H) * c_new).sum({0, 1})});
-  }
+  const Tensor d_peep = peep.defined() ? d_peep_rows.sum(0).view({3, H}) : Tensor();
 #if defined(LSTM_TRAIN_BF16)
   if (bf16) {  // the same GEMMs on bfloat16 operands (float32 accumulation, bfloat16 results: as autocast's)
     const auto bf = [](const Tensor& t) { return t.to(at::kBFloat16); };
@@ -907,13 +996,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
 TORCH_LIBRARY(lstm_train, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
-      "bool keep, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh, Tensor? drop) -> (Tensor, Tensor, "
-      "Tensor, Tensor, Tensor)");
+      "bool keep, bool bf16, int flags, Tensor? peep, float zoneout_c, float zoneout_h, int[] zoneout_seed, "
+      "Tensor? drop) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_backward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor? d_hs, Tensor? d_hn, Tensor? d_cn, int[] batch_sizes, bool need_x, bool need_w_ih, bool need_bias, "
-      "bool record_dh, bool bf16, int flags, Tensor? peep, Tensor? zc, Tensor? zh, Tensor? drop) -> (Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool record_dh, bool bf16, int flags, Tensor? peep, float zoneout_c, float zoneout_h, int[] zoneout_seed, "
+      "Tensor? drop) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_train, CPU, m) {
