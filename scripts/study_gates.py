@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from lstm_train.models import build_model
+from lstm_train.nn import Recording
 from lstm_train.runs.checkpoint import evaluated_weights, load_checkpoint
 from lstm_train.schema import escaped
 from lstm_train.tasks import build_task
@@ -41,7 +42,7 @@ def correlation_with(cells: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((c * y).sum(1) / denominator.clamp_min(1e-12)).abs()
 
 
-def memory_unit(rec, first: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def memory_unit(rec: Recording, first: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """first_last: the unit (any layer) whose c_t correlates most with x[0, 0] at the step before the last, and
     against t: that |correlation|, its input and forget gates and its write |i * g| (means over the batch)."""
     layers = [c if not rec.batch_first else c.transpose(0, 1) for c in rec.cells]  # (T, B, H) each

@@ -34,7 +34,12 @@ def job_errors() -> Iterator[None]:
     """One Hydra job's failures on one line (exit status 2 for a config mistake, else 1); an interruption that
     saved a checkpoint says how to resume."""
     try:
-        yield
+        try:
+            yield
+        except Exception as e:  # a stop that library code wrapped in an error of its own (any kind) is the stop
+            if (stop := interruption(e)) is not None:
+                raise stop from None
+            raise
     except (ConfigError, FloatingPointError, RunError) as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One job of a sweep: Hydra records it as failed and the sweep goes on (a SystemExit would end the
@@ -51,10 +56,6 @@ def job_errors() -> Iterator[None]:
         fail(f"lstm-train: error: {distributed.PEER_GONE}", 1)
     except Interrupted as e:
         raise reported_stop(e) from None
-    except Exception as e:
-        if (stop := interruption(e)) is None:
-            raise
-        raise reported_stop(stop) from None
 
 
 def reported_stop(stop: Interrupted) -> Interrupted:

@@ -55,7 +55,7 @@ def interruption(error: BaseException) -> Interrupted | None:
         if isinstance(error, Interrupted):
             return error
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)  # from None: not it
     return None
 
 
@@ -87,17 +87,25 @@ def exit_after_stop(status: int) -> None:
     back its default action: a second Ctrl-C there killed the process (status -2 to its parent, not 130). Nothing
     is left to save by then: checkpoints are written by atomic renames, the logs closed by their exit handler.
     """
+    global _exit_status
     if not _in_main_thread():
         return
+    first, _exit_status = _exit_status is None, status  # called again: the last status is the one
     for signum in SIGNALS:
         signal.signal(signum, lambda signum, frame: _end(128 + signum))
+    if first:
+        atexit.register(_after_the_exit_handlers)
 
-    def after_the_exit_handlers() -> None:
-        atexit.unregister(after_the_exit_handlers)
-        atexit._run_exitfuncs()  # the others: registered before this one, they are due after it
-        _end(status)
 
-    atexit.register(after_the_exit_handlers)
+_exit_status: int | None = None
+
+
+def _after_the_exit_handlers() -> None:
+    atexit.unregister(_after_the_exit_handlers)
+    # The handlers registered before this one are due after it: run them now (CPython 3.10-3.13's atexit; there is
+    # no public way). One registered after it (none is: this comes as the process exits) would run a second time.
+    atexit._run_exitfuncs()
+    _end(_exit_status if _exit_status is not None else 1)
 
 
 def _end(status: int) -> None:

@@ -76,5 +76,7 @@ def test_help_describes_its_own_keys(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("  pool: mean "))
-    about = " ".join(line.partition("# ")[2] for line in lines[at:at + 2])  # wrapped at 100 columns
-    assert about == "How the LSTM's outputs over each sequence's real steps are pooled."  # its schema's
+    end = next(i for i in range(at + 1, len(lines)) if not lines[i].lstrip().startswith("#"))  # wrapped at 100
+    about = " ".join(line.partition("# ")[2] for line in lines[at:end])
+    # its schema's description, then the choices its check allows
+    assert about == "How the LSTM's outputs over each sequence's real steps are pooled. One of mean, max."

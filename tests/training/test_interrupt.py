@@ -240,3 +240,11 @@ def test_a_signal_during_the_ranks_agreement_is_kept_for_the_next(monkeypatch):
     monkeypatch.setattr(distributed, "agreed_request", agree_while_a_signal_comes)
     assert agreed(stop, World(rank=1, size=2)) == (None, False, False)  # not acted on alone at this step...
     assert stop.signum == signal.SIGTERM  # ...but agreed on at the next
+
+
+def test_exit_after_stop_called_twice_exits_with_the_last_status_and_runs_each_exit_handler_once():
+    script = ("import atexit\nfrom lstm_train.training.interrupt import exit_after_stop\n"
+              "atexit.register(print, 'early handler')\nexit_after_stop(130)\nexit_after_stop(143)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["early handler"]
