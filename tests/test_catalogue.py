@@ -288,6 +288,10 @@ CASES = [
       "hydra.sweep.dir={d}/failing"],
      "no trial of study first_last-classifier-debug completed (1 failed); the errors are in "
      "{d}/failing/sweep_summary.md: fix their cause", 1),
+    # Hydra's modes
+    ("multirun-with-cfg", "-m with --cfg (or --info)", "lstm-train", ["--cfg", "job", "-m", "debug=fast"],
+     "-m (--multirun) cannot be combined with --cfg, --info or --shell-completion; drop -m to see one job's config",
+     2),
 ]
 
 

@@ -152,7 +152,7 @@ def describe_os_error(error: OSError) -> str:
 
 def describe_override_error(error: BaseException, args: list[str]) -> str | None:
     """One line for the command-line mistakes Hydra reports over many lines: a group given a value such as
-    ``debug=true``, and a comma list (a sweep) without ``-m``."""
+    ``debug=true``, a comma list (a sweep) without ``-m``, and ``-m`` with ``--cfg`` (or ``--info``)."""
     text = str(error)
     if "Config group override must be a string or a list" in text:
         groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")}
@@ -162,6 +162,9 @@ def describe_override_error(error: BaseException, args: list[str]) -> str | None
             if options and value not in (*options, "null"):
                 return (f"{arg}: {group} is a config group, not a value; choose one of its options: "
                         f"{', '.join(f'{group}={o}' for o in options)}")
+    if text.startswith("Only one of --run, --multirun, --cfg"):  # Hydra's modes: -m with --cfg, --info, ...
+        return ("-m (--multirun) cannot be combined with --cfg, --info or --shell-completion; drop -m to see one "
+                "job's config (a sweep's jobs differ only in their swept keys)")
     if text.startswith("Ambiguous value for argument"):
         arg = text.split("'")[1] if "'" in text else text
         key = arg.partition("=")[0]
