@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_train.config import monitor_direction
 from lstm_train.errors import ConfigError, Pruned
 from lstm_train.runs import rundir
+from lstm_train.tasks import metric_text
 
 log = logging.getLogger(__name__)
 
@@ -785,11 +786,7 @@ def _short(value: str) -> str:
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
-    if v is None:
-        return ""
-    if spec.endswith("f") and abs(v) >= 1e6:  # a diverged run's perplexity: 3.644e+92, not 93 digits
-        return format(v, ".4g")
-    return format(v, spec)
+    return "" if v is None else metric_text(v, spec)
 
 
 def _blank(v: Any) -> Any:

@@ -121,6 +121,12 @@ class Metrics(ABC):
         vars(self).update(state)
 
 
+def metric_text(value: float, spec: str = ".4f") -> str:
+    """A metric's value as the log and the sweep summary write it: ``spec``, but 4 significant digits for a
+    fixed-point spec once the value is huge (a diverged run's perplexity: 3.644e+92, not 93 digits)."""
+    return format(value, ".4g" if spec.endswith("f") and abs(value) >= 1e6 else spec)
+
+
 class Task(Registered, ABC):
     """A task of conf/task/: a subclass that sets ``name`` is that option, with its schema dataclass ``Config``.
     It is built as ``cls(cfg, state)`` (by :func:`build_task`): ``cfg`` an instance of ``Config``; ``state`` None

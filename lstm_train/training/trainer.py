@@ -39,7 +39,7 @@ from lstm_train.errors import ConfigError, RunError
 from lstm_train.models import count_parameters
 from lstm_train.runs.checkpoint import atomic_write, rng_state
 from lstm_train.schema import to_schema
-from lstm_train.tasks import Batch, Metrics, Split, Task
+from lstm_train.tasks import Batch, Metrics, Split, Task, metric_text
 from lstm_train.training import data_parallel, distributed, resume, stopping
 from lstm_train.training.averaging import WeightAverage
 from lstm_train.training.budget import Stopwatch, TimeBudget
@@ -272,9 +272,10 @@ class Trainer:
         self.scheduler.step("eval", val[monitor.metric])
         improved = monitor.update(val, p.step, p.epoch)
         log.info(
-            "epoch %d step %d/%d | %s | %s | best %s %.4f @ step %d",
+            "epoch %d step %d/%d | %s | %s | best %s %s @ step %d",
             p.epoch, p.step, self.total_steps, _fmt({f"train/{k}": v for k, v in p.last_train.items()}),
-            _fmt({f"val/{k}": v for k, v in val.items()}), monitor.name, monitor.best["value"], monitor.best["step"],
+            _fmt({f"val/{k}": v for k, v in val.items()}), monitor.name, metric_text(monitor.best["value"]),
+            monitor.best["step"],
         )
         return improved
 
@@ -295,4 +296,4 @@ class Trainer:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    return " ".join(f"{k} {metric_text(v)}" for k, v in metrics.items())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lstm_train.models import build_model
-from lstm_train.tasks import build_task
+from lstm_train.tasks import build_task, metric_text
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,11 @@ def test_every_task_smooths_its_cross_entropy_over_real_targets(compose_cfg, ove
     e = 0.3
     torch.testing.assert_close(task.loss(logits, batch), nll)
     torch.testing.assert_close(task.loss(logits, batch, e), (1 - e) * nll + e * uniform)
+
+
+@pytest.mark.parametrize(("value", "spec", "text"), [
+    (0.99531, ".4f", "0.9953"), (2.0 ** 310, ".4f", "2.086e+93"), (float("inf"), ".4f", "inf"),
+    (float("nan"), ".4f", "nan"), (1.59e-5, ".3g", "1.59e-05"), (3e7, ".1f", "3e+07"),
+])
+def test_a_metric_is_written_short_even_when_a_run_diverged(value, spec, text):
+    assert metric_text(value, spec) == text
