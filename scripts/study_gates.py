@@ -23,10 +23,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from lstm_train.models import build_model
 from lstm_train.nn import Recording
-from lstm_train.runs.checkpoint import evaluated_weights, load_checkpoint
-from lstm_train.schema import escaped
+from lstm_train.runs.trained import load_trained
 from lstm_train.tasks import build_task
 from lstm_train.training.probe import grad_norms_per_step, real_steps, record, valid_mask
 
@@ -55,11 +53,8 @@ def memory_unit(rec: Recording, first: torch.Tensor) -> tuple[torch.Tensor, ...]
 
 def job_stats(job: Path, size: int) -> tuple[str, dict[str, float], tuple[torch.Tensor, ...] | None]:
     """A job's variant, its first layer's statistics and (first_last) its memory unit's curves against t."""
-    state = load_checkpoint(job / "checkpoints" / "best.pt", map_location="cpu")
-    config = escaped(state["config"])
-    task = build_task(config["task"])
-    model = build_model(config["model"], task)
-    model.load_state_dict(evaluated_weights(state))
+    config, _, model = load_trained(job / "checkpoints" / "best.pt")
+    task = build_task(config.task)  # with its data, which the probe batch comes from
     batch = task.probe_batch(size)
     calls = record(task, model, batch)
     rec = next(iter(calls.values()))[0]  # the model's LSTM, its one forward call
@@ -75,12 +70,12 @@ def job_stats(job: Path, size: int) -> tuple[str, dict[str, float], tuple[torch.
     norms = grad_norms_per_step(rec)[0]
     stats["log10 dh first/last"] = math.log10(norms[0] / norms[-1]) if norms[0] > 0 and norms[-1] > 0 else math.nan
     memory = None
-    if config["task"]["name"] == "first_last":
+    if config.task.name == "first_last":
         memory = memory_unit(rec, batch.x[:, 0, 0])
         stats["memory"] = memory[0][-2].item()
         stats["unit i, t>0"], stats["unit f, t>0"] = memory[1][1:].mean().item(), memory[2][1:].mean().item()
         stats["unit write t=0 / t>0"] = (memory[3][0] / memory[3][1:].mean()).item()
-    variant = config["model"].get("variant", "lstm")
+    variant = config.model.get("variant", "lstm")
     return variant, stats, memory
 
 
