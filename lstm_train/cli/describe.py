@@ -12,6 +12,7 @@ allowed values and description (docs/hooks/reference.py puts it in the site).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import re
 import textwrap
@@ -132,12 +133,13 @@ class Group:
     folder: Path  # conf/<group>
     schemas: dict[str, type]
 
-    @property
+    # Read once: anchor() asks for the shared keys at every key a preset sets.
+    @functools.cached_property
     def values(self) -> dict[str, dict[str, Any]]:
         """Each option's YAML file, as written."""
         return {o: _values(self.folder / f"{o}.yaml") for o in self.schemas}
 
-    @property
+    @functools.cached_property
     def shared(self) -> list[dataclasses.Field]:
         first, *others = ({f.name: f for f in dataclasses.fields(s)} for s in self.schemas.values())
         return [f for name, f in first.items() if all(name in o and _same(f, o[name]) for o in others)]
