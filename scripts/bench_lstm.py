@@ -12,6 +12,7 @@ fast (backend fast on the pure-PyTorch loop) and reference (backend reference).
     python scripts/bench_lstm.py --step --profile  # where a T=1 call of each variant goes
     python scripts/bench_lstm.py --sample          # chars/s of CharLM.stream (what lstm-generate runs)
     python scripts/bench_lstm.py --autocast        # under bfloat16 autocast (and ours once more without it)
+    python scripts/bench_lstm.py --autocast --products kernel onednn   # each way to bfloat16 products, side by side
     python scripts/bench_lstm.py --variant v       # our impls run LSTM variant v; "plain": the plain compiled cell
     python scripts/bench_lstm.py --variant v --zoneout 0.1   # and so --layer-norm, --recurrent-dropout, --weight-drop
     python scripts/bench_lstm.py --cells           # every variant and regulariser over the plain cell (f+b)
@@ -31,7 +32,8 @@ import torch
 
 from lstm_train.nn import LSTM, PLAIN_CELL
 from lstm_train.nn import VARIANTS as CELL_VARIANTS
-from lstm_train.nn.compiled import ENV
+from lstm_train.nn.compiled import BF16_ENV, BF16_SETTINGS, ENV
+from lstm_train.runs.provenance import CPU_FLAGS, cpu
 
 # (batch, time, input, hidden, layers, bidirectional)
 SHAPES = [
@@ -66,9 +68,11 @@ CELLS = {
 
 def select(name: str) -> None:
     """Set the code path of variant ``name`` (read by every forward call, so variants can alternate); a name's
-    first word is the variant ("compiled float32": compiled, outside --autocast's autocast)."""
-    name = name.split()[0]
-    os.environ[ENV] = VARIANTS[name][1] if name in VARIANTS else "auto"
+    first word is the variant ("compiled float32": compiled, outside --autocast's autocast), a second word may be
+    its bfloat16 products ("compiled onednn": LSTM_TRAIN_BF16_PRODUCTS=onednn)."""
+    first, *rest = name.split()
+    os.environ[ENV] = VARIANTS[first][1] if first in VARIANTS else "auto"
+    os.environ[BF16_ENV] = rest[0] if rest and rest[0] in BF16_SETTINGS else "auto"
 
 
 def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.nn.Module]:
@@ -87,8 +91,9 @@ def make_models(shape, impls: list[str], dtype: torch.dtype) -> dict[str, torch.
 CLOCK = {"clock": time.perf_counter}
 # --autocast: forward and backward of every variant under bfloat16 autocast (torch's oneDNN LSTM then computes in
 # bfloat16; our compiled kernel takes bfloat16 products where the CPU has AVX512-BF16), and each of ours once
-# more without it ("<name> float32"), alternating, so its speed-up is measured in the same rounds
-AUTOCAST = {"enabled": False}
+# more without it ("<name> float32"), alternating, so its speed-up is measured in the same rounds; with
+# --products, ours once per way to its bfloat16 products ("<name> onednn"; auto: "<name>")
+AUTOCAST: dict = {"enabled": False, "products": ["auto"]}
 
 
 def time_rounds(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -133,6 +138,9 @@ def bench_shape(shape, impls: list[str], dtype: torch.dtype, repeats: int, warmu
     x = torch.randn(steps, batch, inp, dtype=dtype)
     runs = {n: (m, x, AUTOCAST["enabled"]) for n, m in models.items()}
     if AUTOCAST["enabled"]:
+        for n in impls:
+            del runs[n]
+            runs.update({n if p == "auto" else f"{n} {p}": (models[n], x, True) for p in AUTOCAST["products"]})
         runs.update({f"{n} float32": (models[n], x, False) for n in impls})
     fwd = time_rounds({n: forward(*r) for n, r in runs.items()}, repeats, warmup)
     both = time_rounds({n: train_step(*r) for n, r in runs.items()}, repeats, warmup)
@@ -283,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", action="store_true", help="chars/s of sampling 1000 chars from a 2x256 CharLM")
     parser.add_argument("--autocast", action="store_true", help="the shape table under bfloat16 autocast (float32 "
                         "weights)")
+    parser.add_argument("--products", nargs="+", choices=[p for p in BF16_SETTINGS if p != "fp32"], default=["auto"],
+                        help="with --autocast: our bfloat16 products, each timed (LSTM_TRAIN_BF16_PRODUCTS)")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
@@ -295,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cells and (args.autocast or args.step or args.sample or args.profile):
         parser.error("--cells times training steps of the shape table: not with --autocast, --step, --sample or "
                      "--profile")
-    AUTOCAST["enabled"] = args.autocast
+    if args.products != ["auto"] and not args.autocast:
+        parser.error("--products times bfloat16 products: use it with --autocast")
+    AUTOCAST.update(enabled=args.autocast, products=args.products)
     CELL.update(variant=args.variant, layer_norm=args.layer_norm, zoneout_c=args.zoneout, zoneout_h=args.zoneout,
                 recurrent_dropout=args.recurrent_dropout, weight_drop=args.weight_drop)
     if CELL != PLAIN and "plain" not in args.impls:
@@ -318,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile(shape, name, dtype)
         return 0
 
-    env = {"torch": torch.__version__, "threads": args.threads, "cell": CELL,
+    env = {**cpu(), "torch": torch.__version__, "threads": args.threads, "cell": CELL,
            "dtype": "bfloat16 autocast" if args.autocast else args.dtype, "repeats": repeats,
            "statistic": "fastest" if args.fastest else "median", "clock": "cpu" if args.cpu_time else "wall"}
     rows, pick = [], min if args.fastest else statistics.median
@@ -336,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cells(args: argparse.Namespace, shapes: list, dtype: torch.dtype, repeats: int) -> int:
-    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats,
+    env = {**cpu(), "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": repeats,
            "statistic": "fastest" if args.fastest else "median", "clock": "cpu" if args.cpu_time else "wall",
            "cells": CELLS}
     rows = []
@@ -344,6 +356,7 @@ def run_cells(args: argparse.Namespace, shapes: list, dtype: torch.dtype, repeat
         rows.append(bench_cells(shape, dtype, repeats, args.warmup, min if args.fastest else statistics.median))
         if not args.json:
             if len(rows) == 1:
+                print(machine_line(env))
                 print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, {env['statistic']} of "
                       f"{repeats} rounds, {env['clock']} time: forward+backward over the plain compiled cell's")
                 cols = ["(B, T, I, H, layers, bidir)", "plain ms", *CELLS]
@@ -359,13 +372,20 @@ def run_cells(args: argparse.Namespace, shapes: list, dtype: torch.dtype, repeat
     return 0
 
 
+def machine_line(env: dict) -> str:
+    """The CPU every table names (provenance.cpu): its model and which of the flags torch and the kernel dispatch
+    on it has."""
+    return f"CPU: {env['cpu']}; flags: {env['cpu_flags'] or 'none of ' + ', '.join(CPU_FLAGS)}"
+
+
 def shape_label(s: dict) -> str:
     direction = "bi" if s["bidirectional"] else "uni"
     return f"({s['batch']}, {s['time']}, {s['input']}, {s['hidden']}, {s['layers']}, {direction})"
 
 
 def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
-    env = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": args.repeats}
+    env = {**cpu(), "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype,
+           "repeats": args.repeats}
     result: dict = {"env": env}
     if args.step and args.profile:
         for shape in INFER_SHAPES:
@@ -381,6 +401,7 @@ def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
         json.dump(result, sys.stdout, indent=2)
         print()
         return 0
+    print(machine_line(env))
     print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, median of {args.repeats} rounds")
     if args.step:
         names = ["torch", *args.impls]
@@ -402,6 +423,7 @@ def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
 def print_row(row: dict, header: bool, env: dict) -> None:
     impls = [n for n in row["forward"] if n != "torch"]
     if header:
+        print(machine_line(env))
         print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, our cell {env['cell']}, "
               f"{env['statistic']} of {env['repeats']} rounds, {env['clock']} time")
         cols = ["(B, T, I, H, layers, bidir)", "torch fwd ms", "torch f+b ms"]

@@ -12,7 +12,11 @@ so that a busy machine slows both alike; the ratio printed is the median over re
 With --backends, each repeat runs lstm-train once per backend, in turn, with the config as given (by default
 the default run, nothing shortened) and model.backend set; the times are train_s from each run's
 metrics.json, and the ratios are medians against the first backend. Backends: torch (torch.nn.LSTM),
-compiled and fast (ours on the compiled kernel and on the pure-PyTorch loop), reference.
+compiled and fast (ours on the compiled kernel and on the pure-PyTorch loop), reference; each may add
+:bf16 (trainer.precision=bf16) and then :kernel, :onednn or :fp32 (our LSTM's bfloat16 products,
+LSTM_TRAIN_BF16_PRODUCTS):
+
+    python scripts/bench_train.py --backends compiled compiled:bf16 torch:bf16 --repeats 3 trainer.max_steps=600
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from hydra import compose, initialize_config_dir
 
 from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
-from lstm_train.nn.compiled import ENV
+from lstm_train.nn.compiled import BF16_ENV, BF16_SETTINGS, ENV
+from lstm_train.runs.provenance import cpu
 from lstm_train.tasks import build_task
 from lstm_train.train import train
 from lstm_train.training.optim import Scheduler, build_optimizer
@@ -65,15 +70,34 @@ BACKENDS = {"torch": ("torch", "auto"), "compiled": ("fast", "compiled"), "fast"
             "reference": ("reference", "auto")}
 
 
+def parse_backend(name: str) -> tuple[str, str, str] | None:
+    """--backends' ``backend[:precision[:products]]`` -> (BACKENDS key, trainer.precision, bfloat16 products), or
+    None if it is not one."""
+    parts = name.split(":")
+    if len(parts) > 3:
+        return None
+    backend, precision, products = parts + [""] * (3 - len(parts))
+    if backend not in BACKENDS or precision not in ("", "fp32", "bf16"):
+        return None
+    if products and (precision != "bf16" or products not in BF16_SETTINGS):
+        return None
+    return backend, precision or "fp32", products or "auto"
+
+
 def compare_backends(backends: list[str], repeats: int, overrides: list[str]) -> None:
     """Whole lstm-train runs, one per backend in turn each repeat; train_s and total_s from metrics.json."""
+    machine = cpu()
+    print(f"CPU: {machine['cpu']}; flags: {machine['cpu_flags']}")
     times: dict[str, list[float]] = {b: [] for b in backends}
     for i in range(repeats):
         for name in backends:
-            backend, path = BACKENDS[name]
+            key, precision, products = parse_backend(name)
+            backend, path = BACKENDS[key]
             os.environ[ENV] = path
+            os.environ[BF16_ENV] = products
             with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-                run = [*overrides, f"model.backend={backend}", "trainer.progress_bar=false"]
+                run = [*overrides, f"model.backend={backend}", f"trainer.precision={precision}",
+                       "trainer.progress_bar=false"]
                 cfg = compose("config", overrides=run)
             with tempfile.TemporaryDirectory() as out:
                 metrics = train(cfg, out)
@@ -91,9 +115,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="compare whole runs of these")
+    parser.add_argument("--backends", nargs="+", metavar="BACKEND[:bf16[:PRODUCTS]]",
+                        help=f"compare whole runs of these; backends {', '.join(BACKENDS)}")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for lstm-train")
     args = parser.parse_args()
+    wrong = [b for b in args.backends or [] if parse_backend(b) is None]
+    if wrong:
+        parser.error(f"--backends {wrong[0]}: give backend[:precision[:products]], a backend of "
+                     f"{', '.join(BACKENDS)}, precision fp32 or bf16, products of {', '.join(BF16_SETTINGS)}")
     if args.backends:
         compare_backends(args.backends, args.repeats, args.overrides)
         return

@@ -311,7 +311,7 @@ def test_bf16_precision_autocasts_forward_and_loss_in_training_and_evaluation(co
                     "loss": {(True, torch.bfloat16), (False, torch.bfloat16)}}
     assert all(torch.isfinite(torch.tensor(v)) for v in result["test"].values())
     if extension.bf16_products() and extension._ops is not None:  # the kernel ran, with bfloat16 products
-        assert kernel_calls and all(args == (True,) for args in kernel_calls)
+        assert kernel_calls and all(args == (compiled.bf16_products_here()[0],) for args in kernel_calls)
 
 
 def test_fp32_precision_does_not_autocast(compose_cfg, tmp_path, autocast_seen):

@@ -12,6 +12,10 @@ The choice has one name at each level, with the same value words where the level
     reference         "reference"           (not read)              reference.py: the equations under autograd
     torch             (build_lstm("torch")) (not read)              torch.nn.LSTM (:class:`TorchLSTM`)
 
+Under bfloat16 autocast, ``LSTM_TRAIN_BF16_PRODUCTS`` chooses how the kernel computes its bfloat16 products:
+auto (default: oneDNN's brgemm where it runs, on AMX tiles where the CPU has them, else the kernel's own loops),
+onednn, kernel, or fp32 (float32 products); compiled.py and docs/lstm/speed.md#mixed-precision-bfloat16.
+
 ``fast`` and ``reference`` are our LSTM's two implementations; ``torch`` is torch.nn.LSTM behind the
 same interface (``lengths=`` packs for it), initialised the same way, so that one config compares
 them side by side and differences come from the implementation alone.

@@ -11,14 +11,21 @@ either (the backend table: lstm_train/nn/backend.py). Besides the plain cell the
 variants of lstm_train/nn/variants.py (flags of its one cell), zoneout and recurrent dropout; the other cells run
 on fast.py's autograd loop (``fast_cell_layer``), with one log line saying why.
 
-bfloat16 products (``bf16=True``, what ``LSTM`` asks for under ``torch.autocast(dtype=torch.bfloat16)``): on a
-CPU with AVX512-BF16 the build adds them (:func:`.extension.bf16_products`); x, h, the weights and the gate
-gradients are rounded to bfloat16 for the matrix products, accumulated in float32, and everything else stays
-float32. Elsewhere, and for one-step calls (decoding), the products stay float32.
+bfloat16 products (what ``LSTM`` asks for under ``torch.autocast(dtype=torch.bfloat16)``): on a CPU with
+AVX512-BF16 the build adds them (:func:`.extension.bf16_products`); x, h, the weights and the gate gradients are
+rounded to bfloat16 for the matrix products, accumulated in float32, and everything else stays float32. Elsewhere,
+and for one-step calls (decoding), the products stay float32. Two ways compute the same roundings
+(:func:`bf16_products_here` chooses, ``LSTM_TRAIN_BF16_PRODUCTS`` can insist):
+
+    onednn   each step's products by oneDNN's brgemm ukernel, which torch ships (>= 2.6 or so) and which runs
+             on AMX tiles where the CPU has them (amx_bf16), then the cell on its results: the choice wherever
+             it runs (without AMX too: 0.80-1.00x the kernel's time in training, docs/lstm/speed.md)
+    kernel   the kernel's own register-blocked loops with AVX512-BF16's vdpbf16ps: where oneDNN's cannot run
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -42,6 +49,9 @@ log = logging.getLogger(__name__)
 
 ENV = "LSTM_TRAIN_FAST_PATH"
 PATHS = ("auto", "compiled", "pytorch")
+BF16_ENV = "LSTM_TRAIN_BF16_PRODUCTS"
+BF16_SETTINGS = ("auto", "kernel", "onednn", "fp32")
+PRODUCTS = {"fp32": 0, "kernel": 1, "onednn": 2}  # the kernel's `products` argument
 _announced: set[str] = set()
 
 
@@ -57,6 +67,46 @@ def fast_path() -> str:
     if path not in PATHS:
         raise ValueError(f"{ENV}={path} is not one of {', '.join(PATHS)}; unset it to let the LSTM choose (auto)")
     return path
+
+
+def bf16_setting() -> str:
+    """LSTM_TRAIN_BF16_PRODUCTS's value (auto when unset); a ValueError for any other value than BF16_SETTINGS'."""
+    value = os.environ.get(BF16_ENV, "auto")
+    if value not in BF16_SETTINGS:
+        raise ValueError(f"{BF16_ENV}={value} is not one of {', '.join(BF16_SETTINGS)}; unset it to let the LSTM "
+                         "choose (auto)")
+    return value
+
+
+@functools.cache  # the CPU does not change
+def onednn_bf16() -> int:
+    """Whether oneDNN's brgemm computes the kernel's bfloat16 products here: 2 on AMX, 1 without AMX, 0 where it
+    cannot, -1 where it runs but failed the kernel's check of its layout (recurrence.cpp's onednn_bf16)."""
+    return load().onednn_bf16()
+
+
+def bf16_products_here() -> tuple[str, str]:
+    """Under bfloat16 autocast, the kernel's products on this CPU (a PRODUCTS key) and why, in a phrase: oneDNN's
+    brgemm wherever it runs and passes the kernel's check, else the kernel's own loops; float32 without
+    AVX512-BF16 (trainer.precision=bf16 is refused there). A ValueError for a setting this CPU cannot run."""
+    wanted = bf16_setting()
+    if not bf16_products():
+        if wanted in ("kernel", "onednn"):
+            raise ValueError(f"{BF16_ENV}={wanted}, but this CPU has no AVX512-BF16: unset it")
+        return "fp32", "no AVX512-BF16 here"
+    status = onednn_bf16()
+    if wanted == "onednn" and status <= 0:
+        why = "failed the kernel's check of its layout" if status < 0 else "does not run"
+        raise ValueError(f"{BF16_ENV}=onednn, but oneDNN's bfloat16 brgemm {why} here: set it to kernel or unset it")
+    if wanted != "auto":
+        return wanted, f"{BF16_ENV}={wanted}"
+    if status == 2:
+        return "onednn", "on AMX tiles"
+    if status == 1:
+        return "onednn", "AVX-512, no AMX here"
+    if status < 0:
+        return "kernel", "oneDNN's brgemm failed the kernel's check of its layout here"
+    return "kernel", "this torch's oneDNN has no bfloat16 brgemm"
 
 
 def why_not_compiled(x: Tensor, h0: Tensor, weights: LayerWeights) -> str | None:
@@ -108,10 +158,9 @@ def auto_layer(
     if why is None:
         _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)"
                   + ("" if cell is None else f", for {cell.describe()}"))
-        if bf16:
-            bf16 = _bf16_products_for(x)
-        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, bf16, cell=cell, own=own,
-                              noise=noise)
+        products = _bf16_products_for(x) if bf16 else "fp32"
+        return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, products, cell=cell,
+                              own=own, noise=noise)
     if cell is not None:
         _announce(f"the pure-PyTorch loop through autograd, for {cell.describe()}: {why}")
         return fast_cell_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, cell=cell, own=own,
@@ -130,13 +179,15 @@ def why_not_kernel_cell(cell: Cell, noise: Noise | None) -> str | None:
     return None
 
 
-def _bf16_products_for(x: Tensor) -> bool:
-    """Under bfloat16 autocast: whether this call takes bfloat16 products (logged once per reason)."""
-    if x.dtype != torch.float32 or not bf16_products():
-        _announce("autocast: float32 products (no AVX512-BF16 here)")
-        return False
-    _announce("autocast: bfloat16 products")
-    return True
+_NAMES = {"fp32": "float32 products", "kernel": "bfloat16 products in the kernel's loops",
+          "onednn": "bfloat16 products by oneDNN's brgemm"}
+
+
+def _bf16_products_for(x: Tensor) -> str:
+    """Under bfloat16 autocast: this call's products, a PRODUCTS key (logged once per reason)."""
+    products, why = ("fp32", f"{x.dtype} tensors") if x.dtype != torch.float32 else bf16_products_here()
+    _announce(f"autocast: {_NAMES[products]} ({why})")
+    return products
 
 
 def compiled_layer(
@@ -148,7 +199,7 @@ def compiled_layer(
     reverse: bool,
     return_gates: bool,
     dh_sink: Tensor | None = None,
-    bf16: bool = False,
+    products: str = "fp32",
     *,
     cell: Variant | None = None,
     own: Params | None = None,
@@ -157,10 +208,11 @@ def compiled_layer(
     """Run (T, B, I) input through one direction with the kernel; the contract of ``fast.fast_layer``.
 
     With ``lengths``, rows must be sorted longest first (the LSTM module sorts them). The weights are read
-    as they are on every call: nothing is prepared or cached. ``bf16``: bfloat16 products (float32 tensors, a
-    kernel with :func:`bf16_products`). ``cell``: an elementwise variant (``Variant.kernel_flags``), with its
-    peepholes in ``own``; ``noise``: zoneout (in training a seed drawn here, from which the kernel hashes every
-    step's masks: ``variants.zoneout_bits``) and recurrent dropout (one mask per sequence).
+    as they are on every call: nothing is prepared or cached. ``products``: a PRODUCTS key; bfloat16 ones (kernel,
+    onednn) take float32 tensors and a kernel with :func:`bf16_products`. ``cell``: an elementwise variant
+    (``Variant.kernel_flags``), with its peepholes in ``own``; ``noise``: zoneout (in training a seed drawn here,
+    from which the kernel hashes every step's masks: ``variants.zoneout_bits``) and recurrent dropout (one mask per
+    sequence).
     """
     T, B = x.shape[:2]
     w_ih, w_hh, b_ih, b_hh, _ = weights  # no projection: why_not_compiled
@@ -175,14 +227,14 @@ def compiled_layer(
     seed = noise.zoneout_seed()
     zoneout = (noise.zoneout_c, noise.zoneout_h, [] if seed is None else list(seed))
     drop = noise.recurrent_mask(h0)
-    bf16 = bf16 and drop is None  # the kernel's bfloat16 products take no recurrent dropout
+    mode = PRODUCTS["fp32" if drop is not None else products]  # bfloat16 products take no recurrent dropout
     autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*inputs, peep))
     if autograd:
         on_dh = dh_callback(dh_sink, lengths, reverse)
-        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh, bf16, cell, peep,
+        out, h_n, c_n, gates, cells = _Recurrence.apply(*inputs, None, lengths, batch_sizes, on_dh, mode, cell, peep,
                                                         noise, seed, drop)
     else:
-        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates, bf16, flags, peep,
+        out, h_n, c_n, gates, cells = load().lstm_forward(*inputs, batch_sizes, return_gates, mode, flags, peep,
                                                           *zoneout, drop)
     gate_acts = None
     if return_gates:
@@ -208,15 +260,15 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, x, h0, c0, w_ih, w_hh, bias, w_hr, lengths: Tensor | None, batch_sizes: list[int],
-        on_dh: DhCallback | None, bf16: bool, cell: Variant | None, peep: Tensor | None, noise: Noise,
+        on_dh: DhCallback | None, products: int, cell: Variant | None, peep: Tensor | None, noise: Noise,
         seed: tuple[int, int] | None, drop: Tensor | None,
     ):
         flags = 0 if cell is None else cell.kernel_flags()
         ctx.zoneout = (noise.zoneout_c, noise.zoneout_h, [] if seed is None else list(seed))
-        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True, bf16, flags,
+        hs, h_n, c_n, gates, cs = load().lstm_forward(x, h0, c0, w_ih, w_hh, bias, batch_sizes, True, products, flags,
                                                       peep, *ctx.zoneout, drop)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, w_hr, gates, hs, cs, peep, drop)
-        ctx.lengths, ctx.batch_sizes, ctx.on_dh, ctx.bf16 = lengths, batch_sizes, on_dh, bf16
+        ctx.lengths, ctx.batch_sizes, ctx.on_dh, ctx.products = lengths, batch_sizes, on_dh, products
         ctx.cell, ctx.flags, ctx.noise, ctx.seed = cell, flags, noise, seed
         ctx.set_materialize_grads(False)  # unused outputs (often all but h_n) get None, not a zero tensor
         ctx.mark_non_differentiable(gates, cs)
@@ -227,14 +279,15 @@ class _Recurrence(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the reference maths, which autograd can differentiate
             if ctx.cell is not None:
                 return _differentiable_cell_backward(ctx, d_hs, d_hn, d_cn)
-            return (*differentiable_backward(ctx, d_hs, d_hn, d_cn), None, None, None, None, None, None)  # bf16 ...
+            return (*differentiable_backward(ctx, d_hs, d_hn, d_cn), None, None, None, None, None, None)  # products ...
         x, h0, c0, w_ih, w_hh, bias, _, gates, hs, cs, peep, drop = ctx.saved_tensors
         need = ctx.needs_input_grad
         record = ctx.on_dh is not None
         with torch.autocast("cpu", enabled=False):  # a backward run under autocast: the kernel's GEMMs keep its dtypes
             d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps, d_peep = load().lstm_backward(
                 x, w_ih, w_hh, h0, c0, gates, hs, cs, d_hs, d_hn, d_cn, ctx.batch_sizes,
-                need[0], need[3], bias is not None and need[5], record, ctx.bf16, ctx.flags, peep, *ctx.zoneout, drop,
+                need[0], need[3], bias is not None and need[5], record, ctx.products, ctx.flags, peep, *ctx.zoneout,
+                drop,
             )  # fmt: skip
         if record:
             ctx.on_dh(dh_steps)

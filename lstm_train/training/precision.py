@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from lstm_train.errors import ConfigError
+from lstm_train.nn import compiled
 from lstm_train.nn.extension import bf16_products
 
 
@@ -40,3 +41,9 @@ def check_bf16(device: torch.device) -> None:
     if kind == "cpu" and platform.machine().lower() in ("x86_64", "amd64") and not bf16_products():
         raise ConfigError("trainer.precision", "this CPU has no AVX512-BF16, so bfloat16 products would be "
                           "emulated, far slower than float32: set trainer.precision=fp32")
+    if kind == "cpu":  # a setting of the LSTM's bfloat16 products that this CPU cannot run: before the run starts
+        try:
+            if compiled.bf16_setting() != "auto":
+                compiled.bf16_products_here()
+        except (ValueError, RuntimeError) as e:  # RuntimeError: the kernel that the setting asks for cannot build
+            raise ConfigError("trainer.precision=bf16", str(e)) from None

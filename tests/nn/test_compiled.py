@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +94,9 @@ def test_recorded_hidden_grads_match_the_pytorch_loop():
 # bfloat16 products -------------------------------------------------------------------------------------------
 
 needs_bf16 = pytest.mark.skipif(not extension.bf16_products(), reason="no AVX512-BF16 on this CPU")
+# both ways to the same roundings; oneDNN's brgemm runs wherever the kernel has bfloat16 products (on AVX-512
+# kernels without AMX), so its path is checked on every such CPU, not only where auto chooses it (AMX)
+BF16_PATHS = ["kernel", "onednn"]
 
 
 def bf16(t: torch.Tensor) -> torch.Tensor:
@@ -132,9 +136,11 @@ def emulated_layer(x, h0, c0, w_ih, w_hh, bias, lengths):
 
 
 @needs_bf16
-@pytest.mark.parametrize(("T", "B", "I", "H"), [(9, 13, 5, 37), (6, 40, 64, 48), (2, 9, 7, 16)])
-def test_bf16_products_match_an_emulation_of_them(T, B, I, H):
-    """Odd input and hidden sizes (the padded bfloat16 pair), every block height, two threads, padding; the
+@pytest.mark.parametrize("products", BF16_PATHS)
+@pytest.mark.parametrize(("T", "B", "I", "H"), [(9, 13, 5, 37), (6, 40, 64, 48), (2, 9, 7, 16), (5, 70, 3, 70)])
+def test_bf16_products_match_an_emulation_of_them(T, B, I, H, products):
+    """Odd input and hidden sizes (the padded bfloat16 pair), every block height, two threads, padding; oneDNN's
+    blocks of 64 columns with a partial one, and of 32 rows with a partial one (B=70, H=70); the
     kernel's float32 outputs and gradients against the same rounding done in float64. A wrong weight packing
     or a stale h is off by O(0.1); the outputs by summation order (~1e-6: float32 products are ~1e-3 off);
     the gradients by a bfloat16 ulp (0.4%) where a GEMM returns bfloat16 or a rounded gate gradient lands on
@@ -147,7 +153,7 @@ def test_bf16_products_match_an_emulation_of_them(T, B, I, H):
     inputs = [t.requires_grad_() for t in (x, h0, c0, w_ih, w_hh, bias)]
     with threads(2):
         hs, h_n, c_n, _, _ = compiled.compiled_layer(x, h0, c0, (w_ih, w_hh, bias, torch.zeros_like(bias), None),
-                                                     torch.tensor(lengths), False, False, bf16=True)
+                                                     torch.tensor(lengths), False, False, products=products)
     doubles = [t.detach().double().requires_grad_() for t in inputs]
     expected = emulated_layer(*doubles, lengths)
     for a, b in zip((hs, h_n, c_n), expected, strict=True):
@@ -177,10 +183,78 @@ def test_autocast_runs_the_bf16_kernel_and_float32_stays_float32(calls, caplog):
             out16 = lstm(x)[0]
         again = lstm(x)[0]  # autocast over: float32 products again
     assert out16.dtype == torch.bfloat16 and calls["compiled"] == 12
-    assert [r.getMessage() for r in caplog.records][1:] == ["LSTM fast path: autocast: bfloat16 products"]
+    products, why = compiled.bf16_products_here()
+    name = {"onednn": "bfloat16 products by oneDNN's brgemm", "kernel": "bfloat16 products in the kernel's loops"}
+    assert [r.getMessage() for r in caplog.records][1:] == [f"LSTM fast path: autocast: {name[products]} ({why})"]
     error = (out16.float() - out32).abs().max().item()
     assert 1e-4 < error < 3e-2  # lowered products, not float32 ones; and within bfloat16's rounding
     torch.testing.assert_close(again, out32, atol=0, rtol=0)
+
+
+@needs_bf16
+@pytest.mark.parametrize(("settings", "lengths"), [
+    ({"variant": "v", "zoneout_c": 0.2, "zoneout_h": 0.1}, None),  # peepholes, zoneout's hashed masks
+    ({"variant": "cifg"}, [9, 9, 7, 7, 7, 5, 3, 3, 2, 1] * 4),  # the coupled gates; padding, a partial block
+    ({"variant": "noaf", "bidirectional": True, "num_layers": 2}, None),
+])
+def test_onednn_and_kernel_bf16_products_agree_on_variants(settings, lengths, monkeypatch):
+    """The two ways to the same roundings, through the LSTM module under autocast: outputs and gradients equal up
+    to the order of float32 sums (a bfloat16 ulp where a rounded value lands on the other side of a boundary)."""
+    if compiled.onednn_bf16() <= 0:
+        pytest.skip("oneDNN's bfloat16 brgemm does not run here")
+    torch.manual_seed(0)
+    lstm = LSTM(12, 72, **settings)
+    x = torch.randn(9, 40, 12, requires_grad=True)
+    results = []
+    for products in BF16_PATHS:
+        monkeypatch.setenv(compiled.BF16_ENV, products)
+        torch.manual_seed(5)  # zoneout's seed
+        with on_path("compiled"), threads(2), torch.autocast("cpu", torch.bfloat16):
+            out, (h, c) = lstm(x, lengths=None if lengths is None else torch.tensor(lengths))
+        results.append([out.float(), h.float(), c.float(), *grads((out, h, c), [x, *lstm.parameters()])])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-2 * b.abs().max().item(), rtol=0)
+        assert (a - b).abs().median() <= 1e-3 * b.abs().max()  # most entries far closer than the worst
+
+
+def test_bf16_products_follow_the_cpu_and_the_setting(monkeypatch):
+    """oneDNN's brgemm wherever it runs and passes the check (with AMX or without), else the kernel's loops; a
+    setting insists, or says in one line why this CPU cannot."""
+    monkeypatch.setattr(compiled, "bf16_products", lambda: True)
+    monkeypatch.delenv(compiled.BF16_ENV, raising=False)
+    for status, products in ((2, "onednn"), (1, "onednn"), (0, "kernel"), (-1, "kernel")):
+        monkeypatch.setattr(compiled, "onednn_bf16", lambda status=status: status)
+        assert compiled.bf16_products_here()[0] == products
+    monkeypatch.setattr(compiled, "onednn_bf16", lambda: 2)
+    for setting in ("kernel", "onednn", "fp32"):
+        monkeypatch.setenv(compiled.BF16_ENV, setting)
+        assert compiled.bf16_products_here() == (setting, f"LSTM_TRAIN_BF16_PRODUCTS={setting}")
+    monkeypatch.setattr(compiled, "onednn_bf16", lambda: 0)
+    monkeypatch.setenv(compiled.BF16_ENV, "onednn")
+    with pytest.raises(ValueError, match=r"^LSTM_TRAIN_BF16_PRODUCTS=onednn, but oneDNN's bfloat16 brgemm does not "
+                       r"run here: set it to kernel or unset it$"):
+        compiled.bf16_products_here()
+    monkeypatch.setenv(compiled.BF16_ENV, "amx")
+    with pytest.raises(ValueError, match=r"^LSTM_TRAIN_BF16_PRODUCTS=amx is not one of auto, kernel, onednn, fp32"):
+        compiled.bf16_products_here()
+    monkeypatch.setattr(compiled, "bf16_products", lambda: False)
+    monkeypatch.setenv(compiled.BF16_ENV, "auto")
+    assert compiled.bf16_products_here() == ("fp32", "no AVX512-BF16 here")
+    monkeypatch.setenv(compiled.BF16_ENV, "kernel")
+    with pytest.raises(ValueError, match=r"^LSTM_TRAIN_BF16_PRODUCTS=kernel, but this CPU has no AVX512-BF16"):
+        compiled.bf16_products_here()
+
+
+@needs_bf16
+def test_onednn_brgemm_passes_its_check_and_finds_amx_where_the_cpu_has_it():
+    """The kernel's small check of oneDNN's product in its packed layout never fails on a CPU we know; it reports
+    AMX exactly where /proc/cpuinfo lists amx_bf16 (Linux grants the tiles to any process that asks)."""
+    status = compiled.onednn_bf16()
+    assert status != -1
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+                 "").split()
+    if status > 0:
+        assert (status == 2) == ("amx_bf16" in flags)
 
 
 # Which path runs ----------------------------------------------------------------------------------------------

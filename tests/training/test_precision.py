@@ -33,3 +33,14 @@ def test_bf16_is_refused_where_it_would_be_emulated_or_cannot_run(monkeypatch):
     with pytest.raises(ConfigError, match=r"^trainer.precision: bf16 autocast runs on cpu and cuda devices, not "
                                           r"mps: set trainer.precision=fp32$"):
         Precision("bf16", torch.device("mps"))
+
+
+def test_a_bf16_products_setting_this_cpu_cannot_run_is_refused_before_the_run(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_products", lambda: True)
+    monkeypatch.setenv("LSTM_TRAIN_BF16_PRODUCTS", "amx")
+    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16: LSTM_TRAIN_BF16_PRODUCTS=amx is not one of auto, "
+                                          r"kernel, onednn, fp32; unset it to let the LSTM choose \(auto\)$"):
+        Precision("bf16", torch.device("cpu"))
+    Precision("fp32", torch.device("cpu"))  # not read without bf16
+    monkeypatch.setenv("LSTM_TRAIN_BF16_PRODUCTS", "fp32")
+    Precision("bf16", torch.device("cpu"))

@@ -16,6 +16,10 @@
 //   the same loops with x, h, W and the gate gradients rounded to bfloat16 for the products (vdpbf16ps: two
 //   products per float32 lane and instruction, accumulated in float32); the cell maths, the states, the
 //   accumulators and the saved activations stay float32. The GEMMs outside the loop take bfloat16 too.
+//   Or (products kOnednnBf16) the same roundings with each step's products by oneDNN's brgemm ukernel, which
+//   torch ships and which runs on AMX tiles where the CPU has them: a block of up to kOnednnRows rows gets its
+//   pre-activations (x_t W_ih^T + h_prev W_hh^T) from two calls, then the cell runs on them from L1/L2; the
+//   backward's dL/dh_{t-1} is one call. (Without AMX the register-blocked loops are faster: compiled.py chooses.)
 // - The elementwise LSTM variants (lstm_train/nn/variants.py: Greff et al.'s V, NIG, NFG, NOG, NIAF, NOAF, CIFG
 //   and NP) are flags of the one cell below and of its gradient (Variant), with their peepholes, not copies.
 // - Zoneout's training masks are hashed from a counter (zoneout_keys) where the cell uses them, and again in the
@@ -29,6 +33,12 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+#if defined(LSTM_TRAIN_BF16)
+#include <ATen/native/CPUBlas.h>  // oneDNN's brgemm ukernel, as torch's own CPU attention calls it
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)  // torch >= 2.6 or so; before, the kernel's own bfloat16 loops only
+#define LSTM_TRAIN_ONEDNN
+#endif
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -48,6 +58,12 @@ constexpr int kRows = 6;  // 24 + 4 of 32 zmm registers
 #else
 constexpr int kRows = 3;  // 12 + 4 of 16 ymm registers
 #endif
+// Which matrix products a call takes: in the inputs' dtype, or bfloat16 ones (float32 inputs) in the
+// register-blocked loops (vdpbf16ps) or by oneDNN's brgemm (compiled.py's PRODUCTS).
+constexpr int64_t kInputDtype = 0, kKernelBf16 = 1, kOnednnBf16 = 2;
+// Rows per block with oneDNN's products: two AMX tiles of 16 rows, and a (32, 4H) float32 block of
+// pre-activations stays in L2 up to H = 1024.
+constexpr int64_t kOnednnRows = 32;
 // Rows (steps x batch) up to which a call skips packing the weights and uses ATen's GEMMs (as does any T=1 call).
 constexpr int64_t kFewRows = 16;
 // Multiply-adds of a call each thread must get, or fewer threads run it (a parallel region costs microseconds).
@@ -233,11 +249,12 @@ inline void zoneout_masks(const Variant<T>& v, int64_t r, int64_t j, Vectorized<
 
 // The cell on one vector of hidden units (the first n of them real, from unit j) of one row, from its
 // pre-activations: writes the new c and h at c and h, and the activations at gates (a row of 4H from the vector's
-// offset) unless null.
+// offset) unless null. Always inlined into the register blocks that call it: with a third caller GCC stopped
+// inlining it, and a call per row and vector doubled the forward's time (measured).
 template <typename T>
-inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& g_pre, Vectorized<T> o_pre,
-                 const T* c_prev, T* c, T* h, T* gates, int64_t H, int64_t n, const Variant<T>& v, int64_t j,
-                 int64_t r) {
+__attribute__((always_inline)) inline void cell(Vectorized<T> i_pre, Vectorized<T> f_pre, const Vectorized<T>& g_pre,
+                                                Vectorized<T> o_pre, const T* c_prev, T* c, T* h, T* gates, int64_t H,
+                                                int64_t n, const Variant<T>& v, int64_t j, int64_t r) {
   using L = Lanes<T>;
   using V = typename L::V;
   const V one(T(1)), cp = L::load(c_prev, n);
@@ -475,7 +492,99 @@ Tensor even_bf16(const Tensor& t) {
 
 inline const bf16_t* bits(const Tensor& t) { return reinterpret_cast<const bf16_t*>(t.data_ptr<at::BFloat16>()); }
 inline bf16_t* bits_mut(Tensor& t) { return reinterpret_cast<bf16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// oneDNN's brgemm reads B as bfloat16 pairs along K (VNNI) and, on AMX, in blocks of at most 64 columns (as
+// torch's own callers pack it): b (K, N) float32, any strides -> (N / 64, K / 2, 64, 2) bfloat16, both rounded
+// up, [n / 64][k / 2][n % 64][k % 2] = b[k][n], zeros past b.
+constexpr int64_t kColumns = 64;
+Tensor pack_vnni(const Tensor& b) {
+  const int64_t K = b.size(0), N = b.size(1), K2 = (K + 1) / 2, blocks = (N + kColumns - 1) / kColumns;
+  const Tensor padded = at::constant_pad_nd(b, {0, blocks * kColumns - N, 0, 2 * K2 - K});  // (2 K2, 64 blocks)
+  return padded.view({K2, 2, blocks, kColumns}).permute({2, 0, 3, 1}).to(at::kBFloat16).contiguous();
+}
+
+// c (M rows, ldc apart) = [c +] a @ b: a M rows of K bfloat16 (K even), lda apart; b (K, N) packed by pack_vnni.
+// One brgemm call per 64 columns; oneDNN generates a kernel per shape once per thread and keeps it.
+void onednn_product(int64_t M, int64_t N, int64_t K, const bf16_t* a, int64_t lda, const Tensor& b, float* c,
+                    int64_t ldc, bool add) {
+#if defined(LSTM_TRAIN_ONEDNN)
+  const auto* a_ = reinterpret_cast<const at::BFloat16*>(a);
+  const at::BFloat16* b_ = b.data_ptr<at::BFloat16>();
+  for (int64_t j = 0; j < N; j += kColumns) {
+    at::native::cpublas::brgemm(M, std::min(kColumns, N - j), K, lda, kColumns, ldc, add, a_, b_ + j * K, c + j,
+                                /*is_vnni=*/true);
+  }
+#else
+  TORCH_CHECK(false, "lstm_train kernel: this torch has no oneDNN brgemm for bfloat16");
 #endif
+}
+
+// After a thread's last onednn_product of a call: frees the AMX tiles' state (a no-op elsewhere).
+void onednn_release() {
+#if defined(LSTM_TRAIN_ONEDNN)
+  at::native::cpublas::brgemm_release(true);
+#endif
+}
+
+// Whether torch's oneDNN packs bfloat16 for AMX, i.e. this CPU has AMX and Linux lets the process use it.
+bool onednn_amx() {
+#if defined(LSTM_TRAIN_ONEDNN)
+  return at::native::cpublas::could_pack(at::kBFloat16);
+#else
+  return false;
+#endif
+}
+
+// forward_cells on pre-activations that oneDNN's products left in memory (rows of ldp floats from the block's row
+// and gate 0): acc = bias + pre.
+template <typename T, int R>
+struct ForwardCellsFromPre {
+  static void run(const float* pre, int64_t ldp, const T* bias, const T* c_prev, T* c, T* h, T* gates, int64_t H,
+                  int64_t j, int64_t n, Variant<T> v) {
+    if constexpr (std::is_same_v<T, float>) {
+      const auto products = [&](Vectorized<T>(&acc)[R][4]) {
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+          for (int q = 0; q < 4; ++q) {
+            acc[r][q] = acc[r][q] + Lanes<float>::load(pre + r * ldp + q * H + j, n);
+          }
+        }
+      };
+      forward_cells<T, R>(products, bias, c_prev, c, h, gates, H, j, n, v);
+    }
+  }
+};
+#endif
+
+// Whether oneDNN's brgemm computes bfloat16 products here: 2 on AMX (where torch's oneDNN packs for it), 1
+// without AMX (oneDNN's AVX-512 kernels), 0 where it cannot (a build without bfloat16 products, a torch without
+// the ukernel, a CPU without AVX-512), -1 if it runs but a small product in pack_vnni's layout comes out wrong (a
+// layout this code does not know: then it is never used). The check's numbers are small integers, whose
+// products and sums are exact.
+int64_t onednn_bf16() {
+#if defined(LSTM_TRAIN_BF16)
+  try {
+    const int64_t M = 3, K = 6, N = 70;  // two blocks of columns, the second partial
+    const auto f = at::TensorOptions().dtype(at::kFloat);
+    const auto grid = [&](int64_t rows, int64_t cols, int64_t p, int64_t q, int64_t mod) {  // (p i + q j) % mod - 2
+      return (at::arange(rows, f).view({rows, 1}) * p + at::arange(cols, f).view({1, cols}) * q).remainder(mod) - 2;
+    };
+    const Tensor a = grid(M, K, 2, 3, 5).to(at::kBFloat16), b = grid(K, N, 5, 3, 7);  // each entry's own neighbours
+    Tensor c = at::ones({M, N}, f);
+    onednn_product(M, N, K, bits(a), K, pack_vnni(b), c.data_ptr<float>(), N, /*add=*/true);
+    onednn_release();
+    if (!c.equal(a.to(at::kFloat).mm(b) + 1)) {
+      return -1;
+    }
+    return onednn_amx() ? 2 : 1;
+  } catch (const c10::Error&) {  // no brgemm in this torch, or it refuses the VNNI layout: no ukernel for bfloat16
+    return 0;
+  }
+#else
+  return 0;
+#endif
+}
 
 // The gate gradients of rows [0, rows) at one step. acts: gate activations (rows of 4H); c, c_prev: the step's
 // cell state and the previous one; dh: dL/dh_t; dc: dL/dc_t from the later steps in, dL/dc_{t-1} out;
@@ -573,13 +682,13 @@ struct Block {
   int64_t start, rows;
 };
 
-// Splits the batch into blocks of at most kRows rows, as even as possible and a whole number per thread; each
+// Splits the batch into blocks of at most `most` rows, as even as possible and a whole number per thread; each
 // thread takes every threads-th block (so both keep work when padded rows drop out at the end of the batch)
 // and runs fn(its blocks) over the whole sequence: the rows' recurrences are independent.
 template <typename F>
-void over_threads(int64_t B, int64_t work, const F& fn) {
+void over_threads(int64_t B, int64_t work, const F& fn, int64_t most = kRows) {
   const int64_t threads = std::min<int64_t>({at::get_num_threads(), B, std::max<int64_t>(1, work / kParallelWork)});
-  const int64_t per_thread = (B + kRows * threads - 1) / (kRows * threads);
+  const int64_t per_thread = (B + most * threads - 1) / (most * threads);
   const int64_t count = std::min(B, per_thread * threads), base = B / count, extra = B % count;
   auto run = [&](int64_t begin, int64_t end) {
     for (int64_t tid = begin; tid < end; ++tid) {
@@ -686,24 +795,29 @@ inline int64_t running(at::IntArrayRef batch_sizes, int64_t t, int64_t T, int64_
   return batch_sizes.empty() ? B : batch_sizes[t];
 }
 
-void check_bf16(bool bf16, const Tensor& x) {
+// products: kInputDtype, kKernelBf16 or kOnednnBf16 -> whether bfloat16.
+bool check_products(int64_t products, const Tensor& x) {
+  TORCH_CHECK(products >= kInputDtype && products <= kOnednnBf16, "lstm_train kernel: products must be 0, 1 or 2");
+  const bool bf16 = products != kInputDtype;
 #if defined(LSTM_TRAIN_BF16)
   TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "lstm_train kernel: bf16 products take float32 tensors");
 #else
   TORCH_CHECK(!bf16, "lstm_train kernel: built without bf16 products (they need AVX512-BF16)");
 #endif
+  return bf16;
 }
 
 // -> (hs, h_n, c_n, gates, cs): hs (T, B, H), h_n and c_n each row's state at its last step; with keep (what
 // the backward and return_gates need), also the gate activations (T, B, 4H) in (i, f, g, o) order and the cell
-// states cs (T, B, H), else those two are undefined (None). bf16: bfloat16 products (float32 inputs, and not in
-// the few-rows path, which stays float32).
+// states cs (T, B, H), else those two are undefined (None). products: kInputDtype, or bfloat16 ones (kKernelBf16,
+// kOnednnBf16: float32 inputs; not in the few-rows path, which stays float32).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_ih, const Tensor& w_hh,
-    const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, bool bf16, int64_t flags,
+    const std::optional<Tensor>& bias_in, at::IntArrayRef batch_sizes, bool keep, int64_t products, int64_t flags,
     const std::optional<Tensor>& peep_in, double zoneout_c, double zoneout_h, at::IntArrayRef zoneout_seed,
     const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
+  const bool bf16 = check_products(products, x_in);
   const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
@@ -732,8 +846,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     }
   }
 
-  check_bf16(bf16, x);
-  const bool lowp = bf16 && !few;
+  const bool lowp = bf16 && !few, onednn = lowp && products == kOnednnBf16;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_train_forward", [&] {
     using T_ = scalar_t;
     constexpr int64_t N = Lanes<T_>::N;
@@ -747,8 +860,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       x_bf = even_bf16(x);
       h_bf = at::zeros({2, B, Hp}, x.options().dtype(at::kBFloat16));
       h_bf[1].narrow(1, 0, H).copy_(h0);
-      w_ih_bf = pack_bf16(w_ih, false);
-      w_hh_bf = pack_bf16(w_hh, false);
+      w_ih_bf = onednn ? pack_vnni(w_ih.t()) : pack_bf16(w_ih, false);
+      w_hh_bf = onednn ? pack_vnni(w_hh.t()) : pack_bf16(w_hh, false);
     }
 #endif
     if (!few && !lowp) {
@@ -770,6 +883,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     Tensor h_drop = drop.defined() && !few ? at::empty({B, H}, x.options()) : Tensor();
     T_* hd = h_drop.defined() ? h_drop.data_ptr<T_>() : nullptr;
     over_threads(B, few ? 0 : T * B * G * (I + H), [&](const std::vector<Block>& blocks) {
+      // oneDNN's products: a block's pre-activations of one step
+      std::vector<float> pre_block(onednn ? kOnednnRows * G : 0);
       for (int64_t t = 0; t < T; ++t) {
         const int64_t b = running(batch_sizes, t, T, B), ending = running(batch_sizes, t + 1, T, B);
         const T_* x_t = xp + t * B * I;
@@ -799,7 +914,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
             hd[k] = h_prev[k] * var.drop[k];
           }
         }
-        for (int64_t j = 0; j < (few ? 0 : H); j += N) {  // a vector's weights stay in cache while each block uses them
+#if defined(LSTM_TRAIN_BF16)
+        for (const Block& blk : blocks) {
+          const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
+          if (!onednn || rows <= 0) {
+            continue;
+          }
+          float* pre_p = pre_block.data();
+          onednn_product(rows, G, Ip, bits(x_bf) + (t * B + r) * Ip, Ip, w_ih_bf, pre_p, G, false);
+          onednn_product(rows, G, Hp, bits(h_bf) + ((t + 1) % 2 * B + r) * Hp, Hp, w_hh_bf, pre_p, G, true);
+          for (int64_t s = 0; s < rows; s += kRows) {
+            const int64_t rs = r + s, sub = std::min<int64_t>(kRows, rows - s);
+            for (int64_t j = 0; j < H; j += N) {
+              call_block<T_, ForwardCellsFromPre>(
+                  static_cast<int>(sub), pre_p + s * G, G, bias_p, c_prev + rs * H, c_t + rs * H, h_t + rs * H,
+                  keep ? g_t + rs * G : nullptr, H, j, std::min(N, H - j), var.shifted(t, rs, B, H, h_prev + rs * H));
+            }
+          }
+          for (int64_t row = r; row < r + rows; ++row) {  // h as the next step's product reads it
+            round_bf16<T_>(h_t + row * H, bits_mut(h_bf) + (t % 2 * B + row) * Hp, H);
+          }
+        }
+#endif
+        // a vector's weights stay in cache while each block uses them
+        for (int64_t j = 0; j < (few || onednn ? 0 : H); j += N) {
           for (const Block& blk : blocks) {
             const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
 #if defined(LSTM_TRAIN_BF16)
@@ -839,22 +977,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
           }
         }
       }
-    });
+#if defined(LSTM_TRAIN_BF16)
+      if (onednn) {
+        onednn_release();
+      }
+#endif
+    }, onednn ? kOnednnRows : kRows);
   });
   return {hs, h_n, c_n, gates, keep ? cs : Tensor()};
 }
 
 // -> (d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, dh_steps); d_x, d_w_ih, d_bias undefined unless asked for,
-// dh_steps (T, B, H) dL/dh_t of every step (zero past lengths) only if record_dh. bf16: bfloat16 products (the
-// gate gradients rounded for them; float32 inputs).
+// dh_steps (T, B, H) dL/dh_t of every step (zero past lengths) only if record_dh. products: as the forward's (the
+// gate gradients rounded to bfloat16 for bfloat16 ones).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, const Tensor& h0_in, const Tensor& c0_in,
     const Tensor& gates, const Tensor& hs, const Tensor& cs, const std::optional<Tensor>& d_hs_in,
     const std::optional<Tensor>& d_hn_in, const std::optional<Tensor>& d_cn_in, at::IntArrayRef batch_sizes,
-    bool need_x, bool need_w_ih, bool need_bias, bool record_dh, bool bf16, int64_t flags,
+    bool need_x, bool need_w_ih, bool need_bias, bool record_dh, int64_t products, int64_t flags,
     const std::optional<Tensor>& peep_in, double zoneout_c, double zoneout_h, at::IntArrayRef zoneout_seed,
     const std::optional<Tensor>& drop_in) {
   check_inputs(x_in, h0_in, c0_in, w_ih, w_hh);
+  const bool bf16 = check_products(products, x_in), onednn = products == kOnednnBf16;
   const Tensor peep = check_peep(peep_in, x_in, w_hh), drop = check_drop(drop_in, h0_in, bf16);
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
@@ -873,14 +1017,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   // the peepholes' gradient, each row's sum over its steps (each row is one thread's), summed over rows at the end
   Tensor d_peep_rows = peep.defined() ? at::zeros({B, 3 * H}, x.options()) : Tensor();
 
-  check_bf16(bf16, x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_train_backward", [&] {
     using T_ = scalar_t;
     constexpr int64_t N = Lanes<T_>::N;
 #if defined(LSTM_TRAIN_BF16)
-    Tensor w_bf;  // W_hh^T packed
+    Tensor w_bf;  // W_hh packed for d_pre @ W_hh
     if (bf16) {
-      w_bf = pack_bf16(w_hh, true);
+      w_bf = onednn ? pack_vnni(w_hh) : pack_bf16(w_hh, true);
       d_pre_bf = at::empty({T, B, G}, x.options().dtype(at::kBFloat16));
     }
 #endif
@@ -937,7 +1080,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
         }
         // dL/dh_{t-1}: through the output, plus W_hh^T d_pre_t through step t (at t = 0: dL/dh0)
         const T_* init = carry_p != nullptr ? carry_p : (t == 0 || dhs == nullptr) ? nullptr : dhs + (t - 1) * B * H;
-        for (int64_t j = 0; j < H; j += 4 * N) {  // 4 vectors' weights stay in cache while each block uses them
+#if defined(LSTM_TRAIN_BF16)
+        for (const Block& blk : blocks) {
+          const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
+          if (!onednn || rows <= 0) {
+            continue;
+          }
+          if (init != nullptr) {
+            std::memcpy(dh_p + r * H, init + r * H, rows * H * sizeof(T_));
+          }
+          onednn_product(rows, H, G, bits(d_pre_bf) + (t * B + r) * G, G, w_bf, reinterpret_cast<float*>(dh_p + r * H),
+                         H, init != nullptr);
+        }
+#endif
+        // 4 vectors' weights stay in cache while each block uses them
+        for (int64_t j = 0; j < (onednn ? 0 : H); j += 4 * N) {
           for (const Block& blk : blocks) {
             const int64_t r = blk.start, rows = std::min(blk.rows, b - r);
 #if defined(LSTM_TRAIN_BF16)
@@ -957,7 +1114,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
           }
         }
       }
-    });
+#if defined(LSTM_TRAIN_BF16)
+      if (onednn) {
+        onednn_release();
+      }
+#endif
+    }, onednn ? kOnednnRows : kRows);
   });
 
   // Everything outside the recurrence, for all steps at once: one GEMM each (and the peepholes' sum over rows).
@@ -996,13 +1158,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
 TORCH_LIBRARY(lstm_train, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, int[] batch_sizes, "
-      "bool keep, bool bf16, int flags, Tensor? peep, float zoneout_c, float zoneout_h, int[] zoneout_seed, "
+      "bool keep, int products, int flags, Tensor? peep, float zoneout_c, float zoneout_h, int[] zoneout_seed, "
       "Tensor? drop) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_backward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor gates, Tensor hs, Tensor cs, "
       "Tensor? d_hs, Tensor? d_hn, Tensor? d_cn, int[] batch_sizes, bool need_x, bool need_w_ih, bool need_bias, "
-      "bool record_dh, bool bf16, int flags, Tensor? peep, float zoneout_c, float zoneout_h, int[] zoneout_seed, "
+      "bool record_dh, int products, int flags, Tensor? peep, float zoneout_c, float zoneout_h, int[] zoneout_seed, "
       "Tensor? drop) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("onednn_bf16() -> int", &onednn_bf16);
 }
 
 TORCH_LIBRARY_IMPL(lstm_train, CPU, m) {
