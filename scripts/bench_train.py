@@ -123,6 +123,8 @@ def main() -> None:
     if wrong:
         parser.error(f"--backends {wrong[0]}: give backend[:precision[:products]], a backend of "
                      f"{', '.join(BACKENDS)}, precision fp32 or bf16, products of {', '.join(BF16_SETTINGS)}")
+    if args.backends and any(o.startswith(("trainer.precision=", "model.backend=")) for o in args.overrides):
+        parser.error("--backends sets model.backend and trainer.precision of each run: give them there (compiled:bf16)")
     if args.backends:
         compare_backends(args.backends, args.repeats, args.overrides)
         return

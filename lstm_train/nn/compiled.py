@@ -92,21 +92,25 @@ def bf16_products_here() -> tuple[str, str]:
     wanted = bf16_setting()
     if not bf16_products():
         if wanted in ("kernel", "onednn"):
-            raise ValueError(f"{BF16_ENV}={wanted}, but this CPU has no AVX512-BF16: unset it")
+            raise ValueError(f"{BF16_ENV}={wanted}, but this CPU has no AVX512-BF16; unset it")
         return "fp32", "no AVX512-BF16 here"
-    status = onednn_bf16()
-    if wanted == "onednn" and status <= 0:
-        why = "failed the kernel's check of its layout" if status < 0 else "does not run"
-        raise ValueError(f"{BF16_ENV}=onednn, but oneDNN's bfloat16 brgemm {why} here: set it to kernel or unset it")
-    if wanted != "auto":
+    if wanted in ("kernel", "fp32"):
         return wanted, f"{BF16_ENV}={wanted}"
-    if status == 2:
-        return "onednn", "on AMX tiles"
-    if status == 1:
-        return "onednn", "AVX-512, no AMX here"
-    if status < 0:
-        return "kernel", "oneDNN's brgemm failed the kernel's check of its layout here"
-    return "kernel", "this torch's oneDNN has no bfloat16 brgemm"
+    status = onednn_bf16()
+    why_not = None
+    if not torch.backends.mkldnn.enabled:  # torch's brgemm refuses to run then (its device check reads the flag)
+        why_not = "oneDNN is switched off (torch.backends.mkldnn.enabled is False)"
+    elif status < 0:
+        why_not = "oneDNN's brgemm failed the kernel's check of its layout here"
+    elif status == 0:
+        why_not = "this torch's oneDNN has no bfloat16 brgemm"
+    if wanted == "onednn":
+        if why_not is not None:
+            raise ValueError(f"{BF16_ENV}=onednn, but {why_not}; set it to kernel or unset it")
+        return "onednn", f"{BF16_ENV}=onednn"
+    if why_not is not None:
+        return "kernel", why_not
+    return "onednn", "on AMX tiles" if status == 2 else "AVX-512, no AMX here"
 
 
 def why_not_compiled(x: Tensor, h0: Tensor, weights: LayerWeights) -> str | None:
@@ -158,7 +162,7 @@ def auto_layer(
     if why is None:
         _announce("the compiled C++ kernel (lstm_train/nn/csrc/recurrence.cpp)"
                   + ("" if cell is None else f", for {cell.describe()}"))
-        products = _bf16_products_for(x) if bf16 else "fp32"
+        products = _bf16_products_for(x, noise) if bf16 else "fp32"
         return compiled_layer(x, h0, c0, weights, lengths, reverse, return_gates, dh_sink, products, cell=cell,
                               own=own, noise=noise)
     if cell is not None:
@@ -183,9 +187,14 @@ _NAMES = {"fp32": "float32 products", "kernel": "bfloat16 products in the kernel
           "onednn": "bfloat16 products by oneDNN's brgemm"}
 
 
-def _bf16_products_for(x: Tensor) -> str:
+def _bf16_products_for(x: Tensor, noise: Noise | None) -> str:
     """Under bfloat16 autocast: this call's products, a PRODUCTS key (logged once per reason)."""
-    products, why = ("fp32", f"{x.dtype} tensors") if x.dtype != torch.float32 else bf16_products_here()
+    if x.dtype != torch.float32:
+        products, why = "fp32", f"{x.dtype} tensors"
+    elif noise is not None and noise.training and noise.recurrent_dropout:
+        products, why = "fp32", "recurrent dropout takes float32 products"
+    else:
+        products, why = bf16_products_here()
     _announce(f"autocast: {_NAMES[products]} ({why})")
     return products
 

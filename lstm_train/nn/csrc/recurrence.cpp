@@ -19,7 +19,7 @@
 //   Or (products kOnednnBf16) the same roundings with each step's products by oneDNN's brgemm ukernel, which
 //   torch ships and which runs on AMX tiles where the CPU has them: a block of up to kOnednnRows rows gets its
 //   pre-activations (x_t W_ih^T + h_prev W_hh^T) from two calls, then the cell runs on them from L1/L2; the
-//   backward's dL/dh_{t-1} is one call. (Without AMX the register-blocked loops are faster: compiled.py chooses.)
+//   backward's dL/dh_{t-1} is one call (compiled.py chooses between the two).
 // - The elementwise LSTM variants (lstm_train/nn/variants.py: Greff et al.'s V, NIG, NFG, NOG, NIAF, NOAF, CIFG
 //   and NP) are flags of the one cell below and of its gradient (Variant), with their peepholes, not copies.
 // - Zoneout's training masks are hashed from a counter (zoneout_keys) where the cell uses them, and again in the
@@ -565,12 +565,13 @@ struct ForwardCellsFromPre {
 int64_t onednn_bf16() {
 #if defined(LSTM_TRAIN_BF16)
   try {
-    const int64_t M = 3, K = 6, N = 70;  // two blocks of columns, the second partial
+    // two blocks of columns (the second partial), AMX tiles of 16 rows and 32 bfloat16 of K, each with a tail
+    const int64_t M = 19, K = 70, N = 70;
     const auto f = at::TensorOptions().dtype(at::kFloat);
     const auto grid = [&](int64_t rows, int64_t cols, int64_t p, int64_t q, int64_t mod) {  // (p i + q j) % mod - 2
       return (at::arange(rows, f).view({rows, 1}) * p + at::arange(cols, f).view({1, cols}) * q).remainder(mod) - 2;
     };
-    const Tensor a = grid(M, K, 2, 3, 5).to(at::kBFloat16), b = grid(K, N, 5, 3, 7);  // each entry's own neighbours
+    const Tensor a = grid(M, K, 2, 3, 5).to(at::kBFloat16), b = grid(K, N, 5, 3, 7);  // rows k, k+1 differ
     Tensor c = at::ones({M, N}, f);
     onednn_product(M, N, K, bits(a), K, pack_vnni(b), c.data_ptr<float>(), N, /*add=*/true);
     onednn_release();
@@ -578,7 +579,7 @@ int64_t onednn_bf16() {
       return -1;
     }
     return onednn_amx() ? 2 : 1;
-  } catch (const c10::Error&) {  // no brgemm in this torch, or it refuses the VNNI layout: no ukernel for bfloat16
+  } catch (const std::exception&) {  // c10::Error: no brgemm, or no VNNI layout; dnnl::error: oneDNN refuses
     return 0;
   }
 #else
