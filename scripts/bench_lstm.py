@@ -33,7 +33,7 @@ import torch
 from lstm_train.nn import LSTM, PLAIN_CELL
 from lstm_train.nn import VARIANTS as CELL_VARIANTS
 from lstm_train.nn.compiled import BF16_ENV, BF16_SETTINGS, ENV
-from lstm_train.runs.provenance import CPU_FLAGS, cpu
+from lstm_train.runs.provenance import cpu, cpu_line
 
 # (batch, time, input, hidden, layers, bidirectional)
 SHAPES = [
@@ -356,7 +356,7 @@ def run_cells(args: argparse.Namespace, shapes: list, dtype: torch.dtype, repeat
         rows.append(bench_cells(shape, dtype, repeats, args.warmup, min if args.fastest else statistics.median))
         if not args.json:
             if len(rows) == 1:
-                print(machine_line(env))
+                print(cpu_line(env))
                 print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, {env['statistic']} of "
                       f"{repeats} rounds, {env['clock']} time: forward+backward over the plain compiled cell's")
                 cols = ["(B, T, I, H, layers, bidir)", "plain ms", *CELLS]
@@ -370,12 +370,6 @@ def run_cells(args: argparse.Namespace, shapes: list, dtype: torch.dtype, repeat
         json.dump({"env": env, "shapes": rows}, sys.stdout, indent=2)
         print()
     return 0
-
-
-def machine_line(env: dict) -> str:
-    """The CPU every table names (provenance.cpu): its model and which of the flags torch and the kernel dispatch
-    on it has."""
-    return f"CPU: {env['cpu']}; flags: {env['cpu_flags'] or 'none of ' + ', '.join(CPU_FLAGS)}"
 
 
 def shape_label(s: dict) -> str:
@@ -401,7 +395,7 @@ def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
         json.dump(result, sys.stdout, indent=2)
         print()
         return 0
-    print(machine_line(env))
+    print(cpu_line(env))
     print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, median of {args.repeats} rounds")
     if args.step:
         names = ["torch", *args.impls]
@@ -423,7 +417,7 @@ def run_inference(args: argparse.Namespace, dtype: torch.dtype) -> int:
 def print_row(row: dict, header: bool, env: dict) -> None:
     impls = [n for n in row["forward"] if n != "torch"]
     if header:
-        print(machine_line(env))
+        print(cpu_line(env))
         print(f"torch {env['torch']}, {env['threads']} threads, {env['dtype']}, our cell {env['cell']}, "
               f"{env['statistic']} of {env['repeats']} rounds, {env['clock']} time")
         cols = ["(B, T, I, H, layers, bidir)", "torch fwd ms", "torch f+b ms"]

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lstm_train.runs.provenance import CPU_FLAGS, cpu
+from lstm_train.runs.provenance import cpu, cpu_line
 
 LSTM_TRAIN = str(Path(sys.executable).with_name("lstm-train"))
 
@@ -61,9 +61,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed, the same in both searches")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for lstm-train")
     args = parser.parse_args()
-    machine = cpu()
-    flags = machine["cpu_flags"] or "none of " + ", ".join(CPU_FLAGS)
-    print(f"CPU: {machine['cpu']}; {os.cpu_count()} CPUs; flags: {flags}")
+    print(f"{cpu_line(cpu())}; {os.cpu_count()} CPUs")
     what, pruning = (" ".join([head, *tail]) for head, tail in ((f"hparams_search={args.search}", args.overrides),
                                                                  (args.pruner, args.pruner_option)))
     print(f"{args.trials} trials of {what}; pruner {pruning}; sampler seed {args.seed}; load average at the start "

@@ -34,7 +34,7 @@ from hydra import compose, initialize_config_dir
 from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
 from lstm_train.nn.compiled import BF16_ENV, BF16_SETTINGS, ENV
-from lstm_train.runs.provenance import cpu
+from lstm_train.runs.provenance import cpu, cpu_line
 from lstm_train.tasks import build_task
 from lstm_train.train import train
 from lstm_train.training.optim import Scheduler, build_optimizer
@@ -86,8 +86,7 @@ def parse_backend(name: str) -> tuple[str, str, str] | None:
 
 def compare_backends(backends: list[str], repeats: int, overrides: list[str]) -> None:
     """Whole lstm-train runs, one per backend in turn each repeat; train_s and total_s from metrics.json."""
-    machine = cpu()
-    print(f"CPU: {machine['cpu']}; flags: {machine['cpu_flags']}")
+    print(cpu_line(cpu()))
     times: dict[str, list[float]] = {b: [] for b in backends}
     for i in range(repeats):
         for name in backends:

@@ -159,6 +159,11 @@ def cpu() -> dict[str, str]:
 
 
 # ---- recording --------------------------------------------------------------------------------------------------
+def cpu_line(machine: dict[str, str]) -> str:
+    """The line every benchmark names its CPU with (``machine``: :func:`cpu`'s keys)."""
+    return f"CPU: {machine['cpu']}; flags: {machine['cpu_flags'] or 'none of ' + ', '.join(CPU_FLAGS)}"
+
+
 def record(out_dir: Path, cfg: DictConfig) -> None:
     """Write ``out_dir``'s provenance.yaml (with provenance.diff if the checkout is dirty), or append this start
     to it as a resume; for a rerun, warn where the code and versions differ from the rerun dir's record."""
