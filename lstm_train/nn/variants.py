@@ -245,7 +245,8 @@ class Noise:
       The step itself (its output gate's peephole, tanh(c)) uses the new, not zoned-out, c. The training masks
       are counter-based (:func:`zoneout_bits`): a hash of a seed drawn per layer and direction and call, the step,
       the row and the unit, which the compiled kernel computes where it uses them (and again in its backward)
-      instead of storing them; each rate is rounded down to a multiple of 2^-16.
+      instead of storing them; each rate is rounded down to a multiple of 2^-16 (at test too, so that the
+      expectation is the training masks' own).
     - ``recurrent_dropout`` (Gal & Ghahramani 2016): the h entering the recurrence is multiplied by one dropout
       mask per sequence (per layer and direction), the same at every step; nothing at test.
     """
@@ -294,16 +295,16 @@ class Noise:
     ) -> tuple[Tensor | None, Tensor | None]:
         """Every step's zoneout masks of c, shaped as ``like`` (T, B, H), and of h (T, B, ``h_size``), in the loop's
         step order: in training (``seed``) 1 where the unit keeps its previous value (:func:`zoneout_bits`), at
-        test the rate itself (z old + (1 - z) new); None for a rate of 0."""
+        test the (rounded) rate itself (z old + (1 - z) new); None for a rate of 0."""
         T, B, H = like.shape
         bits = None if seed is None else zoneout_bits(seed, T, B, H, like.device)
 
         def mask(rate: float, high: bool, size: int) -> Tensor | None:
             if not rate:
                 return None
-            if bits is None:
-                return torch.full((T, B, size), rate, dtype=like.dtype, device=like.device)
             below = int(rate * 65536)  # the kernel's floor(rate 2^16)
+            if bits is None:  # the training masks' exact mean
+                return torch.full((T, B, size), below / 65536, dtype=like.dtype, device=like.device)
             # c: the high 16 bits below it (so all 32 below it times 2^16), h: the low 16
             keep = bits < below << 16 if high else (bits[..., :size] & 0xFFFF) < below
             return keep.to(like.dtype)

@@ -417,14 +417,17 @@ def test_a_seed_draws_the_same_regularisers_on_every_path(name, rows, compiled_k
 
 
 def test_zoneout_at_test_is_its_expectation_and_deterministic():
-    lstm, spy = spied("fast", zoneout_c=0.5, zoneout_h=0.3)
+    """At test each unit is the training masks' mean mix of old and new: the rate rounded down to 2^-16 as training
+    rounds it (0.1 and 0.3 are not multiples of it; the unrounded rate differs by ~1e-5)."""
+    lstm, spy = spied("fast", zoneout_c=0.1, zoneout_h=0.3)
     lstm.eval()
     x = torch.randn(6, 4, 3, dtype=torch.float64)
     out, (_, c_n) = lstm(x)
+    zc, zh = int(0.1 * 65536) / 65536, int(0.3 * 65536) / 65536
     for t, (h_in, c_in, h_new, c_new) in enumerate(spy.seen):
         c_out = spy.seen[t + 1][1] if t + 1 < len(spy.seen) else c_n[0]
-        torch.testing.assert_close(c_out, 0.5 * c_in + 0.5 * c_new)
-        torch.testing.assert_close(out[t], 0.3 * h_in + 0.7 * h_new)
+        torch.testing.assert_close(c_out, zc * c_in + (1 - zc) * c_new, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[t], zh * h_in + (1 - zh) * h_new, rtol=1e-12, atol=1e-12)
     assert torch.equal(lstm(x)[0], out)
 
 

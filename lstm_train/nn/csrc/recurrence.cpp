@@ -204,10 +204,10 @@ struct Variant {
   void zoneout(double c, double h, const Tensor& key_table, int64_t rows) {
     zone_c = c > 0;
     zone_h = h > 0;
-    rate_c = static_cast<T>(c);
-    rate_h = static_cast<T>(h);
     below_c = static_cast<int32_t>(c * 65536.0);
     below_h = static_cast<int32_t>(h * 65536.0);
+    rate_c = static_cast<T>(below_c / 65536.0);  // at test the training masks' exact mean
+    rate_h = static_cast<T>(below_h / 65536.0);
     if (key_table.defined()) {
       keys = reinterpret_cast<const uint32_t*>(key_table.data_ptr<int32_t>());
       units = keys + rows;
