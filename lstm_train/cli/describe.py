@@ -124,6 +124,18 @@ PRESETS = {
 }
 
 
+# Hydra's own groups that conf/hydra adds options to (a sweep's -m): what each is, and the options its plugins bring
+HYDRA_GROUPS = {
+    "hydra/launcher": ("Where the jobs of a sweep run. Hydra's own basic launcher runs them one after another; its "
+                       "plugins add joblib (side by side here), submitit_local and submitit_slurm, whose keys are "
+                       "the plugins' (docs/scaling-out.md#sweeps)."),
+    "hydra/sweeper": ("What a sweep runs: grid (the default) every combination of the comma lists, optuna_study an "
+                      "Optuna search (docs/scaling-out.md#sweeps)."),
+    "hydra/sweeper/sampler": "How optuna_study picks each trial's values.",
+    "hydra/sweeper/pruner": "When optuna_study stops a hopeless trial early.",
+}
+
+
 @dataclasses.dataclass
 class Group:
     """A typed group as the reference lists it: its options' schemas and YAML values, and the keys every option
@@ -184,13 +196,60 @@ def reference(conf: Path = CONF_DIR, docs: Path | None = None) -> str:
                           for o in names)
         about = doc(top[name]) if name in top else PRESETS[name]
         out.append(f"| [`{name}`](#{name}) | {links} | {_text(about)} |")
+    for name, about in HYDRA_GROUPS.items():
+        anchor = name.replace("/", "-")
+        links = ", ".join(f"[{o}](#{anchor}-{o})" for o in _yaml_options(conf / name))
+        out.append(f"| [`{name}`](#{anchor}) | {links} | {_linked(about.split('. ')[0].rstrip('.') + '.', docs)} |")
     out += ["", "</div>", "", "## Top-level keys {#top-level}", "",
             *_table([(top["name"], "name", _value(root, top["name"]))], docs)]
     for group in groups.values():
         out += _group_section(group, doc(top[group.name]), chosen.get(group.name), docs)
     for name, about in PRESETS.items():
         out += _preset_section(name, about, conf, groups, docs)
+    out += _hydra_section(conf, docs)
     return "\n".join(out) + "\n"
+
+
+def _hydra_section(conf: Path, docs: Path | None) -> list[str]:
+    """The options conf/hydra adds to Hydra's groups, each with its keys' defaults and comments."""
+    out = ["", "## Hydra's launcher and sweeper {#hydra}", "",
+           "Hydra's groups of a sweep (`lstm-train -m ...`), with the options this project adds in conf/hydra/. "
+           "Choose with `hydra/launcher=OPTION`, and set a key with `hydra.launcher.key=value`."]
+    for group, about in HYDRA_GROUPS.items():
+        anchor = group.replace("/", "-")
+        out += ["", f"### {group} {{#{anchor}}}", "", _linked(about, docs)]
+        for option in _yaml_options(conf / group):
+            path = conf / group / f"{option}.yaml"
+            values = _values(path)
+            intro = _linked(_comment(path).rstrip("."), docs) + "."
+            if "_target_" in values:
+                intro += f" Its class: `{values['_target_']}`."
+            out += ["", f"#### {group}={option} {{#{anchor}-{option}}}", "", intro, ""]
+            keys = _commented_keys(path, group)
+            if keys:
+                out += ['<div class="hydra-keys" markdown>', "", "| key | default | description |", "|---|---|---|"]
+                out += [f"| `{full}` | `{shown(values[key])}` | {_linked(about, docs)} |" for key, full, about in keys]
+                out += ["", "</div>"]
+    return out
+
+
+def _commented_keys(path: Path, group: str) -> list[tuple[str, str, str]]:
+    """A Hydra option's top-level keys in file order: (short name, full name under the file's package (its
+    ``# @package`` line, else the group's path with dots), comment: the lines right above it and the one after it).
+    The file's opening comment is its intro, not a key's."""
+    lines = path.read_text().splitlines()
+    package = next((line.split()[-1] for line in lines if line.startswith("# @package")), group.replace("/", "."))
+    start = next((n for n, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    keys, above = [], []
+    for line in lines[start:]:
+        if line.startswith("#"):
+            above.append(line[1:].strip())
+            continue
+        match = re.match(r"(\w+):[^#]*(?:#(.*))?$", line)
+        if match and match[1] not in ("defaults", "_target_", "_recursive_"):
+            keys.append((match[1], f"{package}.{match[1]}", " ".join([*above, (match[2] or "").strip()]).strip()))
+        above = []
+    return keys
 
 
 def options_of(group: str) -> dict[str, type]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from lstm_train.cli.describe import DOCS_LINK, config_help, options_of, reference
 from lstm_train.config import CONF_DIR, Config
@@ -85,6 +86,25 @@ def test_an_anchor_for_every_group_and_option_and_each_link_lands_on_one(page):
         assert group in headings and all(f"{group}-{o}" in headings for o in options)
     links = re.findall(r"\]\(#([\w-]+)\)", page)
     assert links and not set(links) - set(ids)
+
+
+def test_hydras_groups_list_each_option_of_conf_hydra_with_its_keys_defaults_and_comments(page):
+    section = page.partition("## Hydra's launcher and sweeper {#hydra}")[2]
+    for folder in ("launcher", "sweeper", "sweeper/sampler", "sweeper/pruner"):
+        anchor = f"hydra-{folder.replace('/', '-')}"
+        assert f"{{#{anchor}}}" in section and f"](#{anchor})" in page  # and a row in the table of groups
+        for path in sorted((CONF_DIR / "hydra" / folder).glob("*.yaml")):
+            option = section.partition(f"{{#{anchor}-{path.stem}}}")[2].partition("\n#")[0]
+            keys = [k for k in yaml.safe_load(path.read_text()) if k not in ("defaults", "_target_", "_recursive_")]
+            table = re.findall(r"^\| `([\w.]+)` \| `(.*)` \| (.*) \|$", option, re.M)
+            assert [name.rpartition(".")[2] for name, _, _ in table] == keys, path  # in the file's order
+            assert all(about for _, _, about in table), path  # each key says what it is
+    rows_ = {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| `(hydra\.[\w.]+)` \| `(.*)` \| (.*) \|$", section, re.M)}
+    assert rows_["hydra.sweeper.pruner"] == ("null", "no pruner")  # pruner=none's own @package
+    assert rows_["hydra.sweeper.sampler.n_startup_trials"][0] == "10"
+    assert rows_["hydra.sweeper.storage"][0] == "sqlite:///${hydra.sweep.dir}/optuna.db"  # as written
+    assert rows_["hydra.launcher.signal_delay_s"][1].startswith("submitit asks SLURM")  # the comment above the key
+    assert "Its class: `optuna.pruners.MedianPruner`." in section
 
 
 def test_a_preset_says_what_it_sets_linking_each_key_to_its_row(page):
