@@ -69,13 +69,13 @@ def compiled_kernel():
 
 
 @pytest.fixture
-def impl(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The LSTM impl to build for a code path of tests.paths.PATHS, taken as an indirect parameter
-    (``@pytest.mark.parametrize("impl", PATHS, indirect=True)``), with that path selected for the test."""
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The LSTM backend to build for a code path of tests.paths.PATHS, taken as an indirect parameter
+    (``@pytest.mark.parametrize("backend", PATHS, indirect=True)``), with that path selected for the test."""
     if request.param == "compiled":
         request.getfixturevalue("compiled_kernel")
-    with on_path(request.param) as impl:
-        yield impl
+    with on_path(request.param) as backend:
+        yield backend
 
 
 @pytest.fixture

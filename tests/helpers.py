@@ -183,10 +183,10 @@ def write_random_conll(path: Path, n: int = 20, seed: int = 0) -> Path:
 
 
 # ---- our LSTM against torch.nn.LSTM --------------------------------------------------------------------------
-def twins(impl: str, input_size: int = 3, hidden: int = 4, **kwargs) -> tuple[torch.nn.LSTM, LSTM]:
+def twins(backend: str, input_size: int = 3, hidden: int = 4, **kwargs) -> tuple[torch.nn.LSTM, LSTM]:
     """A torch.nn.LSTM and ours holding the same (random, float64) weights."""
     theirs = torch.nn.LSTM(input_size, hidden, **kwargs).double()
-    ours = LSTM(input_size, hidden, backend=impl, **kwargs).double()
+    ours = LSTM(input_size, hidden, backend=backend, **kwargs).double()
     ours.load_state_dict(theirs.state_dict())
     return theirs, ours
 

@@ -1,5 +1,5 @@
 """Our LSTM's code paths, so that its tests run on each: backend fast on the compiled kernel ("compiled") or on the
-pure-PyTorch loop ("fast"), and backend reference. conftest's ``impl`` fixture takes one of them as its parameter."""
+pure-PyTorch loop ("fast"), and backend reference. conftest's ``backend`` fixture takes one of them as its parameter."""
 
 from __future__ import annotations
 

@@ -42,8 +42,8 @@ def outputs_and_grads(lstm, x, hx, lengths) -> list[torch.Tensor]:
 )
 def test_parity_at_sizes_that_use_the_blocks_and_threads(T, B, H, lengths):
     torch.manual_seed(T * B + H)
-    with on_path("compiled") as impl:
-        theirs, ours = twins(impl, input_size=5, hidden=H, num_layers=2, bidirectional=True)
+    with on_path("compiled") as backend:
+        theirs, ours = twins(backend, input_size=5, hidden=H, num_layers=2, bidirectional=True)
         x = torch.randn(T, B, 5, dtype=torch.double, requires_grad=True)
         hx = tuple(torch.randn(4, B, H, dtype=torch.double, requires_grad=True) for _ in range(2))
         if lengths == "random":
@@ -59,8 +59,8 @@ def test_parity_at_sizes_that_use_the_blocks_and_threads(T, B, H, lengths):
 def test_float32_matches_torch():
     torch.manual_seed(1)
     theirs = torch.nn.LSTM(10, 64, 2, batch_first=True)
-    with on_path("compiled") as impl:
-        ours = LSTM(10, 64, 2, batch_first=True, backend=impl)
+    with on_path("compiled") as backend:
+        ours = LSTM(10, 64, 2, batch_first=True, backend=backend)
         ours.load_state_dict(theirs.state_dict())
         x = torch.randn(16, 30, 10, requires_grad=True)
         (o1, (h1, c1)), (o2, (h2, c2)) = theirs(x), ours(x)

@@ -41,27 +41,27 @@ def assert_all_close(actual, expected, **tol) -> None:
 # proj_size ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("lengths", [None, [5, 1, 7, 3]], ids=["full", "padded"])
-def test_projection_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_state, lengths):
+def test_projection_parity_with_torch(backend, num_layers, bidirectional, batch_first, with_state, lengths):
     torch.manual_seed(0)
-    theirs, ours = twins(impl, hidden=5, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+    theirs, ours = twins(backend, hidden=5, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
                          proj_size=2)
     x = torch.randn((4, 7, 3) if batch_first else (7, 4, 3), dtype=torch.double, requires_grad=True)
     hx = state(ours, 4, requires_grad=True) if with_state else None
     assert_parity(theirs, ours, x, hx, lengths)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_projection_shapes_names_and_packed_input(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_projection_shapes_names_and_packed_input(backend):
     torch.manual_seed(1)
     positional = (3, 5, 2, True, False, 0.0, True, 2)  # proj_size is torch's 8th positional argument
     theirs = nn.LSTM(*positional).double()
-    ours = LSTM(*positional, backend=impl).double()
+    ours = LSTM(*positional, backend=backend).double()
     assert ours.proj_size == theirs.proj_size == 2
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     assert list(ours.state_dict()) == list(theirs.state_dict())
@@ -76,11 +76,11 @@ def test_projection_shapes_names_and_packed_input(impl):
     assert "proj_size=2" in repr(ours)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_projection_gates_follow_the_cell_equations(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_projection_gates_follow_the_cell_equations(backend):
     """Gates and cell states of a projected LSTM against a manual unroll of lstm_cell (with weight_hr)."""
     torch.manual_seed(2)
-    lstm = LSTM(3, 5, 1, bidirectional=True, proj_size=2, backend=impl).double()
+    lstm = LSTM(3, 5, 1, bidirectional=True, proj_size=2, backend=backend).double()
     x = torch.randn(6, 3, 3, dtype=torch.double)
     lengths = [6, 2, 4]
     with lstm.recording() as calls:
@@ -140,10 +140,10 @@ def test_flat_weights_follow_replacements():
     assert torch.all(ours._flat_weights[0] == 0)
 
 
-def parametrized_twins(impl: str, register) -> tuple[nn.LSTM, LSTM]:
+def parametrized_twins(backend: str, register) -> tuple[nn.LSTM, LSTM]:
     """Twins with the same parametrization on weight_hh_l0 (and what it keeps) in both."""
     torch.manual_seed(4)
-    theirs, ours = twins(impl, hidden=5, num_layers=2, proj_size=2)
+    theirs, ours = twins(backend, hidden=5, num_layers=2, proj_size=2)
     for m in (theirs, ours):
         register(m)
     ours.load_state_dict(theirs.state_dict())
@@ -162,10 +162,10 @@ REGISTRATIONS = {
 }
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("registration", list(REGISTRATIONS))
-def test_parametrizations(impl, registration):
-    theirs, ours = parametrized_twins(impl, REGISTRATIONS[registration])
+def test_parametrizations(backend, registration):
+    theirs, ours = parametrized_twins(backend, REGISTRATIONS[registration])
     x = torch.randn(5, 3, 3, dtype=torch.double, requires_grad=True)
     assert_parity(theirs, ours, x, None, [5, 2, 4])
     with torch.no_grad():  # an update of the parametrized original is seen at once
@@ -175,12 +175,12 @@ def test_parametrizations(impl, registration):
         assert_all_close(ours(x.detach())[1], theirs(x.detach())[1])
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_old_weight_norm(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_old_weight_norm(backend):
     """torch.nn.utils.weight_norm (deprecated, still used) recomputes the weight in a forward pre-hook."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        theirs, ours = parametrized_twins(impl, lambda m: torch.nn.utils.weight_norm(m, "weight_hh_l0"))
+        theirs, ours = parametrized_twins(backend, lambda m: torch.nn.utils.weight_norm(m, "weight_hh_l0"))
     x = torch.randn(5, 3, 3, dtype=torch.double, requires_grad=True)
     assert_parity(theirs, ours, x)
 
@@ -200,11 +200,11 @@ def functional(lstm: nn.Module, lengths=None):
     return f
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("proj_size", [0, 1])
-def test_gradgradcheck(impl, proj_size):
+def test_gradgradcheck(backend, proj_size):
     torch.manual_seed(5)
-    lstm = LSTM(2, 2, 1, bidirectional=True, proj_size=proj_size, backend=impl).double()
+    lstm = LSTM(2, 2, 1, bidirectional=True, proj_size=proj_size, backend=backend).double()
     x = torch.randn(3, 2, 2, dtype=torch.double, requires_grad=True)
     inputs = (x, *state(lstm, 2, requires_grad=True), *lstm.parameters())
     assert torch.autograd.gradgradcheck(functional(lstm, [3, 1]), inputs, fast_mode=True)
@@ -233,13 +233,13 @@ class Net(nn.Module):
         return self.head(out).sum() + (h * c[..., : h.shape[-1]]).sum()
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("wrt", ["input", "weights"])
 @pytest.mark.parametrize("proj_size", [0, 2])
-def test_gradient_penalty_matches_torch(impl, wrt, proj_size):
+def test_gradient_penalty_matches_torch(backend, wrt, proj_size):
     """loss + |d loss / d (input or weights)|^2, backward: every weight's grad as torch.nn.LSTM's, to 1e-9."""
     torch.manual_seed(7)
-    theirs, ours = twins(impl, hidden=5, num_layers=2, proj_size=proj_size)
+    theirs, ours = twins(backend, hidden=5, num_layers=2, proj_size=proj_size)
     nets = Net(theirs), Net(ours)
     nets[1].head.load_state_dict(nets[0].head.state_dict())
     x = torch.randn(6, 3, 3, dtype=torch.double, requires_grad=True)
@@ -253,8 +253,8 @@ def test_gradient_penalty_matches_torch(impl, wrt, proj_size):
     assert_all_close(results[1], results[0])
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
-def test_double_backward_takes_the_differentiable_path(impl, monkeypatch):
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
+def test_double_backward_takes_the_differentiable_path(backend, monkeypatch):
     """The hand-written backward (Python or compiled) serves first-order gradients; with create_graph the
     recorded reference maths do (the hand-written one has no graph of its own)."""
     calls = []
@@ -267,7 +267,7 @@ def test_double_backward_takes_the_differentiable_path(impl, monkeypatch):
     for module in (fast_module, compiled):
         monkeypatch.setattr(module, "differentiable_backward", spy)
     torch.manual_seed(8)
-    _, ours = twins(impl, hidden=5, num_layers=2)
+    _, ours = twins(backend, hidden=5, num_layers=2)
     x = torch.randn(4, 2, 3, dtype=torch.double, requires_grad=True)
     torch.autograd.grad(ours(x)[0].sum(), x)
     assert calls == []
@@ -275,11 +275,11 @@ def test_double_backward_takes_the_differentiable_path(impl, monkeypatch):
     assert len(calls) == 2 and g.requires_grad  # one call per layer
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_recording_during_a_double_backward(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_recording_during_a_double_backward(backend):
     """The recorded dL/dh_t are the same whether the backward builds a graph or not."""
     torch.manual_seed(8)
-    _, ours = twins(impl, hidden=5, bidirectional=True, proj_size=2)
+    _, ours = twins(backend, hidden=5, bidirectional=True, proj_size=2)
     x = torch.randn(5, 3, 3, dtype=torch.double, requires_grad=True)
     recorded = []
     for create_graph in (False, True):
@@ -290,11 +290,11 @@ def test_recording_during_a_double_backward(impl):
     assert_all_close(recorded[1], recorded[0], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("proj_size", [0, 2])
-def test_forward_mode_ad_matches_torch(impl, proj_size):
+def test_forward_mode_ad_matches_torch(backend, proj_size):
     torch.manual_seed(9)
-    theirs, ours = twins(impl, hidden=5, num_layers=2, bidirectional=True, proj_size=proj_size)
+    theirs, ours = twins(backend, hidden=5, num_layers=2, bidirectional=True, proj_size=proj_size)
     x, tx = torch.randn(2, 5, 4, 3, dtype=torch.double)
     hx, thx = state(ours, 4), state(ours, 4)
     tangents = []
@@ -307,10 +307,10 @@ def test_forward_mode_ad_matches_torch(impl, proj_size):
     assert_all_close(tangents[1], tangents[0])
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_torch_func_grad_jacrev_jvp_match_torch(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_torch_func_grad_jacrev_jvp_match_torch(backend):
     torch.manual_seed(10)
-    theirs, ours = twins(impl, hidden=5, num_layers=2, proj_size=2)
+    theirs, ours = twins(backend, hidden=5, num_layers=2, proj_size=2)
     x = torch.randn(4, 2, 3, dtype=torch.double)
     hx = state(ours, 2)
     results = []
@@ -326,18 +326,18 @@ def test_torch_func_grad_jacrev_jvp_match_torch(impl):
     assert_all_close(results[1], results[0])
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_vmap(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_vmap(backend):
     """torch.nn.LSTM has no batching rule (vmap raises); ours runs under vmap as a loop over the batch does."""
     torch.manual_seed(11)
-    theirs, ours = twins(impl, hidden=5, proj_size=2)
+    theirs, ours = twins(backend, hidden=5, proj_size=2)
     xs = torch.randn(3, 4, 2, 3, dtype=torch.double)
     with pytest.raises(RuntimeError, match="Batching rule not implemented"):
         torch.func.vmap(lambda x: theirs(x)[0])(xs)
     batched = torch.func.vmap(lambda x: ours(x, lengths=[4, 2])[0])(xs)
     assert_all_close(batched, torch.stack([ours(x, lengths=[4, 2])[0] for x in xs]))
     # an ensemble: one forward of several weight sets (torch.func.stack_module_state)
-    members = [LSTM(3, 5, proj_size=2, backend=impl).double() for _ in range(3)]
+    members = [LSTM(3, 5, proj_size=2, backend=backend).double() for _ in range(3)]
     params, buffers = torch.func.stack_module_state(members)
     ensemble = torch.func.vmap(lambda p, b, x: torch.func.functional_call(ours, (p, b), (x,))[0], in_dims=(0, 0, None))
     assert_all_close(ensemble(params, buffers, xs[0]), torch.stack([m(xs[0])[0] for m in members]))
@@ -417,9 +417,9 @@ LSTM_MISTAKES = {
 }
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("mistake", list(LSTM_MISTAKES))
-def test_lstm_raises_torchs_exception_type(impl, mistake):
+def test_lstm_raises_torchs_exception_type(backend, mistake):
     kwargs, call = LSTM_MISTAKES[mistake]
 
     def attempt(cls):
@@ -435,7 +435,7 @@ def test_lstm_raises_torchs_exception_type(impl, mistake):
     expected = raised(attempt(nn.LSTM))
     assert expected is not None, "torch accepts this: not a mistake to test"
     with pytest.raises(expected) as info:
-        attempt(partial(LSTM, backend=impl))()
+        attempt(partial(LSTM, backend=backend))()
     assert "\n" not in str(info.value)
 
 
@@ -482,11 +482,11 @@ def test_bidirectional_must_be_a_bool():
     assert LSTM(3, 4, bidirectional=1).bidirectional
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_dropout_one_is_accepted_as_torch_accepts_it(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_dropout_one_is_accepted_as_torch_accepts_it(backend):
     """dropout=1 zeros every layer's output but the last's in training, as torch.nn.LSTM does."""
     torch.manual_seed(12)
-    theirs, ours = twins(impl, hidden=5, num_layers=2, dropout=1)
+    theirs, ours = twins(backend, hidden=5, num_layers=2, dropout=1)
     assert ours.dropout == theirs.dropout == 1.0
     x = torch.randn(5, 2, 3, dtype=torch.double)
     assert_all_close(ours.train()(x)[0:1], theirs.train()(x)[0:1])
@@ -496,15 +496,15 @@ def test_dropout_one_is_accepted_as_torch_accepts_it(impl):
 # Empty batches ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize(
     "kwargs", [{}, {"batch_first": True, "num_layers": 2}, {"bidirectional": True, "proj_size": 2}]
 )
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
-def test_empty_batch(impl, kwargs, with_state, grad):
+def test_empty_batch(backend, kwargs, with_state, grad):
     torch.manual_seed(13)
-    theirs, ours = twins(impl, hidden=5, **kwargs)
+    theirs, ours = twins(backend, hidden=5, **kwargs)
     for T in (4, 1):
         x = torch.randn((0, T, 3) if ours.batch_first else (T, 0, 3), dtype=torch.double, requires_grad=grad)
         hx = state(ours, 0, requires_grad=grad) if with_state else None
@@ -543,11 +543,11 @@ def autocast_errors(lstm: nn.Module, reference: LSTM, x: torch.Tensor, device: s
     return errors, [t.dtype for t in (out, h, c, xx.grad, lstm.weight_hh_l0.grad)]
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_cpu_autocast_bfloat16_is_as_precise_as_torch(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_cpu_autocast_bfloat16_is_as_precise_as_torch(backend):
     torch.manual_seed(14)
     theirs = nn.LSTM(8, 32, 2, bidirectional=True)
-    ours = LSTM(8, 32, 2, bidirectional=True, backend=impl)
+    ours = LSTM(8, 32, 2, bidirectional=True, backend=backend)
     reference = LSTM(8, 32, 2, bidirectional=True, backend="reference").double()
     for m in (ours, reference):
         m.load_state_dict(theirs.state_dict())
@@ -577,11 +577,11 @@ def test_autocast_after_a_lowered_layer_and_lstm_cell():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_cuda_autocast_float16_is_as_precise_as_torch(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_cuda_autocast_float16_is_as_precise_as_torch(backend):
     torch.manual_seed(16)
     theirs = nn.LSTM(8, 32, 2).cuda()
-    ours = LSTM(8, 32, 2, backend=impl).cuda()
+    ours = LSTM(8, 32, 2, backend=backend).cuda()
     reference = LSTM(8, 32, 2, backend="reference").double().cuda()
     for m in (ours, reference):
         m.load_state_dict(theirs.state_dict())

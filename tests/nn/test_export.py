@@ -19,7 +19,7 @@ TOL = {"atol": 1e-6, "rtol": 1e-6}
 
 
 def test_torch_export_of_the_lstm_for_a_fixed_length():
-    """Both impls export the same graph: tracing runs the reference maths (see fast.fast_layer_applies)."""
+    """Both backends export the same graph: tracing runs the reference maths (see fast.fast_layer_applies)."""
     torch.manual_seed(0)
     lstm = LSTM(3, 6, 1, batch_first=True, bidirectional=True, proj_size=2).eval()
     x, other = torch.randn(2, 2, 3, 3)

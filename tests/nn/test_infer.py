@@ -21,9 +21,9 @@ NO_GRAD = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 TOL = {"atol": 1e-12, "rtol": 0}
 
 
-def model(impl: str = "fast", **kwargs) -> LSTM:
+def model(backend: str = "fast", **kwargs) -> LSTM:
     torch.manual_seed(0)
-    return LSTM(3, 4, backend=impl, **kwargs).double()
+    return LSTM(3, 4, backend=backend, **kwargs).double()
 
 
 def run(lstm: LSTM, x: torch.Tensor, hx=None, lengths=None, mode: str | None = None, **kwargs):
@@ -41,7 +41,7 @@ def assert_same_bits(a, b) -> None:
         assert torch.equal(x, y), (x - y).abs().max()
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
 @pytest.mark.parametrize(
     "kwargs",
@@ -53,8 +53,8 @@ def assert_same_bits(a, b) -> None:
 )
 @pytest.mark.parametrize("lengths", [None, [5, 1, 3]], ids=["full", "padded"])
 @pytest.mark.parametrize("steps", [1, 5])
-def test_no_grad_path_gives_the_training_paths_bits(impl, mode, kwargs, lengths, steps):
-    lstm = model(impl, **kwargs)
+def test_no_grad_path_gives_the_training_paths_bits(backend, mode, kwargs, lengths, steps):
+    lstm = model(backend, **kwargs)
     B, D = 3, 2 if lstm.bidirectional else 1
     lengths = None if lengths is None else [min(n, steps) for n in lengths]
     x = torch.randn((B, steps, 3) if lstm.batch_first else (steps, B, 3), dtype=torch.double)
@@ -66,12 +66,12 @@ def test_no_grad_path_gives_the_training_paths_bits(impl, mode, kwargs, lengths,
         assert_same_bits(run(lstm, x, state, lengths, mode), expected[:2])  # and again
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_state_carried_over_single_steps_equals_one_long_call(impl, mode, num_layers):
+def test_state_carried_over_single_steps_equals_one_long_call(backend, mode, num_layers):
     """Decoding: T=1 calls, each from the previous (h, c), against one T=N call and torch.nn.LSTM."""
-    lstm = model(impl, num_layers=num_layers, batch_first=True)
+    lstm = model(backend, num_layers=num_layers, batch_first=True)
     theirs = torch.nn.LSTM(3, 4, num_layers, batch_first=True).double()
     theirs.load_state_dict(lstm.state_dict())
     x = torch.randn(2, 6, 3, dtype=torch.double)
@@ -145,7 +145,7 @@ def round_trip_dtype(lstm: LSTM, x: torch.Tensor) -> None:
     lstm.double()
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
 @pytest.mark.parametrize(
     "update",
@@ -154,8 +154,8 @@ def round_trip_dtype(lstm: LSTM, x: torch.Tensor) -> None:
         data_slice, ema, round_trip_dtype,
     ],
 )
-def test_a_weight_update_after_a_call_is_seen(impl, mode, update):
-    lstm = model(impl, num_layers=2)
+def test_a_weight_update_after_a_call_is_seen(backend, mode, update):
+    lstm = model(backend, num_layers=2)
     x = torch.randn(1, 2, 3, dtype=torch.double)
     hx = tuple(torch.randn(2, 2, 4, dtype=torch.double) for _ in range(2))  # W_hh h0 is not zero
     before = run(lstm, x, hx, mode=mode)
@@ -166,10 +166,10 @@ def test_a_weight_update_after_a_call_is_seen(impl, mode, update):
     torch.testing.assert_close(after[0], fresh_result(lstm, x, hx)[0].detach(), **TOL)
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("copier", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"])
-def test_a_copy_follows_its_own_weights(impl, copier):
-    lstm = model(impl)
+def test_a_copy_follows_its_own_weights(backend, copier):
+    lstm = model(backend)
     x = torch.randn(2, 2, 3, dtype=torch.double)
     for _ in range(3):  # several versions, so the copy's fresh version counters could collide with the cache's
         with torch.no_grad():
@@ -183,8 +183,8 @@ def test_a_copy_follows_its_own_weights(impl, copier):
     torch.testing.assert_close(run(twin, x, mode="no_grad")[0], fresh_result(twin, x)[0].detach(), **TOL)
 
 
-@pytest.mark.parametrize("impl", ["fast"], indirect=True)  # the constants of the pure-PyTorch loop
-def test_inference_first_then_training_then_inference(impl, monkeypatch):
+@pytest.mark.parametrize("backend", ["fast"], indirect=True)  # the constants of the pure-PyTorch loop
+def test_inference_first_then_training_then_inference(backend, monkeypatch):
     """Tensors made under inference_mode (the loop's constants) must never reach the autograd path."""
     monkeypatch.setattr(fast_module, "_CONSTANTS", {})  # so the first call of this test makes them
     lstm = model(num_layers=2)
@@ -200,10 +200,10 @@ def test_inference_first_then_training_then_inference(impl, monkeypatch):
     assert_same_bits(run(lstm, x, mode="no_grad"), run(lstm, x))
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
-def test_recording_without_autograd_matches_recording_with_it(impl, mode):
-    lstm = model(impl, num_layers=2, bidirectional=True, batch_first=True)
+def test_recording_without_autograd_matches_recording_with_it(backend, mode):
+    lstm = model(backend, num_layers=2, bidirectional=True, batch_first=True)
     x = torch.randn(3, 5, 3, dtype=torch.double)
     with lstm.recording() as with_grad:
         expected = run(lstm, x, lengths=[5, 2, 4])
@@ -217,10 +217,10 @@ def test_recording_without_autograd_matches_recording_with_it(impl, mode):
         assert rec.hidden_grads is None
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
 @pytest.mark.parametrize("mode", list(NO_GRAD))
-def test_unbatched_and_packed_inputs_without_autograd(impl, mode):
-    lstm = model(impl, num_layers=2)
+def test_unbatched_and_packed_inputs_without_autograd(backend, mode):
+    lstm = model(backend, num_layers=2)
     x = torch.randn(1, 3, dtype=torch.double)  # one unbatched step
     assert_same_bits(run(lstm, x, mode=mode), run(lstm, x))
     padded = torch.randn(4, 3, 3, dtype=torch.double)

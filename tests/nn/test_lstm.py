@@ -19,15 +19,15 @@ from tests.paths import FAST_PATHS, PATHS
 TOL = {"atol": 1e-9, "rtol": 0}
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("lengths", [None, [5, 1, 7, 3, 1]], ids=["full", "padded"])
-def test_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_state, lengths):
+def test_parity_with_torch(backend, num_layers, bidirectional, batch_first, with_state, lengths):
     torch.manual_seed(0)
-    theirs, ours = twins(impl, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    theirs, ours = twins(backend, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
     T, B, D = 7, 5, 2 if bidirectional else 1
     x = torch.randn((B, T, 3) if batch_first else (T, B, 3), dtype=torch.double, requires_grad=True)
     hx = None
@@ -36,13 +36,13 @@ def test_parity_with_torch(impl, num_layers, bidirectional, batch_first, with_st
     assert_parity(theirs, ours, x, hx, lengths)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
 @pytest.mark.parametrize("lengths", [None, [6, 2, 1, 4]], ids=["full", "padded"])
-def test_gradients_when_only_one_output_is_used(impl, used, lengths):
+def test_gradients_when_only_one_output_is_used(backend, used, lengths):
     """A classifier reads h_n only, a tagger the output only: the unused outputs get no gradient at all."""
     torch.manual_seed(16)
-    theirs, ours = twins(impl, num_layers=2, bidirectional=True)
+    theirs, ours = twins(backend, num_layers=2, bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=torch.double, requires_grad=True)
     pick = {"output": lambda r: r[0], "h_n": lambda r: r[1][0], "c_n": lambda r: r[1][1]}[used]
     expected = grads((pick(run_torch(theirs, x, None, lengths)),), [x, *theirs.parameters()])
@@ -51,11 +51,11 @@ def test_gradients_when_only_one_output_is_used(impl, used, lengths):
         torch.testing.assert_close(b, a, **TOL)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_padding_shorter_than_tensor_and_padding_values_ignored(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_padding_shorter_than_tensor_and_padding_values_ignored(backend):
     """All sequences shorter than the padded length; garbage in the padding changes nothing."""
     torch.manual_seed(1)
-    theirs, ours = twins(impl, num_layers=2, bidirectional=True)
+    theirs, ours = twins(backend, num_layers=2, bidirectional=True)
     x = torch.randn(9, 4, 3, dtype=torch.double)
     lengths = [2, 6, 1, 6]
     noisy = x.clone()
@@ -71,11 +71,11 @@ def test_padding_shorter_than_tensor_and_padding_values_ignored(impl):
     assert_parity(theirs, ours, noisy.requires_grad_(), None, lengths)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("enforce_sorted", [False, True])
-def test_packed_sequence_input(impl, enforce_sorted):
+def test_packed_sequence_input(backend, enforce_sorted):
     torch.manual_seed(2)
-    theirs, ours = twins(impl, num_layers=2, bidirectional=True)
+    theirs, ours = twins(backend, num_layers=2, bidirectional=True)
     lengths = [6, 4, 4, 1] if enforce_sorted else [4, 6, 1, 4]
     x = torch.randn(6, 4, 3, dtype=torch.double)
     packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted)
@@ -90,10 +90,10 @@ def test_packed_sequence_input(impl, enforce_sorted):
         ours(packed, lengths=lengths)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_unbatched_input(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_unbatched_input(backend):
     torch.manual_seed(3)
-    theirs, ours = twins(impl, num_layers=2, bidirectional=True)
+    theirs, ours = twins(backend, num_layers=2, bidirectional=True)
     x = torch.randn(5, 3, dtype=torch.double)
     o1, (h1, c1) = theirs(x)
     o2, (h2, c2) = ours(x)
@@ -101,11 +101,11 @@ def test_unbatched_input(impl):
         torch.testing.assert_close(b, a, **TOL)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_float32_and_no_bias(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_float32_and_no_bias(backend):
     torch.manual_seed(4)
     theirs = torch.nn.LSTM(6, 16, 2, bias=False, bidirectional=True)
-    ours = LSTM(6, 16, 2, bias=False, bidirectional=True, backend=impl)
+    ours = LSTM(6, 16, 2, bias=False, bidirectional=True, backend=backend)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(12, 3, 6)
     o1, (h1, _) = theirs(x)
@@ -126,10 +126,10 @@ def test_state_dicts_interchange():
         assert n1 == n2 and torch.equal(p1, p2)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_gradcheck(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_gradcheck(backend):
     torch.manual_seed(5)
-    lstm = LSTM(2, 3, 2, bidirectional=True, backend=impl).double()
+    lstm = LSTM(2, 3, 2, bidirectional=True, backend=backend).double()
     x = torch.randn(4, 3, 2, dtype=torch.double, requires_grad=True)
     h0 = torch.randn(4, 3, 3, dtype=torch.double, requires_grad=True)
     c0 = torch.randn(4, 3, 3, dtype=torch.double, requires_grad=True)
@@ -175,11 +175,11 @@ def test_lstm_cell_without_bias():
 # Dropout ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_dropout_matches_torch_in_training(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_dropout_matches_torch_in_training(backend):
     """Same seed, same masks: torch.nn.LSTM drops each layer's output but the last's, and so do we."""
     torch.manual_seed(7)
-    theirs, ours = twins(impl, num_layers=3, dropout=0.5, bidirectional=True)
+    theirs, ours = twins(backend, num_layers=3, dropout=0.5, bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=torch.double)
     torch.manual_seed(8)
     o1, (h1, _) = theirs(x)
@@ -189,18 +189,18 @@ def test_dropout_matches_torch_in_training(impl):
     torch.testing.assert_close(h2, h1, **TOL)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_dropout_between_layers_only_and_none_in_eval(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_dropout_between_layers_only_and_none_in_eval(backend):
     torch.manual_seed(9)
     x = torch.randn(6, 4, 3, dtype=torch.double)
     with pytest.warns(UserWarning, match="between layers"):
-        single = LSTM(3, 4, 1, dropout=0.5, backend=impl).double()
-    plain = LSTM(3, 4, 1, backend=impl).double()
+        single = LSTM(3, 4, 1, dropout=0.5, backend=backend).double()
+    plain = LSTM(3, 4, 1, backend=backend).double()
     plain.load_state_dict(single.state_dict())
     torch.testing.assert_close(single.train()(x)[0], plain(x)[0], **TOL)  # never on the last layer's output
 
-    stacked = LSTM(3, 4, 2, dropout=0.5, backend=impl).double()
-    no_drop = LSTM(3, 4, 2, backend=impl).double()
+    stacked = LSTM(3, 4, 2, dropout=0.5, backend=backend).double()
+    no_drop = LSTM(3, 4, 2, backend=backend).double()
     no_drop.load_state_dict(stacked.state_dict())
     assert not torch.allclose(stacked.train()(x)[0], no_drop(x)[0])  # between layers in training
     stacked.eval()
@@ -258,10 +258,10 @@ def manual_gates(lstm: LSTM, x: torch.Tensor, suffix: str = "_l0") -> torch.Tens
     return torch.stack(steps)
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_return_gates(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_return_gates(backend):
     torch.manual_seed(11)
-    lstm = LSTM(3, 4, 2, bidirectional=True, backend=impl).double()
+    lstm = LSTM(3, 4, 2, bidirectional=True, backend=backend).double()
     x = torch.randn(6, 5, 3, dtype=torch.double)
     lengths = [6, 2, 1, 5, 6]
     out, _, gates = lstm(x, lengths=lengths, return_gates=True)
@@ -286,10 +286,10 @@ def test_return_gates(impl):
     torch.testing.assert_close(plain[0], out, **TOL)
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
-def test_gates_of_both_impls_agree_batch_first(impl):
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
+def test_gates_of_both_backends_agree_batch_first(backend):
     torch.manual_seed(12)
-    fast = LSTM(3, 4, 2, bidirectional=True, batch_first=True, backend=impl).double()
+    fast = LSTM(3, 4, 2, bidirectional=True, batch_first=True, backend=backend).double()
     ref = LSTM(3, 4, 2, bidirectional=True, batch_first=True, backend="reference").double()
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(5, 6, 3, dtype=torch.double)
@@ -303,8 +303,8 @@ def test_gates_of_both_impls_agree_batch_first(impl):
 # Backends and errors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
-def test_backends_agree_on_padded_batches(impl):
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
+def test_backends_agree_on_padded_batches(backend):
     torch.manual_seed(13)
     backends = ("fast", "reference", "torch")
     models = {b: build_lstm(b, 3, 4, 2, batch_first=True, bidirectional=True).double() for b in backends}
@@ -356,21 +356,21 @@ def test_the_backend_table_names_every_value_at_every_level():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_cuda_matches_cpu(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_cuda_matches_cpu(backend):
     torch.manual_seed(14)
-    cpu = LSTM(3, 4, 2, bidirectional=True, backend=impl).double()
-    gpu = LSTM(3, 4, 2, bidirectional=True, backend=impl, device="cuda", dtype=torch.double)
+    cpu = LSTM(3, 4, 2, bidirectional=True, backend=backend).double()
+    gpu = LSTM(3, 4, 2, bidirectional=True, backend=backend, device="cuda", dtype=torch.double)
     gpu.load_state_dict(cpu.state_dict())
     x = torch.randn(6, 3, 3, dtype=torch.double)
     torch.testing.assert_close(gpu(x.cuda(), lengths=[6, 1, 4])[0].cpu(), cpu(x, lengths=[6, 1, 4])[0], **TOL)
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
-def test_every_length_pattern_small(impl):
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
+def test_every_length_pattern_small(backend):
     """Exhaustive over all length vectors of a tiny batch, fast against torch (lengths 1..3, batch 3)."""
     torch.manual_seed(15)
-    theirs, ours = twins(impl, num_layers=1, bidirectional=True)
+    theirs, ours = twins(backend, num_layers=1, bidirectional=True)
     x = torch.randn(3, 3, 3, dtype=torch.double, requires_grad=True)
     for lengths in itertools.product((1, 2, 3), repeat=3):
         assert_parity(theirs, ours, x, None, list(lengths))

@@ -43,20 +43,20 @@ def test_random_shapes_match_torch(case):
     torch.manual_seed(case["seed"])
     kwargs = {k: case[k] for k in ("num_layers", "bidirectional", "batch_first", "proj_size")}
     theirs = torch.nn.LSTM(case["input_size"], case["hidden"], **kwargs).double()
-    with on_path(case["path"]) as impl:
-        ours = LSTM(case["input_size"], case["hidden"], backend=impl, **kwargs).double()
+    with on_path(case["path"]) as backend:
+        ours = LSTM(case["input_size"], case["hidden"], backend=backend, **kwargs).double()
         ours.load_state_dict(theirs.state_dict())
         shape = (case["B"], case["T"]) if case["batch_first"] else (case["T"], case["B"])
         x = torch.randn(*shape, case["input_size"], dtype=torch.double, requires_grad=True)
         assert_parity(theirs, ours, x, None, case["lengths"])
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference", "torch"])
-def test_chrono_init_spreads_forget_biases_and_mirrors_them_in_the_input_gate(impl):
+@pytest.mark.parametrize("backend", ["fast", "reference", "torch"])
+def test_chrono_init_spreads_forget_biases_and_mirrors_them_in_the_input_gate(backend):
     from lstm_train.nn import Chrono, build_lstm
 
     torch.manual_seed(0)
-    lstm = build_lstm(impl, 3, 500, num_layers=2, forget_bias=Chrono(200))
+    lstm = build_lstm(backend, 3, 500, num_layers=2, forget_bias=Chrono(200))
     H = 500
     for layer in range(2):
         b = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")

@@ -42,15 +42,15 @@ def unroll(lstm: LSTM, x: torch.Tensor, lengths: list[int], eps: dict) -> tuple:
     return results
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("proj_size", [0, 2], ids=["plain", "projected"])
-def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirectional, proj_size):
+def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(backend, bidirectional, proj_size):
     torch.manual_seed(0)
     T, B, I, H, L = 5, 3, 2, 3, 2
     P = proj_size or H  # the size of h: dL/dh_t has it too
     lengths = [5, 2, 4]
-    lstm = LSTM(I, H, L, bidirectional=bidirectional, proj_size=proj_size, backend=impl).double()
+    lstm = LSTM(I, H, L, bidirectional=bidirectional, proj_size=proj_size, backend=backend).double()
     D = 2 if bidirectional else 1
     x = torch.randn(T, B, I, dtype=torch.float64)
     w_out = torch.randn(T, B, D * P, dtype=torch.float64)
@@ -85,10 +85,10 @@ def test_recorded_cells_and_hidden_grads_match_a_manual_unroll(impl, bidirection
         assert torch.all(dh[k][n:, b] == 0) and torch.all(rec.cells[k][n:, b] == 0)
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS, indirect=True)
-def test_recording_returns_what_return_gates_returns_and_changes_nothing(impl):
+@pytest.mark.parametrize("backend", FAST_PATHS, indirect=True)
+def test_recording_returns_what_return_gates_returns_and_changes_nothing(backend):
     torch.manual_seed(1)
-    lstm = LSTM(2, 3, 2, batch_first=True, bidirectional=True, backend=impl)
+    lstm = LSTM(2, 3, 2, batch_first=True, bidirectional=True, backend=backend)
     x = torch.randn(4, 6, 2)
     lengths = [6, 3, 1, 4]
     out, state, gates = lstm(x, lengths=lengths, return_gates=True)
@@ -110,10 +110,10 @@ def test_recording_returns_what_return_gates_returns_and_changes_nothing(impl):
         pass
 
 
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
-def test_hidden_grads_follow_the_batch_first_layout(impl):
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
+def test_hidden_grads_follow_the_batch_first_layout(backend):
     torch.manual_seed(2)
-    lstm = LSTM(2, 3, 1, bidirectional=True, backend=impl).double()
+    lstm = LSTM(2, 3, 1, bidirectional=True, backend=backend).double()
     x = torch.randn(5, 4, 2, dtype=torch.float64)
     lengths = [2, 5, 4, 1]
     results = []

@@ -105,11 +105,11 @@ def paper_lstm(lstm: LSTM, x, lengths, name, ln):
     return outs, h_n, c_n
 
 
-def random_lstm(name: str, ln: bool = False, impl: str = "fast", seed: int = 0, **kwargs) -> LSTM:
+def random_lstm(name: str, ln: bool = False, backend: str = "fast", seed: int = 0, **kwargs) -> LSTM:
     """A float64 variant whose every parameter is random (peepholes and removed gates' rows too: the maths
     must not read the latter)."""
     torch.manual_seed(seed)
-    lstm = LSTM(3, 4, num_layers=2, bidirectional=True, variant=name, layer_norm=ln, backend=impl, **kwargs).double()
+    lstm = LSTM(3, 4, num_layers=2, bidirectional=True, variant=name, layer_norm=ln, backend=backend, **kwargs).double()
     with torch.no_grad():
         for w in lstm.parameters():
             w.normal_(0, 0.6)
@@ -117,12 +117,12 @@ def random_lstm(name: str, ln: bool = False, impl: str = "fast", seed: int = 0, 
 
 
 @pytest.mark.parametrize("ln", [False, True], ids=["", "ln"])
-@pytest.mark.parametrize("impl", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS, indirect=True)
 @pytest.mark.parametrize("name", VARIANTS)
-def test_variant_matches_the_papers_equations(name, impl, ln):
+def test_variant_matches_the_papers_equations(name, backend, ln):
     """On the compiled kernel (the elementwise variants; the others fall back), the pure-PyTorch loop and the
     reference."""
-    lstm = random_lstm(name, ln, impl)
+    lstm = random_lstm(name, ln, backend)
     x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
     ours = lstm(x, lengths=LENGTHS)
     out, (h_n, c_n) = ours
@@ -162,8 +162,8 @@ def test_the_kernels_blocked_loop_matches_the_reference(name, dtype, zoneout, co
     lengths = [9, 3, 8, 1, 9, 5, 2]
     results = []
     for path in ("compiled", "reference"):
-        with on_path(path) as impl:
-            lstm.backend = impl
+        with on_path(path) as backend:
+            lstm.backend = backend
             out, (h, c) = lstm(x, lengths=lengths)
             results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
     tol = TOL if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
@@ -188,7 +188,7 @@ def test_gradcheck(name, ln):
 
 @pytest.mark.parametrize("name", ["lstm", "v", "fgr"])
 def test_fast_and_reference_agree_batch_first_with_state(name):
-    fast, ref = random_lstm(name, impl="fast"), random_lstm(name, impl="reference")
+    fast, ref = random_lstm(name, backend="fast"), random_lstm(name, backend="reference")
     fast.batch_first = ref.batch_first = True
     x = torch.randn(3, 5, 3, dtype=torch.float64)
     hx = (torch.randn(4, 3, 4, dtype=torch.float64), torch.randn(4, 3, 4, dtype=torch.float64))
@@ -306,15 +306,15 @@ class Spy(Cell):
         return h_new, c_new, gates
 
 
-def spied(impl: str = "fast", **kwargs) -> tuple[LSTM, Spy]:
+def spied(backend: str = "fast", **kwargs) -> tuple[LSTM, Spy]:
     torch.manual_seed(0)
     spy = Spy()
-    return LSTM(3, 8, cell=spy, backend=impl, **kwargs).double(), spy
+    return LSTM(3, 8, cell=spy, backend=backend, **kwargs).double(), spy
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_recurrent_dropout_is_one_mask_per_sequence(impl):
-    lstm, spy = spied(impl, recurrent_dropout=0.5)
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_recurrent_dropout_is_one_mask_per_sequence(backend):
+    lstm, spy = spied(backend, recurrent_dropout=0.5)
     x = torch.randn(6, 16, 3, dtype=torch.float64)
     out, _ = lstm(x)
     masks = [h_in / out[t - 1] for t, (h_in, *_) in enumerate(spy.seen) if t > 0]
@@ -328,9 +328,9 @@ def test_recurrent_dropout_is_one_mask_per_sequence(impl):
         torch.testing.assert_close(h_in, out[t - 1])
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_zoneout_in_training_keeps_each_unit_or_takes_the_new_one(impl):
-    lstm, spy = spied(impl, zoneout_c=0.5, zoneout_h=0.3)
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_zoneout_in_training_keeps_each_unit_or_takes_the_new_one(backend):
+    lstm, spy = spied(backend, zoneout_c=0.5, zoneout_h=0.3)
     out, (_, c_n) = lstm(torch.randn(30, 16, 3, dtype=torch.float64))
     kept = {"c": [], "h": []}
     for t, (h_in, c_in, h_new, c_new) in enumerate(spy.seen):
@@ -386,8 +386,8 @@ def test_recurrent_dropout_on_the_kernel_matches_the_reference(name, rows, compi
     lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
     results = []
     for path in ("compiled", "reference"):
-        with on_path(path) as impl:
-            lstm.backend = impl
+        with on_path(path) as backend:
+            lstm.backend = backend
             torch.manual_seed(3)
             out, (h, c) = lstm(x, lengths=lengths)
             results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
@@ -406,8 +406,8 @@ def test_a_seed_draws_the_same_regularisers_on_every_path(name, rows, compiled_k
     lengths = [9, 3, 8, 1, 9, 5, 2][:rows]
     results = []
     for path in PATHS:
-        with on_path(path) as impl:
-            lstm.backend = impl
+        with on_path(path) as backend:
+            lstm.backend = backend
             torch.manual_seed(3)
             out, (h, c) = lstm(x, lengths=lengths)
             results.append([out, h, c, *grads((out, h, c), [x, *lstm.parameters()])])
