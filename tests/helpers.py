@@ -9,7 +9,7 @@ import random
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -25,7 +25,7 @@ from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
 from lstm_train.nn import LSTM
 from lstm_train.runs.sweep import STATUS_FILE
-from lstm_train.tasks import Task, build_task
+from lstm_train.tasks import Batch, Task, build_task
 
 BIN = Path(sys.executable).parent  # the console scripts next to this python
 LSTM_TRAIN = str(BIN / "lstm-train")
@@ -77,6 +77,18 @@ def threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def fit(model: torch.nn.Module, task: Task, batches: Iterable[Batch], lr: float) -> float:
+    """Train ``model`` with one Adam step at ``lr`` per batch of ``batches``, through task.forward and task.loss as
+    the trainer calls them; the last step's loss."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for batch in batches:
+        loss = task.loss(task.forward(model, batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
 
 
 # ---- text_char and model=char --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from lstm_train.models import build_model
 from lstm_train.models.seq2seq import Memory, Seq2Seq
 from lstm_train.tasks import build_task
 from lstm_train.tasks.seq2seq import EOS, PAD, make_batch, strip, transduce
+from tests.helpers import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -239,12 +240,7 @@ def test_overfits_a_tiny_reverse_set(compose_cfg):
     torch.manual_seed(0)
     model = build_model(cfg.model, task)
     batch = next(task.train_batches(0, 32, seed=0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(150):
-        loss = task.loss(task.forward(model, batch), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit(model, task, [batch] * 150, lr=0.02)
     model.eval()
     metrics = task.new_metrics()
     with torch.no_grad():

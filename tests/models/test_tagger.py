@@ -11,7 +11,7 @@ import torch
 from lstm_train.models import build_model
 from lstm_train.tasks import build_task
 from lstm_train.tasks.tagging import pad_tagged
-from tests.helpers import tag_synthetic_cfg, write_random_conll
+from tests.helpers import fit, tag_synthetic_cfg, write_random_conll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,13 +49,8 @@ def test_tagger_overfits_a_tiny_set(compose_cfg, tmp_path):
     assert len(task.data["train"]) == 20
     torch.manual_seed(0)
     model = build_model(cfg.model, task)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     (batch,) = task.train_batches(0, 32, seed=0)
-    for _ in range(150):
-        loss = task.loss(model(batch.x, batch.lengths), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit(model, task, [batch] * 150, lr=0.02)
     model.eval()
     metrics = task.new_metrics()
     with torch.no_grad():
@@ -110,13 +105,7 @@ def test_character_aware_tagger_tags_unknown_words_by_their_spelling(compose_cfg
         task = build_task(cfg.task)
         torch.manual_seed(0)
         model = build_model(cfg.model, task)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
-        for epoch in range(6):
-            for batch in task.train_batches(epoch, 32, seed=0):
-                loss = task.loss(task.forward(model, batch), batch)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        fit(model, task, (batch for epoch in range(6) for batch in task.train_batches(epoch, 32, seed=0)), lr=0.03)
         metrics = task.new_metrics()
         with torch.no_grad():
             for b in task.eval_batches("test", 64):
