@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
 from lstm_train.nn import LSTM
-from lstm_train.runs.sweep import STATUS_FILE
+from lstm_train.runs.jobs import STATUS_FILE
 from lstm_train.tasks import Task, build_task
 
 BIN = Path(sys.executable).parent  # the console scripts next to this python

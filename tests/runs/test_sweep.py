@@ -27,16 +27,9 @@ from hydra.types import RunMode
 from lstm_train.config import ConfigError, describe_config_error, monitor_direction, threads_per_job, validate
 from lstm_train.models import build_model
 from lstm_train.nn.variants import VARIANTS
-from lstm_train.runs.sweep import (
-    STATUS_FILE,
-    SweepSummary,
-    collect,
-    incomplete_beta,
-    main,
-    welch,
-    wide_range,
-    write_summary,
-)
+from lstm_train.runs.jobs import STATUS_FILE, collect
+from lstm_train.runs.replicates import incomplete_beta, welch, wide_range
+from lstm_train.runs.sweep import SweepSummary, main, write_summary
 from lstm_train.tasks import build_task
 from tests import ROOT
 from tests.helpers import LSTM_TRAIN, dead_pid, job_config, make_job
