@@ -1,9 +1,10 @@
-"""Fixtures: composing configs the way the CLI does, a quiet CPU, and our LSTM's code paths."""
+"""Fixtures: composing configs the way the CLI does, a quiet CPU, our LSTM's code paths, and sweep dirs."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from lstm_train.config import CONF_DIR
 from lstm_train.nn import compiled
 from lstm_train.train import train
 from lstm_train.training.checkpoints import Checkpoints
-from tests.helpers import CMUDICT, TEXT, Run, char_cfg, compose_config, threads
+from tests.helpers import CMUDICT, SEEDED, TEXT, Run, char_cfg, compose_config, dead_pid, make_job, threads
 from tests.paths import on_path
 
 CONF = str(CONF_DIR)
@@ -116,3 +117,46 @@ def seq2seq_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     with threads(1):
         metrics = train(cfg, root / "run")
     return Run(root / "run", cfg, metrics, data, overrides)
+
+
+# ---- sweep dirs as lstm-train -m leaves them -------------------------------------------------------------
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """Six jobs: three completed (one of them without a status file, as before job status files existed), one
+    failed, one killed hard (its pid gone), one still running (its pid alive: this test's parent)."""
+    host = socket.gethostname()
+    done = {"status": "completed", "host": host, "pid": 1, "started": 0.0, "wall_s": 4.5}
+    make_job(tmp_path, 0, ["optim.lr=0.001", "debug=fast"], best=0.80, status=done, ended={"stopped_early": True})
+    make_job(tmp_path, 1, ["optim.lr=0.01", "debug=fast"], best=0.95, status=done)
+    make_job(tmp_path, 2, ["optim.lr=0.1", "debug=fast"], status={
+        "status": "failed", "host": host, "pid": 1, "started": 0.0, "wall_s": 1.0,
+        "error": "FloatingPointError: training diverged: train/loss is nan at step 20; try a lower optim.lr"})
+    make_job(tmp_path, 3, ["optim.lr=0.003", "debug=fast"], best=0.90, ended={"max_time_reached": True})
+    make_job(tmp_path, 4, ["optim.lr=1.0", "debug=fast"],
+             status={"status": "running", "host": host, "pid": dead_pid(), "started": 0.0})
+    make_job(tmp_path, 5, ["optim.lr=0.3", "debug=fast"],
+             status={"status": "running", "host": host, "pid": os.getppid(), "started": 0.0})
+    (tmp_path / ".submitit").mkdir()  # not a job dir
+    return tmp_path
+
+
+@pytest.fixture
+def seeded(tmp_path) -> Path:
+    """Four variants x three seeds: tests.helpers.SEEDED's values; nog's seed 2 failed, cifg's still running."""
+    host = socket.gethostname()
+    num = 0
+    for variant in ("v", "nfg", "nog", "cifg"):
+        for seed in range(3):
+            overrides = [f"model.variant={variant}", f"trainer.seed={seed}", "debug=fast"]
+            if (variant, seed) in SEEDED:
+                best, acc = SEEDED[variant, seed]
+                make_job(tmp_path, num, overrides, best=best, test={"acc": acc, "loss": 1 - acc},
+                         status={"status": "completed", "host": host, "pid": 1, "started": 0.0, "wall_s": 2.0})
+            elif variant == "nog":
+                make_job(tmp_path, num, overrides, status={"status": "failed", "host": host, "pid": 1,
+                                                           "started": 0.0, "error": "RuntimeError: boom"})
+            else:
+                make_job(tmp_path, num, overrides, status={"status": "running", "host": host, "pid": os.getppid(),
+                                                           "started": 0.0})
+            num += 1
+    return tmp_path

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 import struct
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lstm_train.config import CONF_DIR, validate
 from lstm_train.models import build_model
 from lstm_train.nn import LSTM
-from lstm_train.runs.sweep import STATUS_FILE
+from lstm_train.runs.jobs import STATUS_FILE
 from lstm_train.tasks import Batch, Task, build_task
 
 BIN = Path(sys.executable).parent  # the console scripts next to this python
@@ -272,6 +273,32 @@ def dead_pid() -> int:
 def job_config(job_dir: Path, resume: str | None = None):
     return OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(job_dir)},
                                        "job": {"num": 0}}, "trainer": {"resume": resume}})
+
+
+def odd_jobs(sweep: Path) -> dict[str, str]:
+    """Job dirs whose files have another shape than lstm-train's: dir name -> why the summary skips it."""
+    host = socket.gethostname()
+    (make_job(sweep, 6, ["optim.lr=6"]) / ".hydra/hydra.yaml").write_text("")
+    (make_job(sweep, 7, ["optim.lr=7"], best=0.5) / STATUS_FILE).write_text("[1, 2]")
+    make_job(sweep, 8, ["optim.lr=8"], status={"host": host, "pid": 1})
+    (make_job(sweep, 9, ["optim.lr=9"]) / "metrics.json").write_text('[{"best": 1}]')
+    (make_job(sweep, 10, ["optim.lr=10"]) / ".hydra/overrides.yaml").write_text("a: 1\n")
+    (make_job(sweep, 11, ["optim.lr=11"], best=0.5) / "metrics.json").write_text('{"best": [1]}')
+    return {
+        "6_optim.lr=6": ".hydra/hydra.yaml holds no job number (hydra.job.num)",
+        "7_optim.lr=7": f"{STATUS_FILE} has no status",
+        "8_optim.lr=8": f"{STATUS_FILE} has no status",
+        "9_optim.lr=9": "metrics.json is not a JSON object",
+        "10_optim.lr=10": ".hydra/overrides.yaml is not a list of overrides",
+        "11_optim.lr=11": "unreadable (TypeError: list indices must be integers or slices, not str)",
+    }
+
+
+# best val/acc and test acc of three variants x three seeds; nog's seed 2 failed, cifg's seed 2 is still running
+SEEDED = {("v", 0): (0.90, 0.89), ("v", 1): (0.92, 0.90), ("v", 2): (0.91, 0.93),
+          ("nfg", 0): (0.75, 0.74), ("nfg", 1): (0.80, 0.77), ("nfg", 2): (0.70, 0.72),
+          ("nog", 0): (0.95, 0.94), ("nog", 1): (0.93, 0.95),
+          ("cifg", 0): (0.88, 0.86), ("cifg", 1): (0.92, 0.91)}
 
 
 def digest(path: Path) -> dict[str, str]:

@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 
 from lstm_train.errors import ConfigError
-from lstm_train.runs.sweep import Job, earlier_jobs
+from lstm_train.runs.jobs import Job, earlier_jobs
 
 log = logging.getLogger(__name__)
 IGNORED = ("trainer.resume",)  # overrides that do not make another job (a start may add or drop them)

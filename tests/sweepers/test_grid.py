@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from hydra_plugins.lstm_train_sweeper import grid as grid_sweeper
 from lstm_train.errors import ConfigError
 from lstm_train.runs import rundir
-from lstm_train.runs.sweep import STATUS_FILE, SweepSummary, collect
+from lstm_train.runs.jobs import STATUS_FILE, collect
+from lstm_train.runs.sweep import SweepSummary
 from lstm_train.train import train
 from tests.helpers import ENV, LSTM_TRAIN, dead_pid, digest, job_config, make_job
 
