@@ -228,7 +228,8 @@ def _hydra_section(conf: Path, docs: Path | None) -> list[str]:
             keys = _commented_keys(path, group)
             if keys:
                 out += ['<div class="hydra-keys" markdown>', "", "| key | default | description |", "|---|---|---|"]
-                out += [f"| `{full}` | `{shown(values[key])}` | {_linked(about, docs)} |" for key, full, about in keys]
+                out += [f"| `{full}` | `{shown(values[key])}` | {_linked(comment, docs)} |"
+                        for key, full, comment in keys]
                 out += ["", "</div>"]
     return out
 
@@ -262,8 +263,11 @@ def _group_section(group: Group, about: str, default: str | None, docs: Path | N
     out = ["", f"## {group.name} {{#{group.name}}}", "", f"{_text(about)} Choose with `{group.name}=OPTION`"
            + (f"; the default is `{group.name}={default}`." if default else "."), ""]
     several = len(group.schemas) > 1
-    title = f"Keys of every {group.name} option" if several else "Keys"
-    out += [f"### {title} {{#{group.name}-keys}}", ""]
+    if several:
+        out += [f"### Keys of every {group.name} option {{#{group.name}-keys}}", ""]
+    else:  # its one option's section holds the keys (trainer=default says no more than the group does)
+        option = next(iter(group.schemas))
+        out += [f"### {group.name}={option}: its keys {{#{group.name}-{option}}}", ""]
     rows, values = [], group.values
     for f in group.shared:
         defaults = {o: _value(v, f) for o, v in values.items()}
@@ -275,7 +279,7 @@ def _group_section(group: Group, about: str, default: str | None, docs: Path | N
             shown_default = "<br>".join(f"{o}: {d}" for o, d in defaults.items())
         rows.append((f, group.anchor(f.name, None), shown_default))
     out += _table(rows, docs)
-    for option in group.schemas:
+    for option in group.schemas if several else ():
         out += ["", f"### {group.name}={option} {{#{group.name}-{option}}}", ""]
         intro = _linked(_comment(group.folder / f"{option}.yaml"), docs)
         target = values[option].get("_target_")  # optim's options say what they are by their class alone
@@ -286,7 +290,7 @@ def _group_section(group: Group, about: str, default: str | None, docs: Path | N
         if own:
             out += _table([(f, group.anchor(f.name, option), _value(values[option], f)) for f in own], docs)
         else:
-            out.append(f"Its keys are those of every {group.name} option." if several else "Its keys are above.")
+            out.append(f"Its keys are those of every {group.name} option.")
     return out
 
 
