@@ -14,10 +14,16 @@ class Progress:
     these under the checkpoint's ``progress``."""
 
     step: int = 0  # optimizer steps done
-    epoch: int = 0  # the epoch in progress
+    epoch: int = 0  # the epoch in progress, counted from 0 (the data's seed; users read shown_epoch)
     batch_in_epoch: int = 0  # its batches done
     last_val: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shown_epoch(self) -> int:
+        """The epoch of the last step done, counted from 1 (0 before the first step): what the log, metrics.json and
+        a resume say. At an epoch's end it is the number of epochs done, so trainer.max_epochs=2 ends at epoch 2."""
+        return self.epoch + 1 if self.batch_in_epoch else self.epoch
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """From a checkpoint's ``progress`` (which also holds the monitor's and the budget's keys)."""

@@ -62,7 +62,7 @@ def resume(trainer: Trainer, path: str | Path) -> None:
         trainer.interval.load_state_dict(state["interval"], trainer.settings.seed, progress.step)
     trainer.resumed_at = progress.step
     trainer.checkpoints.last = path
-    log.info("resumed from %s at step %d (epoch %d)", path, progress.step, progress.epoch)
+    log.info("resumed from %s at step %d (epoch %d)", path, progress.step, progress.shown_epoch)
 
 
 # What a resume needs of a checkpoint beyond what every reader does (the config with its model and task, the

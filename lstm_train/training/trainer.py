@@ -175,7 +175,7 @@ class Trainer:
         result = {
             "train": p.last_train, "val": p.last_val, "test": test, "best": self.monitor.best,
             "test_checkpoint": tested,  # t.test_checkpoint, or last when there was no usable best.pt
-            "step": p.step, "epoch": p.epoch, "num_params": self.num_params,
+            "step": p.step, "epoch": p.shown_epoch, "num_params": self.num_params,
             "stopped_early": self.monitor.stopped_early, "max_time_reached": self.budget.max_time_reached,
             # wall time of this process (a resumed run counts its own part only); elapsed_s: the training loop's,
             # the processes it was resumed from included (what trainer.max_time counts)
@@ -270,10 +270,10 @@ class Trainer:
         if self.world.main:
             tracker.text(self.task.samples(self.eval_model), p.step)
         self.scheduler.step("eval", val[monitor.metric])
-        improved = monitor.update(val, p.step, p.epoch)
+        improved = monitor.update(val, p.step, p.shown_epoch)
         log.info(
             "epoch %d step %d/%d | %s | %s | best %s %s @ step %d",
-            p.epoch, p.step, self.total_steps, _fmt({f"train/{k}": v for k, v in p.last_train.items()}),
+            p.shown_epoch, p.step, self.total_steps, _fmt({f"train/{k}": v for k, v in p.last_train.items()}),
             _fmt({f"val/{k}": v for k, v in val.items()}), monitor.name, metric_text(monitor.best["value"]),
             monitor.best["step"],
         )
