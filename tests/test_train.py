@@ -129,6 +129,14 @@ def test_the_log_metrics_json_and_a_resume_name_the_same_epoch(compose_cfg, tmp_
     assert result["best"]["epoch"] == {**before, **after}[result["best"]["step"]]
 
 
+def test_a_run_whose_epochs_end_before_max_steps_says_so_once(compose_cfg, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lstm_train.training"):
+        result = train(compose_cfg("debug=fast", "task.train_size=64", "trainer.max_steps=100"), tmp_path)
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trainer: ")]
+    assert told == ["trainer: 2 epochs of 2 steps end the run at step 4, before trainer.max_steps=100 "
+                    "(trainer.max_epochs=null to train to it)"] and result["step"] == 4
+
+
 def test_early_stopping(compose_cfg, tmp_path):
     # An lr too small to move a float32 weight: the val loss never improves after the first evaluation.
     cfg = compose_cfg("debug=fast", "optim.lr=1e-12", "trainer.monitor=val/loss", "trainer.early_stopping_patience=1",

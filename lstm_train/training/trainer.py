@@ -53,7 +53,7 @@ from lstm_train.training.monitor import Monitor
 from lstm_train.training.optim import Scheduler, build_optimizer
 from lstm_train.training.precision import Precision
 from lstm_train.training.probe import Probe
-from lstm_train.training.progress import Progress, run_length
+from lstm_train.training.progress import Progress, epochs_end_first, run_length
 from lstm_train.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ class Trainer:
         where = f"on {self.device}" if n == 1 else f"in {n} processes on {self.device.type} (data-parallel)"
         log.info("%s: %s parameters; %d steps (%d per epoch), batch %d, %s", type(self.model).__name__,
                  f"{self.num_params:,}", self.total_steps, self.steps_per_epoch, t.batch_size, where)
+        if note := epochs_end_first(t.max_steps, t.max_epochs, self.steps_per_epoch):
+            log.info(note)
         if self.ema is not None:
             self.ema.announce()
         # purge_step: a run resumed into its own dir hides the events a killed process logged after last.pt
