@@ -295,7 +295,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
     rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
     assert [(r["job"], r["status"], r["model.hidden_size"]) for r in rows] == [("1", "completed", "8"),
                                                                               ("0", "failed", "-3")]
-    assert rows[1]["error"] == "ConfigError: model.hidden_size: must be > 0, got -3"
+    assert rows[1]["error"] == "model.hidden_size: must be > 0, got -3"
     status = json.loads(next(tmp_path.glob("1_*/job_status.json")).read_text())
     assert status["status"] == "completed" and status["threads"] >= 1 and status["wall_s"] > 0
 
