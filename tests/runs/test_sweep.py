@@ -261,6 +261,13 @@ def test_launcher_configs_compose(compose_cfg, launcher):
         assert (cfg.partition, cfg.gpus_per_node, cfg.timeout_min) == ("gpu", 1, 30)
 
 
+def test_a_job_dir_is_named_after_what_the_job_trains(compose_cfg):
+    """How a job runs (its threads, a progress bar) stays out of its dir's name, its run name in TensorBoard."""
+    cfg = compose_cfg("debug=fast", "optim.lr=0.001", "trainer.num_threads=1", "trainer.progress_bar=false",
+                      "model.hidden_size=8", return_hydra_config=True)
+    assert cfg.hydra.job.override_dirname == "model.hidden_size=8,optim.lr=0.001"
+
+
 def test_threads_per_job(compose_cfg):
     """None (torch's default) outside a sweep and in a serial one; 1 beside other jobs; SLURM: its CPUs."""
     assert threads_per_job() is None  # no Hydra app: compose() in tests and scripts
