@@ -220,7 +220,7 @@ CASES = [
      "model.zoneout_h: must be in [0, 1), got 1", 2),
     ("resume-variant", "resuming a checkpoint as another variant", "lstm-train",
      ["debug=fast", "model.variant=v", "trainer.resume={cls}/checkpoints/last.pt"],
-     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.variant (checkpoint 'lstm', now 'v')",
+     "trainer.resume: {cls}/checkpoints/last.pt holds a different model: model.variant (checkpoint lstm, now v)",
      2),
     # -- resuming with another config, and checkpoints a resume cannot use (issue 24)
     ("resume-other-seed", "resuming with another seed", "lstm-train",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -104,6 +105,36 @@ def test_resume_ends_like_an_uninterrupted_run(compose_cfg, tmp_path, killed_aft
     a = events(tmp_path / "a").Scalars("train/loss")
     c = events(tmp_path / "c").Scalars("train/loss")
     assert [(e.step, e.value) for e in a if e.step >= c[0].step] == [(e.step, e.value) for e in c]
+
+
+@pytest.mark.parametrize("overrides", [[], ["trainer.eval_every_n_steps=3"]], ids=["epoch-end", "mid-epoch"])
+def test_the_log_metrics_json_and_a_resume_name_the_same_epoch(compose_cfg, tmp_path, killed_after_first_checkpoint,
+                                                               caplog, overrides):
+    """Epochs count from 1, as the log shows them: a run of trainer.max_epochs=2 ends at epoch 2."""
+    def logged() -> dict[int, int]:  # step: epoch, of the log's evaluation lines
+        lines = [re.match(r"epoch (\d+) step (\d+)/", r.getMessage()) for r in caplog.records]
+        return {int(m[2]): int(m[1]) for m in lines if m}
+
+    cfg = compose_cfg("debug=fast", *overrides)
+    with caplog.at_level(logging.INFO, logger="lstm_train.training"):
+        killed_after_first_checkpoint(cfg, tmp_path / "a")
+        before = logged()
+        caplog.clear()
+        result = train(compose_cfg("debug=fast", *overrides, f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}"),
+                       tmp_path / "b")
+    resumed = re.search(r"resumed from .* at step (\d+) \(epoch (\d+)\)", caplog.text)
+    assert (int(resumed[1]), int(resumed[2])) == max(before.items())
+    after = logged()
+    assert after[16] == result["epoch"] == 2 and result["step"] == 16
+    assert result["best"]["epoch"] == {**before, **after}[result["best"]["step"]]
+
+
+def test_a_run_whose_epochs_end_before_max_steps_says_so_once(compose_cfg, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lstm_train.training"):
+        result = train(compose_cfg("debug=fast", "task.train_size=64", "trainer.max_steps=100"), tmp_path)
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trainer: ")]
+    assert told == ["trainer: 2 epochs of 2 steps end the run at step 4, before trainer.max_steps=100 "
+                    "(trainer.max_epochs=null to train to it)"] and result["step"] == 4
 
 
 def test_early_stopping(compose_cfg, tmp_path):

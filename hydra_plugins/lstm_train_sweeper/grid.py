@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 
 from lstm_train.errors import ConfigError
-from lstm_train.runs.jobs import Job, earlier_jobs
+from lstm_train.runs.jobs import REPORTED, Job, earlier_jobs
 
 log = logging.getLogger(__name__)
 IGNORED = ("trainer.resume",)  # overrides that do not make another job (a start may add or drop them)
@@ -46,6 +46,7 @@ class ResumableGridSweeper(BasicSweeper):
             log.info("Continuing sweep %s: %d of %d jobs finished (skipped), %d to continue from their last.pt, "
                      "%d to start", sweep_dir, len(done), len(grid), cut, len(grid) - len(done) - cut)
             self.launcher = SkipFinished(self.launcher, {n: earlier[n] for n in done})
+        self.launcher = ReportedErrorsAlone(self.launcher)
         return super().sweep(arguments)
 
 
@@ -85,4 +86,22 @@ class SkipFinished:
                 best = "" if job.best is None else f", best {job.monitor} {job.best:.4f}"
                 log.info("\t#%d : %s: finished before%s; skipped (%s)", num, " ".join(overrides), best, job.dir.name)
                 returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=job.best))
+        return returns
+
+
+class ReportedErrorsAlone:
+    """A launcher's stand-in that raises the first failed job's error itself when lstm-train reports it on one
+    line (:data:`~lstm_train.runs.jobs.REPORTED`), as Hydra's sweeper would next, but without the line Hydra's
+    JobReturn.return_value first writes to stderr (``Error executing job with overrides: [...]``): the sweep
+    summary, written on the way out, lists the failed jobs with their overrides. Any other error takes Hydra's
+    way: its line, then the traceback."""
+
+    def __init__(self, launcher: Launcher | SkipFinished) -> None:
+        self.launcher = launcher
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        failed = next((r for r in returns if r.status != JobStatus.COMPLETED), None)
+        if failed is not None and isinstance(failed._return_value, REPORTED):  # .return_value writes that line
+            raise failed._return_value
         return returns

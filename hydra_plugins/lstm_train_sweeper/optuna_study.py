@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lstm_train.errors import ConfigError, RunError
+from lstm_train.runs.jobs import one_line
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,7 @@ class OptunaStudySweeper(Sweeper):
             return study.tell(trial, value).state  # a nan value Optuna itself records as failed
         if isinstance(result, Pruned):
             return study.tell(trial, state=TrialState.PRUNED).state
-        first = str(result).strip().splitlines()
-        log.warning("Trial %d failed: %s", trial.number, f"{type(result).__name__}: {first[0] if first else ''}")
+        log.warning("Trial %d failed: %s", trial.number, one_line(result))
         return study.tell(trial, state=TrialState.FAIL).state
 
     def _write_results(self, study: Any) -> None:

@@ -23,10 +23,14 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from lstm_train.config import monitor_direction
+from lstm_train.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "job_status.json"  # written by lstm_train.runs.sweep.SweepSummary in each job
+# The errors lstm-train reports by their message alone (lstm_train/cli/report.py): a config mistake, a run that
+# diverged or failed after saving what it could. Any other is unexpected, and its type is part of the news.
+REPORTED = (ConfigError, FloatingPointError, RunError)
 
 
 @dataclass
@@ -167,9 +171,12 @@ def _running_or_not(status: dict[str, Any]) -> str:
 
 
 def one_line(error: BaseException) -> str:
-    """An error as one line: its type and its message's first line."""
+    """An error as one line: its message's first line as lstm-train shows it, after its type's name unless it is
+    one of :data:`REPORTED`."""
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return lines[0] if isinstance(error, REPORTED) else f"{type(error).__name__}: {lines[0]}"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

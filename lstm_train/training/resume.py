@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from lstm_train.errors import ConfigError
 from lstm_train.runs.checkpoint import (
     RESUME_MODEL_RUNTIME,
@@ -62,7 +64,7 @@ def resume(trainer: Trainer, path: str | Path) -> None:
         trainer.interval.load_state_dict(state["interval"], trainer.settings.seed, progress.step)
     trainer.resumed_at = progress.step
     trainer.checkpoints.last = path
-    log.info("resumed from %s at step %d (epoch %d)", path, progress.step, progress.epoch)
+    log.info("resumed from %s at step %d (epoch %d)", path, progress.step, progress.shown_epoch)
 
 
 # What a resume needs of a checkpoint beyond what every reader does (the config with its model and task, the
@@ -251,4 +253,9 @@ def held_step(best: Path) -> int | None:
 
 
 def fmt_changes(changes: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{key} (checkpoint {old!r}, now {new!r})" for key, (old, new) in changes.items())
+    return ", ".join(f"{key} (checkpoint {shown(old)}, now {shown(new)})" for key, (old, new) in changes.items())
+
+
+def shown(value: Any) -> str:
+    """A config value as the YAML config and a Hydra override write it: null, true, 0.001, [0.9, 0.999], val/acc."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()

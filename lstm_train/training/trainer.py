@@ -53,7 +53,7 @@ from lstm_train.training.monitor import Monitor
 from lstm_train.training.optim import Scheduler, build_optimizer
 from lstm_train.training.precision import Precision
 from lstm_train.training.probe import Probe
-from lstm_train.training.progress import Progress, run_length
+from lstm_train.training.progress import Progress, epochs_end_first, run_length
 from lstm_train.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ class Trainer:
         where = f"on {self.device}" if n == 1 else f"in {n} processes on {self.device.type} (data-parallel)"
         log.info("%s: %s parameters; %d steps (%d per epoch), batch %d, %s", type(self.model).__name__,
                  f"{self.num_params:,}", self.total_steps, self.steps_per_epoch, t.batch_size, where)
+        if note := epochs_end_first(t.max_steps, t.max_epochs, self.steps_per_epoch):
+            log.info(note)
         if self.ema is not None:
             self.ema.announce()
         # purge_step: a run resumed into its own dir hides the events a killed process logged after last.pt
@@ -175,7 +177,7 @@ class Trainer:
         result = {
             "train": p.last_train, "val": p.last_val, "test": test, "best": self.monitor.best,
             "test_checkpoint": tested,  # t.test_checkpoint, or last when there was no usable best.pt
-            "step": p.step, "epoch": p.epoch, "num_params": self.num_params,
+            "step": p.step, "epoch": p.shown_epoch, "num_params": self.num_params,
             "stopped_early": self.monitor.stopped_early, "max_time_reached": self.budget.max_time_reached,
             # wall time of this process (a resumed run counts its own part only); elapsed_s: the training loop's,
             # the processes it was resumed from included (what trainer.max_time counts)
@@ -270,10 +272,10 @@ class Trainer:
         if self.world.main:
             tracker.text(self.task.samples(self.eval_model), p.step)
         self.scheduler.step("eval", val[monitor.metric])
-        improved = monitor.update(val, p.step, p.epoch)
+        improved = monitor.update(val, p.step, p.shown_epoch)
         log.info(
             "epoch %d step %d/%d | %s | %s | best %s %s @ step %d",
-            p.epoch, p.step, self.total_steps, _fmt({f"train/{k}": v for k, v in p.last_train.items()}),
+            p.shown_epoch, p.step, self.total_steps, _fmt({f"train/{k}": v for k, v in p.last_train.items()}),
             _fmt({f"val/{k}": v for k, v in val.items()}), monitor.name, metric_text(monitor.best["value"]),
             monitor.best["step"],
         )

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from lstm_train.runs.jobs import collect
+from lstm_train.errors import ConfigError, RunError
+from lstm_train.runs.jobs import collect, one_line
 from lstm_train.runs.sweep import main
 from tests.helpers import make_job, odd_jobs
 
@@ -42,3 +43,17 @@ def test_a_sweep_dir_of_odd_job_dirs_only_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"lstm-sweep-summary: error: {tmp_path}: none of its 1 job dirs could be read (0_optim.lr=1: "
         ".hydra/hydra.yaml holds no job number (hydra.job.num))")
+
+
+@pytest.mark.parametrize(("error", "line"), [
+    # lstm-train's own reports read as lstm-train: error: ... shows them, without a class name
+    (ConfigError("model.hidden_size", "must be > 0, got -3"), "model.hidden_size: must be > 0, got -3"),
+    (RunError("best.pt is missing, so the test used the last weights\n..."),
+     "best.pt is missing, so the test used the last weights"),
+    (FloatingPointError("training diverged: train/loss is nan at step 20"),
+     "training diverged: train/loss is nan at step 20"),
+    # anything else is unexpected: its type says what happened
+    (RuntimeError("boom\nmore"), "RuntimeError: boom"), (KeyError("x"), "KeyError: 'x'"), (ValueError(), "ValueError"),
+])
+def test_a_failed_jobs_error_reads_as_lstm_train_shows_it(error, line):
+    assert one_line(error) == line

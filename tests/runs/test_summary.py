@@ -31,7 +31,7 @@ def test_summary_ranks_jobs_and_keeps_failed_and_died_ones(sweep):
     assert by_job["1"]["best_step"] == "20" and float(by_job["1"]["test/acc"]) == pytest.approx(0.94)
     assert float(by_job["1"]["wall_s"]) == 4.5  # the status file's job wall time
     assert float(by_job["3"]["wall_s"]) == 3.0  # no status file: metrics.json's
-    assert by_job["2"]["error"].startswith("FloatingPointError: training diverged")
+    assert by_job["2"]["error"].startswith("training diverged")
     assert [(by_job[n]["steps"], by_job[n]["ended"]) for n in "0132"] == [
         ("15", "early_stopping"), ("25", ""), ("45", "max_time"), ("", "")]
     assert float(by_job["5"]["wall_s"]) > 0  # running: time since its start

@@ -124,6 +124,34 @@ def test_a_job_killed_after_writing_its_metrics_is_completed(tmp_path):
     assert [(j.status, j.best) for j in collect(tmp_path)[0]] == [("completed", 0.7), ("died", None)]
 
 
+class Failing(Launcher):
+    """Its job 1 fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def launch(self, job_overrides, initial_job_idx):
+        returns = super().launch(job_overrides, initial_job_idx)
+        returns[1] = JobReturn(overrides=list(job_overrides[1]), status=JobStatus.FAILED, _return_value=self.error)
+        return returns
+
+
+@pytest.mark.parametrize(("error", "hydra_line"), [
+    (ConfigError("optim.lr", "must be > 0, got -1"), False),  # lstm-train's line alone says it
+    (FloatingPointError("training diverged"), False),
+    (RuntimeError("boom"), True),  # unexpected: Hydra's line names the job, then the traceback
+])
+def test_a_failed_job_ends_the_sweep_with_its_error_and_hydras_line_only_if_unexpected(tmp_path, capsys, error,
+                                                                                      hydra_line):
+    with pytest.raises(type(error)) as raised:
+        run_grid(tmp_path, grid(), Failing(error))
+    assert raised.value is error
+    stderr = capsys.readouterr().err
+    assert ("Error executing job with overrides: ['debug=fast', 'optim.lr=0.1', 'trainer.seed=2']" in stderr) \
+        == hydra_line, stderr
+
+
 # ---- the job: a killed job continues, under the grid sweeper only -----------------------------------------
 @pytest.mark.parametrize(("sweeper", "resume", "last", "expected"), [
     (rundir.GRID_SWEEPER, None, True, "auto"),

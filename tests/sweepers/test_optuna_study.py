@@ -92,6 +92,25 @@ def test_a_study_without_a_completed_trial_ends_with_one_line(tmp_path):
     assert states(tmp_path) == ["FAIL", "FAIL"]  # recorded; the search went on
 
 
+class Failing(Launcher):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def job(self, overrides: dict[str, str]) -> JobReturn:
+        return JobReturn(status=JobStatus.FAILED, _return_value=self.error)
+
+
+@pytest.mark.parametrize(("error", "line"), [
+    (ConfigError("model.hidden_size", "must be > 0, got -3"), "model.hidden_size: must be > 0, got -3"),
+    (RuntimeError("boom\nmore"), "RuntimeError: boom"),  # unexpected: its type says what happened
+])
+def test_a_failed_trial_is_logged_as_the_sweep_summary_shows_it(tmp_path, caplog, error, line):
+    with pytest.raises(RunError):
+        run_sweeper(tmp_path, Failing(error), n_trials=1)
+    assert f"Trial 0 failed: {line}" in [r.getMessage() for r in caplog.records]
+
+
 def test_a_pruned_trial_is_pruned_in_the_study_and_no_failure(tmp_path):
     # max_failure_rate=0: a single failure would stop the search
     run_sweeper(tmp_path, Launcher(outcome="prune-low"), n_trials=6, max_failure_rate=0.0)

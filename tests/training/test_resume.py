@@ -267,7 +267,7 @@ def test_a_key_a_resume_cannot_change_is_refused_before_anything_is_written(comp
 
 @pytest.mark.parametrize(("change", "message"), [
     ("model.forget_bias=0.5", r"holds a different model: model\.forget_bias \(checkpoint 2\.0, now 0\.5\)"),
-    ("model.chrono_max_len=5", r"holds a different model: model\.chrono_max_len \(checkpoint None, now 5\)"),
+    ("model.chrono_max_len=5", r"holds a different model: model\.chrono_max_len \(checkpoint null, now 5\)"),
     ("task.seq_len=9", r"was trained on other data: task\.seq_len \(checkpoint 8, now 9\); resume with the data"),
     ("task.data_seed=1", r"was trained on other data: task\.data_seed \(checkpoint 1234, now 1\)"),
     ("task.train_size=128", r"was trained on other data: task\.train_size \(checkpoint 64, now 128\)"),
@@ -509,4 +509,11 @@ def test_the_step_best_pt_holds(tmp_path):
 
 def test_changes_read_as_the_checkpoints_and_now():
     assert fmt_changes({"optim.lr": (0.1, 0.2), "trainer.monitor": ("val/acc", "val/loss")}) == (
-        "optim.lr (checkpoint 0.1, now 0.2), trainer.monitor (checkpoint 'val/acc', now 'val/loss')")
+        "optim.lr (checkpoint 0.1, now 0.2), trainer.monitor (checkpoint val/acc, now val/loss)")
+
+
+def test_changed_values_read_as_the_config_writes_them():
+    assert fmt_changes({"trainer.eval_every_n_steps": (100, None), "model.bidirectional": (False, True),
+                        "optim.betas": ([0.9, 0.999], [0.8, 0.99]), "task.name": ("2", "x")}) == (
+        "trainer.eval_every_n_steps (checkpoint 100, now null), model.bidirectional (checkpoint false, now true), "
+        "optim.betas (checkpoint [0.9, 0.999], now [0.8, 0.99]), task.name (checkpoint '2', now x)")
