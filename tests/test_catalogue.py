@@ -292,6 +292,14 @@ CASES = [
     ("multirun-with-cfg", "-m with --cfg (or --info)", "lstm-train", ["--cfg", "job", "-m", "debug=fast"],
      "-m (--multirun) cannot be combined with --cfg, --info or --shell-completion; drop -m to see one job's config",
      2),
+    # newcomer walkthrough (checkpoints)
+    ("predict-not-run-dir", "predicting with a dir that is not a run dir", "lstm-predict", ["{d}", "1"],
+     "{d} holds no checkpoints/ (not a run dir?); give a run dir or a .pt file", 2),
+    ("resume-not-run-dir", "resuming from a dir that is not a run dir", "lstm-train", ["trainer.resume={d}"],
+     "trainer.resume: {d} holds no checkpoints/ (not a run dir?); give a run dir or a .pt file", 2),
+    ("resume-missing-dir", "resuming from a run dir that does not exist", "lstm-train", ["trainer.resume={d}/nope"],
+     "trainer.resume: no checkpoint file at {d}/nope (nothing there); give a run dir or a checkpoint in one "
+     "(RUN/checkpoints/last.pt)", 2),
 ]
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from lstm_train.errors import ConfigError, UsageError, one_line_errors
 from lstm_train.models import models_for
 from lstm_train.registry import implements
-from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained
+from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained, told
 from lstm_train.tasks import TASKS, Task
 from lstm_train.tasks.files import read_text
 
@@ -38,7 +38,7 @@ def load_model(
             raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs {needs}")
 
     try:
-        cfg, task, model = load_trained(path, device, check, imports)
+        cfg, task, model = load_trained(path, device, check, imports, told("lstm-generate"))
     except ValueError as e:
         raise UsageError(str(e)) from None
     return model, task, cfg
@@ -46,7 +46,7 @@ def load_model(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lstm-generate", description="Sample text from a char-model checkpoint.")
-    p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt of a model=char task=text_char run")
+    p.add_argument("checkpoint", help="a model=char task=text_char run's dir (its checkpoints/best.pt) or checkpoint")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="\n", help="text to start from, fed through once (default: a newline)")
     prompt.add_argument("--prompt-file", help="a UTF-8 file whose text is the prompt")

@@ -26,7 +26,7 @@ from torch import nn
 from lstm_train.errors import UsageError, one_line_errors
 from lstm_train.models import models_for
 from lstm_train.registry import implements
-from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained
+from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained, told
 from lstm_train.tasks import TASKS, Task
 
 
@@ -42,7 +42,7 @@ def load(path: str | Path, device: str = "cpu", imports: Sequence[str] = ()) -> 
                              f"{', '.join(handled)} models{elsewhere}")
 
     try:
-        cfg, task, model = load_trained(path, device, check, imports)
+        cfg, task, model = load_trained(path, device, check, imports, told("lstm-predict"))
     except ValueError as e:
         raise UsageError(str(e)) from None
     return model, task, cfg
@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Classify texts or sequences, tag sentences, or transduce inputs with a checkpoint: from the "
         "arguments, or one per line from stdin.",
     )
-    p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt written by lstm-train")
+    p.add_argument("checkpoint", help="a run dir (its checkpoints/best.pt) or a checkpoint file written by lstm-train")
     p.add_argument("inputs", nargs="*", help="inputs, one per argument (none: read stdin, one per line)")
     for flag, keywords in task_options().items():
         p.add_argument(flag, **keywords)

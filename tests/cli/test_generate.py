@@ -57,4 +57,6 @@ def test_generate_bad_inputs_are_one_line(tmp_path, capsys, args, message):
 def test_generate_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         generate_main([str(tmp_path / "missing.pt")])
-    assert capsys.readouterr().err.strip() == f"lstm-generate: error: no checkpoint file at {tmp_path}/missing.pt"
+    assert capsys.readouterr().err.strip() == (
+        f"lstm-generate: error: no checkpoint file at {tmp_path}/missing.pt (nothing there); give a run dir or a "
+        "checkpoint in one (RUN/checkpoints/best.pt)")

@@ -186,6 +186,31 @@ def test_visualize_writes_beside_a_checkpoint_outside_a_run_dir(first_last, tmp_
     assert visualize.default_out_dir(alone) == tmp_path / "alone_gates" / "alone_gates"
 
 
+# ---- a run dir for its checkpoint ---------------------------------------------------------------------------
+def test_the_tools_take_a_run_dir_for_the_checkpoint_it_tested(first_last, tmp_path, capsys):
+    run, line = first_last.parent.parent, " ".join(["0.5"] * 80)
+    predict.main([str(first_last), line])
+    expected = capsys.readouterr().out
+    predict.main([str(run), line])
+    assert capsys.readouterr() == (expected, "")
+    assert one_line(capsys, "generate", [str(run)]).startswith(f"{run} is a classifier model on first_last;")
+    visualize.main([str(run), "--out", str(tmp_path / "gates")])
+    assert (tmp_path / "gates" / "saturation.png").is_file()
+    assert visualize.default_out_dir(run) == visualize.default_out_dir(run / "checkpoints") == run / "gates"
+    for tool in TOOLS:  # a dir, but not a run's
+        assert one_line(capsys, tool, [str(tmp_path), *(["1"] if tool == "predict" else [])]) == (
+            f"{tmp_path} holds no checkpoints/ (not a run dir?); give a run dir or a .pt file")
+
+
+def test_a_run_dir_without_best_pt_gives_its_last_pt_and_says_so(first_last, tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes((first_last.parent / "last.pt").read_bytes())
+    predict.main([str(tmp_path), " ".join(["0.5"] * 80)])
+    out, err = capsys.readouterr()
+    assert err == f"lstm-predict: note: {tmp_path} saved no best.pt: using its checkpoints/last.pt\n"
+    assert len(out.splitlines()) == 1
+
+
 # ---- both ways of starting a tool --------------------------------------------------------------------------
 def test_python_m_visualize_writes_its_plots(first_last, tmp_path):
     proc = run([sys.executable, "-m", "lstm_train.cli.visualize", str(first_last), "--out", str(tmp_path)], tmp_path)
