@@ -155,7 +155,7 @@ CASES = [
     ("generate-malicious", "sampling from a pickle of arbitrary objects", "lstm-generate", ["{d}/malicious.pt"],
      "{d}/malicious.pt is not an lstm-train checkpoint (it holds arbitrary Python objects)", 2),
     ("generate-temperature", "a negative temperature", "lstm-generate",
-     ["{char}/checkpoints/best.pt", "--temperature", "-1"], "--temperature must be >= 0", 2),
+     ["{char}/checkpoints/best.pt", "--temperature", "-1"], "argument --temperature: must be >= 0, got -1.0", 2),
     ("predict-char", "predicting with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
      "{char}/checkpoints/best.pt holds a char model; lstm-predict handles classifier, tagger, seq2seq models", 2),
     ("predict-missing", "predicting with a checkpoint that does not exist", "lstm-predict", ["{d}/none.pt", "x"],
@@ -300,6 +300,10 @@ CASES = [
     ("resume-missing-dir", "resuming from a run dir that does not exist", "lstm-train", ["trainer.resume={d}/nope"],
      "trainer.resume: no checkpoint file at {d}/nope (nothing there); give a run dir or a checkpoint in one "
      "(RUN/checkpoints/last.pt)", 2),
+    ("generate-length", "a negative length to generate", "lstm-generate",
+     ["{char}/checkpoints/best.pt", "--length", "-5"], "argument --length: must be >= 0, got -5", 2),
+    ("generate-top-k", "top-k of 0", "lstm-generate", ["{char}/checkpoints/best.pt", "--top-k", "0"],
+     "argument --top-k: must be > 0, got 0", 2),
 ]
 
 

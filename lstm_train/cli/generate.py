@@ -59,11 +59,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """A UsageError naming the first numeric argument out of range, as argparse names an argument."""
+    for flag, strict in (("--length", False), ("--num-samples", True), ("--temperature", False), ("--top-k", True)):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and not (value > 0 if strict else value >= 0):  # not: nan is refused too
+            raise UsageError(f"argument {flag}: must be {'>' if strict else '>='} 0, got {value}")
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.length < 0 or args.num_samples <= 0:
-        raise UsageError("--length must be >= 0 and --num-samples > 0")
-    if args.temperature < 0 or (args.top_k is not None and args.top_k <= 0):
-        raise UsageError("--temperature must be >= 0 and --top-k > 0")
+    check_numbers(args)
     try:
         prompt = read_text(args.prompt_file, "--prompt-file") if args.prompt_file else args.prompt
     except ConfigError as e:
