@@ -3,7 +3,9 @@ nothing, a classifier's predictions, one-line mistakes, where the plots go, both
 
 from __future__ import annotations
 
+import io
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from lstm_train.registry import import_named
 from lstm_train.runs.checkpoint import load_checkpoint, save_checkpoint
 from lstm_train.tasks import TASKS
 from lstm_train.train import train
+from tests import ROOT
 from tests.helpers import BIN, ENV, compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,6 +155,19 @@ def test_predict_classifies_first_last_sequences(first_last, capsys):
         "--top: must be >= 1, got 0")
     assert one_line(capsys, "predict", [str(first_last), "--beam-size", "3", lines[0]]) == (
         f"--beam-size is for seq2seq models, and {first_last} holds a classifier model: leave it out")
+
+
+def test_the_first_last_page_shows_how_to_feed_lstm_predict(first_last, tmp_path, capsys, monkeypatch):
+    page = (ROOT / "docs/tasks/first-last.md").read_text()
+    make, use = [line.split(" > ")[0].split(" < ")[0] for line in page.splitlines() if "seq.txt" in line]
+    defaults = compose_config().task
+    assert f"range({defaults.seq_len * defaults.input_size})" in make  # a sequence of the default run
+    assert shlex.split(use)[0] == ".venv/bin/lstm-predict"
+    numbers = subprocess.run([sys.executable, *shlex.split(make)[1:]], capture_output=True, text=True, check=True)
+    monkeypatch.setattr("sys.stdin", io.StringIO(numbers.stdout))
+    predict.main([str(first_last.parent.parent)])  # the run dir, as the page gives it
+    (label, probability), = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert label in ("0", "1") and 0.5 <= float(probability) <= 1
 
 
 # ---- one line for a machine's or a path's mistake ----------------------------------------------------------
