@@ -147,6 +147,9 @@ def checkpoint_file(path: str | Path, latest: bool = False, note: Callable[[str]
     if not folder.is_dir() and path.name == "checkpoints":  # the run's checkpoints/ itself
         folder = path
     if not folder.is_dir():
+        jobs = sorted(p.parent for p in path.glob("*/checkpoints"))  # lstm-train -m prints its sweep dir
+        if jobs:
+            raise ValueError(f"{path} is a sweep dir, not a run dir; give one of its job dirs, such as {jobs[0]}")
         raise ValueError(f"{path} holds no checkpoints/ (not a run dir?); give a run dir or a .pt file")
     last, best = folder / "last.pt", folder / "best.pt"
     usable = (last,) if latest else (best, last)

@@ -259,6 +259,10 @@ def test_a_dir_that_is_no_run_dir_says_what_to_give(tmp_path):
         (tmp_path / "empty", True): f"{tmp_path / 'empty/checkpoints'} holds no last.pt (the run stopped before "
         "saving one); give a run dir that saved one, or a .pt file",
     }
+    run_dir(tmp_path / "sweep/1_optim.lr=0.1", "last.pt")  # lstm-train -m's dir: its jobs are run dirs
+    run_dir(tmp_path / "sweep/0_optim.lr=0.2", "last.pt")
+    cases[tmp_path / "sweep", False] = f"{tmp_path / 'sweep'} is a sweep dir, not a run dir; give one of its job " \
+        f"dirs, such as {tmp_path / 'sweep/0_optim.lr=0.2'}"
     for (path, latest), message in cases.items():
         with pytest.raises(ValueError) as error:
             checkpoint_file(path, latest)
