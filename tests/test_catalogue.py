@@ -155,7 +155,7 @@ CASES = [
     ("generate-malicious", "sampling from a pickle of arbitrary objects", "lstm-generate", ["{d}/malicious.pt"],
      "{d}/malicious.pt is not an lstm-train checkpoint (it holds arbitrary Python objects)", 2),
     ("generate-temperature", "a negative temperature", "lstm-generate",
-     ["{char}/checkpoints/best.pt", "--temperature", "-1"], "--temperature must be >= 0", 2),
+     ["{char}/checkpoints/best.pt", "--temperature", "-1"], "argument --temperature: must be >= 0, got -1.0", 2),
     ("predict-char", "predicting with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
      "{char}/checkpoints/best.pt holds a char model; lstm-predict handles classifier, tagger, seq2seq models", 2),
     ("predict-missing", "predicting with a checkpoint that does not exist", "lstm-predict", ["{d}/none.pt", "x"],
@@ -292,6 +292,20 @@ CASES = [
     ("multirun-with-cfg", "-m with --cfg (or --info)", "lstm-train", ["--cfg", "job", "-m", "debug=fast"],
      "-m (--multirun) cannot be combined with --cfg, --info or --shell-completion; drop -m to see one job's config",
      2),
+    # newcomer walkthrough (checkpoints)
+    ("predict-not-run-dir", "predicting with a dir that is not a run dir", "lstm-predict", ["{d}/study", "1"],
+     "{d}/study holds no checkpoints/ (not a run dir?); give a run dir or a .pt file", 2),
+    ("resume-not-run-dir", "resuming from a dir that is not a run dir", "lstm-train", ["trainer.resume={d}/study"],
+     "trainer.resume: {d}/study holds no checkpoints/ (not a run dir?); give a run dir or a .pt file", 2),
+    ("resume-missing-dir", "resuming from a run dir that does not exist", "lstm-train", ["trainer.resume={d}/nope"],
+     "trainer.resume: no checkpoint file at {d}/nope (nothing there); give a run dir or a checkpoint in one "
+     "(RUN/checkpoints/last.pt)", 2),
+    ("generate-length", "a negative length to generate", "lstm-generate",
+     ["{char}/checkpoints/best.pt", "--length", "-5"], "argument --length: must be >= 0, got -5", 2),
+    ("generate-top-k", "top-k of 0", "lstm-generate", ["{char}/checkpoints/best.pt", "--top-k", "0"],
+     "argument --top-k: must be > 0, got 0", 2),
+    ("visualize-sweep-dir", "plotting a dir of run dirs (a sweep dir)", "lstm-visualize", ["{d}"],
+     "{d} is a sweep dir, not a run dir; give one of its job dirs, such as {d}/char", 2),
 ]
 
 

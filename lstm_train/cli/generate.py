@@ -20,7 +20,7 @@ from torch import nn
 from lstm_train.errors import ConfigError, UsageError, one_line_errors
 from lstm_train.models import models_for
 from lstm_train.registry import implements
-from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained
+from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained, told
 from lstm_train.tasks import TASKS, Task
 from lstm_train.tasks.files import read_text
 
@@ -38,7 +38,7 @@ def load_model(
             raise UsageError(f"{path} is a {cfg.model.name} model on {cfg.task.name}; sampling needs {needs}")
 
     try:
-        cfg, task, model = load_trained(path, device, check, imports)
+        cfg, task, model = load_trained(path, device, check, imports, told("lstm-generate"))
     except ValueError as e:
         raise UsageError(str(e)) from None
     return model, task, cfg
@@ -46,7 +46,7 @@ def load_model(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lstm-generate", description="Sample text from a char-model checkpoint.")
-    p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt of a model=char task=text_char run")
+    p.add_argument("checkpoint", help="a model=char task=text_char run's dir (its checkpoints/best.pt) or checkpoint")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="\n", help="text to start from, fed through once (default: a newline)")
     prompt.add_argument("--prompt-file", help="a UTF-8 file whose text is the prompt")
@@ -59,11 +59,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """A UsageError naming the first numeric argument out of range, as argparse names an argument."""
+    for flag, strict in (("--length", False), ("--num-samples", True), ("--temperature", False), ("--top-k", True)):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and not (value > 0 if strict else value >= 0):  # not: nan is refused too
+            raise UsageError(f"argument {flag}: must be {'>' if strict else '>='} 0, got {value}")
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.length < 0 or args.num_samples <= 0:
-        raise UsageError("--length must be >= 0 and --num-samples > 0")
-    if args.temperature < 0 or (args.top_k is not None and args.top_k <= 0):
-        raise UsageError("--temperature must be >= 0 and --top-k > 0")
+    check_numbers(args)
     try:
         prompt = read_text(args.prompt_file, "--prompt-file") if args.prompt_file else args.prompt
     except ConfigError as e:

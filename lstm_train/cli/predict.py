@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from torch import nn
 from lstm_train.errors import UsageError, one_line_errors
 from lstm_train.models import models_for
 from lstm_train.registry import implements
-from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained
+from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained, told
 from lstm_train.tasks import TASKS, Task
 
 
@@ -42,7 +42,7 @@ def load(path: str | Path, device: str = "cpu", imports: Sequence[str] = ()) -> 
                              f"{', '.join(handled)} models{elsewhere}")
 
     try:
-        cfg, task, model = load_trained(path, device, check, imports)
+        cfg, task, model = load_trained(path, device, check, imports, told("lstm-predict"))
     except ValueError as e:
         raise UsageError(str(e)) from None
     return model, task, cfg
@@ -62,8 +62,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Classify texts or sequences, tag sentences, or transduce inputs with a checkpoint: from the "
         "arguments, or one per line from stdin.",
     )
-    p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt written by lstm-train")
-    p.add_argument("inputs", nargs="*", help="inputs, one per argument (none: read stdin, one per line)")
+    p.add_argument("checkpoint", help="a run dir (its checkpoints/best.pt) or a checkpoint file written by lstm-train")
+    # default=[]: optional (a "*" positional without a default is listed as required when the others are missing)
+    p.add_argument("inputs", nargs="*", default=[], help="inputs, one per argument (none: read stdin, one per line)")
     for flag, keywords in task_options().items():
         p.add_argument(flag, **keywords)
     add_checkpoint_options(p)
@@ -94,6 +95,14 @@ def run(args: argparse.Namespace, lines: Iterable[str]) -> None:
         print(f"lstm-predict: warning: {warning}", file=sys.stderr)
 
 
+def stdin_lines() -> Iterator[str]:
+    """The lines of stdin; at a terminal, first a line saying how to give them (else the tool seems to hang)."""
+    if sys.stdin.isatty():
+        print("lstm-predict: reading inputs from the terminal, one per line, until Ctrl-D; or give them as "
+              "arguments after the checkpoint, or from a file: lstm-predict CKPT < inputs.txt", file=sys.stderr)
+    yield from sys.stdin
+
+
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
@@ -101,7 +110,7 @@ def _dest(flag: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     with one_line_errors("lstm-predict", RuntimeError):  # RuntimeError: a device torch lacks
-        run(args, args.inputs or sys.stdin)
+        run(args, args.inputs or stdin_lines())
 
 
 if __name__ == "__main__":

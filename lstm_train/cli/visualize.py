@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from lstm_train.errors import UsageError, one_line_errors
 from lstm_train.nn import Recording
 from lstm_train.registry import implements
-from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained
+from lstm_train.runs.trained import UnknownTokens, add_checkpoint_options, load_trained, told
 from lstm_train.tasks import TASKS, Example, Task
 from lstm_train.training.probe import (
     GATES,
@@ -53,7 +53,7 @@ FEATURES = ("line_position", "inside_quotes", "inside_parens")  # text features 
 def load(path: str | Path, device: str = "cpu", imports: Sequence[str] = ()) -> tuple[DictConfig, Task, nn.Module]:
     """The config, the task (from its checkpoint state when it has one; no data needed) and the model."""
     try:
-        cfg, task, model = load_trained(path, device, imports=imports)
+        cfg, task, model = load_trained(path, device, imports=imports, note=told("lstm-visualize"))
     except ValueError as e:
         raise UsageError(str(e)) from None
     if not find_lstms(model):
@@ -366,9 +366,11 @@ def made_out_dir(out_dir: str | Path) -> Path:
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
-    """gates/ beside the run's checkpoints/ when the checkpoint is in one (RUN/checkpoints/best.pt -> RUN/gates);
-    else <name>_gates/ beside the file, or in the working directory when that cannot be written."""
+    """gates/ in the run dir when the checkpoint is in one (RUN/checkpoints/best.pt, RUN/checkpoints or RUN ->
+    RUN/gates); else <name>_gates/ beside the file, or in the working directory when that cannot be written."""
     path = Path(checkpoint).expanduser().resolve()
+    if path.is_dir():
+        return (path.parent if path.name == "checkpoints" else path) / "gates"
     if path.parent.name == "checkpoints":
         return path.parent.parent / "gates"
     return (path.parent if os.access(path.parent, os.W_OK) else Path.cwd()) / f"{path.stem}_gates"
@@ -376,7 +378,7 @@ def default_out_dir(checkpoint: str | Path) -> Path:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lstm-visualize", description="Plot an LSTM checkpoint's gates on one input.")
-    p.add_argument("checkpoint", help="a checkpoints/best.pt or last.pt written by lstm-train")
+    p.add_argument("checkpoint", help="a run dir (its checkpoints/best.pt) or a checkpoint file written by lstm-train")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", help="the input text (char and text-classification models; a tagger's sentence)")
     source.add_argument("--text-file", help="a UTF-8 file holding the input text")

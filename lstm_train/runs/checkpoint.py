@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import pickletools
 import shutil
@@ -27,6 +28,7 @@ from typing import IO, Any
 import torch
 
 from lstm_train.config import flatten
+from lstm_train.errors import ConfigError
 from lstm_train.nn.variants import PLAIN_CELL
 
 FORMAT = 1
@@ -126,6 +128,63 @@ def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
     as trained (``state["model"]``, what a resumed run trains on)."""
     ema = state.get("ema")
     return state["model"] if ema is None else ema["weights"]
+
+
+def checkpoint_file(path: str | Path, latest: bool = False, note: Callable[[str], None] | None = None) -> Path:
+    """The checkpoint file ``path`` names: a file as it is, or one of a run dir's (every run prints its dir), or of
+    its checkpoints/. With ``latest``, last.pt (the state a resume continues); else the weights the run tested:
+    best.pt, or last.pt for a run whose metrics.json says it tested its last weights, or that saved no best.pt,
+    which ``note`` is told in one line. Nothing is read but names and metrics.json; a one-line ValueError says
+    what is missing and what to give instead."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    want = "last.pt" if latest else "best.pt"
+    if not path.is_dir():
+        raise ValueError(f"no checkpoint file at {path} (nothing there); give a run dir or a checkpoint in one "
+                         f"(RUN/checkpoints/{want})")
+    folder = path / "checkpoints"
+    if not folder.is_dir() and path.name == "checkpoints":  # the run's checkpoints/ itself
+        folder = path
+    if not folder.is_dir():
+        jobs = sorted(p.parent for p in path.glob("*/checkpoints"))  # lstm-train -m prints its sweep dir
+        if jobs:
+            raise ValueError(f"{path} is a sweep dir, not a run dir; give one of its job dirs, such as {jobs[0]}")
+        raise ValueError(f"{path} holds no checkpoints/ (not a run dir?); give a run dir or a .pt file")
+    last, best = folder / "last.pt", folder / "best.pt"
+    usable = (last,) if latest else (best, last)
+    if not any(p.is_file() for p in usable):
+        raise ValueError(f"{folder} holds no {' or '.join(p.name for p in usable)} (the run stopped before saving "
+                         "one); give a run dir that saved one, or a .pt file")
+    if latest:
+        return last
+    if _tested(folder.parent) == "last" and last.is_file():
+        why = "tested its last weights (metrics.json: test_checkpoint last)"
+    elif best.is_file():
+        return best
+    else:
+        why = "saved no best.pt"
+    if note is not None:
+        note(f"{folder.parent} {why}: using its checkpoints/last.pt")
+    return last
+
+
+def resume_file(path: str | Path) -> Path:
+    """The checkpoint trainer.resume names: a file, or a run dir's last.pt (the latest state, which a resume
+    continues); a ConfigError saying what to give instead."""
+    try:
+        return checkpoint_file(path, latest=True)
+    except ValueError as e:
+        raise ConfigError("trainer.resume", str(e)) from None
+
+
+def _tested(run_dir: Path) -> str | None:
+    """Which weights a finished run tested, best or last, as its metrics.json records; None if it has none."""
+    try:
+        tested = json.loads((run_dir / "metrics.json").read_text()).get("test_checkpoint")
+    except (OSError, ValueError, AttributeError):  # no metrics.json (a run not finished), or not one we wrote
+        return None
+    return tested if isinstance(tested, str) else None
 
 
 # Classes a config names by ``_target_`` that have moved since it was written: old path -> today's.

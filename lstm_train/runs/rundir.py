@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lstm_train.config import validate
 from lstm_train.errors import ConfigError
+from lstm_train.runs.checkpoint import resume_file
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,7 @@ def resume_path(resume: str | None, out_dir: Path) -> Path | None:
         if own.is_file():
             return own
         resume = None
-    path = None if resume is None else Path(resume).expanduser()
-    if path is not None and not path.is_file():
-        raise ConfigError("trainer.resume", f"no checkpoint file at {path}")
+    path = None if resume is None else resume_file(resume)  # a run dir: its last.pt
     if path is not None and path.resolve() == own.resolve():
         return path
     held = [p.name for p in (own, own.with_name("best.pt")) if p.is_file()]

@@ -8,6 +8,7 @@ the user has imported its module (the tools' ``--import MODULE``, :func:`lstm_tr
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,28 +18,28 @@ from omegaconf import DictConfig, OmegaConf
 from lstm_train.errors import ConfigError
 from lstm_train.models import MODELS, Model, build_model
 from lstm_train.registry import import_named
-from lstm_train.runs.checkpoint import evaluated_weights, load_checkpoint
+from lstm_train.runs.checkpoint import checkpoint_file, evaluated_weights, load_checkpoint
 from lstm_train.schema import escaped
 from lstm_train.tasks import TASKS, Task, build_task
 
 
 def load_trained(
     path: str | Path, device: str = "cpu", check: Callable[[DictConfig], None] | None = None,
-    imports: Iterable[str] = (),
+    imports: Iterable[str] = (), note: Callable[[str], None] | None = None,
 ) -> tuple[DictConfig, Task, Model]:
     """A run's config (brought up to today's keys), task and model (eval mode, on ``device``) from its checkpoint:
-    the weights the run evaluated (with trainer.ema_decay, their moving average).
+    the weights the run evaluated (with trainer.ema_decay, their moving average). ``path``: a checkpoint file, or
+    a run dir for the checkpoint it tested (:func:`~lstm_train.runs.checkpoint.checkpoint_file`, which tells
+    ``note`` when that is last.pt).
 
     ``imports``: modules the user names (``--import``), imported first, so that the models and tasks they define
     are registered. ``check`` sees the run's config before anything is built, to refuse a model the caller cannot
     use. The task is rebuilt from its checkpoint state (a vocabulary, say), without its data. Any problem with the
     file, the device or an import is a one-line ValueError (a ConfigError for an import).
     """
-    path = Path(path).expanduser()
     checked_device(device)
     import_named(imports)
-    if not path.is_file():
-        raise ValueError(f"no checkpoint file at {path}")
+    path = checkpoint_file(path, note=note)
     state = load_checkpoint(path, map_location=device)
     config = escaped(state["config"])  # a saved ${ is text, never an interpolation
     try:
@@ -62,6 +63,11 @@ def load_trained(
         first = str(e).strip().splitlines()[1:2] or [""]
         raise ValueError(f"{path}: its weights do not fit its model ({first[0].strip().rstrip('.')})") from None
     return cfg, task, model.to(device).eval()
+
+
+def told(prog: str) -> Callable[[str], None]:
+    """A tool's ``note`` for :func:`load_trained`: the line on stderr, after the tool's name."""
+    return lambda line: print(f"{prog}: note: {line}", file=sys.stderr)
 
 
 def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:

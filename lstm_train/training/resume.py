@@ -25,6 +25,7 @@ from lstm_train.runs.checkpoint import (
     config_changes,
     copy_checkpoint,
     load_checkpoint,
+    resume_file,
     set_rng_state,
 )
 from lstm_train.training.budget import TimeBudget
@@ -39,10 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def resume(trainer: Trainer, path: str | Path) -> None:
-    """Bring ``trainer`` (built from this run's config) to the state of the checkpoint at ``path``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError("trainer.resume", f"no checkpoint file at {path}")
+    """Bring ``trainer`` (built from this run's config) to the state of the checkpoint at ``path`` (a run dir: its
+    checkpoints/last.pt)."""
+    path = resume_file(path)
     try:
         state = load_checkpoint(path, map_location=trainer.device)
     except ValueError as e:

@@ -41,11 +41,14 @@ def test_prompt_characters_the_model_lacks_are_named(char_run, capsys, prompt, w
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--temperature", "-1"], "--temperature must be >= 0"),
-    (["--top-k", "0"], "--top-k > 0"),
+    (["--temperature", "-1"], "argument --temperature: must be >= 0, got -1.0"),
+    (["--temperature", "nan"], "argument --temperature: must be >= 0, got nan"),
+    (["--top-k", "0"], "argument --top-k: must be > 0, got 0"),
+    (["--length", "-5"], "argument --length: must be >= 0, got -5"),
+    (["--num-samples", "0", "--top-k", "0"], "argument --num-samples: must be > 0, got 0"),  # the first named
     (["--prompt", ""], "--prompt is empty"),
     (["--prompt-file", "/nonexistent/p.txt"], "--prompt-file: no file at"),
-], ids=["temperature", "top-k", "empty-prompt", "prompt-file"])
+], ids=["temperature", "temperature-nan", "top-k", "length", "num-samples", "empty-prompt", "prompt-file"])
 def test_generate_bad_inputs_are_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
         generate_main([str(tmp_path / "missing.pt"), *args])
@@ -57,4 +60,6 @@ def test_generate_bad_inputs_are_one_line(tmp_path, capsys, args, message):
 def test_generate_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         generate_main([str(tmp_path / "missing.pt")])
-    assert capsys.readouterr().err.strip() == f"lstm-generate: error: no checkpoint file at {tmp_path}/missing.pt"
+    assert capsys.readouterr().err.strip() == (
+        f"lstm-generate: error: no checkpoint file at {tmp_path}/missing.pt (nothing there); give a run dir or a "
+        "checkpoint in one (RUN/checkpoints/best.pt)")

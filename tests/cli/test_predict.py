@@ -95,6 +95,32 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
     assert handled in error_of(capsys, [str(tmp_path / "char.pt"), "a"])
 
 
+def test_only_the_checkpoint_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "lstm-predict: error: the following arguments are required: checkpoint")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_predict_at_a_terminal_says_how_to_give_inputs(run_dir, capsys, monkeypatch):
+    checkpoint = str(run_dir / "checkpoints" / "best.pt")
+    monkeypatch.setattr("sys.stdin", Terminal("3 1 3\n"))
+    predict.main([checkpoint, "--format", "tags"])
+    out, err = capsys.readouterr()
+    assert len(out.split()) == 3  # the tags of the line typed
+    assert err == ("lstm-predict: reading inputs from the terminal, one per line, until Ctrl-D; or give them as "
+                   "arguments after the checkpoint, or from a file: lstm-predict CKPT < inputs.txt\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("3 1 3\n"))  # a pipe: nothing to say
+    predict.main([checkpoint, "--format", "tags"])
+    assert capsys.readouterr().err == ""
+
+
 def test_predict_reads_the_characters_of_new_words(char_run_dir, capsys):
     """A character-aware tagger: lstm-predict spells each word for it, unknown words included."""
     metrics = json.loads((char_run_dir / "metrics.json").read_text())

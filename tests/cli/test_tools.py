@@ -3,7 +3,9 @@ nothing, a classifier's predictions, one-line mistakes, where the plots go, both
 
 from __future__ import annotations
 
+import io
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from lstm_train.registry import import_named
 from lstm_train.runs.checkpoint import load_checkpoint, save_checkpoint
 from lstm_train.tasks import TASKS
 from lstm_train.train import train
+from tests import ROOT
 from tests.helpers import BIN, ENV, compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -154,6 +157,19 @@ def test_predict_classifies_first_last_sequences(first_last, capsys):
         f"--beam-size is for seq2seq models, and {first_last} holds a classifier model: leave it out")
 
 
+def test_the_first_last_page_shows_how_to_feed_lstm_predict(first_last, tmp_path, capsys, monkeypatch):
+    page = (ROOT / "docs/tasks/first-last.md").read_text()
+    make, use = [line.split(" > ")[0].split(" < ")[0] for line in page.splitlines() if "seq.txt" in line]
+    defaults = compose_config().task
+    assert f"range({defaults.seq_len * defaults.input_size})" in make  # a sequence of the default run
+    assert shlex.split(use)[0] == ".venv/bin/lstm-predict"
+    numbers = subprocess.run([sys.executable, *shlex.split(make)[1:]], capture_output=True, text=True, check=True)
+    monkeypatch.setattr("sys.stdin", io.StringIO(numbers.stdout))
+    predict.main([str(first_last.parent.parent)])  # the run dir, as the page gives it
+    (label, probability), = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert label in ("0", "1") and 0.5 <= float(probability) <= 1
+
+
 # ---- one line for a machine's or a path's mistake ----------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("tool", TOOLS)
@@ -184,6 +200,31 @@ def test_visualize_writes_beside_a_checkpoint_outside_a_run_dir(first_last, tmp_
     monkeypatch.chdir(tmp_path / "alone_gates")
     monkeypatch.setattr(visualize.os, "access", lambda *_: False)  # its directory is not writable: the cwd
     assert visualize.default_out_dir(alone) == tmp_path / "alone_gates" / "alone_gates"
+
+
+# ---- a run dir for its checkpoint ---------------------------------------------------------------------------
+def test_the_tools_take_a_run_dir_for_the_checkpoint_it_tested(first_last, tmp_path, capsys):
+    run, line = first_last.parent.parent, " ".join(["0.5"] * 80)
+    predict.main([str(first_last), line])
+    expected = capsys.readouterr().out
+    predict.main([str(run), line])
+    assert capsys.readouterr() == (expected, "")
+    assert one_line(capsys, "generate", [str(run)]).startswith(f"{run} is a classifier model on first_last;")
+    visualize.main([str(run), "--out", str(tmp_path / "gates")])
+    assert (tmp_path / "gates" / "saturation.png").is_file()
+    assert visualize.default_out_dir(run) == visualize.default_out_dir(run / "checkpoints") == run / "gates"
+    for tool in TOOLS:  # a dir, but not a run's
+        assert one_line(capsys, tool, [str(tmp_path), *(["1"] if tool == "predict" else [])]) == (
+            f"{tmp_path} holds no checkpoints/ (not a run dir?); give a run dir or a .pt file")
+
+
+def test_a_run_dir_without_best_pt_gives_its_last_pt_and_says_so(first_last, tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes((first_last.parent / "last.pt").read_bytes())
+    predict.main([str(tmp_path), " ".join(["0.5"] * 80)])
+    out, err = capsys.readouterr()
+    assert err == f"lstm-predict: note: {tmp_path} saved no best.pt: using its checkpoints/last.pt\n"
+    assert len(out.splitlines()) == 1
 
 
 # ---- both ways of starting a tool --------------------------------------------------------------------------

@@ -11,9 +11,18 @@ import torch
 from hydra.utils import get_class
 
 from lstm_train.config import to_container
+from lstm_train.errors import ConfigError
 from lstm_train.models import count_parameters
 from lstm_train.nn import LSTM
-from lstm_train.runs.checkpoint import FORMAT, atomic_write, load_checkpoint, migrate_config, save_checkpoint
+from lstm_train.runs.checkpoint import (
+    FORMAT,
+    atomic_write,
+    checkpoint_file,
+    load_checkpoint,
+    migrate_config,
+    resume_file,
+    save_checkpoint,
+)
 from lstm_train.runs.trained import load_trained
 from tests import TESTS
 
@@ -200,3 +209,64 @@ def test_a_failed_write_keeps_its_kind_of_error(tmp_path):
     with pytest.raises(PermissionError) as error:
         atomic_write(tmp_path / "last.pt", refuse)
     assert error.value.filename == str(tmp_path / "last.pt")
+
+
+# ---- a run dir where a checkpoint is expected -------------------------------------------------------------
+def run_dir(root, *saved: str, tested: str | None = None):
+    """A run dir as lstm-train leaves it, with the checkpoints ``saved`` (empty files: only names are read) and,
+    for a finished run, a metrics.json recording the weights it ``tested``."""
+    (root / "checkpoints").mkdir(parents=True)
+    for name in saved:
+        (root / "checkpoints" / name).write_bytes(b"")
+    if tested is not None:
+        (root / "metrics.json").write_text(json.dumps({"test": {}, "test_checkpoint": tested}))
+    return root
+
+
+def test_a_run_dir_means_the_checkpoint_it_tested(tmp_path):
+    run, notes = run_dir(tmp_path / "run", "last.pt", "best.pt", tested="best"), []
+    assert checkpoint_file(run, note=notes.append) == run / "checkpoints/best.pt"
+    assert checkpoint_file(run / "checkpoints", note=notes.append) == run / "checkpoints/best.pt"
+    assert checkpoint_file(run / "checkpoints/last.pt") == run / "checkpoints/last.pt"  # a file: as it is
+    assert checkpoint_file(run, latest=True) == resume_file(str(run)) == run / "checkpoints/last.pt"
+    assert notes == []
+    unfinished = run_dir(tmp_path / "unfinished", "last.pt", "best.pt")  # no metrics.json yet
+    assert checkpoint_file(unfinished, note=notes.append) == unfinished / "checkpoints/best.pt"
+    assert notes == []
+
+
+@pytest.mark.parametrize(("saved", "tested", "why"), [
+    (["last.pt"], None, "saved no best.pt"),
+    (["last.pt"], "last", "tested its last weights (metrics.json: test_checkpoint last)"),
+    (["last.pt", "best.pt"], "last", "tested its last weights (metrics.json: test_checkpoint last)"),
+])
+def test_a_run_dir_without_the_best_it_tested_means_its_last_pt_and_says_so(tmp_path, saved, tested, why):
+    run, notes = run_dir(tmp_path / "run", *saved, tested=tested), []
+    assert checkpoint_file(run, note=notes.append) == run / "checkpoints/last.pt"
+    assert notes == [f"{run} {why}: using its checkpoints/last.pt"]
+
+
+def test_a_dir_that_is_no_run_dir_says_what_to_give(tmp_path):
+    (tmp_path / "other").mkdir()
+    run_dir(tmp_path / "empty")
+    cases = {
+        (tmp_path / "none", False): f"no checkpoint file at {tmp_path / 'none'} (nothing there); give a run dir or "
+        "a checkpoint in one (RUN/checkpoints/best.pt)",
+        (tmp_path / "other", False): f"{tmp_path / 'other'} holds no checkpoints/ (not a run dir?); give a run dir "
+        "or a .pt file",
+        (tmp_path / "empty", False): f"{tmp_path / 'empty/checkpoints'} holds no best.pt or last.pt (the run "
+        "stopped before saving one); give a run dir that saved one, or a .pt file",
+        (tmp_path / "empty", True): f"{tmp_path / 'empty/checkpoints'} holds no last.pt (the run stopped before "
+        "saving one); give a run dir that saved one, or a .pt file",
+    }
+    run_dir(tmp_path / "sweep/1_optim.lr=0.1", "last.pt")  # lstm-train -m's dir: its jobs are run dirs
+    run_dir(tmp_path / "sweep/0_optim.lr=0.2", "last.pt")
+    cases[tmp_path / "sweep", False] = f"{tmp_path / 'sweep'} is a sweep dir, not a run dir; give one of its job " \
+        f"dirs, such as {tmp_path / 'sweep/0_optim.lr=0.2'}"
+    for (path, latest), message in cases.items():
+        with pytest.raises(ValueError) as error:
+            checkpoint_file(path, latest)
+        assert str(error.value) == message
+    with pytest.raises(ConfigError, match=r"^trainer\.resume: no checkpoint file at .*none \(nothing there\); "
+                       r"give a run dir or a checkpoint in one \(RUN/checkpoints/last\.pt\)$"):
+        resume_file(tmp_path / "none")

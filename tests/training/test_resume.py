@@ -343,6 +343,15 @@ def test_a_last_pt_without_its_best_pt_restarts_the_best(compose_cfg, tmp_path, 
     assert result["best"]["step"] == 8
 
 
+def test_a_run_dir_resumes_from_its_last_pt(compose_cfg, tmp_path, first_runs, caplog):
+    last = first_runs(compose_cfg)
+    with caplog.at_level(logging.INFO, logger="lstm_train.training"):
+        result = train(compose_cfg(*BASE, "trainer.max_epochs=2", f"trainer.resume={last.parent.parent}"),
+                       tmp_path / "new")
+    assert f"resumed from {last} at step 4" in caplog.text
+    assert result["step"] == 8
+
+
 def test_a_checkpoint_with_keys_missing_is_one_line(compose_cfg, tmp_path, first_runs):
     state = load_checkpoint(first_runs(compose_cfg))
     partial = tmp_path / "partial.pt"
