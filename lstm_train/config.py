@@ -18,7 +18,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,15 @@ def _learning_rate(v: Any) -> str | None:
     return None
 
 
+@allows("[b1, b2], each in [0, 1)")
+def _betas(v: Any) -> str | None:
+    # torch.optim.Adam reads betas[0] and betas[1] (one beta: an IndexError traceback) and unpacks two each step
+    betas = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+    if isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
+        return None
+    return f"must be two decay rates [b1, b2], each in [0, 1), got {betas!r}; e.g. optim.betas=[0.9,0.999]"
+
+
 # ---- optim/ (torch.optim classes, built by hydra.utils.instantiate with _partial_) -------------------
 @dataclass
 class OptimConfig(Schema):
@@ -183,7 +192,7 @@ class OptimConfig(Schema):
 @dataclass
 class AdamConfig(OptimConfig):
     betas: list[float] = field(default=MISSING, metadata=about(
-        "Decay rates [b1, b2] of the running means of the gradient and of its square."))
+        "Decay rates [b1, b2] of the running means of the gradient and of its square.", _betas))
     eps: float = value(positive, doc="Added to the denominator for numerical stability.")
     amsgrad: bool = value(doc="Use the AMSGrad variant (the maximum of past squared-gradient averages).")
 
@@ -484,7 +493,8 @@ def describe_config_error(error: BaseException) -> str | None:
         schema = getattr(cause, "object_type", None)
         if message.startswith("Key ") and " not in " in message and dataclasses.is_dataclass(schema):
             message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)))
-        elif " could not be converted to " in message and dataclasses.is_dataclass(schema):
+        elif (" could not be converted to " in message or message.startswith("Invalid value assigned")) \
+                and dataclasses.is_dataclass(schema):
             message = _field_check(schema, cause.key, cause.value) or message
         return f"{cause.full_key}: {message}"
     if isinstance(error, HydraException | OmegaConfBaseException):

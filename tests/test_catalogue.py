@@ -292,6 +292,9 @@ CASES = [
     ("multirun-with-cfg", "-m with --cfg (or --info)", "lstm-train", ["--cfg", "job", "-m", "debug=fast"],
      "-m (--multirun) cannot be combined with --cfg, --info or --shell-completion; drop -m to see one job's config",
      2),
+    # newcomer walkthrough (config)
+    ("adam-one-beta", "Adam's betas with one value", "lstm-train", ["optim.betas=[0.9]"],
+     "optim.betas: must be two decay rates [b1, b2], each in [0, 1), got [0.9]; e.g. optim.betas=[0.9,0.999]", 2),
 ]
 
 

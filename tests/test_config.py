@@ -29,6 +29,7 @@ from lstm_train.runs.trained import load_trained
 from lstm_train.schema import allowed, closest, doc, escaped
 from lstm_train.tasks import build_task
 from lstm_train.train import train
+from lstm_train.training.optim import optimizer_state_keys
 from lstm_train.training.trainer import build_trainer
 
 CONF = CONF_DIR
@@ -161,6 +162,10 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("trainer.num_threads=0", "trainer.num_threads", "must be > 0"),
         ("trainer.monitor=acc", "trainer.monitor", "must name a validation metric"),
         ("optim.lr=0", "optim.lr", "must be > 0"),
+        ("optim.betas=[0.9]", "optim.betas", r"must be two decay rates \[b1, b2\], each in \[0, 1\), got \[0.9\]; "
+         r"e.g. optim.betas=\[0.9,0.999\]$"),  # torch.optim.Adam: an IndexError traceback
+        ("optim.betas=[0.9,1.0]", "optim.betas", r"must be two decay rates .*, got \[0.9, 1.0\];"),
+        ("optim.betas=[0.9,0.99,0.5]", "optim.betas", r"must be two decay rates .*, got \[0.9, 0.99, 0.5\];"),
         ("scheduler.interval=week", "scheduler.interval", "must be one of step, epoch, eval"),
         ("trainer.max_steps=null", "trainer.max_steps", "set trainer.max_steps or trainer.max_epochs"),
         ("+model.hidden=3", "model.hidden", "unknown key; did you mean model.hidden_size[?] The keys here are: "
@@ -184,6 +189,20 @@ def test_bad_values_name_their_key(compose_cfg, override, key, message):
     with pytest.raises(ConfigError, match=rf"^{key}: {message}") as info:
         validate(cfg)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("optim", "override"), [
+    ("adam", "optim.betas=[0.9]"), ("adam", "optim.betas=[1.0,0.9]"), ("adamw", "optim.betas=[0.9,-0.1]"),
+    ("adam", "optim.betas=[0.9,0.99,0.5]"), ("adam", "optim.eps=-1"), ("adamw", "optim.weight_decay=-1"),
+    ("sgd", "optim.momentum=-0.5"), ("sgd", "optim.lr=-1"), ("rmsprop", "optim.alpha=-0.1"),
+    ("rmsprop", "optim.eps=-1e-8"), ("rmsprop", "optim.momentum=-1"),
+])
+def test_what_an_optimizer_refuses_is_refused_with_the_config(compose_cfg, optim, override):
+    cfg = compose_cfg(f"optim={optim}", override)
+    with pytest.raises((ValueError, IndexError)):  # torch's refusal or its crash, once the run dir is made
+        optimizer_state_keys(cfg.optim)
+    with pytest.raises(ConfigError, match=rf"^{override.partition('=')[0]}: "):
+        validate(cfg)  # before it is
 
 
 @pytest.mark.parametrize(
@@ -238,6 +257,8 @@ def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
         (["optim=adm"], "optim=adm: no such option; did you mean optim=adam? Choose one of adam, adamw, rmsprop, "
          "sgd"),
         (["optim.lr=fast"], "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
+        (["optim.betas=0.9"], "optim.betas: must be two decay rates [b1, b2], each in [0, 1), got 0.9; e.g. "
+         "optim.betas=[0.9,0.999]"),  # the field's own check, not OmegaConf's "float is not a ListConfig"
         (["trainer.seed=1e23"], "trainer.seed: must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed "
          "accepts), got 1e+23"),  # the field's own check, which says more than that a float is not an int
         (["trainer.seed=1.5"], "trainer.seed: Value '1.5' of type 'float' could not be converted to Integer"),

@@ -68,8 +68,9 @@ def test_a_run_dir_with_metrics_but_no_checkpoints_is_refused_too(finished, tmp_
     assert proc.stdout == ""  # refused before Hydra started the job: not even a log line
 
 
-@pytest.mark.parametrize("args", [["optim.lr=-1"], ["task=text_char", "model=char", "task.path=nope.txt"]],
-                         ids=["a bad value", "a missing data file"])
+@pytest.mark.parametrize("args", [["optim.lr=-1"], ["task=text_char", "model=char", "task.path=nope.txt"],
+                                  ["optim.betas=[0.9]"]],
+                         ids=["a bad value", "a missing data file", "one Adam beta"])
 def test_a_refused_run_leaves_no_new_dir(tmp_path, args):
     # A bad value is refused before Hydra makes the dir; a missing file only when the task reads it, in the job.
     proc = lstm_train(*args, cwd=tmp_path)
