@@ -18,7 +18,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException, UnsupportedInterpolationType
 
 from lstm_train.errors import ConfigError
 from lstm_train.models import MODELS
@@ -353,6 +353,7 @@ _register()
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first missing or impossible value: each field's check, then each group's
     check across its fields."""
+    check_interpolations(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "missing value (every key needs a value; see conf/)")
@@ -364,6 +365,25 @@ def validate(cfg: DictConfig) -> None:
     if cfg.task.name in TASKS:  # after typed_group: a task from outside the package is registered by now
         check_monitor(cfg.trainer.monitor, cfg.task.name)
     check_memory(cfg, typed["task"].batch_length() if typed["task"] is not None else None)
+
+
+def check_interpolations(cfg: DictConfig, keys: Collection[str] | None = None) -> None:
+    """A ConfigError naming the first key whose ``${...}`` does not resolve (a key or a resolver that is not there,
+    a value of the wrong type): found now, not by whatever reads the key once the run has started. Only those of
+    ``keys`` of ``cfg`` if given."""
+    try:
+        for key in cfg if keys is None else keys:
+            if isinstance(value := cfg[key], DictConfig | ListConfig):  # cfg[key] resolves a leaf
+                OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException as e:
+        message = str(getattr(e, "msg", "") or e).splitlines()[0]
+        if isinstance(e, InterpolationKeyError):
+            fix = "an interpolation must name a key of the config (lstm-train --cfg job shows them)"
+        elif isinstance(e, UnsupportedInterpolationType):
+            fix = "no resolver has that name: ${key} names a key, ${oc.env:VAR} an environment variable"
+        else:
+            fix = "give a value, or an interpolation that resolves to one of the key's type"
+        raise ConfigError(str(getattr(e, "full_key", "") or "config"), f"{message}; {fix}") from None
 
 
 # ---- sizes that cannot fit --------------------------------------------------------------------------------

@@ -295,6 +295,9 @@ CASES = [
     # newcomer walkthrough (config)
     ("adam-one-beta", "Adam's betas with one value", "lstm-train", ["optim.betas=[0.9]"],
      "optim.betas: must be two decay rates [b1, b2], each in [0, 1), got [0.9]; e.g. optim.betas=[0.9,0.999]", 2),
+    ("interpolation-not-found", "an interpolation of a key that is not there", "lstm-train",
+     ["model.hidden_size=${{oops}}"], "model.hidden_size: Interpolation key 'oops' not found; an interpolation must "
+     "name a key of the config (lstm-train --cfg job shows them)", 2),
 ]
 
 

@@ -205,6 +205,21 @@ def test_what_an_optimizer_refuses_is_refused_with_the_config(compose_cfg, optim
         validate(cfg)  # before it is
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.hidden_size=${oops}", "model.hidden_size: Interpolation key 'oops' not found; an interpolation must name a "
+     "key of the config"),
+    ("optim.betas=[${oops},0.9]", "optim.betas[0]: Interpolation key 'oops' not found"),
+    ("name=${nope:1}", "name: Unsupported interpolation type nope; no resolver has that name"),
+    ("name=${oc.env:LSTM_TRAIN_NOT_SET}", "name: KeyError raised while resolving interpolation"),
+    ("model.hidden_size=${name}", "model.hidden_size: While dereferencing interpolation '${name}': Value "
+     "'first_last-classifier' of type 'str' could not be converted to Integer; give a value"),
+])
+def test_an_interpolation_that_does_not_resolve_names_its_key(compose_cfg, override, message):
+    with pytest.raises(ConfigError) as info:
+        validate(compose_cfg(override))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "text, seconds",
     [("90", 90), (90, 90), ("2.5", 2.5), ("90s", 90), ("30m", 1800), ("1.5h", 5400), ("1h30m", 5400),

@@ -79,6 +79,19 @@ def test_a_refused_run_leaves_no_new_dir(tmp_path, args):
     assert list(tmp_path.iterdir()) == []  # not even outputs/runs/
 
 
+@pytest.mark.parametrize(("arg", "key"), [
+    ("model.hidden_size=${oops}", "model.hidden_size"), ("optim.betas=[${oops},0.9]", "optim.betas[0]"),
+    ("name=${nope:1}", "name"), ("model.hidden_size=${name}", "model.hidden_size"),
+    ("hydra.job.name=${oops}", "hydra.job.name"), ("hydra.run.dir=runs/${oops}", "hydra.run.dir"),
+])
+def test_an_interpolation_that_does_not_resolve_is_refused_before_the_run(tmp_path, arg, key):
+    proc = lstm_train(arg, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert one_line(proc).startswith(f"lstm-train: error: {key}: ")
+    assert proc.stdout == ""  # no "run dir:" for a dir that is not made
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_run_keeps_a_dir_that_was_there(tmp_path):
     run = tmp_path / "mine"
     run.mkdir()
