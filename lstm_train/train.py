@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from lstm_train.cli import launch, report
 from lstm_train.config import CONFIG_PACKAGE, to_container, validate
-from lstm_train.errors import command
+from lstm_train.errors import command, quiet_broken_pipe
 from lstm_train.models import build_model
 from lstm_train.runs import provenance, rundir
 from lstm_train.runs.rundir import resume_path
@@ -136,7 +136,7 @@ def _main(wants_traceback: bool) -> None:
                 sys.exit(e.exit_code)
             return
     try:
-        with report.console_errors(wants_traceback):
+        with report.console_errors(wants_traceback), quiet_broken_pipe():  # --help | head: quiet, not an OSError
             sys.argv = provenance.rerun_argv(sys.argv)  # lstm-train --rerun RUN_DIR [overrides]
             hydra_main()
     finally:  # rank 0 of a world started from outside, stopped before it announced what to train
