@@ -31,7 +31,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException, UnsupportedInterpolationType
 
 from lstm_train.errors import ConfigError
-from lstm_train.models import MODELS
+from lstm_train.models import MODELS, check_fits
 from lstm_train.registry import Registry
 from lstm_train.schema import (
     Schema,
@@ -362,6 +362,7 @@ def validate(cfg: DictConfig) -> None:
     for schema in typed.values():
         if schema is not None:
             schema.check()
+    check_fits(MODELS.option(cfg.model), TASKS.option(cfg.task))
     if cfg.task.name in TASKS:  # after typed_group: a task from outside the package is registered by now
         check_monitor(cfg.trainer.monitor, cfg.task.name)
     check_memory(cfg, typed["task"].batch_length() if typed["task"] is not None else None)

@@ -298,6 +298,11 @@ CASES = [
     ("interpolation-not-found", "an interpolation of a key that is not there", "lstm-train",
      ["model.hidden_size=${{oops}}"], "model.hidden_size: Interpolation key 'oops' not found; an interpolation must "
      "name a key of the config (lstm-train --cfg job shows them)", 2),
+    ("char-on-classification", "a language model on a classification task", "lstm-train", ["model=char"],
+     "model: model=char is a language model and does not fit task=first_last, a classification task; "
+     "use model=classifier", 2),
+    ("conll-without-files", "a CoNLL task without its files", "lstm-train", ["model=tagger", "task=conll"],
+     "task.train: needs the path of a CoNLL-U or column file; set task.train=PATH", 2),
 ]
 
 

@@ -237,11 +237,22 @@ def test_an_unknown_fast_path_setting_is_refused_before_the_run(compose_cfg, mon
     validate(compose_cfg("model.backend=reference"))  # read by the fast backend only
 
 
-def test_model_that_does_not_fit_the_task(compose_cfg):
-    cfg = compose_cfg("model=tagger")
-    validate(cfg)
-    with pytest.raises(ConfigError, match=r"^model: model=tagger is a tagging model and does not fit task=first_last"):
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model=tagger"], "model: model=tagger is a tagging model and does not fit task=first_last, a classification "
+     "task; use model=classifier"),
+    (["model=char"], "model: model=char is a language model and does not fit task=first_last, a classification task; "
+     "use model=classifier"),
+    (["task=text_char"], "model: model=classifier is a classification model and does not fit task=text_char, a "
+     "language model task; use model=char"),
+])
+def test_model_that_does_not_fit_the_task(compose_cfg, overrides, message):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)  # from the classes' kinds, before any data is read
+    assert str(info.value) == message
+    with pytest.raises(ConfigError) as info:
         build_model(cfg.model, build_task(cfg.task))
+    assert str(info.value) == message
 
 
 def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):

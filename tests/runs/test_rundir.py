@@ -92,6 +92,18 @@ def test_an_interpolation_that_does_not_resolve_is_refused_before_the_run(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "line"), [
+    (["task=reverse"], "model: model=classifier is a classification model and does not fit task=reverse"),
+    (["model=tagger", "task=conll"], "task.train: needs the path of a CoNLL-U or column file; set task.train=PATH"),
+])
+def test_what_needs_no_data_is_refused_before_the_run_dir_is_named(tmp_path, args, line):
+    proc = lstm_train(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert one_line(proc).startswith(f"lstm-train: error: {line}")
+    assert proc.stdout == ""  # no "run dir: ..." naming a dir that is then removed
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_run_keeps_a_dir_that_was_there(tmp_path):
     run = tmp_path / "mine"
     run.mkdir()
