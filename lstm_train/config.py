@@ -338,6 +338,13 @@ def options() -> dict[str, dict[str, type]]:
     return {**{g: {n: cls.Config for n, cls in r.items()} for g, r in REGISTRIES.items()}, **SCHEMAS}
 
 
+def group_keys() -> list[str]:
+    """The keys of every group's options, dotted (trainer.max_steps): a key given without its group is one of them."""
+    schemas = {**{group: list(by_name.values()) for group, by_name in options().items()}, "trainer": [TrainerConfig]}
+    return list(dict.fromkeys(f"{group}.{f.name}" for group, classes in schemas.items() for schema in classes
+                              for f in dataclasses.fields(schema)))
+
+
 def _register() -> None:
     # Top-level names, not a group: Hydra would list a schema group among the options in --help.
     cs = ConfigStore.instance()
@@ -357,7 +364,7 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "missing value (every key needs a value; see conf/)")
-    check_fields(cfg, "")
+    check_fields(cfg, "", group_keys())
     typed = {group: typed_group(cfg, group) for group in ("trainer", "optim", "scheduler", "model", "task")}
     for schema in typed.values():
         if schema is not None:
@@ -513,7 +520,8 @@ def describe_config_error(error: BaseException) -> str | None:
         message = str(getattr(cause, "msg", "") or cause).splitlines()[0]
         schema = getattr(cause, "object_type", None)
         if message.startswith("Key ") and " not in " in message and dataclasses.is_dataclass(schema):
-            message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)))
+            message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)),
+                                  group_keys() if schema is Config else ())
         elif (" could not be converted to " in message or message.startswith("Invalid value assigned")) \
                 and dataclasses.is_dataclass(schema):
             message = _field_check(schema, cause.key, cause.value) or message

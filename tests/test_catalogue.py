@@ -303,6 +303,9 @@ CASES = [
      "use model=classifier", 2),
     ("conll-without-files", "a CoNLL task without its files", "lstm-train", ["model=tagger", "task=conll"],
      "task.train: needs the path of a CoNLL-U or column file; set task.train=PATH", 2),
+    ("key-without-group", "a group's key without its group", "lstm-train", ["max_steps=10"],
+     "max_steps: unknown key; did you mean trainer.max_steps? Keys of a group are set under it, as "
+     "trainer.max_steps=VALUE", 2),
 ]
 
 

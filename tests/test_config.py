@@ -171,6 +171,8 @@ def test_seed_experiment_is_the_seed_protocol(compose_cfg):
         ("+model.hidden=3", "model.hidden", "unknown key; did you mean model.hidden_size[?] The keys here are: "
          "name, backend, hidden_size"),
         ("+model.foo=3", "model.foo", "unknown key; the keys here are: name, backend, hidden_size"),
+        ("+max_steps=3", "max_steps", "unknown key; did you mean trainer.max_steps[?] Keys of a group are set under "
+         "it, as trainer.max_steps=VALUE$"),
         ("model.backend=fst", "model.backend", "got 'fst'; did you mean fast[?] Must be one of fast, reference, "
          "torch$"),
         ("trainer.precision=bf61", "trainer.precision", "got 'bf61'; did you mean bf16[?] Must be one of fp32, bf16$"),
@@ -277,6 +279,11 @@ def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
          "trainer.max_time? The keys here are: seed, max_epochs"),
         (["trainr.max_steps=3"], "trainr: unknown key; did you mean trainer? The keys here are: name, model, task"),
         (["trainer.lr=3"], "trainer.lr: unknown key; the keys here are: seed, max_epochs"),
+        (["max_steps=10"], "max_steps: unknown key; did you mean trainer.max_steps? Keys of a group are set under "
+         "it, as trainer.max_steps=VALUE"),  # a group's key at the top: its group, not the top-level keys
+        (["lr=0.1"], "lr: unknown key; did you mean optim.lr? Keys of a group are set under it, as optim.lr=VALUE"),
+        (["max_step=3"], "max_step: unknown key; did you mean trainer.max_steps? Keys of a group"),
+        (["trainr=3"], "trainr: unknown key; did you mean trainer? The keys here are: name, model, task"),
         (["model=nope"], "model=nope: no such option; choose one of char, classifier, seq2seq, tagger"),
         (["model=clasifier"], "model=clasifier: no such option; did you mean model=classifier? Choose one of char, "
          "classifier, seq2seq, tagger"),
