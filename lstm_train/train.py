@@ -9,6 +9,7 @@ lstm_train/cli/launch.py.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import shlex
@@ -124,6 +125,15 @@ def main() -> None:
         _main(wants_traceback)
 
 
+def version() -> str:
+    """What ``lstm-train --version`` prints: lstm-train's version, then Hydra's and torch's."""
+    try:
+        own = importlib.metadata.version("lstm-train")
+    except importlib.metadata.PackageNotFoundError:  # a source tree run with python -m, not installed
+        own = "(not installed)"
+    return f"lstm-train {own} (Hydra {hydra.__version__}, torch {torch.__version__})"
+
+
 def _main(wants_traceback: bool) -> None:
     raise_on_signals()
     world = World.from_env()
@@ -137,6 +147,9 @@ def _main(wants_traceback: bool) -> None:
             return
     try:
         with report.console_errors(wants_traceback), quiet_broken_pipe():  # --help | head: quiet, not an OSError
+            if "--version" in sys.argv[1:]:  # Hydra's own would say only "Hydra 1.3.8"
+                print(version())
+                return
             sys.argv = provenance.rerun_argv(sys.argv)  # lstm-train --rerun RUN_DIR [overrides]
             hydra_main()
     finally:  # rank 0 of a world started from outside, stopped before it announced what to train

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
+import torch
 
 from lstm_train.config import Config, TrainerConfig, options
 from lstm_train.schema import doc
@@ -148,3 +151,10 @@ def test_hydras_other_flags_still_work(flags, expected):
     proc = run(LSTM_TRAIN, *flags)
     assert proc.returncode == 0, proc.stderr
     assert expected in proc.stdout and "# " not in proc.stdout.partition("trainer:")[2][:200]
+
+
+def test_version_is_lstm_trains_then_hydras_and_torchs():
+    proc = run(LSTM_TRAIN, "--version")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout == (f"lstm-train {importlib.metadata.version('lstm-train')} (Hydra {hydra.__version__}, "
+                           f"torch {torch.__version__})\n")  # not only "Hydra 1.3.8", as Hydra's own --version
