@@ -522,12 +522,40 @@ def describe_config_error(error: BaseException) -> str | None:
         if message.startswith("Key ") and " not in " in message and dataclasses.is_dataclass(schema):
             message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)),
                                   group_keys() if schema is Config else ())
-        elif (" could not be converted to " in message or message.startswith("Invalid value assigned")) \
+        elif any(t in message for t in (" could not be converted to ", "Invalid value assigned", "not a valid bool")) \
                 and dataclasses.is_dataclass(schema):
-            message = _field_check(schema, cause.key, cause.value) or message
+            message = _field_check(schema, cause.key, cause.value) or _with_example(message, cause.full_key)
         return f"{cause.full_key}: {message}"
     if isinstance(error, HydraException | OmegaConfBaseException):
         return _plugin_hint(str(error).splitlines()[0])
+    return None
+
+
+# OmegaConf's name of a type in "could not be converted to Integer": the type in words, and its Python type
+TYPE_WORDS = {"Integer": ("an integer", int), "Float": ("a number", float), "Boolean": ("true or false", bool)}
+
+
+def _with_example(message: str, key: str) -> str:
+    """A wrong type's message with what to give instead: the type in words, and a value that conf/ gives the key
+    (the group's default option's first) as an example."""
+    name = "Boolean" if " is not a valid bool " in message else message.rpartition(" converted to ")[2]
+    word, kind = TYPE_WORDS.get(name, (None, None))
+    if word is None:
+        return message
+    example = _example(key, kind)
+    return f"{message}; give {word}" + (f", e.g. {key}={example}" if example is not None else "")
+
+
+def _example(key: str, kind: type) -> str | None:
+    group, _, rest = key.partition(".")
+    if not rest or not (CONF_DIR / group).is_dir():
+        return None
+    chosen = next((d[group] for d in OmegaConf.load(CONF_DIR / "config.yaml").defaults
+                   if isinstance(d, DictConfig) and group in d), None)
+    for path in sorted((CONF_DIR / group).glob("*.yaml"), key=lambda p: (p.stem != chosen, p.stem)):
+        value = OmegaConf.select(OmegaConf.load(path), rest, default=None, throw_on_resolution_failure=False)
+        if isinstance(value, bool) == (kind is bool) and isinstance(value, kind if kind is not float else int | float):
+            return str(value).lower() if kind is bool else str(value)
     return None
 
 

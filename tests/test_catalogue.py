@@ -306,6 +306,15 @@ CASES = [
     ("key-without-group", "a group's key without its group", "lstm-train", ["max_steps=10"],
      "max_steps: unknown key; did you mean trainer.max_steps? Keys of a group are set under it, as "
      "trainer.max_steps=VALUE", 2),
+    ("help-as-override", "help without its dashes", "lstm-train", ["help"],
+     "help: not an override; for the config groups and keys: ", 2),
+    ("key-space-value", "a key and its value apart", "lstm-train", ["model.hidden_size", "64"],
+     "model.hidden_size: an override is key=value, without spaces; write model.hidden_size=64", 2),
+    ("key-as-option", "a key written as an --option", "lstm-train", ["--max_steps", "10"],
+     "--max_steps: not an option of lstm-train; settings are key=value overrides: trainer.max_steps=10", 2),
+    ("wrong-type-bool", "a word where true or false goes", "lstm-train", ["model.bidirectional=maybe"],
+     "model.bidirectional: Value 'maybe' is not a valid bool (type str); give true or false, e.g. "
+     "model.bidirectional=false", 2),
 ]
 
 

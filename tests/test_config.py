@@ -289,7 +289,12 @@ def test_monitor_must_be_a_metric_of_the_task(compose_cfg, tmp_path):
          "classifier, seq2seq, tagger"),
         (["optim=adm"], "optim=adm: no such option; did you mean optim=adam? Choose one of adam, adamw, rmsprop, "
          "sgd"),
-        (["optim.lr=fast"], "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
+        (["optim.lr=fast"], "optim.lr: Value 'fast' of type 'str' could not be converted to Float; give a number, "
+         "e.g. optim.lr="),  # a value conf/ gives it
+        (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer; "
+         "give an integer, e.g. model.hidden_size=64"),
+        (["model.bidirectional=maybe"], "model.bidirectional: Value 'maybe' is not a valid bool (type str); give true "
+         "or false, e.g. model.bidirectional=false"),
         (["optim.betas=0.9"], "optim.betas: must be two decay rates [b1, b2], each in [0, 1), got 0.9; e.g. "
          "optim.betas=[0.9,0.999]"),  # the field's own check, not OmegaConf's "float is not a ListConfig"
         (["trainer.seed=1e23"], "trainer.seed: must be an integer in [-2**63, 2**64 - 1] (the range torch.manual_seed "
