@@ -366,10 +366,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(missing[0], "missing value (every key needs a value; see conf/)")
     check_fields(cfg, "", group_keys())
     typed = {group: typed_group(cfg, group) for group in ("trainer", "optim", "scheduler", "model", "task")}
+    check_fits(MODELS.option(cfg.model), TASKS.option(cfg.task))  # before what the two groups' values say
     for schema in typed.values():
         if schema is not None:
             schema.check()
-    check_fits(MODELS.option(cfg.model), TASKS.option(cfg.task))
     if cfg.task.name in TASKS:  # after typed_group: a task from outside the package is registered by now
         check_monitor(cfg.trainer.monitor, cfg.task.name)
     check_memory(cfg, typed["task"].batch_length() if typed["task"] is not None else None)
