@@ -169,7 +169,7 @@ def describe_override_error(error: BaseException, args: list[str]) -> str | None
     missing_equal = re.match(r"Error parsing override '(.*)'\nmissing EQUAL at '<EOF>'", text)
     if missing_equal:  # a word without =: help, or key value with a space
         word = missing_equal.group(1)
-        if word in ("help", "-help"):
+        if word == "help":
             return f"{word}: not an override; for the config groups and keys: {command('lstm-train')} --help"
         after = args[args.index(word) + 1] if word in args[:-1] else "-"
         value = after if not after.startswith("-") and "=" not in after else "VALUE"
