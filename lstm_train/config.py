@@ -358,8 +358,8 @@ _register()
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first missing or impossible value: each field's check, then each group's
-    check across its fields."""
+    """Raise :class:`ConfigError` for the first interpolation that does not resolve, missing or impossible value:
+    each field's check, the model's kind against the task's, then each group's check across its fields."""
     check_interpolations(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -547,6 +547,7 @@ def _with_example(message: str, key: str) -> str:
 
 
 def _example(key: str, kind: type) -> str | None:
+    """A value of type ``kind`` that a YAML file of ``key``'s group gives it, the default option's first."""
     group, _, rest = key.partition(".")
     if not rest or not (CONF_DIR / group).is_dir():
         return None
@@ -554,7 +555,7 @@ def _example(key: str, kind: type) -> str | None:
                    if isinstance(d, DictConfig) and group in d), None)
     for path in sorted((CONF_DIR / group).glob("*.yaml"), key=lambda p: (p.stem != chosen, p.stem)):
         value = OmegaConf.select(OmegaConf.load(path), rest, default=None, throw_on_resolution_failure=False)
-        if isinstance(value, bool) == (kind is bool) and isinstance(value, kind if kind is not float else int | float):
+        if type(value) in {int: (int,), float: (int, float), bool: (bool,)}[kind]:
             return str(value).lower() if kind is bool else str(value)
     return None
 

@@ -131,13 +131,14 @@ def unknown_key(path: str, keys: Iterable[str], below: Iterable[str] = ()) -> st
     (max_steps: trainer.max_steps) when no key here is close."""
     keys, below = list(keys), list(below)
     parent, _, name = path.rpartition(".")
-    listing = f"the keys here are: {', '.join(keys)}"
-    theirs = [k for k in below if k.rpartition(".")[2] == name] or (closest(name, below) if not closest(name, keys)
-                                                                      else [])
+    theirs = [k for k in below if k.rpartition(".")[2] == name]  # max_steps: trainer.max_steps
+    if not theirs and not closest(name, keys):
+        theirs = closest(name, below)  # max_step: trainer.max_steps too
     if theirs:
         return with_suggestion("unknown key", name, [], f"keys of a group are set under it, as {theirs[0]}=VALUE",
                                close=theirs)
-    return with_suggestion("unknown key", name, keys, listing, lambda k: f"{parent}.{k}" if parent else k)
+    return with_suggestion("unknown key", name, keys, f"the keys here are: {', '.join(keys)}",
+                           lambda k: f"{parent}.{k}" if parent else k)
 
 
 def value(check: Check | None = None, default: Any = MISSING, *, doc: str = "") -> Any:
