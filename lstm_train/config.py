@@ -18,7 +18,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException, UnsupportedInterpolationType
 
 from lstm_train.errors import ConfigError
-from lstm_train.models import MODELS
+from lstm_train.models import MODELS, check_fits
 from lstm_train.registry import Registry
 from lstm_train.schema import (
     Schema,
@@ -170,6 +170,15 @@ def _learning_rate(v: Any) -> str | None:
     return None
 
 
+@allows("[b1, b2], each in [0, 1)")
+def _betas(v: Any) -> str | None:
+    # torch.optim.Adam reads betas[0] and betas[1] (one beta: an IndexError traceback) and unpacks two each step
+    betas = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+    if isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
+        return None
+    return f"must be two decay rates [b1, b2], each in [0, 1), got {betas!r}; e.g. optim.betas=[0.9,0.999]"
+
+
 # ---- optim/ (torch.optim classes, built by hydra.utils.instantiate with _partial_) -------------------
 @dataclass
 class OptimConfig(Schema):
@@ -183,7 +192,7 @@ class OptimConfig(Schema):
 @dataclass
 class AdamConfig(OptimConfig):
     betas: list[float] = field(default=MISSING, metadata=about(
-        "Decay rates [b1, b2] of the running means of the gradient and of its square."))
+        "Decay rates [b1, b2] of the running means of the gradient and of its square.", _betas))
     eps: float = value(positive, doc="Added to the denominator for numerical stability.")
     amsgrad: bool = value(doc="Use the AMSGrad variant (the maximum of past squared-gradient averages).")
 
@@ -329,6 +338,13 @@ def options() -> dict[str, dict[str, type]]:
     return {**{g: {n: cls.Config for n, cls in r.items()} for g, r in REGISTRIES.items()}, **SCHEMAS}
 
 
+def group_keys() -> list[str]:
+    """The keys of every group's options, dotted (trainer.max_steps): a key given without its group is one of them."""
+    schemas = {**{group: list(by_name.values()) for group, by_name in options().items()}, "trainer": [TrainerConfig]}
+    return list(dict.fromkeys(f"{group}.{f.name}" for group, classes in schemas.items() for schema in classes
+                              for f in dataclasses.fields(schema)))
+
+
 def _register() -> None:
     # Top-level names, not a group: Hydra would list a schema group among the options in --help.
     cs = ConfigStore.instance()
@@ -342,19 +358,40 @@ _register()
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first missing or impossible value: each field's check, then each group's
-    check across its fields."""
+    """Raise :class:`ConfigError` for the first interpolation that does not resolve, missing or impossible value:
+    each field's check, the model's kind against the task's, then each group's check across its fields."""
+    check_interpolations(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "missing value (every key needs a value; see conf/)")
-    check_fields(cfg, "")
+    check_fields(cfg, "", group_keys())
     typed = {group: typed_group(cfg, group) for group in ("trainer", "optim", "scheduler", "model", "task")}
+    check_fits(MODELS.option(cfg.model), TASKS.option(cfg.task))  # before what the two groups' values say
     for schema in typed.values():
         if schema is not None:
             schema.check()
     if cfg.task.name in TASKS:  # after typed_group: a task from outside the package is registered by now
         check_monitor(cfg.trainer.monitor, cfg.task.name)
     check_memory(cfg, typed["task"].batch_length() if typed["task"] is not None else None)
+
+
+def check_interpolations(cfg: DictConfig, keys: Collection[str] | None = None) -> None:
+    """A ConfigError naming the first key whose ``${...}`` does not resolve (a key or a resolver that is not there,
+    a value of the wrong type): found now, not by whatever reads the key once the run has started. Only those of
+    ``keys`` of ``cfg`` if given."""
+    try:
+        for key in cfg if keys is None else keys:
+            if isinstance(value := cfg[key], DictConfig | ListConfig):  # cfg[key] resolves a leaf
+                OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException as e:
+        message = str(getattr(e, "msg", "") or e).splitlines()[0]
+        if isinstance(e, InterpolationKeyError):
+            fix = "an interpolation must name a key of the config (lstm-train --cfg job shows them)"
+        elif isinstance(e, UnsupportedInterpolationType):
+            fix = "no resolver has that name: ${key} names a key, ${oc.env:VAR} an environment variable"
+        else:
+            fix = "give a value, or an interpolation that resolves to one of the key's type"
+        raise ConfigError(str(getattr(e, "full_key", "") or "config"), f"{message}; {fix}") from None
 
 
 # ---- sizes that cannot fit --------------------------------------------------------------------------------
@@ -483,12 +520,43 @@ def describe_config_error(error: BaseException) -> str | None:
         message = str(getattr(cause, "msg", "") or cause).splitlines()[0]
         schema = getattr(cause, "object_type", None)
         if message.startswith("Key ") and " not in " in message and dataclasses.is_dataclass(schema):
-            message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)))
-        elif " could not be converted to " in message and dataclasses.is_dataclass(schema):
-            message = _field_check(schema, cause.key, cause.value) or message
+            message = unknown_key(cause.full_key, (f.name for f in dataclasses.fields(schema)),
+                                  group_keys() if schema is Config else ())
+        elif any(t in message for t in (" could not be converted to ", "Invalid value assigned", "not a valid bool")) \
+                and dataclasses.is_dataclass(schema):
+            message = _field_check(schema, cause.key, cause.value) or _with_example(message, cause.full_key)
         return f"{cause.full_key}: {message}"
     if isinstance(error, HydraException | OmegaConfBaseException):
         return _plugin_hint(str(error).splitlines()[0])
+    return None
+
+
+# OmegaConf's name of a type in "could not be converted to Integer": the type in words, and its Python type
+TYPE_WORDS = {"Integer": ("an integer", int), "Float": ("a number", float), "Boolean": ("true or false", bool)}
+
+
+def _with_example(message: str, key: str) -> str:
+    """A wrong type's message with what to give instead: the type in words, and a value that conf/ gives the key
+    (the group's default option's first) as an example."""
+    name = "Boolean" if " is not a valid bool " in message else message.rpartition(" converted to ")[2]
+    word, kind = TYPE_WORDS.get(name, (None, None))
+    if word is None:
+        return message
+    example = _example(key, kind)
+    return f"{message}; give {word}" + (f", e.g. {key}={example}" if example is not None else "")
+
+
+def _example(key: str, kind: type) -> str | None:
+    """A value of type ``kind`` that a YAML file of ``key``'s group gives it, the default option's first."""
+    group, _, rest = key.partition(".")
+    if not rest or not (CONF_DIR / group).is_dir():
+        return None
+    chosen = next((d[group] for d in OmegaConf.load(CONF_DIR / "config.yaml").defaults
+                   if isinstance(d, DictConfig) and group in d), None)
+    for path in sorted((CONF_DIR / group).glob("*.yaml"), key=lambda p: (p.stem != chosen, p.stem)):
+        value = OmegaConf.select(OmegaConf.load(path), rest, default=None, throw_on_resolution_failure=False)
+        if type(value) in {int: (int,), float: (int, float), bool: (bool,)}[kind]:
+            return str(value).lower() if kind is bool else str(value)
     return None
 
 

@@ -47,12 +47,36 @@ class UsageError(Exception):
     checkpoint the tool cannot use. ``str(error)`` is the one line to show."""
 
 
+# 128 + SIGPIPE: the status the shell shows for a program a closed pipe stopped (git log | head)
+BROKEN_PIPE_STATUS = 141
+
+
+@contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """End the program quietly, with status 141, when whoever reads its stdout stops reading (``lstm-train --help
+    | head -1``), as git log does: no traceback, no error line. What is still buffered is flushed here (also
+    before an exit, argparse's or Hydra's after --help), so that Python's own flush at exit meets nothing."""
+    try:
+        try:
+            yield
+        except SystemExit:
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit, and would report that flush failing too: stdout to devnull
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(BROKEN_PIPE_STATUS)
+
+
 @contextmanager
 def one_line_errors(prog: str, *also: type[BaseException]) -> Iterator[None]:
     """Report a :class:`UsageError`, a :class:`ConfigError` or any of ``also`` as ``prog: error: ...`` (its first
-    line) on stderr and exit with status 2; Ctrl-C exits with 130."""
+    line) on stderr and exit with status 2; Ctrl-C exits with 130; a reader of stdout that is gone ends the program
+    quietly (:func:`quiet_broken_pipe`)."""
     try:
-        yield
+        with quiet_broken_pipe():
+            yield
     except (UsageError, ConfigError, *also) as e:
         print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         sys.exit(2)

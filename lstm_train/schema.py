@@ -113,10 +113,11 @@ def closest(word: Any, choices: Iterable[str]) -> list[str]:
 
 
 def with_suggestion(problem: str, word: Any, choices: Iterable[str], listing: str,
-                    shown: Callable[[str], str] = str) -> str:
+                    shown: Callable[[str], str] = str, close: list[str] | None = None) -> str:
     """``problem; listing``, with "did you mean X?" between the two when a choice is close to ``word``: the likely
-    fix before the whole list (``shown`` writes a choice as the user would type it)."""
-    close = closest(word, choices)
+    fix before the whole list (``shown`` writes a choice as the user would type it); ``close``: the choices to
+    suggest, when known otherwise."""
+    close = closest(word, choices) if close is None else close
     if not close:
         return f"{problem}; {listing}"
     close = [shown(c) for c in close]
@@ -124,10 +125,18 @@ def with_suggestion(problem: str, word: Any, choices: Iterable[str], listing: st
     return f"{problem}; did you mean {meant}? {listing[:1].upper()}{listing[1:]}"
 
 
-def unknown_key(path: str, keys: Iterable[str]) -> str:
-    """The message for a key ``path`` (dotted) that its schema, whose keys are ``keys``, does not have."""
-    keys = list(keys)
+def unknown_key(path: str, keys: Iterable[str], below: Iterable[str] = ()) -> str:
+    """The message for a key ``path`` (dotted) that its schema, whose keys are ``keys``, does not have. ``below``:
+    the dotted keys of the groups under it (the root's), suggested for one of theirs given without its group
+    (max_steps: trainer.max_steps) when no key here is close."""
+    keys, below = list(keys), list(below)
     parent, _, name = path.rpartition(".")
+    theirs = [k for k in below if k.rpartition(".")[2] == name]  # max_steps: trainer.max_steps
+    if not theirs and not closest(name, keys):
+        theirs = closest(name, below)  # max_step: trainer.max_steps too
+    if theirs:
+        return with_suggestion("unknown key", name, [], f"keys of a group are set under it, as {theirs[0]}=VALUE",
+                               close=theirs)
     return with_suggestion("unknown key", name, keys, f"the keys here are: {', '.join(keys)}",
                            lambda k: f"{parent}.{k}" if parent else k)
 
@@ -162,8 +171,9 @@ class Schema:
 S = TypeVar("S", bound=Schema)
 
 
-def check_fields(node: DictConfig, prefix: str) -> None:
-    """Run the value check of every field under ``node`` (a composed config), naming the first bad key."""
+def check_fields(node: DictConfig, prefix: str, below: Iterable[str] = ()) -> None:
+    """Run the value check of every field under ``node`` (a composed config), naming the first bad key (``below``:
+    see :func:`unknown_key`)."""
     schema = OmegaConf.get_type(node)
     checks = {}
     if dataclasses.is_dataclass(schema):
@@ -172,7 +182,7 @@ def check_fields(node: DictConfig, prefix: str) -> None:
         child = node[key]
         path = f"{prefix}{key}"
         if checks and key not in checks:  # appended with +key=value: Hydra lets it into a schema node
-            raise ConfigError(path, unknown_key(path, checks))
+            raise ConfigError(path, unknown_key(path, checks, below))
         if isinstance(child, DictConfig):
             check_fields(child, path + ".")
         elif child is not None and checks.get(key) is not None:

@@ -9,6 +9,7 @@ lstm_train/cli/launch.py.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import shlex
@@ -24,8 +25,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lstm_train.cli import launch, report
-from lstm_train.config import CONFIG_PACKAGE, to_container, validate
-from lstm_train.errors import command
+from lstm_train.config import CONFIG_PACKAGE, group_keys, to_container, validate
+from lstm_train.errors import ConfigError, command, quiet_broken_pipe
 from lstm_train.models import build_model
 from lstm_train.runs import provenance, rundir
 from lstm_train.runs.rundir import resume_path
@@ -124,6 +125,34 @@ def main() -> None:
         _main(wants_traceback)
 
 
+def version() -> str:
+    """What ``lstm-train --version`` prints: lstm-train's version, then Hydra's and torch's."""
+    try:
+        own = importlib.metadata.version("lstm-train")
+    except importlib.metadata.PackageNotFoundError:  # a source tree run with python -m, not installed
+        own = "(not installed)"
+    return f"lstm-train {own} (Hydra {hydra.__version__}, torch {torch.__version__})"
+
+
+def check_options(args: list[str]) -> None:
+    """A ConfigError for an ``--option`` that Hydra's command line does not have (``--max_steps 10``), which its
+    parser reports with its usage over eight lines: lstm-train's settings are key=value overrides."""
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main uses: its flags, read
+
+    flags = list(get_args_parser()._option_string_actions)
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows is overrides only
+            return
+        flag, equals, value = arg.partition("=")
+        if not flag.startswith("--") or any(f.startswith(flag) for f in flags):  # argparse takes a unique prefix
+            continue
+        name = flag[2:].replace("-", "_")
+        key = next((k for k in group_keys() if k.rpartition(".")[2] == name), name)
+        after = args[i + 1] if i + 1 < len(args) else "-"
+        value = value if equals else after if not after.startswith("-") and "=" not in after else "VALUE"
+        raise ConfigError(flag, f"not an option of lstm-train; settings are key=value overrides: {key}={value}")
+
+
 def _main(wants_traceback: bool) -> None:
     raise_on_signals()
     world = World.from_env()
@@ -136,8 +165,12 @@ def _main(wants_traceback: bool) -> None:
                 sys.exit(e.exit_code)
             return
     try:
-        with report.console_errors(wants_traceback):
+        with report.console_errors(wants_traceback), quiet_broken_pipe():  # --help | head: quiet, not an OSError
+            if "--version" in sys.argv[1:]:  # Hydra's own would say only "Hydra 1.3.8"
+                print(version())
+                return
             sys.argv = provenance.rerun_argv(sys.argv)  # lstm-train --rerun RUN_DIR [overrides]
+            check_options(sys.argv[1:])
             hydra_main()
     finally:  # rank 0 of a world started from outside, stopped before it announced what to train
         distributed.announce(None)

@@ -306,6 +306,29 @@ CASES = [
      "argument --top-k: must be > 0, got 0", 2),
     ("visualize-sweep-dir", "plotting a dir of run dirs (a sweep dir)", "lstm-visualize", ["{d}"],
      "{d} is a sweep dir, not a run dir; give one of its job dirs, such as {d}/char", 2),
+    # newcomer walkthrough (config)
+    ("adam-one-beta", "Adam's betas with one value", "lstm-train", ["optim.betas=[0.9]"],
+     "optim.betas: must be two decay rates [b1, b2], each in [0, 1), got [0.9]; e.g. optim.betas=[0.9,0.999]", 2),
+    ("interpolation-not-found", "an interpolation of a key that is not there", "lstm-train",
+     ["model.hidden_size=${{oops}}"], "model.hidden_size: Interpolation key 'oops' not found; an interpolation must "
+     "name a key of the config (lstm-train --cfg job shows them)", 2),
+    ("char-on-classification", "a language model on a classification task", "lstm-train", ["model=char"],
+     "model: model=char is a language model and does not fit task=first_last, a classification task; "
+     "use model=classifier", 2),
+    ("conll-without-files", "a CoNLL task without its files", "lstm-train", ["model=tagger", "task=conll"],
+     "task.train: needs the path of a CoNLL-U or column file; set task.train=PATH", 2),
+    ("key-without-group", "a group's key without its group", "lstm-train", ["max_steps=10"],
+     "max_steps: unknown key; did you mean trainer.max_steps? Keys of a group are set under it, as "
+     "trainer.max_steps=VALUE", 2),
+    ("help-as-override", "help without its dashes", "lstm-train", ["help"],
+     "help: not an override; for the config groups and keys: ", 2),
+    ("key-space-value", "a key and its value apart", "lstm-train", ["model.hidden_size", "64"],
+     "model.hidden_size: an override is key=value, without spaces; write model.hidden_size=64", 2),
+    ("key-as-option", "a key written as an --option", "lstm-train", ["--max_steps", "10"],
+     "--max_steps: not an option of lstm-train; settings are key=value overrides: trainer.max_steps=10", 2),
+    ("wrong-type-bool", "a word where true or false goes", "lstm-train", ["model.bidirectional=maybe"],
+     "model.bidirectional: Value 'maybe' is not a valid bool (type str); give true or false, e.g. "
+     "model.bidirectional=false", 2),
 ]
 
 

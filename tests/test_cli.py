@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
+import torch
 
 from lstm_train.config import Config, TrainerConfig, options
 from lstm_train.schema import doc
@@ -42,7 +45,15 @@ def test_multirun_2x2(tmp_path):
 
 # (overrides, the one line expected on stderr); run concurrently to keep the suite quick.
 BAD = [
-    (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["model.hidden_size=abc"], "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer; "
+                                "give an integer, e.g. model.hidden_size=64"),
+    (["model.bidirectional=maybe"], "model.bidirectional: Value 'maybe' is not a valid bool (type str); give true or "
+                                    "false, e.g. model.bidirectional=false"),
+    (["help"], "help: not an override; for the config groups and keys: "),
+    (["model.hidden_size", "64"], "model.hidden_size: an override is key=value, without spaces; write "
+                                  "model.hidden_size=64"),
+    (["--max_steps", "10"], "--max_steps: not an option of lstm-train; settings are key=value overrides: "
+                            "trainer.max_steps=10"),  # not argparse's usage, over 8 lines
     (["model.hiden_size=3"], "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here are: "
                              "name, backend, hidden_size,"),
     (["model=nope"], "model=nope: no such option; choose one of char, classifier, seq2seq, tagger"),
@@ -143,8 +154,16 @@ def test_help_with_a_bad_override_is_one_line():
 @pytest.mark.parametrize("flags, expected", [
     (["--hydra-help"], "== Flags =="), (["--cfg", "job"], "trainer:\n  seed: 0"), (["--info", "defaults"],
                                                                                     "Defaults List"),
+    (["--hydra-h"], "== Flags =="),  # argparse's unique prefix of a flag: not refused as an unknown option
 ])
 def test_hydras_other_flags_still_work(flags, expected):
     proc = run(LSTM_TRAIN, *flags)
     assert proc.returncode == 0, proc.stderr
     assert expected in proc.stdout and "# " not in proc.stdout.partition("trainer:")[2][:200]
+
+
+def test_version_is_lstm_trains_then_hydras_and_torchs():
+    proc = run(LSTM_TRAIN, "--version")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout == (f"lstm-train {importlib.metadata.version('lstm-train')} (Hydra {hydra.__version__}, "
+                           f"torch {torch.__version__})\n")  # not only "Hydra 1.3.8", as Hydra's own --version

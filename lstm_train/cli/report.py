@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -165,6 +166,14 @@ def describe_override_error(error: BaseException, args: list[str]) -> str | None
     if text.startswith("Only one of --run, --multirun, --cfg"):  # Hydra's modes: -m with --cfg, --info, ...
         return ("-m (--multirun) cannot be combined with --cfg, --info or --shell-completion; drop -m to see one "
                 "job's config (a sweep's jobs differ only in their swept keys)")
+    missing_equal = re.match(r"Error parsing override '(.*)'\nmissing EQUAL at '<EOF>'", text)
+    if missing_equal:  # a word without =: help, or key value with a space
+        word = missing_equal.group(1)
+        if word == "help":
+            return f"{word}: not an override; for the config groups and keys: {command('lstm-train')} --help"
+        after = args[args.index(word) + 1] if word in args[:-1] else "-"
+        value = after if not after.startswith("-") and "=" not in after else "VALUE"
+        return f"{word}: an override is key=value, without spaces; write {word}={value}"
     if text.startswith("Ambiguous value for argument"):
         arg = text.split("'")[1] if "'" in text else text
         key = arg.partition("=")[0]

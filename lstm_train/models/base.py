@@ -134,17 +134,28 @@ def models_for(tasks: Iterable[type[Task]]) -> list[str]:
     return [m.name for kind in KINDS if kind in kinds for m in MODELS.values() if m.kind == kind]
 
 
+def check_fits(model: type[Model], task: type[Task]) -> None:
+    """A :class:`ConfigError` unless ``model`` serves ``task``'s kind of task: known from the classes, before any
+    data is read."""
+    if model.kind != task.kind:
+        fits = models_for([task])
+        raise ConfigError(
+            "model",
+            f"model={model.name} is {_in_words(model.kind, 'model')} and does not fit task={task.name}, "
+            f"{_in_words(task.kind, 'task')}; use model={' or model='.join(fits)}",
+        )
+
+
+def _in_words(kind: TaskKind, what: str) -> str:
+    """A kind of task as the messages say it: a classification model, a language model, a language model task."""
+    return "a language model" if (kind, what) == ("language_model", "model") else f"a {kind.replace('_', ' ')} {what}"
+
+
 def build_model(cfg: Any, task: Task) -> Model:
     """The model of ``cfg`` (a composed ``model`` group, or a checkpoint's), sized for ``task``, its config read
     once here; a :class:`ConfigError` if the two don't fit or the config cannot work."""
     cls = MODELS.option(cfg)
-    if cls.kind != task.kind:
-        fits = models_for([type(task)])
-        raise ConfigError(
-            "model",
-            f"model={cls.name} is a {cls.kind} model and does not fit task={task.name}, a {task.kind} task; "
-            f"use model={' or model='.join(fits)}",
-        )
+    check_fits(cls, type(task))
     typed = to_schema(cls.Config, cfg, "model")
     typed.check()
     return cls.build(typed, task)

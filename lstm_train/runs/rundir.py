@@ -2,6 +2,7 @@
 
 - :class:`EarlyCheck`, a Hydra callback: its ``on_run_start`` runs before Hydra's job runner makes the run dir,
   writes ``.hydra/`` and opens train.log, so the mistakes it can see refuse a run without a trace: a bad value,
+  an interpolation that does not resolve (the job's keys, hydra.run and hydra.job),
   a dir that holds another run, a dir another process is running in. (Hydra turns an Exception from a callback
   into a warning, so it raises :class:`Refused`, a BaseException.)
 - :func:`claim`: the job holds an flock on ``<run dir>/.lock`` for its life (a single run takes it in
@@ -33,7 +34,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from lstm_train.config import validate
+from lstm_train.config import check_interpolations, validate
 from lstm_train.errors import ConfigError
 from lstm_train.runs.checkpoint import resume_file
 
@@ -53,6 +54,9 @@ class _Before:
     files: dict[Path, bytes]  # the files a run's start rewrites (HYDRA_FILES) and their content
 
 
+# hydra's keys that a single run resolves and a user sets (the others need values Hydra sets in the job, or are
+# a sweep's, or --help's)
+USER_KEYS = ("run", "job")
 _before: dict[Path, _Before] = {}
 _held: dict[Path, int] = {}  # run dir -> the descriptor of its lock, taken by EarlyCheck for the job's claim
 
@@ -69,13 +73,14 @@ class EarlyCheck(Callback):
     """Checks a single run before Hydra touches its dir (conf/config.yaml registers it)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        out_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
         HydraConfig.instance().set_config(config)  # for ${hydra:...} and ${threads_per_job:} in the job's config
         job = copy.deepcopy(config)
         with read_write(job), open_dict(job):
             del job["hydra"]
         try:
             validate(job)
+            check_interpolations(config.hydra, USER_KEYS)  # hydra.run.dir=${oops}: before Hydra meets it
+            out_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
             check_free(out_dir)
             resume_path(job.trainer.resume, out_dir)
         except ConfigError as e:

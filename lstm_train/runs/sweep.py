@@ -30,7 +30,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lstm_train.errors import ConfigError, Pruned
+from lstm_train.errors import ConfigError, Pruned, quiet_broken_pipe
 from lstm_train.runs import rundir
 from lstm_train.runs.jobs import STATUS_FILE, collect, job_dirs, one_line, read_json
 from lstm_train.runs.replicates import (
@@ -216,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, OSError) as e:
         print(f"lstm-sweep-summary: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(paths[1].read_text(), end="")
+    with quiet_broken_pipe():  # lstm-sweep-summary DIR | head
+        print(paths[1].read_text(), end="")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
 
 

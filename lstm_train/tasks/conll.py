@@ -48,6 +48,12 @@ class ConllConfig(TaggedTextConfig):
     tag_column: int | None = value(_column, doc="The tags' column, from 1 (negative: from the end); null: UPOS (4) "
                                    "for CoNLL-U, else the last.")
 
+    def check(self) -> None:
+        super().check()
+        for split in ("train", "val"):  # before the run dir is made: a data file's problems only once it is read
+            if getattr(self, split) is None:
+                raise ConfigError(f"task.{split}", f"needs the path of a CoNLL-U or column file; set task.{split}=PATH")
+
 
 def detect_format(path: Path, text: str) -> str:
     if path.suffix.lower() == ".conllu":
@@ -128,9 +134,6 @@ class Conll(TaggingTask):
 
     def read(self, cfg: ConllConfig) -> dict[str, list[Sentence]]:
         paths = {"train": cfg.train, "val": cfg.val, "test": cfg.test if cfg.test is not None else cfg.val}
-        for split in ("train", "val"):
-            if paths[split] is None:
-                raise ConfigError(f"task.{split}", "needs the path of a CoNLL-U or column file")
         return {
             split: read_conll(
                 path,

@@ -68,14 +68,40 @@ def test_a_run_dir_with_metrics_but_no_checkpoints_is_refused_too(finished, tmp_
     assert proc.stdout == ""  # refused before Hydra started the job: not even a log line
 
 
-@pytest.mark.parametrize("args", [["optim.lr=-1"], ["task=text_char", "model=char", "task.path=nope.txt"]],
-                         ids=["a bad value", "a missing data file"])
+@pytest.mark.parametrize("args", [["optim.lr=-1"], ["task=text_char", "model=char", "task.path=nope.txt"],
+                                  ["optim.betas=[0.9]"]],
+                         ids=["a bad value", "a missing data file", "one Adam beta"])
 def test_a_refused_run_leaves_no_new_dir(tmp_path, args):
     # A bad value is refused before Hydra makes the dir; a missing file only when the task reads it, in the job.
     proc = lstm_train(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert one_line(proc).startswith("lstm-train: error: ")
     assert list(tmp_path.iterdir()) == []  # not even outputs/runs/
+
+
+@pytest.mark.parametrize(("arg", "key"), [
+    ("model.hidden_size=${oops}", "model.hidden_size"), ("optim.betas=[${oops},0.9]", "optim.betas[0]"),
+    ("name=${nope:1}", "name"), ("model.hidden_size=${name}", "model.hidden_size"),
+    ("hydra.job.name=${oops}", "hydra.job.name"), ("hydra.run.dir=runs/${oops}", "hydra.run.dir"),
+])
+def test_an_interpolation_that_does_not_resolve_is_refused_before_the_run(tmp_path, arg, key):
+    proc = lstm_train(arg, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert one_line(proc).startswith(f"lstm-train: error: {key}: ")
+    assert proc.stdout == ""  # no "run dir:" for a dir that is not made
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["task=reverse"], "model: model=classifier is a classification model and does not fit task=reverse"),
+    (["model=tagger", "task=conll"], "task.train: needs the path of a CoNLL-U or column file; set task.train=PATH"),
+])
+def test_what_needs_no_data_is_refused_before_the_run_dir_is_named(tmp_path, args, line):
+    proc = lstm_train(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert one_line(proc).startswith(f"lstm-train: error: {line}")
+    assert proc.stdout == ""  # no "run dir: ..." naming a dir that is then removed
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_refused_run_keeps_a_dir_that_was_there(tmp_path):

@@ -124,8 +124,6 @@ CASES = [
     Case("text_char: shorter than seq_len", "text_char", {"t.txt": b"abcdefghij" * 10}, "task.seq_len",
          "'s training split has 90 characters", ("task.seq_len=128",)),
     # ---- conll: CoNLL-U and column files --------------------------------------------------------------
-    Case("conll: no train path", "conll", {}, "task.train", "needs the path of a CoNLL-U or column file",
-         names_file=False),
     Case("conll: missing train file", "conll", {"train.txt": None}, "task.train", "no file at"),
     Case("conll: missing val file", "conll_val", {"val.txt": None}, "task.val", "no file at"),
     Case("conll: not UTF-8", "conll", {"train.txt": b"EU B-ORG\nK\xf6ln B-LOC\n"}, "task.train",
@@ -205,8 +203,6 @@ def write_case(case: Case, root: Path) -> Path | None:
 def bad_data_error(compose_cfg, case: Case, root: Path) -> tuple[ConfigError, Path | None]:
     target = write_case(case, root)
     overrides = [o.format(target=target, dir=root) for o in TASK_OVERRIDES[case.task]]
-    if case.task == "conll" and target is None:
-        overrides = [o for o in overrides if not o.startswith("task.train=")]
     cfg = compose_cfg(*overrides, *case.overrides)
     validate(cfg)
     with pytest.raises(ConfigError) as error:
