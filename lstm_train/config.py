@@ -299,8 +299,8 @@ class TrainerConfig(Schema):
     num_threads: int | None = value(positive, doc="CPU threads for torch ops; null: torch's default (all cores). "
                                     "The default is 1 in a job run beside others.")
     deterministic: bool = value(doc="torch.use_deterministic_algorithms (CPU runs are reproducible without it).")
-    resume: str | None = value(doc="A checkpoints/last.pt (or best.pt) to continue; auto: this run dir's "
-                               "last.pt if any; null: start afresh.")
+    resume: str | None = value(doc="A checkpoint to continue (checkpoints/last.pt or best.pt), or a run dir: "
+                               "its last.pt; auto: this run dir's last.pt if any; null: start afresh.")
     progress_bar: bool = value(doc="Show a tqdm progress bar (only ever on a terminal).")
     probe_every_n_steps: int | None = value(positive, doc="Log gate histograms, saturation and the gradient per "
                                             "time step every N steps; null: off.")

@@ -47,6 +47,12 @@ class UsageError(Exception):
     checkpoint the tool cannot use. ``str(error)`` is the one line to show."""
 
 
+# The errors lstm-train reports by their message alone, on one line (lstm_train/cli/report.py; a sweep's summary and
+# its Optuna warnings the same): a config mistake, a run that diverged, one that failed after saving what it could.
+# Any other is unexpected, and its type is part of the news.
+REPORTED = (ConfigError, FloatingPointError, RunError)
+
+
 # 128 + SIGPIPE: the status the shell shows for a program a closed pipe stopped (git log | head)
 BROKEN_PIPE_STATUS = 141
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -110,6 +111,12 @@ def closest(word: Any, choices: Iterable[str]) -> list[str]:
     best = max(ratios.values(), default=0.0)
     # 0.7, not difflib's 0.6: a three-letter word one letter off (tpu: cpu) is another word, not a typo
     return [c for c, r in ratios.items() if r >= max(0.7, best - 0.1)][:3]
+
+
+def as_yaml(value: Any) -> str:
+    """A config value as its YAML file and a Hydra override write it, on one line: ``null``, ``true``, ``0.006``,
+    ``[0.9, 0.999]``, ``val/acc``, ``${task.monitor}`` (not Python's None, True or quotes)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
 
 
 def with_suggestion(problem: str, word: Any, choices: Iterable[str], listing: str,

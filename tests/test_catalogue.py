@@ -40,7 +40,8 @@ class Payload:
 CASES = [
     # -- config keys and values
     ("wrong-type", "a value of the wrong type", "lstm-train", ["model.hidden_size=abc"],
-     "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer", 2),
+     "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer; give an integer, e.g. "
+     "model.hidden_size=64", 2),
     ("unknown-key", "a misspelt key", "lstm-train", ["model.hiden_size=64"],
      "model.hiden_size: unknown key; did you mean model.hidden_size? The keys here are: name, backend, hidden_size",
      2),
@@ -122,7 +123,8 @@ CASES = [
      "task.path: {d}/bad.dict:2: expected 'word PH1 PH2 ...', got 'lonely'", 2),
     # -- checkpoints given to trainer.resume
     ("resume-missing", "resuming from a file that does not exist", "lstm-train", ["trainer.resume={d}/none.pt"],
-     "trainer.resume: no checkpoint file at {d}/none.pt", 2),
+     "trainer.resume: no checkpoint file at {d}/none.pt (nothing there); give a run dir or a checkpoint in one "
+     "(RUN/checkpoints/last.pt)", 2),
     ("resume-text", "resuming from a file that is not a checkpoint", "lstm-train", ["trainer.resume={d}/notes.txt"],
      "trainer.resume: {d}/notes.txt is not an lstm-train checkpoint (truncated or not a torch file)", 2),
     ("resume-truncated", "resuming from a truncated checkpoint", "lstm-train", ["trainer.resume={d}/truncated.pt"],
@@ -159,11 +161,13 @@ CASES = [
     ("predict-char", "predicting with a char LM", "lstm-predict", ["{char}/checkpoints/best.pt", "hello"],
      "{char}/checkpoints/best.pt holds a char model; lstm-predict handles classifier, tagger, seq2seq models", 2),
     ("predict-missing", "predicting with a checkpoint that does not exist", "lstm-predict", ["{d}/none.pt", "x"],
-     "no checkpoint file at {d}/none.pt", 2),
+     "no checkpoint file at {d}/none.pt (nothing there); give a run dir or a checkpoint in one "
+     "(RUN/checkpoints/best.pt)", 2),
     ("predict-foreign", "predicting with a file that is not a checkpoint", "lstm-predict", ["{d}/notes.txt", "x"],
      "{d}/notes.txt is not an lstm-train checkpoint (truncated or not a torch file)", 2),
     ("visualize-missing", "plotting a checkpoint that does not exist", "lstm-visualize", ["{d}/none.pt"],
-     "no checkpoint file at {d}/none.pt", 2),
+     "no checkpoint file at {d}/none.pt (nothing there); give a run dir or a checkpoint in one "
+     "(RUN/checkpoints/best.pt)", 2),
     ("visualize-text-file", "plotting with a text file that does not exist", "lstm-visualize",
      ["{char}/checkpoints/best.pt", "--text-file", "{d}/none.txt"], "no file at {d}/none.txt", 2),
     # -- checkpoints the tools refuse, the tools' devices and output (tools)

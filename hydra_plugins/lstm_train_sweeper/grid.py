@@ -22,8 +22,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 
-from lstm_train.errors import ConfigError
-from lstm_train.runs.jobs import REPORTED, Job, earlier_jobs
+from lstm_train.errors import REPORTED, ConfigError
+from lstm_train.runs.jobs import Job, earlier_jobs
 
 log = logging.getLogger(__name__)
 IGNORED = ("trainer.resume",)  # overrides that do not make another job (a start may add or drop them)
@@ -91,7 +91,7 @@ class SkipFinished:
 
 class ReportedErrorsAlone:
     """A launcher's stand-in that raises the first failed job's error itself when lstm-train reports it on one
-    line (:data:`~lstm_train.runs.jobs.REPORTED`), as Hydra's sweeper would next, but without the line Hydra's
+    line (:data:`~lstm_train.errors.REPORTED`), as Hydra's sweeper would next, but without the line Hydra's
     JobReturn.return_value first writes to stderr (``Error executing job with overrides: [...]``): the sweep
     summary, written on the way out, lists the failed jobs with their overrides. Any other error takes Hydra's
     way: its line, then the traceback."""

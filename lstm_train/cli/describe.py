@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from lstm_train.config import CONF_DIR, REGISTRIES, Config, TrainerConfig, flatten, options
 from lstm_train.errors import ConfigError
-from lstm_train.schema import allowed, doc
+from lstm_train.schema import allowed, as_yaml, doc
 
 WIDTH = 100  # --help's lines: a terminal of 100 columns
 COMMENT_AT = 36  # the widest `key: value` with its description beside it; a wider one has it on the lines below
@@ -76,7 +75,7 @@ def _rows(node: DictConfig, schema: type | None, indent: str, resolve: bool) -> 
             if resolve:  # one key at a time: the hydra node beside them holds this help's own ${config_help:}
                 value = node[key]
                 value = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
-            yield f"{indent}{key}: {shown(value)}", about
+            yield f"{indent}{key}: {as_yaml(value)}", about
 
 
 def _about(schema_field: dataclasses.Field) -> str:
@@ -103,13 +102,6 @@ def _schema(node: DictConfig, group: str | None) -> type | None:
 
 def _fields(schema: type | None) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-
-
-def shown(value: Any) -> str:
-    """A value as YAML writes it on one line: ``null``, ``0.006``, ``[0.9, 0.999]``, ``${task.monitor}``."""
-    if isinstance(value, list | dict):
-        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-    return yaml.safe_dump(value, width=10**6).removesuffix("\n...\n").strip()
 
 
 # ---- the configuration reference (docs/hooks/reference.py) --------------------------------------------------
@@ -228,7 +220,7 @@ def _hydra_section(conf: Path, docs: Path | None) -> list[str]:
             keys = _commented_keys(path, group)
             if keys:
                 out += ['<div class="hydra-keys" markdown>', "", "| key | default | description |", "|---|---|---|"]
-                out += [f"| `{full}` | `{shown(values[key])}` | {_linked(comment, docs)} |"
+                out += [f"| `{full}` | `{as_yaml(values[key])}` | {_linked(comment, docs)} |"
                         for key, full, comment in keys]
                 out += ["", "</div>"]
     return out
@@ -323,7 +315,7 @@ def _preset_section(name: str, about: str, conf: Path, groups: dict[str, Group],
             group, _, rest = key.partition(".")
             anchor = groups[group].anchor(rest, picks.get(group)) if group in groups else None
             anchor = "name" if key == "name" else anchor
-            code = f"`{key}={shown(value)}`"
+            code = f"`{key}={as_yaml(value)}`"
             sets.append(f"[{code}](#{anchor})" if anchor else code)
         out.append(f"Sets: {', '.join(sets)}.")
     return out
@@ -348,9 +340,9 @@ def _values(path: Path) -> dict[str, Any]:
 def _value(values: Any, f: dataclasses.Field) -> str:
     """A key's default as ``values`` (an option's YAML file) writes it, else its schema's; — when it has none."""
     if f.name in values:
-        return f"`{shown(values[f.name])}`"
+        return f"`{as_yaml(values[f.name])}`"
     if f.default is not MISSING and f.default is not dataclasses.MISSING:
-        return f"`{shown(f.default)}`"
+        return f"`{as_yaml(f.default)}`"
     return "—"
 
 

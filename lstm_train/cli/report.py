@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from lstm_train.config import CONF_DIR, describe_config_error
-from lstm_train.errors import ConfigError, RunError, command
+from lstm_train.errors import REPORTED, ConfigError, command
 from lstm_train.runs import rundir
 from lstm_train.training import distributed
 from lstm_train.training.distributed import World
@@ -41,7 +41,7 @@ def job_errors() -> Iterator[None]:
             if (stop := interruption(e)) is not None:
                 raise stop from None
             raise
-    except (ConfigError, FloatingPointError, RunError) as e:
+    except REPORTED as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One job of a sweep: Hydra records it as failed and the sweep goes on (a SystemExit would end the
             # whole sweep, and kill the jobs running beside it); main() reports it when the sweep is over.
@@ -90,7 +90,7 @@ def console_errors(wants_traceback: bool) -> Iterator[None]:
             raise e.error from None
         print(f"lstm-train: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (ConfigError, FloatingPointError, RunError) as e:  # a sweep's failed job: Hydra re-raises it after the sweep
+    except REPORTED as e:  # a sweep's failed job: Hydra re-raises it after the sweep
         if wants_traceback:
             raise
         print(f"lstm-train: error: {e}", file=sys.stderr)

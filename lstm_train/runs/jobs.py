@@ -23,14 +23,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from lstm_train.config import monitor_direction
-from lstm_train.errors import ConfigError, RunError
+from lstm_train.errors import REPORTED
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "job_status.json"  # written by lstm_train.runs.sweep.SweepSummary in each job
-# The errors lstm-train reports by their message alone (lstm_train/cli/report.py): a config mistake, a run that
-# diverged or failed after saving what it could. Any other is unexpected, and its type is part of the news.
-REPORTED = (ConfigError, FloatingPointError, RunError)
 
 
 @dataclass
@@ -172,7 +169,7 @@ def _running_or_not(status: dict[str, Any]) -> str:
 
 def one_line(error: BaseException) -> str:
     """An error as one line: its message's first line as lstm-train shows it, after its type's name unless it is
-    one of :data:`REPORTED`."""
+    one of :data:`lstm_train.errors.REPORTED`."""
     lines = str(error).strip().splitlines()
     if not lines:
         return type(error).__name__

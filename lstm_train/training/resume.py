@@ -15,8 +15,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from lstm_train.errors import ConfigError
 from lstm_train.runs.checkpoint import (
     RESUME_MODEL_RUNTIME,
@@ -28,6 +26,7 @@ from lstm_train.runs.checkpoint import (
     resume_file,
     set_rng_state,
 )
+from lstm_train.schema import as_yaml
 from lstm_train.training.budget import TimeBudget
 from lstm_train.training.monitor import Monitor, maximizes
 from lstm_train.training.optim import Scheduler, optimizer_state_keys
@@ -253,9 +252,4 @@ def held_step(best: Path) -> int | None:
 
 
 def fmt_changes(changes: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{key} (checkpoint {shown(old)}, now {shown(new)})" for key, (old, new) in changes.items())
-
-
-def shown(value: Any) -> str:
-    """A config value as the YAML config and a Hydra override write it: null, true, 0.001, [0.9, 0.999], val/acc."""
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
+    return ", ".join(f"{key} (checkpoint {as_yaml(old)}, now {as_yaml(new)})" for key, (old, new) in changes.items())

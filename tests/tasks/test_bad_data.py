@@ -16,6 +16,7 @@ import pytest
 
 from lstm_train.config import ConfigError, validate
 from lstm_train.tasks import build_task
+from tests import ROOT
 
 DIR = object()  # a directory where a file should be
 CSV_ROWS = "".join(f"text {i} {'good' if i % 2 else 'bad'},{i % 2}\n" for i in range(40))
@@ -223,6 +224,7 @@ def test_bad_data_file_is_one_clear_line(compose_cfg, tmp_path, case):
 def test_the_catalogue_covers_every_reader_and_many_mistakes():
     assert {c.task for c in CASES} == set(TASK_OVERRIDES)
     assert len(CASES) >= 50 and len({c.id for c in CASES}) == len(CASES)
+    assert f"for {len(CASES)} more mistakes" in (ROOT / "docs/errors.md").read_text()  # the catalogue's count
 
 
 def test_unreadable_file(compose_cfg, tmp_path, monkeypatch):
