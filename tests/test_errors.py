@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["--hydra-help"]], ids=" ".join)
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]], ids=" ".join)
 def test_lstm_train_stops_quietly_when_its_reader_has_gone(args):
     proc = with_reader_gone(str(BIN / "lstm-train"), *args)
     assert (proc.returncode, proc.stderr) == (BROKEN_PIPE_STATUS, "")

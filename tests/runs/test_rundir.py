@@ -79,9 +79,9 @@ def test_a_refused_run_leaves_no_new_dir(tmp_path, args):
     assert list(tmp_path.iterdir()) == []  # not even outputs/runs/
 
 
+# (tests/test_config.py holds the kinds of interpolation that fail; here, that none gets a run dir)
 @pytest.mark.parametrize(("arg", "key"), [
-    ("model.hidden_size=${oops}", "model.hidden_size"), ("optim.betas=[${oops},0.9]", "optim.betas[0]"),
-    ("name=${nope:1}", "name"), ("model.hidden_size=${name}", "model.hidden_size"),
+    ("model.hidden_size=${oops}", "model.hidden_size"),
     ("hydra.job.name=${oops}", "hydra.job.name"), ("hydra.run.dir=runs/${oops}", "hydra.run.dir"),
 ])
 def test_an_interpolation_that_does_not_resolve_is_refused_before_the_run(tmp_path, arg, key):
