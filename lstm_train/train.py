@@ -148,8 +148,7 @@ def check_options(args: list[str]) -> None:
             continue
         name = flag[2:].replace("-", "_")
         key = next((k for k in group_keys() if k.rpartition(".")[2] == name), name)
-        after = args[i + 1] if i + 1 < len(args) else "-"
-        value = value if equals else after if not after.startswith("-") and "=" not in after else "VALUE"
+        value = value if equals else report.value_after(args, i)
         raise ConfigError(flag, f"not an option of lstm-train; settings are key=value overrides: {key}={value}")
 
 

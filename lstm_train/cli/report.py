@@ -151,6 +151,13 @@ def describe_os_error(error: OSError) -> str:
             "choose another with hydra.run.dir=DIR (checkpoints already saved are intact)")
 
 
+def value_after(args: list[str], i: int) -> str:
+    """What a key given apart from its value (``model.hidden_size 64``, ``--max_steps 10``) at ``args[i]`` is
+    shown with as ``key=...``: the next argument when it reads as a value (not a flag, not an override), else VALUE."""
+    after = args[i + 1] if i + 1 < len(args) else "-"
+    return after if not after.startswith("-") and "=" not in after else "VALUE"
+
+
 def describe_override_error(error: BaseException, args: list[str]) -> str | None:
     """One line for the command-line mistakes Hydra reports over many lines: a group given a value such as
     ``debug=true``, a comma list (a sweep) without ``-m``, and ``-m`` with ``--cfg`` (or ``--info``)."""
@@ -171,9 +178,8 @@ def describe_override_error(error: BaseException, args: list[str]) -> str | None
         word = missing_equal.group(1)
         if word == "help":
             return f"{word}: not an override; for the config groups and keys: {command('lstm-train')} --help"
-        after = args[args.index(word) + 1] if word in args[:-1] else "-"
-        value = after if not after.startswith("-") and "=" not in after else "VALUE"
-        return f"{word}: an override is key=value, without spaces; write {word}={value}"
+        at = args.index(word) if word in args else len(args)
+        return f"{word}: an override is key=value, without spaces; write {word}={value_after(args, at)}"
     if text.startswith("Ambiguous value for argument"):
         arg = text.split("'")[1] if "'" in text else text
         key = arg.partition("=")[0]
